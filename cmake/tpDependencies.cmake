@@ -1,0 +1,8 @@
+# Finds what tp's components link to. Used by the build tree and, installed, by tp-config.cmake,
+# so a consumer of the installed package gets the same imported targets.
+include(CMakeFindDependencyMacro)
+find_dependency(fmt)
+find_package(OpenBLAS)
+set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
+find_package(MPI COMPONENTS CXX)
+find_package(Threads REQUIRED)

@@ -1,0 +1,267 @@
+#pragma once
+/// N ranks as threads in one process, sharing memory: the backend for tests and for one process
+/// driving several devices. Each collective is a rendezvous: every rank posts its buffers, then
+/// computes its own share of the result straight from its peers' buffers, then waits until all are
+/// done reading. Every wait has a timeout, and a rank that throws inside `run_local` wakes its
+/// peers with a CommError instead of leaving them blocked.
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tp/comm/communicator.hpp"
+#include "tp/core/partition.hpp"
+#include "tp/detail/host_reduce.hpp"
+
+namespace tp {
+
+namespace detail {
+
+/// The state the ranks of one LocalCommunicator share.
+class LocalGroup {
+ public:
+  struct Post {
+    std::string_view op;
+    const void* send = nullptr;
+    void* recv = nullptr;
+    std::size_t count = 0;
+    const std::size_t* counts = nullptr;  ///< per-rank counts of the _v forms
+    DType dtype = DType::u8;
+    ReduceOp reduce = ReduceOp::sum;
+    int root = 0;
+    int color = 0, key = 0;
+  };
+
+  LocalGroup(int size, std::chrono::milliseconds timeout)
+      : size_(size), timeout_(timeout), posts_(size), arrived_(size, false), splits_(size) {}
+
+  int size() const { return size_; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  Post& post(int rank) { return posts_[rank]; }
+  const Post& post(int rank) const { return posts_[rank]; }
+  std::shared_ptr<LocalGroup>& split_slot(int rank) { return splits_[rank]; }
+
+  /// Blocks until every rank has arrived at this phase; throws CommError on timeout or abort.
+  void arrive_and_wait(int rank, std::string_view op) {
+    std::unique_lock lock(mutex_);
+    throw_if_aborted(rank, op);
+    const std::uint64_t gen = generation_;
+    arrived_[rank] = true;
+    if (++count_ == size_) {
+      count_ = 0;
+      std::fill(arrived_.begin(), arrived_.end(), false);
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, timeout_, [&] { return generation_ != gen || aborted_; })) {
+      std::vector<int> missing;
+      for (int r = 0; r < size_; ++r)
+        if (!arrived_[r]) missing.push_back(r);
+      abort_locked(fmt::format("rank {} timed out in {}", rank, op));
+      TP_THROW(CommError, "LocalCommunicator {}: rank {} waited {} ms; ranks {} of {} never arrived", op, rank,
+               timeout_.count(), missing, size_);
+    }
+    throw_if_aborted(rank, op);
+  }
+
+  /// Wakes every waiting rank (and those of groups split from this one) with a CommError.
+  void abort(const std::string& reason) {
+    std::lock_guard lock(mutex_);
+    abort_locked(reason);
+  }
+
+  void adopt_child(const std::shared_ptr<LocalGroup>& child) {
+    std::lock_guard lock(mutex_);
+    children_.push_back(child);
+  }
+
+ private:
+  void abort_locked(const std::string& reason) {
+    if (aborted_) return;
+    aborted_ = true;
+    reason_ = reason;
+    cv_.notify_all();
+    for (auto& weak : children_)
+      if (auto child = weak.lock()) child->abort(reason);
+  }
+  void throw_if_aborted(int rank, std::string_view op) const {
+    if (aborted_) TP_THROW(CommError, "LocalCommunicator {}: rank {} gave up because {}", op, rank, reason_);
+  }
+
+  const int size_;
+  const std::chrono::milliseconds timeout_;
+  std::vector<Post> posts_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::uint64_t generation_ = 0;
+  int count_ = 0;
+  std::vector<bool> arrived_;
+  bool aborted_ = false;
+  std::string reason_;
+  std::vector<std::shared_ptr<LocalGroup>> splits_;
+  std::vector<std::weak_ptr<LocalGroup>> children_;
+};
+
+}  // namespace detail
+
+struct LocalOptions {
+  /// How long a rank waits for its peers at any collective before throwing CommError.
+  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+};
+
+class LocalCommunicator final : public Communicator {
+ public:
+  using Options = LocalOptions;
+
+  /// One communicator per rank, all in one group; hand communicator r to thread r.
+  static std::vector<std::shared_ptr<Communicator>> create(int world, Options options = {}) {
+    TP_CHECK(world > 0, "LocalCommunicator needs a positive world size, got {}", world);
+    auto group = std::make_shared<detail::LocalGroup>(world, options.timeout);
+    std::vector<std::shared_ptr<Communicator>> comms;
+    for (int r = 0; r < world; ++r) comms.push_back(std::make_shared<LocalCommunicator>(group, r));
+    return comms;
+  }
+
+  LocalCommunicator(std::shared_ptr<detail::LocalGroup> group, int rank) : group_(std::move(group)), rank_(rank) {}
+
+  int rank() const override { return rank_; }
+  int size() const override { return group_->size(); }
+  std::string_view backend() const override { return "local"; }
+
+  void barrier() override {
+    rendezvous({.op = "barrier"});
+    group_->arrive_and_wait(rank_, "barrier");
+  }
+
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    rendezvous({.op = "split", .color = color, .key = key});
+    // Members of my color, ordered by (key, rank); the first one creates the new group.
+    std::vector<int> members;
+    for (int r = 0; r < size(); ++r)
+      if (group_->post(r).color == color) members.push_back(r);
+    std::stable_sort(members.begin(), members.end(),
+                     [&](int a, int b) { return group_->post(a).key < group_->post(b).key; });
+    const int leader = members.front();
+    if (rank_ == leader && color >= 0) {
+      auto child = std::make_shared<detail::LocalGroup>(static_cast<int>(members.size()), group_->timeout());
+      group_->adopt_child(child);
+      group_->split_slot(leader) = child;
+    }
+    group_->arrive_and_wait(rank_, "split");
+    std::shared_ptr<Communicator> result;
+    if (color >= 0) {
+      const int new_rank = static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+      result = std::make_shared<LocalCommunicator>(group_->split_slot(leader), new_rank);
+    }
+    group_->arrive_and_wait(rank_, "split");  // the slots may be reused once everyone has read them
+    group_->split_slot(rank_).reset();
+    return result;  // null for a negative color, like MPI_UNDEFINED
+  }
+
+  /// Wakes every rank of this group with a CommError (used when one rank fails).
+  void abort(const std::string& reason) { group_->abort(reason); }
+
+ protected:
+  void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
+    rendezvous({.op = "all_reduce", .send = send, .recv = recv, .count = count, .dtype = dtype, .reduce = op});
+    // Rank r reduces chunk r of every input and writes it to every output: chunk r is read and
+    // written by rank r alone, so in-place buffers are safe.
+    const Range chunk = partition(static_cast<std::int64_t>(count), size(), rank_);
+    const std::size_t elem = size_of(dtype), begin = static_cast<std::size_t>(chunk.begin);
+    std::vector<const void*> srcs(size());
+    for (int q = 0; q < size(); ++q) srcs[q] = group_->post(q).send;
+    std::vector<std::byte> tmp(static_cast<std::size_t>(chunk.size()) * elem);
+    detail::reduce_host(dtype, op, srcs.data(), size(), begin, chunk.size(), tmp.data(), "LocalCommunicator");
+    for (int q = 0; q < size(); ++q)
+      std::memcpy(static_cast<std::byte*>(group_->post(q).recv) + begin * elem, tmp.data(), tmp.size());
+    group_->arrive_and_wait(rank_, "all_reduce");
+  }
+
+  void do_all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
+                       Stream) override {
+    rendezvous({.op = "all_gather", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
+                .dtype = dtype});
+    const auto displs = displacements(counts);
+    const std::size_t elem = size_of(dtype);
+    for (int q = 0; q < size(); ++q) {
+      auto* dst = static_cast<std::byte*>(recv) + displs[q] * elem;
+      if (dst != group_->post(q).send) std::memcpy(dst, group_->post(q).send, counts[q] * elem);
+    }
+    group_->arrive_and_wait(rank_, "all_gather");
+  }
+
+  void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
+                           ReduceOp op, Stream) override {
+    rendezvous({.op = "reduce_scatter", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
+                .dtype = dtype, .reduce = op});
+    const auto displs = displacements(counts);
+    std::vector<const void*> srcs(size());
+    for (int q = 0; q < size(); ++q) srcs[q] = group_->post(q).send;
+    detail::reduce_host(dtype, op, srcs.data(), size(), displs[rank_], counts[rank_], recv, "LocalCommunicator");
+    group_->arrive_and_wait(rank_, "reduce_scatter");
+  }
+
+  void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream) override {
+    rendezvous({.op = "broadcast", .recv = buffer, .count = count, .dtype = dtype, .root = root});
+    if (rank_ != root) std::memcpy(buffer, group_->post(root).recv, count * size_of(dtype));
+    group_->arrive_and_wait(rank_, "broadcast");
+  }
+
+ private:
+  /// Posts this rank's arguments, waits for all ranks, and checks that they agree.
+  void rendezvous(const detail::LocalGroup::Post& post) {
+    group_->post(rank_) = post;
+    group_->arrive_and_wait(rank_, post.op);
+    const auto& first = group_->post(0);
+    for (int q = 1; q < size(); ++q) {
+      const auto& other = group_->post(q);
+      // The _v forms post per-rank counts, which must agree; the others post one count.
+      const bool sizes_agree = first.counts != nullptr && other.counts != nullptr
+                                   ? std::equal(first.counts, first.counts + size(), other.counts)
+                                   : other.count == first.count;
+      if (other.op != first.op || other.dtype != first.dtype || other.reduce != first.reduce ||
+          other.root != first.root || !sizes_agree)
+        TP_THROW(CommError,
+                 "LocalCommunicator: ranks disagree: rank 0 called {} with {} x {}, rank {} called {} with {} x {}",
+                 first.op, first.count, name(first.dtype), q, other.op, other.count, name(other.dtype));
+    }
+  }
+
+  std::shared_ptr<detail::LocalGroup> group_;
+  int rank_;
+};
+
+/// Runs `fn(comm)` on `world` threads, one per rank, and returns when all have finished. If a rank
+/// throws, its peers are woken with a CommError, and the first exception is rethrown here.
+inline void run_local(int world, const std::function<void(std::shared_ptr<Communicator>)>& fn,
+                      LocalCommunicator::Options options = {}) {
+  auto comms = LocalCommunicator::create(world, options);
+  std::mutex mutex;
+  std::exception_ptr first;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(comms[r]);
+      } catch (const std::exception& e) {
+        {
+          std::lock_guard lock(mutex);
+          if (!first) first = std::current_exception();
+        }
+        static_cast<LocalCommunicator&>(*comms[r]).abort(fmt::format("rank {} failed: {}", r, e.what()));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (first) std::rethrow_exception(first);
+}
+
+}  // namespace tp

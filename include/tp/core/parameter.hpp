@@ -1,0 +1,60 @@
+#pragma once
+/// A parameter as a rank holds it: its shard and gradient, plus where the shard sits in the full
+/// (unsharded) tensor, which is what checkpoints, initializers and optimizers need to know.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tp/core/partition.hpp"
+#include "tp/core/rng.hpp"
+#include "tp/core/tensor.hpp"
+
+namespace tp {
+
+template <class T>
+struct Parameter {
+  std::string name;  ///< e.g. "mlp.fc1.weight"
+  MatrixView<T> value;
+  MatrixView<T> grad;
+  std::int64_t full_rows = 0, full_cols = 0;  ///< shape of the unsharded tensor
+  Range rows, cols;                           ///< the block of it this rank holds
+
+  bool sharded() const { return rows.size() != full_rows || cols.size() != full_cols; }
+};
+
+/// Copies this rank's block of a full host tensor into the parameter.
+template <class T, class Device>
+void load_from_full(const Device& device, const Parameter<T>& p, ConstView<T> full) {
+  TP_CHECK(full.rows == p.full_rows && full.cols == p.full_cols, "{}: full tensor is {}x{}, the layer expects {}x{}",
+           p.name, full.rows, full.cols, p.full_rows, p.full_cols);
+  device.from_host(full.block(p.rows.begin, p.cols.begin, p.rows.size(), p.cols.size()), p.value);
+}
+
+/// Copies a host shard, as saved by the rank that held it, into the parameter.
+template <class T, class Device>
+void load_shard(const Device& device, const Parameter<T>& p, ConstView<T> shard) {
+  TP_CHECK(shard.rows == p.value.rows && shard.cols == p.value.cols,
+           "{}: shard is {}x{}, but this rank holds rows [{}, {}) and columns [{}, {}) of the {}x{} tensor ({}x{}); "
+           "was it saved at another world size?",
+           p.name, shard.rows, shard.cols, p.rows.begin, p.rows.end, p.cols.begin, p.cols.end, p.full_rows,
+           p.full_cols, p.value.rows, p.value.cols);
+  device.from_host(shard, p.value);
+}
+
+/// Fills the parameter with uniform(-bound, bound) values keyed by (seed, name, index in the full
+/// tensor): the same full tensor whatever the world size.
+template <class T, class Device>
+void init_uniform(const Device& device, const Parameter<T>& p, std::uint64_t seed, double bound) {
+  const Philox rng(seed, name_key(p.name));
+  std::vector<T> host(static_cast<std::size_t>(p.value.size()));
+  for (std::int64_t r = 0; r < p.rows.size(); ++r)
+    for (std::int64_t c = 0; c < p.cols.size(); ++c) {
+      const auto index = static_cast<std::uint64_t>((p.rows.begin + r) * p.full_cols + p.cols.begin + c);
+      host[r * p.cols.size() + c] = static_cast<T>((2.0 * rng.uniform(index) - 1.0) * bound);
+    }
+  device.from_host(ConstView<T>(host.data(), p.rows.size(), p.cols.size()), p.value);
+}
+
+}  // namespace tp

@@ -1,0 +1,126 @@
+#pragma once
+/// Y = X A^T + b with A split by output features (rows of the [out, in] weight, as torch.nn.Linear
+/// stores it): rank r holds A_r and computes Y_r = X A_r^T, so Y = [Y_0 | Y_1 | ...]. The output
+/// stays sharded for a following RowParallelLinear, or is gathered (`gather_output`). Backward
+/// all-reduces the input gradient (Megatron's f). Output features that do not divide the world
+/// size are split unevenly: 10 over 3 ranks gives 4, 3, 3.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tp/core/context.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/detail/layer_support.hpp"
+
+namespace tp {
+
+struct ColumnParallelOptions {
+  bool bias = true;
+  /// All-gather the output to full width; otherwise each rank returns its [tokens, out_r] shard.
+  bool gather_output = false;
+  /// Leave the bias out of the output, for a caller that fuses it into the next op (bias() gives it;
+  /// backward still accumulates its gradient from the output gradient).
+  bool skip_bias_add = false;
+  /// Parameter names are "<name>.weight" and "<name>.bias"; they key the initializer and checkpoints.
+  std::string name = "column";
+  std::uint64_t seed = 0;
+};
+
+template <class T, class Device = Cpu>
+class ColumnParallelLinear {
+ public:
+  using Options = ColumnParallelOptions;
+
+  ColumnParallelLinear(Context<Device> ctx, std::int64_t in_features, std::int64_t out_features, Options options = {})
+      : ctx_(std::move(ctx)), in_(in_features), out_(out_features), options_(std::move(options)) {
+    TP_CHECK(in_ > 0, "{}: in_features must be positive, got {}", options_.name, in_);
+    const Range range = partition_nonempty(out_, ctx_.world(), ctx_.rank(), "out_features");
+    range_ = range;
+    weight_ = Tensor<T, Device>(ctx_.device, range.size(), in_);
+    weight_grad_ = Tensor<T, Device>(ctx_.device, range.size(), in_);
+    if (options_.bias) {
+      bias_ = Tensor<T, Device>(ctx_.device, 1, range.size());
+      bias_grad_ = Tensor<T, Device>(ctx_.device, 1, range.size());
+      ctx_.device->fill(bias_.view(), T(0));
+    }
+    zero_grad();
+    init_uniform(*ctx_.device, parameters().front(), options_.seed, 1.0 / std::sqrt(static_cast<double>(in_)));
+  }
+
+  /// [tokens, in] -> [tokens, out_r], or [tokens, out] with gather_output. The result lives in this
+  /// layer and stays valid until the next forward.
+  const Tensor<T, Device>& forward(ConstView<T> x) {
+    TP_CHECK(x.cols == in_ && x.rows > 0, "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows,
+             x.cols, in_);
+    const Device& dev = *ctx_.device;
+    dev.copy(x, detail::ensure(input_, ctx_, x.rows, in_));
+    MatrixView<T> y = detail::ensure(shard_out_, ctx_, x.rows, range_.size());
+    dev.gemm(Op::n, Op::t, T(1), x, weight_.view(), T(0), y);
+    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    if (!options_.gather_output) return shard_out_;
+    detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, x.rows, out_));
+    return full_out_;
+  }
+
+  /// Takes dL/dY (the shard, or full width with gather_output), accumulates the weight and bias
+  /// gradients, and returns dL/dX [tokens, in], all-reduced over the group.
+  const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
+    const std::int64_t tokens = input_.rows(), width = options_.gather_output ? out_ : range_.size();
+    TP_CHECK(grad_output.rows == tokens && grad_output.cols == width,
+             "{}: output gradient is {}x{}, expected {}x{} (rank {} of {})", options_.name, grad_output.rows,
+             grad_output.cols, tokens, width, ctx_.rank(), ctx_.world());
+    const ConstView<T> g = options_.gather_output ? grad_output.cols_range(range_.begin, range_.size()) : grad_output;
+    const Device& dev = *ctx_.device;
+    MatrixView<T> dx = detail::ensure(grad_input_, ctx_, tokens, in_);
+    dev.gemm(Op::n, Op::n, T(1), g, weight_.view(), T(0), dx);
+    dev.gemm(Op::t, Op::n, T(1), g, input_.view(), T(1), weight_grad_.view());
+    if (options_.bias) dev.add_bias_grad(g, bias_grad_.view());
+    detail::all_reduce_sum(ctx_, dx);
+    return grad_input_;
+  }
+
+  void zero_grad() {
+    ctx_.device->fill(weight_grad_.view(), T(0));
+    if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
+  }
+
+  /// Weight first, then the bias if there is one.
+  std::vector<Parameter<T>> parameters() {
+    std::vector<Parameter<T>> ps{{options_.name + ".weight", weight_.view(), weight_grad_.view(), out_, in_, range_,
+                                  {0, in_}}};
+    if (options_.bias)
+      ps.push_back({options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, out_, {0, 1}, range_});
+    return ps;
+  }
+
+  /// Loads this rank's rows of a full [out, in] host weight (and [1, out] bias).
+  void load_full(ConstView<T> weight, ConstView<T> bias = {}) {
+    const auto ps = parameters();
+    load_from_full(*ctx_.device, ps[0], weight);
+    if (options_.bias) load_from_full(*ctx_.device, ps[1], bias);
+  }
+
+  MatrixView<T> weight() { return weight_.view(); }
+  MatrixView<T> bias() { return bias_.view(); }
+  MatrixView<T> weight_grad() { return weight_grad_.view(); }
+  MatrixView<T> bias_grad() { return bias_grad_.view(); }
+  /// The output features (rows of the full weight) this rank holds.
+  Range output_range() const { return range_; }
+  std::int64_t in_features() const { return in_; }
+  std::int64_t out_features() const { return out_; }
+  const Options& options() const { return options_; }
+  const Context<Device>& context() const { return ctx_; }
+
+ private:
+  Context<Device> ctx_;
+  std::int64_t in_, out_;
+  Options options_;
+  Range range_;
+  Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
+  Tensor<T, Device> input_, shard_out_, full_out_, gather_scratch_, grad_input_;
+};
+
+}  // namespace tp

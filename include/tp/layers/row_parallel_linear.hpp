@@ -1,0 +1,122 @@
+#pragma once
+/// Y = X A^T + b with A split by input features (columns of the [out, in] weight): rank r holds
+/// A_r and the matching columns X_r of the input, computes X_r A_r^T, and Y = sum_r X_r A_r^T
+/// (all-reduce). The bias is added once, after the reduce. Backward keeps the input gradient
+/// sharded (Megatron's g), or gathers it when the layer took the full input.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tp/core/context.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/detail/layer_support.hpp"
+
+namespace tp {
+
+struct RowParallelOptions {
+  bool bias = true;
+  /// The input arrives split by features ([tokens, in_r], as a ColumnParallelLinear leaves it);
+  /// otherwise the layer takes the full [tokens, in] input and uses its own columns.
+  bool input_is_parallel = true;
+  /// Leave the bias out of the output (bias() gives it); backward still accumulates its gradient.
+  bool skip_bias_add = false;
+  std::string name = "row";
+  std::uint64_t seed = 0;
+};
+
+template <class T, class Device = Cpu>
+class RowParallelLinear {
+ public:
+  using Options = RowParallelOptions;
+
+  RowParallelLinear(Context<Device> ctx, std::int64_t in_features, std::int64_t out_features, Options options = {})
+      : ctx_(std::move(ctx)), in_(in_features), out_(out_features), options_(std::move(options)) {
+    TP_CHECK(out_ > 0, "{}: out_features must be positive, got {}", options_.name, out_);
+    range_ = partition_nonempty(in_, ctx_.world(), ctx_.rank(), "in_features");
+    weight_ = Tensor<T, Device>(ctx_.device, out_, range_.size());
+    weight_grad_ = Tensor<T, Device>(ctx_.device, out_, range_.size());
+    if (options_.bias) {
+      bias_ = Tensor<T, Device>(ctx_.device, 1, out_);
+      bias_grad_ = Tensor<T, Device>(ctx_.device, 1, out_);
+      ctx_.device->fill(bias_.view(), T(0));
+    }
+    zero_grad();
+    init_uniform(*ctx_.device, parameters().front(), options_.seed, 1.0 / std::sqrt(static_cast<double>(in_)));
+  }
+
+  /// [tokens, in_r] (or [tokens, in] without input_is_parallel) -> [tokens, out], identical on
+  /// every rank. The result lives in this layer and stays valid until the next forward.
+  const Tensor<T, Device>& forward(ConstView<T> x) {
+    const std::int64_t width = options_.input_is_parallel ? range_.size() : in_;
+    TP_CHECK(x.cols == width && x.rows > 0, "{}: input is {}x{}, expected [tokens > 0, {}] on rank {} of {}",
+             options_.name, x.rows, x.cols, width, ctx_.rank(), ctx_.world());
+    const ConstView<T> xr = options_.input_is_parallel ? x : x.cols_range(range_.begin, range_.size());
+    const Device& dev = *ctx_.device;
+    dev.copy(xr, detail::ensure(input_, ctx_, x.rows, range_.size()));
+    MatrixView<T> y = detail::ensure(output_, ctx_, x.rows, out_);
+    dev.gemm(Op::n, Op::t, T(1), xr, weight_.view(), T(0), y);
+    detail::all_reduce_sum(ctx_, y);
+    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    return output_;
+  }
+
+  /// Takes dL/dY [tokens, out], accumulates the weight and bias gradients, and returns dL/dX_r
+  /// [tokens, in_r], or the gathered [tokens, in] when the layer took the full input.
+  const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
+    const std::int64_t tokens = input_.rows();
+    TP_CHECK(grad_output.rows == tokens && grad_output.cols == out_, "{}: output gradient is {}x{}, expected {}x{}",
+             options_.name, grad_output.rows, grad_output.cols, tokens, out_);
+    const Device& dev = *ctx_.device;
+    MatrixView<T> dx = detail::ensure(grad_shard_, ctx_, tokens, range_.size());
+    dev.gemm(Op::n, Op::n, T(1), grad_output, weight_.view(), T(0), dx);
+    dev.gemm(Op::t, Op::n, T(1), grad_output, input_.view(), T(1), weight_grad_.view());
+    if (options_.bias) dev.add_bias_grad(grad_output, bias_grad_.view());
+    if (options_.input_is_parallel) return grad_shard_;
+    detail::gather_columns(ctx_, ConstView<T>(dx), in_, gather_scratch_, detail::ensure(grad_full_, ctx_, tokens, in_));
+    return grad_full_;
+  }
+
+  void zero_grad() {
+    ctx_.device->fill(weight_grad_.view(), T(0));
+    if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
+  }
+
+  /// Weight first, then the (replicated) bias if there is one.
+  std::vector<Parameter<T>> parameters() {
+    std::vector<Parameter<T>> ps{{options_.name + ".weight", weight_.view(), weight_grad_.view(), out_, in_,
+                                  {0, out_}, range_}};
+    if (options_.bias) ps.push_back({options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, out_, {0, 1}, {0, out_}});
+    return ps;
+  }
+
+  /// Loads this rank's columns of a full [out, in] host weight (and the [1, out] bias).
+  void load_full(ConstView<T> weight, ConstView<T> bias = {}) {
+    const auto ps = parameters();
+    load_from_full(*ctx_.device, ps[0], weight);
+    if (options_.bias) load_from_full(*ctx_.device, ps[1], bias);
+  }
+
+  MatrixView<T> weight() { return weight_.view(); }
+  MatrixView<T> bias() { return bias_.view(); }
+  MatrixView<T> weight_grad() { return weight_grad_.view(); }
+  MatrixView<T> bias_grad() { return bias_grad_.view(); }
+  /// The input features (columns of the full weight) this rank holds.
+  Range input_range() const { return range_; }
+  std::int64_t in_features() const { return in_; }
+  std::int64_t out_features() const { return out_; }
+  const Options& options() const { return options_; }
+  const Context<Device>& context() const { return ctx_; }
+
+ private:
+  Context<Device> ctx_;
+  std::int64_t in_, out_;
+  Options options_;
+  Range range_;
+  Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
+  Tensor<T, Device> input_, output_, grad_shard_, grad_full_, gather_scratch_;
+};
+
+}  // namespace tp

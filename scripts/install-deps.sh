@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tp builds against, if any are missing (as root, or through sudo).
+# The CUDA toolkit is not a Debian package here: CUDA targets build when nvcc is found.
+set -euo pipefail
+packages=(cmake ninja-build g++ pkg-config libfmt-dev libopenblas-dev libopenmpi-dev openmpi-bin
+          libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libgloo-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "tp: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

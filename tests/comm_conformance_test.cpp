@@ -1,0 +1,199 @@
+/// The conformance suite every backend runs: each collective checked against what every rank can
+/// compute from rank-seeded inputs. Values are multiples of 1/4 below 2^10, so float sums are exact
+/// in any reduction order and the comparisons can be exact.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "common/harness.hpp"
+#include "tp/core/partition.hpp"
+
+namespace tp {
+namespace {
+
+using test::on_ranks;
+
+template <class T>
+T value(int rank, std::size_t i) {
+  const auto v = static_cast<std::int64_t>((rank * 131 + static_cast<std::int64_t>(i) * 7) % 97) - 48;
+  if constexpr (std::is_floating_point_v<T>) return static_cast<T>(v) * T(0.25);
+  return static_cast<T>(v);
+}
+
+template <class T>
+std::vector<T> rank_values(int rank, std::size_t n) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = value<T>(rank, i);
+  return v;
+}
+
+template <class T>
+T reduce_expected(ReduceOp op, int world, std::size_t i) {
+  T acc = value<T>(0, i);
+  for (int q = 1; q < world; ++q) {
+    const T v = value<T>(q, i);
+    switch (op) {
+      case ReduceOp::sum: acc += v; break;
+      case ReduceOp::prod: acc *= v; break;
+      case ReduceOp::min: acc = std::min(acc, v); break;
+      case ReduceOp::max: acc = std::max(acc, v); break;
+    }
+  }
+  return acc;
+}
+
+template <class T>
+class Collectives : public ::testing::Test {};
+using Elements = ::testing::Types<float, double, std::int32_t, std::int64_t>;
+TYPED_TEST_SUITE(Collectives, Elements);
+
+TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), rank = comm->rank();
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max})
+      for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4099}}) {
+        const auto send = rank_values<T>(rank, n);
+        std::vector<T> recv(n, T(-1)), inplace = send;
+        comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
+        comm->all_reduce(std::span<T>(inplace), op);
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          const T want = reduce_expected<T>(op, world, i);
+          wrong += (recv[i] != want) + (inplace[i] != want);
+        }
+        EXPECT_EQ(wrong, 0u) << name(op) << " of " << n << " elements";
+      }
+  });
+}
+
+TYPED_TEST(Collectives, AllReduceAsync) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    auto data = rank_values<T>(comm->rank(), 513);
+    auto work = comm->all_reduce_async(data.data(), data.data(), data.size(), dtype_of<T>);
+    work->wait();
+    for (std::size_t i = 0; i < data.size(); ++i) ASSERT_EQ(data[i], reduce_expected<T>(ReduceOp::sum, comm->size(), i));
+  });
+}
+
+TYPED_TEST(Collectives, AllGatherEvenAndUneven) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), rank = comm->rank();
+    const std::size_t n = 37;
+    const auto send = rank_values<T>(rank, n);
+    std::vector<T> recv(n * world);
+    comm->all_gather(std::span<const T>(send), std::span<T>(recv));
+    for (int q = 0; q < world; ++q)
+      for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(recv[q * n + i], value<T>(q, i)) << "block " << q;
+
+    // Uneven blocks, one of them empty when world > 1: 10 split as partition() does, then rank 0 gets 0.
+    std::vector<std::size_t> counts(world);
+    for (int q = 0; q < world; ++q) counts[q] = static_cast<std::size_t>(partition(10, world, q).size());
+    if (world > 1) counts[0] = 0;
+    const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+    const auto mine = rank_values<T>(rank, counts[rank]);
+    std::vector<T> all(total, T(-7));
+    comm->all_gather_v(std::span<const T>(mine), std::span<T>(all), std::span<const std::size_t>(counts));
+    const auto displs = displacements(counts);
+    for (int q = 0; q < world; ++q)
+      for (std::size_t i = 0; i < counts[q]; ++i) ASSERT_EQ(all[displs[q] + i], value<T>(q, i)) << "block " << q;
+
+    // In place: this rank's block already sits at its displacement in the receive buffer.
+    std::vector<T> inplace(total, T(-7));
+    std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(displs[rank]));
+    comm->all_gather_v(inplace.data() + displs[rank], inplace.data(), counts, dtype_of<T>);
+    EXPECT_EQ(inplace, all);
+  });
+}
+
+TYPED_TEST(Collectives, ReduceScatterEvenAndUneven) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), rank = comm->rank();
+    const std::size_t n = 33;
+    const auto send = rank_values<T>(rank, n * world);
+    std::vector<T> recv(n);
+    comm->reduce_scatter(std::span<const T>(send), std::span<T>(recv));
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(recv[i], reduce_expected<T>(ReduceOp::sum, world, rank * n + i));
+
+    std::vector<std::size_t> counts(world);
+    for (int q = 0; q < world; ++q) counts[q] = static_cast<std::size_t>(partition(11, world, q).size());
+    const auto displs = displacements(counts);
+    const auto full = rank_values<T>(rank, 11);
+    std::vector<T> mine(counts[rank]);
+    comm->reduce_scatter_v(std::span<const T>(full), std::span<T>(mine), std::span<const std::size_t>(counts),
+                           ReduceOp::max);
+    for (std::size_t i = 0; i < counts[rank]; ++i)
+      ASSERT_EQ(mine[i], reduce_expected<T>(ReduceOp::max, world, displs[rank] + i));
+  });
+}
+
+TYPED_TEST(Collectives, BroadcastFromEveryRoot) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    for (int root = 0; root < comm->size(); ++root) {
+      auto data = rank_values<T>(comm->rank(), 129);
+      comm->broadcast(std::span<T>(data), root);
+      EXPECT_EQ(data, rank_values<T>(root, 129)) << "root " << root;
+    }
+  });
+}
+
+TEST(Communicator, SplitMakesGroupsOrderedByKey) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int rank = comm->rank(), world = comm->size();
+    // Two groups by parity, ranks reversed inside each by the key.
+    auto sub = comm->split(rank % 2, world - rank);
+    ASSERT_NE(sub, nullptr);
+    std::vector<int> members;
+    for (int q = 0; q < world; ++q)
+      if (q % 2 == rank % 2) members.push_back(q);
+    std::reverse(members.begin(), members.end());
+    EXPECT_EQ(sub->size(), static_cast<int>(members.size()));
+    EXPECT_EQ(sub->rank(), static_cast<int>(std::find(members.begin(), members.end(), rank) - members.begin()));
+    std::int64_t v = rank + 1;
+    sub->all_reduce(std::span<std::int64_t>(&v, 1));
+    std::int64_t want = 0;
+    for (int q : members) want += q + 1;
+    EXPECT_EQ(v, want);
+    sub->barrier();
+    comm->barrier();
+  });
+}
+
+TEST(Communicator, SplitWithNegativeColorLeavesRankOut) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    auto sub = comm->split(comm->rank() == 0 ? -1 : 0, comm->rank());
+    if (comm->rank() == 0) {
+      EXPECT_EQ(sub, nullptr);
+    } else {
+      ASSERT_NE(sub, nullptr);
+      EXPECT_EQ(sub->size(), comm->size() - 1);
+      sub->barrier();
+    }
+  });
+}
+
+TEST(Communicator, TypedFormsRejectMismatchedBuffers) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    std::vector<float> send(4), recv(4 * comm->size() + 1);
+    try {
+      comm->all_gather(std::span<const float>(send), std::span<float>(recv));
+      ADD_FAILURE() << "all_gather accepted a receive buffer of the wrong size";
+    } catch (const InvalidArgument& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(std::to_string(recv.size())));
+    }
+    const std::vector<std::size_t> counts(comm->size() + 1, 1);
+    EXPECT_THROW(comm->all_gather_v(send.data(), recv.data(), counts, DType::f32), InvalidArgument);
+    EXPECT_THROW(comm->broadcast(std::span<float>(send), comm->size()), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace tp

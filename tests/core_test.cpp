@@ -1,0 +1,134 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "common/reference.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(Partition, UnevenSplitsGiveTheFirstRanksOneMore) {
+  EXPECT_EQ(partition_sizes(10, 3), (std::vector<std::int64_t>{4, 3, 3}));
+  EXPECT_EQ(partition_sizes(7, 4), (std::vector<std::int64_t>{2, 2, 2, 1}));
+  EXPECT_EQ(partition_sizes(2, 4), (std::vector<std::int64_t>{1, 1, 0, 0}));
+  for (std::int64_t n : {0, 1, 5, 10, 50257})
+    for (int world = 1; world <= 5; ++world) {
+      std::int64_t next = 0;
+      for (int r = 0; r < world; ++r) {
+        const Range range = partition(n, world, r);
+        EXPECT_EQ(range.begin, next) << n << " over " << world;
+        EXPECT_LE(range.size() - partition(n, world, world - 1).size(), 1);
+        next = range.end;
+      }
+      EXPECT_EQ(next, n);
+    }
+}
+
+TEST(Partition, RejectsBadArgumentsWithTheirValues) {
+  try {
+    partition(10, 3, 3);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot partition 10 over world size 3 at rank 3"));
+    EXPECT_THAT(e.what(), HasSubstr("partition.hpp:"));  // TP_CHECK names the throw site
+  }
+  EXPECT_THROW(partition_nonempty(2, 3, 0, "heads"), InvalidArgument);
+}
+
+TEST(Tensor, ViewsBlocksAndMoves) {
+  Tensor<float, Cpu> t(3, 4);
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) t(r, c) = static_cast<float>(10 * r + c);
+  const auto b = t.view().block(1, 1, 2, 2);
+  EXPECT_EQ(b.ld, 4);
+  EXPECT_FALSE(b.contiguous());
+  EXPECT_EQ(b(1, 0), 21.f);
+  EXPECT_THROW(t.view().block(2, 0, 2, 1), InvalidArgument);
+  float* data = t.data();
+  Tensor<float, Cpu> moved = std::move(t);
+  EXPECT_EQ(moved.data(), data);
+  EXPECT_EQ(t.data(), nullptr);
+  moved.resize(2, 2);  // shrinking keeps the allocation
+  EXPECT_EQ(moved.data(), data);
+  EXPECT_THROW(moved.resize(-1, 2), InvalidArgument);
+}
+
+TEST(CpuDevice, GemmAgreesWithReferenceForEveryTransposeAndStride) {
+  const auto a = ref::random_matrix<double>(6, 5, ref::test_seed(1));
+  const auto b = ref::random_matrix<double>(5, 7, ref::test_seed(2));
+  const auto want = ref::matmul(a, false, b, false);
+  const Cpu cpu;
+  // a and b embedded in larger matrices, so the leading dimensions differ from the widths
+  Tensor<double, Cpu> big_a(8, 9), big_b(9, 9), at(5, 6), bt(7, 5), c(6, 7);
+  for (int r = 0; r < 6; ++r)
+    for (int k = 0; k < 5; ++k) big_a(r + 1, k + 2) = at(k, r) = a(r, k);
+  for (int k = 0; k < 5; ++k)
+    for (int n = 0; n < 7; ++n) big_b(k, n + 1) = bt(n, k) = b(k, n);
+  const ConstView<double> av = big_a.view().block(1, 2, 6, 5), bv = big_b.view().block(0, 1, 5, 7);
+  cpu.gemm(Op::n, Op::n, 1.0, av, bv, 0.0, c.view());
+  TP_EXPECT_CLOSE(double, c, want);
+  cpu.gemm(Op::t, Op::t, 2.0, ConstView<double>(at), ConstView<double>(bt), -1.0, c.view());  // 2AB - AB
+  TP_EXPECT_CLOSE(double, c, want);
+  try {
+    cpu.gemm(Op::n, Op::t, 1.0, av, bv, 0.0, c.view());
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("op(a) is 6x5, op(b) is 7x5, c is 6x7"));
+  }
+}
+
+TEST(CpuDevice, GeluMatchesReferenceAndDerivative) {
+  const auto x = ref::random_matrix<double>(4, 33, ref::test_seed(1));
+  const auto dy = ref::random_matrix<double>(4, 33, ref::test_seed(2));
+  const auto xt = ref::to_tensor<double>(x), dyt = ref::to_tensor<double>(dy);
+  Tensor<double, Cpu> y(4, 33), dx(4, 33);
+  for (bool tanh : {false, true}) {
+    const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
+    Cpu().gelu(xt.view(), y.view(), kind);
+    Cpu().gelu_backward(xt.view(), dyt.view(), dx.view(), kind);
+    TP_EXPECT_CLOSE(double, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
+    ref::Matrix want_dx = dy;
+    for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
+    TP_EXPECT_CLOSE(double, dx, want_dx);
+  }
+}
+
+TEST(Philox, CounterBasedAndKeyed) {
+  const Philox a(42, name_key("fc1.weight")), b(42, name_key("fc2.weight")), c(43, name_key("fc1.weight"));
+  EXPECT_EQ(a(123), a(123));
+  EXPECT_NE(a(123), b(123));
+  EXPECT_NE(a(123), c(123));
+  std::set<float> seen;
+  double mean = 0;
+  for (std::uint64_t i = 0; i < 10000; ++i) {
+    const float u = a.uniform(i);
+    ASSERT_GE(u, 0.f);
+    ASSERT_LT(u, 1.f);
+    seen.insert(u);
+    mean += u / 10000;
+  }
+  EXPECT_GT(seen.size(), 9900u);
+  EXPECT_NEAR(mean, 0.5, 0.02);
+}
+
+TEST(Init, ShardsOfTheSameFullWeightAtEveryWorldSize) {
+  // The weight a rank initializes is its block of one full matrix, whatever the world size.
+  std::vector<std::vector<float>> full(5);
+  for (int world = 1; world <= 4; ++world)
+    run_local(world, [&](std::shared_ptr<Communicator> comm) {
+      ColumnParallelLinear<float> layer(Context<>(comm), 6, 10, {.name = "fc", .seed = 7});
+      std::vector<float> gathered(60);
+      std::vector<std::size_t> counts;
+      for (int r = 0; r < world; ++r) counts.push_back(static_cast<std::size_t>(6 * partition(10, world, r).size()));
+      comm->all_gather_v(layer.weight().data, gathered.data(), counts, DType::f32);
+      if (comm->rank() == 0) full[world] = gathered;
+    });
+  for (int world = 2; world <= 4; ++world) EXPECT_EQ(full[world], full[1]) << "world " << world;
+}
+
+}  // namespace
+}  // namespace tp
