@@ -14,4 +14,8 @@
 #include "tp/core/tensor.hpp"
 #include "tp/device/cpu.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
+#include "tp/layers/parallel_attention.hpp"
+#include "tp/layers/parallel_mlp.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#include "tp/layers/vocab_parallel_cross_entropy.hpp"
+#include "tp/layers/vocab_parallel_embedding.hpp"
