@@ -6,3 +6,4 @@ find_package(OpenBLAS)
 set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
 find_package(MPI COMPONENTS CXX)
 find_package(Threads REQUIRED)
+find_package(nlohmann_json 3.10)  # tp::io: the safetensors header parser

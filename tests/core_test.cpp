@@ -115,20 +115,5 @@ TEST(Philox, CounterBasedAndKeyed) {
   EXPECT_NEAR(mean, 0.5, 0.02);
 }
 
-TEST(Init, ShardsOfTheSameFullWeightAtEveryWorldSize) {
-  // The weight a rank initializes is its block of one full matrix, whatever the world size.
-  std::vector<std::vector<float>> full(5);
-  for (int world = 1; world <= 4; ++world)
-    run_local(world, [&](std::shared_ptr<Communicator> comm) {
-      ColumnParallelLinear<float> layer(Context<>(comm), 6, 10, {.name = "fc", .seed = 7});
-      std::vector<float> gathered(60);
-      std::vector<std::size_t> counts;
-      for (int r = 0; r < world; ++r) counts.push_back(static_cast<std::size_t>(6 * partition(10, world, r).size()));
-      comm->all_gather_v(layer.weight().data, gathered.data(), counts, DType::f32);
-      if (comm->rank() == 0) full[world] = gathered;
-    });
-  for (int world = 2; world <= 4; ++world) EXPECT_EQ(full[world], full[1]) << "world " << world;
-}
-
 }  // namespace
 }  // namespace tp

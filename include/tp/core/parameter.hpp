@@ -43,18 +43,52 @@ void load_shard(const Device& device, const Parameter<T>& p, ConstView<T> shard)
   device.from_host(shard, p.value);
 }
 
-/// Fills the parameter with uniform(-bound, bound) values keyed by (seed, name, index in the full
-/// tensor): the same full tensor whatever the world size.
-template <class T, class Device>
-void init_uniform(const Device& device, const Parameter<T>& p, std::uint64_t seed, double bound) {
+namespace detail {
+/// Generates this rank's block of the full tensor on the host, element by element from its global
+/// index, then copies it to the device: `value(rng, index)` sees only (seed, name, index), never
+/// the world size, so the gathered tensor is bitwise the same at every TP degree.
+template <class T, class Device, class F>
+void init_from_index(const Device& device, const Parameter<T>& p, std::uint64_t seed, F value) {
+  TP_CHECK(p.value.rows == p.rows.size() && p.value.cols == p.cols.size(),
+           "{}: the shard is {}x{}, but rows [{}, {}) and columns [{}, {}) were declared", p.name, p.value.rows,
+           p.value.cols, p.rows.begin, p.rows.end, p.cols.begin, p.cols.end);
+  TP_CHECK(p.rows.begin >= 0 && p.cols.begin >= 0 && p.rows.end <= p.full_rows && p.cols.end <= p.full_cols,
+           "{}: block rows [{}, {}) x columns [{}, {}) is outside the {}x{} tensor", p.name, p.rows.begin, p.rows.end,
+           p.cols.begin, p.cols.end, p.full_rows, p.full_cols);
   const Philox rng(seed, name_key(p.name));
   std::vector<T> host(static_cast<std::size_t>(p.value.size()));
   for (std::int64_t r = 0; r < p.rows.size(); ++r)
     for (std::int64_t c = 0; c < p.cols.size(); ++c) {
       const auto index = static_cast<std::uint64_t>((p.rows.begin + r) * p.full_cols + p.cols.begin + c);
-      host[r * p.cols.size() + c] = static_cast<T>((2.0 * rng.uniform(index) - 1.0) * bound);
+      host[r * p.cols.size() + c] = static_cast<T>(value(rng, index));
     }
   device.from_host(ConstView<T>(host.data(), p.rows.size(), p.cols.size()), p.value);
+}
+}  // namespace detail
+
+/// Fills the parameter with uniform(-bound, bound) values keyed by (seed, name, index in the full
+/// tensor): the same full tensor whatever the world size.
+template <class T, class Device>
+void init_uniform(const Device& device, const Parameter<T>& p, std::uint64_t seed, double bound) {
+  detail::init_from_index(device, p, seed,
+                          [&](const Philox& rng, std::uint64_t i) { return (2.0 * rng.uniform(i) - 1.0) * bound; });
+}
+
+/// Fills the parameter with normal(mean, std) values keyed like init_uniform: Megatron's
+/// init_method_normal (std 0.02 for GPT), but independent of the TP degree. Megatron draws the
+/// full master weight on every rank and slices it; this draws only the shard.
+template <class T, class Device>
+void init_normal(const Device& device, const Parameter<T>& p, std::uint64_t seed, double std = 0.02,
+                 double mean = 0.0) {
+  TP_CHECK(std >= 0.0, "{}: init_normal needs a non-negative std, got {}", p.name, std);
+  detail::init_from_index(device, p, seed,
+                          [&](const Philox& rng, std::uint64_t i) { return mean + std * double(rng.normal(i)); });
+}
+
+/// Megatron's scaled_init_method_normal for output projections: std / sqrt(2 * layers).
+inline double scaled_init_std(double std, std::int64_t num_layers) {
+  TP_CHECK(num_layers > 0, "scaled_init_std: num_layers must be positive, got {}", num_layers);
+  return std / std::sqrt(2.0 * static_cast<double>(num_layers));
 }
 
 }  // namespace tp

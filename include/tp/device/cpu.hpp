@@ -224,6 +224,107 @@ class Cpu {
       for (std::int64_t c = 0; c < x.cols; ++c) dx(r, c) = dy(r, c) * detail::gelu_slope(x(r, c), kind);
   }
 
+  /// One AdamW update (PyTorch's torch.optim.AdamW, decoupled weight decay) of a parameter shard:
+  /// p -= lr * wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+  /// p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). Element-wise, so a shard
+  /// updates exactly as the same elements of the full tensor would.
+  template <class T>
+  void adamw_step(MatrixView<T> param, In<T> grad, MatrixView<T> exp_avg, MatrixView<T> exp_avg_sq, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, std::int64_t step) const {
+    detail::check_same_shape(grad, param, "adamw_step");
+    detail::check_same_shape(ConstView<T>(exp_avg), param, "adamw_step");
+    detail::check_same_shape(ConstView<T>(exp_avg_sq), param, "adamw_step");
+    TP_CHECK(step >= 1, "adamw_step: step must count from 1, got {}", step);
+    const T decay = static_cast<T>(1.0 - lr * weight_decay), b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
+    const T one_b1 = static_cast<T>(1.0 - beta1), one_b2 = static_cast<T>(1.0 - beta2);
+    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step)), bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+    const T step_size = static_cast<T>(lr / bc1), inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2)), e = static_cast<T>(eps);
+    for (std::int64_t r = 0; r < param.rows; ++r) {
+      T* p = param.row(r);
+      const T* g = grad.row(r);
+      T* m = exp_avg.row(r);
+      T* v = exp_avg_sq.row(r);
+      for (std::int64_t c = 0; c < param.cols; ++c) {
+        m[c] = b1 * m[c] + one_b1 * g[c];
+        v[c] = b2 * v[c] + one_b2 * g[c] * g[c];
+        p[c] = p[c] * decay - step_size * m[c] / (std::sqrt(v[c]) * inv_sqrt_bc2 + e);
+      }
+    }
+  }
+
+  /// LayerNorm over each row: y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps)
+  /// (biased variance, as torch.nn.LayerNorm). Saves mean and rstd ([rows, 1]) for the backward.
+  template <class T>
+  void layer_norm(In<T> x, In<T> gamma, In<T> beta, MatrixView<T> y, MatrixView<T> mean, MatrixView<T> rstd,
+                  double eps) const {
+    detail::check_same_shape(x, y, "layer_norm");
+    TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && beta.rows == 1 && beta.cols == x.cols,
+             "layer_norm: gamma is {}x{} and beta {}x{}, input has {} columns", gamma.rows, gamma.cols, beta.rows,
+             beta.cols, x.cols);
+    TP_CHECK(mean.rows == x.rows && mean.cols == 1 && rstd.rows == x.rows && rstd.cols == 1,
+             "layer_norm: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows, rstd.cols,
+             x.rows);
+    TP_CHECK(x.cols > 0, "layer_norm: input has no columns");
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      const T* xr = x.row(r);
+      double sum = 0, sq = 0;
+      for (std::int64_t c = 0; c < x.cols; ++c) sum += xr[c];
+      const double mu = sum / static_cast<double>(x.cols);
+      for (std::int64_t c = 0; c < x.cols; ++c) sq += (xr[c] - mu) * (xr[c] - mu);
+      const double rs = 1.0 / std::sqrt(sq / static_cast<double>(x.cols) + eps);
+      mean(r, 0) = static_cast<T>(mu);
+      rstd(r, 0) = static_cast<T>(rs);
+      T* yr = y.row(r);
+      for (std::int64_t c = 0; c < x.cols; ++c)
+        yr[c] = static_cast<T>((xr[c] - mu) * rs * gamma.data[c] + beta.data[c]);
+    }
+  }
+
+  /// The LayerNorm backward from the saved mean and rstd: dx = rstd * (dxhat - mean(dxhat) -
+  /// xhat * mean(dxhat * xhat)) with dxhat = dy * gamma; accumulates dgamma += sum_rows(dy * xhat)
+  /// and dbeta += sum_rows(dy).
+  template <class T>
+  void layer_norm_backward(In<T> x, In<T> gamma, In<T> mean, In<T> rstd, In<T> dy, MatrixView<T> dx,
+                           MatrixView<T> dgamma, MatrixView<T> dbeta) const {
+    detail::check_same_shape(x, dx, "layer_norm_backward");
+    detail::check_same_shape(dy, dx, "layer_norm_backward");
+    TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && dgamma.rows == 1 && dgamma.cols == x.cols &&
+                 dbeta.rows == 1 && dbeta.cols == x.cols,
+             "layer_norm_backward: gamma {}x{}, dgamma {}x{}, dbeta {}x{}, input has {} columns", gamma.rows,
+             gamma.cols, dgamma.rows, dgamma.cols, dbeta.rows, dbeta.cols, x.cols);
+    TP_CHECK(mean.rows == x.rows && mean.cols == 1 && rstd.rows == x.rows && rstd.cols == 1,
+             "layer_norm_backward: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows,
+             rstd.cols, x.rows);
+    const double n = static_cast<double>(x.cols);
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      const T* xr = x.row(r);
+      const T* g = dy.row(r);
+      const double mu = mean(r, 0), rs = rstd(r, 0);
+      double sum_d = 0, sum_dx = 0;
+      for (std::int64_t c = 0; c < x.cols; ++c) {
+        const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+        sum_d += d;
+        sum_dx += d * xhat;
+        dgamma.data[c] += static_cast<T>(g[c] * xhat);
+        dbeta.data[c] += g[c];
+      }
+      T* out = dx.row(r);
+      for (std::int64_t c = 0; c < x.cols; ++c) {
+        const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+        out[c] = static_cast<T>(rs * (d - sum_d / n - xhat * sum_dx / n));
+      }
+    }
+  }
+
+  /// Sum of squares of the elements, in double: for gradient norms (clipping, logging).
+  template <class T>
+  double sum_squares(In<T> x) const {
+    double s = 0;
+    for (std::int64_t r = 0; r < x.rows; ++r)
+      for (std::int64_t c = 0; c < x.cols; ++c) s += static_cast<double>(x(r, c)) * static_cast<double>(x(r, c));
+    return s;
+  }
+
   template <class T>
   void scale(MatrixView<T> x, std::type_identity_t<T> factor) const {
     for (std::int64_t r = 0; r < x.rows; ++r)

@@ -1,0 +1,601 @@
+#pragma once
+/// Checkpoints in the safetensors format of Hugging Face: 8 bytes of little-endian header length,
+/// a JSON header {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {..}},
+/// then the raw little-endian tensor bytes (offsets relative to the end of the header).
+///
+/// Loading is sharded: each rank opens the file and reads only its block of each tensor, one
+/// `pread` for a block of whole rows, one per row for a block of columns, so a checkpoint written
+/// at any TP degree loads at any other. A Hugging Face index (`model.safetensors.index.json`, whose
+/// `weight_map` names the file that holds each tensor) loads the same way.
+///
+/// Saving writes one full file that any TP degree (or `safetensors.torch.load_file`) can load:
+/// every rank builds the same header from its parameter list, rank 0 writes it and sizes the file,
+/// and every rank writes its own block with `pwrite` (a replicated parameter by rank 0 only). The
+/// ranks must therefore see one file system (one machine, or a shared one). The file appears
+/// under its name only when complete (written as `<path>.tmp`, renamed by rank 0).
+///
+/// Every header is validated before any data is read; a bad file throws tp::IoError naming the
+/// file and the tensor, a tensor whose shape does not fit the layer tp::InvalidArgument.
+
+#ifndef TP_HAS_IO
+#error "tp/io/safetensors.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
+#endif
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tp/comm/communicator.hpp"
+#include "tp/core/dtype.hpp"
+#include "tp/core/error.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/core/tensor.hpp"
+
+namespace tp {
+
+static_assert(std::endian::native == std::endian::little, "tp's safetensors I/O assumes a little-endian host");
+
+/// One tensor of a safetensors file, as its header describes it.
+struct SafetensorsTensor {
+  std::string name;
+  std::string dtype;  ///< the file's spelling: "F32", "BF16", ...
+  std::size_t element_size = 0;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0, end = 0;  ///< data_offsets, relative to the start of the data section
+
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+  /// The tensor as a matrix: [rows, cols] for 2-D, [1, n] for 1-D, [1, 1] for a scalar, and
+  /// [prod(shape[:-1]), shape[-1]] above two dimensions.
+  std::int64_t rows() const { return shape.size() < 2 ? 1 : numel() / shape.back(); }
+  std::int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
+};
+
+/// A parsed, validated header.
+struct SafetensorsHeader {
+  std::map<std::string, SafetensorsTensor, std::less<>> tensors;
+  std::map<std::string, std::string, std::less<>> metadata;
+  std::uint64_t data_start = 0;  ///< file offset of the data section: 8 + header length
+};
+
+using SafetensorsMetadata = std::map<std::string, std::string, std::less<>>;
+
+namespace detail {
+
+/// Bytes per element of every dtype the safetensors format defines; nullopt for anything else.
+inline std::optional<std::size_t> safetensors_element_size(std::string_view dtype) {
+  static constexpr std::pair<std::string_view, std::size_t> sizes[] = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+      {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8}};
+  for (auto [name, size] : sizes)
+    if (name == dtype) return size;
+  return std::nullopt;
+}
+
+inline std::string_view safetensors_dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    case DType::u8: return "U8";
+  }
+  return "?";
+}
+
+/// Headers larger than this are refused (the Hugging Face implementation's limit too), so that a
+/// hostile length cannot make us allocate gigabytes.
+inline constexpr std::uint64_t max_safetensors_header = 100'000'000;
+
+/// Rejects JSON nested deeper than a header can be, and duplicate tensor names (which a JSON
+/// object would otherwise silently resolve to the last one).
+class HeaderParseGuard {
+ public:
+  explicit HeaderParseGuard(std::string_view file) : file_(file) {}
+  bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (depth > 3) TP_THROW(IoError, "{}: safetensors header nests JSON deeper than a header can", file_);
+    if (event == nlohmann::json::parse_event_t::key && depth == 1) {
+      const auto& key = parsed.get_ref<const std::string&>();
+      if (!keys_.insert(key).second) TP_THROW(IoError, "{}: tensor '{}' appears twice in the header", file_, key);
+    }
+    return true;
+  }
+
+ private:
+  std::string file_;
+  std::set<std::string, std::less<>> keys_;
+};
+
+inline std::int64_t checked_dim(const nlohmann::json& d, std::string_view file, std::string_view name) {
+  if (!d.is_number_unsigned() || d.get<std::uint64_t>() > std::uint64_t{1} << 53)
+    TP_THROW(IoError, "{}: tensor '{}' has shape entry {}, not a non-negative integer", file, name, d.dump());
+  return static_cast<std::int64_t>(d.get<std::uint64_t>());
+}
+
+inline std::uint64_t checked_offset(const nlohmann::json& d, std::string_view file, std::string_view name) {
+  if (!d.is_number_unsigned())
+    TP_THROW(IoError, "{}: tensor '{}' has data offset {}, not a non-negative integer", file, name, d.dump());
+  return d.get<std::uint64_t>();
+}
+
+/// RAII file descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  Fd(const std::string& path, int flags, mode_t mode = 0644) : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
+    if (fd_ < 0) TP_THROW(IoError, "{}: cannot open: {}", path, std::strerror(errno));
+  }
+  Fd(Fd&& o) noexcept : path_(std::move(o.path_)), fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(path_, o.path_);
+    std::swap(fd_, o.fd_);
+    return *this;
+  }
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  const std::string& path() const { return path_; }
+
+  std::uint64_t size() const {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) TP_THROW(IoError, "{}: cannot stat: {}", path_, std::strerror(errno));
+    return static_cast<std::uint64_t>(st.st_size);
+  }
+  /// Reads exactly `n` bytes at `offset`; `what` names the tensor in the error.
+  void read_at(void* dst, std::size_t n, std::uint64_t offset, std::string_view what) const {
+    auto* p = static_cast<char*>(dst);
+    while (n > 0) {
+      const ssize_t got = ::pread(fd_, p, n, static_cast<off_t>(offset));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) TP_THROW(IoError, "{}: reading {} at offset {}: {}", path_, what, offset, std::strerror(errno));
+      if (got == 0) TP_THROW(IoError, "{}: file ends at offset {} while reading {}", path_, offset, what);
+      p += got;
+      n -= static_cast<std::size_t>(got);
+      offset += static_cast<std::uint64_t>(got);
+    }
+  }
+  void write_at(const void* src, std::size_t n, std::uint64_t offset, std::string_view what) const {
+    const auto* p = static_cast<const char*>(src);
+    while (n > 0) {
+      const ssize_t put = ::pwrite(fd_, p, n, static_cast<off_t>(offset));
+      if (put < 0 && errno == EINTR) continue;
+      if (put <= 0) TP_THROW(IoError, "{}: writing {} at offset {}: {}", path_, what, offset, std::strerror(errno));
+      p += put;
+      n -= static_cast<std::size_t>(put);
+      offset += static_cast<std::uint64_t>(put);
+    }
+  }
+  void close() {
+    if (fd_ >= 0 && ::close(std::exchange(fd_, -1)) != 0)
+      TP_THROW(IoError, "{}: close failed: {}", path_, std::strerror(errno));
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  std::uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf, nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: value = mant * 2^-24, exact in float
+    const float v = static_cast<float>(mant) * 0x1p-24f;
+    bits = sign | std::bit_cast<std::uint32_t>(v);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+inline float bfloat16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
+
+/// Converts `n` little-endian elements of a file dtype into T.
+template <class T>
+void convert_from(std::string_view dtype, const unsigned char* src, T* dst, std::int64_t n, std::string_view file,
+                  std::string_view name) {
+  auto each = [&](auto load) {
+    for (std::int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(load(i));
+  };
+  auto raw = [&](auto tag, std::int64_t i) {
+    decltype(tag) v;
+    std::memcpy(&v, src + i * sizeof v, sizeof v);
+    return v;
+  };
+  if (dtype == "F32") each([&](std::int64_t i) { return raw(float{}, i); });
+  else if (dtype == "F64") each([&](std::int64_t i) { return raw(double{}, i); });
+  else if (dtype == "BF16") each([&](std::int64_t i) { return bfloat16_to_float(raw(std::uint16_t{}, i)); });
+  else if (dtype == "F16") each([&](std::int64_t i) { return half_to_float(raw(std::uint16_t{}, i)); });
+  else if (dtype == "I32") each([&](std::int64_t i) { return raw(std::int32_t{}, i); });
+  else if (dtype == "I64") each([&](std::int64_t i) { return raw(std::int64_t{}, i); });
+  else if (dtype == "U8") each([&](std::int64_t i) { return raw(std::uint8_t{}, i); });
+  else TP_THROW(IoError, "{}: tensor '{}' has dtype {}, which tp cannot convert to {}", file, name, dtype, tp::name(dtype_of<T>));
+}
+
+}  // namespace detail
+
+/// Parses and validates a whole safetensors header given the file's bytes up to at least the end
+/// of the header (`file_size` is the size of the whole file): the header length fits the file,
+/// the header is a JSON object of tensors with known dtypes, shapes that match their byte counts,
+/// offsets inside the data section that do not overlap, and string-to-string metadata.
+/// `file` names the file in errors. This is what the fuzz target exercises.
+inline SafetensorsHeader parse_safetensors_header(std::span<const unsigned char> prefix, std::uint64_t file_size,
+                                                  std::string_view file) {
+  if (file_size < 8 || prefix.size() < 8)
+    TP_THROW(IoError, "{}: {} bytes is too short for a safetensors file (8-byte header length first)", file,
+             file_size);
+  std::uint64_t header_len = 0;
+  std::memcpy(&header_len, prefix.data(), 8);
+  if (header_len > file_size - 8)
+    TP_THROW(IoError, "{}: header length {} runs past the end of the file ({} bytes)", file, header_len, file_size);
+  if (header_len > detail::max_safetensors_header)
+    TP_THROW(IoError, "{}: header length {} is over the limit of {} bytes", file, header_len,
+             detail::max_safetensors_header);
+  if (prefix.size() < 8 + header_len)
+    TP_THROW(IoError, "{}: only {} of the {} header bytes were given", file, prefix.size() - 8, header_len);
+  const std::string_view text(reinterpret_cast<const char*>(prefix.data() + 8), header_len);
+
+  SafetensorsHeader header;
+  header.data_start = 8 + header_len;
+  const std::uint64_t data_size = file_size - header.data_start;
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text, detail::HeaderParseGuard(file));
+  } catch (const nlohmann::json::exception& e) {
+    TP_THROW(IoError, "{}: safetensors header is not valid JSON: {}", file, e.what());
+  }
+  if (!json.is_object()) TP_THROW(IoError, "{}: safetensors header is {}, not a JSON object", file, json.type_name());
+
+  for (const auto& [name, entry] : json.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) TP_THROW(IoError, "{}: __metadata__ is {}, not an object", file, entry.type_name());
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string())
+          TP_THROW(IoError, "{}: __metadata__ entry '{}' is {}, not a string", file, key, value.type_name());
+        header.metadata.emplace(key, value.get<std::string>());
+      }
+      continue;
+    }
+    if (!entry.is_object()) TP_THROW(IoError, "{}: tensor '{}' is described by {}, not an object", file, name, entry.type_name());
+    SafetensorsTensor t;
+    t.name = name;
+    const auto dtype = entry.find("dtype"), shape = entry.find("shape"), offsets = entry.find("data_offsets");
+    if (dtype == entry.end() || !dtype->is_string())
+      TP_THROW(IoError, "{}: tensor '{}' has no dtype string", file, name);
+    t.dtype = dtype->get<std::string>();
+    const auto size = detail::safetensors_element_size(t.dtype);
+    if (!size) TP_THROW(IoError, "{}: tensor '{}' has unknown dtype '{}'", file, name, t.dtype);
+    t.element_size = *size;
+    if (shape == entry.end() || !shape->is_array()) TP_THROW(IoError, "{}: tensor '{}' has no shape array", file, name);
+    std::uint64_t bytes = t.element_size;
+    for (const auto& d : *shape) {
+      t.shape.push_back(detail::checked_dim(d, file, name));
+      if (bytes != UINT64_MAX && __builtin_mul_overflow(bytes, static_cast<std::uint64_t>(t.shape.back()), &bytes))
+        bytes = UINT64_MAX;  // saturate: cannot match any offsets below
+    }
+    if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2)
+      TP_THROW(IoError, "{}: tensor '{}' has no data_offsets [begin, end]", file, name);
+    t.begin = detail::checked_offset((*offsets)[0], file, name);
+    t.end = detail::checked_offset((*offsets)[1], file, name);
+    if (t.begin > t.end || t.end > data_size)
+      TP_THROW(IoError, "{}: tensor '{}' has data_offsets [{}, {}] outside the {} data bytes of the file", file, name,
+               t.begin, t.end, data_size);
+    if (t.end - t.begin != bytes)
+      TP_THROW(IoError, "{}: tensor '{}' is {} {} of shape [{}] ({} bytes) but data_offsets [{}, {}] span {} bytes",
+               file, name, bytes == UINT64_MAX ? std::string("too many") : std::to_string(bytes / t.element_size), t.dtype,
+               fmt::join(t.shape, ", "), bytes == UINT64_MAX ? std::string("overflow") : std::to_string(bytes), t.begin,
+               t.end, t.end - t.begin);
+    header.tensors.emplace(name, std::move(t));
+  }
+
+  std::vector<const SafetensorsTensor*> by_offset;
+  for (const auto& [name, t] : header.tensors) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](auto* a, auto* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
+  const SafetensorsTensor* last = nullptr;  // the non-empty tensor that ends furthest so far
+  for (const SafetensorsTensor* t : by_offset) {
+    if (t->begin == t->end) continue;
+    if (last != nullptr && t->begin < last->end)
+      TP_THROW(IoError, "{}: tensors '{}' [{}, {}] and '{}' [{}, {}] overlap", file, last->name, last->begin,
+               last->end, t->name, t->begin, t->end);
+    if (last == nullptr || t->end > last->end) last = t;
+  }
+  return header;
+}
+
+/// One safetensors file opened for reading: the header is read and validated on construction,
+/// tensor data only by `read_block`.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path) : fd_(path.string(), O_RDONLY) {
+    const std::uint64_t size = fd_.size();
+    std::vector<unsigned char> prefix(std::min<std::uint64_t>(size, 8));
+    fd_.read_at(prefix.data(), prefix.size(), 0, "the header length");
+    if (size >= 8) {
+      std::uint64_t len = 0;
+      std::memcpy(&len, prefix.data(), 8);
+      if (len <= size - 8 && len <= detail::max_safetensors_header) {
+        prefix.resize(8 + len);
+        fd_.read_at(prefix.data() + 8, len, 8, "the header");
+      }
+    }
+    header_ = parse_safetensors_header(prefix, size, fd_.path());
+  }
+
+  const std::string& path() const { return fd_.path(); }
+  const SafetensorsMetadata& metadata() const { return header_.metadata; }
+  const SafetensorsHeader& header() const { return header_; }
+  bool contains(std::string_view name) const { return header_.tensors.find(name) != header_.tensors.end(); }
+
+  const SafetensorsTensor& tensor(std::string_view name) const {
+    const auto it = header_.tensors.find(name);
+    if (it == header_.tensors.end())
+      TP_THROW(IoError, "{}: no tensor '{}' in the file ({} tensors)", path(), name, header_.tensors.size());
+    return it->second;
+  }
+
+  /// Reads the block of `out.rows` x `out.cols` elements at (r0, c0) of tensor `name` (seen as a
+  /// matrix, SafetensorsTensor::rows/cols) into host memory, converting the file's dtype to T.
+  /// Whole rows are one read; a column block is one read per row.
+  template <class T>
+  void read_block(std::string_view name, std::int64_t r0, std::int64_t c0, MatrixView<T> out) const {
+    const SafetensorsTensor& t = tensor(name);
+    const std::int64_t rows = t.rows(), cols = t.cols();
+    TP_CHECK(r0 >= 0 && c0 >= 0 && r0 + out.rows <= rows && c0 + out.cols <= cols,
+             "{}: block [{}:{}, {}:{}] is outside tensor '{}' of {}x{}", path(), r0, r0 + out.rows, c0, c0 + out.cols,
+             name, rows, cols);
+    if (out.empty()) return;
+    const std::size_t es = t.element_size;
+    const std::uint64_t base = header_.data_start + t.begin;
+    const std::string what = fmt::format("tensor '{}'", name);
+    if (out.cols == cols) {  // whole rows: contiguous in the file; read in chunks of about 16 MiB
+      const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / static_cast<std::int64_t>(cols * es));
+      std::vector<unsigned char> buf(static_cast<std::size_t>(std::min(chunk, out.rows) * cols) * es);
+      for (std::int64_t r = 0; r < out.rows; r += chunk) {
+        const std::int64_t nr = std::min(chunk, out.rows - r);
+        fd_.read_at(buf.data(), static_cast<std::size_t>(nr * cols) * es, base + static_cast<std::uint64_t>((r0 + r) * cols) * es, what);
+        for (std::int64_t i = 0; i < nr; ++i)
+          detail::convert_from(t.dtype, buf.data() + static_cast<std::size_t>(i * cols) * es, out.row(r + i), cols, path(), name);
+      }
+      return;
+    }
+    std::vector<unsigned char> buf(static_cast<std::size_t>(out.cols) * es);
+    for (std::int64_t r = 0; r < out.rows; ++r) {
+      fd_.read_at(buf.data(), buf.size(), base + static_cast<std::uint64_t>((r0 + r) * cols + c0) * es, what);
+      detail::convert_from(t.dtype, buf.data(), out.row(r), out.cols, path(), name);
+    }
+  }
+
+ private:
+  detail::Fd fd_;
+  SafetensorsHeader header_;
+};
+
+/// A checkpoint to load from: one .safetensors file, or a Hugging Face index (.json with a
+/// `weight_map` from tensor name to a file beside the index) over several.
+class SafetensorsCheckpoint {
+ public:
+  explicit SafetensorsCheckpoint(const std::filesystem::path& path) : path_(path.string()) {
+    if (path.extension() != ".json") {
+      files_.push_back(std::make_unique<SafetensorsFile>(path));
+      return;
+    }
+    std::string text;
+    {
+      detail::Fd fd(path.string(), O_RDONLY);
+      const std::uint64_t size = fd.size();
+      if (size > detail::max_safetensors_header)
+        TP_THROW(IoError, "{}: index of {} bytes is over the limit of {}", path_, size, detail::max_safetensors_header);
+      text.resize(size);
+      fd.read_at(text.data(), size, 0, "the index");
+    }
+    nlohmann::json index;
+    try {
+      index = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      TP_THROW(IoError, "{}: index is not valid JSON: {}", path_, e.what());
+    }
+    const auto map = index.is_object() ? index.find("weight_map") : index.end();
+    if (map == index.end() || !map->is_object()) TP_THROW(IoError, "{}: index has no weight_map object", path_);
+    std::map<std::string, std::size_t> opened;
+    for (const auto& [name, file] : map->items()) {
+      if (!file.is_string()) TP_THROW(IoError, "{}: weight_map entry for tensor '{}' is not a file name", path_, name);
+      const std::string rel = file.get<std::string>();
+      if (rel.empty() || std::filesystem::path(rel).is_absolute() || rel.find("..") != std::string::npos)
+        TP_THROW(IoError, "{}: weight_map sends tensor '{}' to '{}', not a file beside the index", path_, name, rel);
+      auto [it, fresh] = opened.emplace(rel, files_.size());
+      if (fresh) files_.push_back(std::make_unique<SafetensorsFile>(path.parent_path() / rel));
+      if (!files_[it->second]->contains(name))
+        TP_THROW(IoError, "{}: index says tensor '{}' is in {}, but it is not", path_, name, files_[it->second]->path());
+      owner_.emplace(name, it->second);
+    }
+  }
+
+  const std::string& path() const { return path_; }
+  bool contains(std::string_view name) const {
+    return files_.size() == 1 && owner_.empty() ? files_[0]->contains(name) : owner_.find(name) != owner_.end();
+  }
+  /// The file that holds `name`; throws IoError naming the checkpoint and the tensor if none does.
+  const SafetensorsFile& file_of(std::string_view name) const {
+    if (owner_.empty() && files_.size() == 1) {
+      files_[0]->tensor(name);  // throws if missing
+      return *files_[0];
+    }
+    const auto it = owner_.find(name);
+    if (it == owner_.end()) TP_THROW(IoError, "{}: no tensor '{}' in the checkpoint's weight_map", path_, name);
+    return *files_[it->second];
+  }
+  /// The metadata of the first (or only) file.
+  const SafetensorsMetadata& metadata() const {
+    static const SafetensorsMetadata none;
+    return files_.empty() ? none : files_[0]->metadata();
+  }
+
+ private:
+  std::string path_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::size_t, std::less<>> owner_;
+};
+
+/// Reads this rank's block of `p` from the checkpoint into the parameter. The stored tensor must
+/// have the parameter's full shape ([rows, cols]; a [cols] vector also fits a [1, cols] parameter).
+template <class T, class Device>
+void load_parameter(const Device& device, const Parameter<T>& p, const SafetensorsCheckpoint& checkpoint) {
+  const SafetensorsFile& file = checkpoint.file_of(p.name);
+  const SafetensorsTensor& t = file.tensor(p.name);
+  const bool fits = (t.shape.size() == 2 && t.shape[0] == p.full_rows && t.shape[1] == p.full_cols) ||
+                    (t.shape.size() == 1 && p.full_rows == 1 && t.shape[0] == p.full_cols) ||
+                    (t.shape.empty() && p.full_rows == 1 && p.full_cols == 1);
+  TP_CHECK(fits, "{}: tensor '{}' has shape [{}], but the layer's parameter is {}x{}", file.path(), p.name,
+           fmt::join(t.shape, ", "), p.full_rows, p.full_cols);
+  if constexpr (Device::on_host) {
+    if (p.value.contiguous() || p.value.rows == 1) {
+      file.read_block(p.name, p.rows.begin, p.cols.begin, p.value);
+      return;
+    }
+  }
+  std::vector<T> host(static_cast<std::size_t>(p.rows.size() * p.cols.size()));
+  const MatrixView<T> view(host.data(), p.rows.size(), p.cols.size());
+  file.read_block(p.name, p.rows.begin, p.cols.begin, view);
+  device.from_host(ConstView<T>(view), p.value);
+}
+
+/// Loads every parameter's block from a .safetensors file or an index .json.
+template <class T, class Device>
+void load_safetensors(const Device& device, std::span<const Parameter<T>> params, const std::filesystem::path& path) {
+  const SafetensorsCheckpoint checkpoint(path);
+  for (const auto& p : params) load_parameter(device, p, checkpoint);
+}
+
+/// Writes the parameters as one full safetensors file at `path`. Collective over `comm`: every
+/// rank passes the same parameter list (names and full shapes; a hash of the header is checked)
+/// holding its own blocks. Tensors are stored in T's dtype, in list order, 2-D [full_rows,
+/// full_cols]. `metadata` goes into `__metadata__`.
+template <class T, class Device>
+void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
+                      const std::filesystem::path& path, const SafetensorsMetadata& metadata = {}) {
+  const std::string file = path.string(), tmp = file + ".tmp";
+  // The header, identical on every rank.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<std::uint64_t> offsets;
+  std::uint64_t data_size = 0;
+  std::set<std::string, std::less<>> names;
+  for (const auto& p : params) {
+    TP_CHECK(names.insert(p.name).second, "{}: parameter '{}' is listed twice", file, p.name);
+    TP_CHECK(p.name != "__metadata__", "{}: a parameter cannot be called __metadata__", file);
+    TP_CHECK(p.value.rows == p.rows.size() && p.value.cols == p.cols.size() && p.rows.begin >= 0 &&
+                 p.cols.begin >= 0 && p.rows.end <= p.full_rows && p.cols.end <= p.full_cols,
+             "{}: parameter '{}' holds a {}x{} shard as rows [{}, {}) x columns [{}, {}) of {}x{}", file, p.name,
+             p.value.rows, p.value.cols, p.rows.begin, p.rows.end, p.cols.begin, p.cols.end, p.full_rows, p.full_cols);
+    const std::uint64_t bytes = static_cast<std::uint64_t>(p.full_rows * p.full_cols) * sizeof(T);
+    header[p.name] = {{"dtype", detail::safetensors_dtype_name(dtype_of<T>)},
+                      {"shape", {p.full_rows, p.full_cols}},
+                      {"data_offsets", {data_size, data_size + bytes}}};
+    offsets.push_back(data_size);
+    data_size += bytes;
+  }
+  std::string text = header.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');  // pad so the data section is 8-byte aligned
+  const std::uint64_t data_start = 8 + text.size();
+
+  // Every rank must describe the same file.
+  std::int64_t hash[2] = {static_cast<std::int64_t>(name_key(text) >> 1), 0};
+  hash[1] = -hash[0];
+  comm.all_reduce(std::span<std::int64_t>(hash, 2), ReduceOp::max);
+  if (hash[0] != -hash[1])
+    TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, comm.rank(),
+             comm.size());
+
+  // Rank 0 creates the file with its header and full size; the others wait for its verdict.
+  std::int32_t failed = 0;
+  std::string error;
+  if (comm.rank() == 0) {
+    try {
+      detail::Fd fd(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+      const std::uint64_t len = text.size();
+      fd.write_at(&len, 8, 0, "the header length");
+      fd.write_at(text.data(), text.size(), 8, "the header");
+      if (::ftruncate(fd.get(), static_cast<off_t>(data_start + data_size)) != 0)
+        TP_THROW(IoError, "{}: cannot size the file to {} bytes: {}", tmp, data_start + data_size, std::strerror(errno));
+      fd.close();
+    } catch (const Error& e) {
+      failed = 1;
+      error = e.what();
+    }
+  }
+  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
+  if (failed)
+    TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not create the file");
+
+  // Each rank writes its blocks; replicated parameters are written by rank 0 alone.
+  try {
+    detail::Fd fd(tmp, O_WRONLY);
+    std::vector<T> host;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const Parameter<T>& p = params[i];
+      if ((!p.sharded() && comm.rank() != 0) || p.value.empty()) continue;
+      host.resize(static_cast<std::size_t>(p.value.size()));
+      const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
+      device.to_host(ConstView<T>(p.value), h);
+      const std::string what = fmt::format("tensor '{}'", p.name);
+      const std::uint64_t base = data_start + offsets[i];
+      if (p.cols.size() == p.full_cols) {
+        fd.write_at(h.data, host.size() * sizeof(T), base + static_cast<std::uint64_t>(p.rows.begin * p.full_cols) * sizeof(T), what);
+      } else {
+        for (std::int64_t r = 0; r < h.rows; ++r)
+          fd.write_at(h.row(r), static_cast<std::size_t>(h.cols) * sizeof(T),
+                      base + static_cast<std::uint64_t>((p.rows.begin + r) * p.full_cols + p.cols.begin) * sizeof(T), what);
+      }
+    }
+    if (::fsync(fd.get()) != 0) TP_THROW(IoError, "{}: fsync failed: {}", tmp, std::strerror(errno));
+    fd.close();
+  } catch (const Error& e) {
+    failed = 1;
+    error = e.what();
+  }
+  std::int32_t any = failed;
+  comm.all_reduce(std::span<std::int32_t>(&any, 1), ReduceOp::max);
+  if (any) {
+    if (comm.rank() == 0) std::filesystem::remove(tmp);
+    TP_THROW(IoError, "{}: {}", file, failed ? error : "another rank failed to write its blocks");
+  }
+  if (comm.rank() == 0) {
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) {
+      failed = 1;
+      error = fmt::format("cannot rename {} to {}: {}", tmp, file, ec.message());
+    }
+  }
+  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
+  if (failed) TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not finish the file");
+}
+
+}  // namespace tp

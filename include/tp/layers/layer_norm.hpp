@@ -1,0 +1,95 @@
+#pragma once
+/// LayerNorm over the hidden dimension (torch.nn.LayerNorm(hidden)): y = (x - mean) / sqrt(var +
+/// eps) * weight + bias per row, with a replicated [1, hidden] weight (init 1) and bias (init 0).
+///
+/// Under tensor parallelism (no sequence parallelism) the layer norm sits between the parallel
+/// blocks on full activations that are identical on every rank, so every rank computes the same
+/// output and the same weight and bias gradients: no reduction is needed, and the optimizer keeps
+/// the replicated copies identical. With sequence parallelism each rank would normalize only its
+/// slice of the tokens, and the weight and bias gradients would need an all-reduce over the group
+/// (Megatron's allreduce of "sequence_parallel" gradients); this layer does not do that.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tp/core/context.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/detail/layer_support.hpp"
+
+namespace tp {
+
+struct LayerNormOptions {
+  double eps = 1e-5;
+  /// Parameter names are "<name>.weight" and "<name>.bias".
+  std::string name = "layer_norm";
+};
+
+template <class T, class Device = Cpu>
+class LayerNorm {
+ public:
+  using Options = LayerNormOptions;
+
+  LayerNorm(Context<Device> ctx, std::int64_t hidden, Options options = {})
+      : ctx_(std::move(ctx)), hidden_(hidden), options_(std::move(options)) {
+    TP_CHECK(hidden_ > 0, "{}: hidden size must be positive, got {}", options_.name, hidden_);
+    TP_CHECK(options_.eps > 0, "{}: eps must be positive, got {}", options_.name, options_.eps);
+    weight_ = Tensor<T, Device>(ctx_.device, 1, hidden_);
+    bias_ = Tensor<T, Device>(ctx_.device, 1, hidden_);
+    weight_grad_ = Tensor<T, Device>(ctx_.device, 1, hidden_);
+    bias_grad_ = Tensor<T, Device>(ctx_.device, 1, hidden_);
+    ctx_.device->fill(weight_.view(), T(1));
+    ctx_.device->fill(bias_.view(), T(0));
+    zero_grad();
+  }
+
+  /// [tokens, hidden] -> [tokens, hidden]; the result lives in the layer until the next forward.
+  const Tensor<T, Device>& forward(ConstView<T> x) {
+    TP_CHECK(x.cols == hidden_ && x.rows > 0, "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows,
+             x.cols, hidden_);
+    const Device& dev = *ctx_.device;
+    dev.copy(x, detail::ensure(input_, ctx_, x.rows, hidden_));
+    dev.layer_norm(x, weight_.view(), bias_.view(), detail::ensure(output_, ctx_, x.rows, hidden_),
+                   detail::ensure(mean_, ctx_, x.rows, 1), detail::ensure(rstd_, ctx_, x.rows, 1), options_.eps);
+    return output_;
+  }
+
+  /// Takes dL/dY, accumulates the weight and bias gradients, returns dL/dX.
+  const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
+    TP_CHECK(grad_output.rows == input_.rows() && grad_output.cols == hidden_,
+             "{}: output gradient is {}x{}, expected {}x{}", options_.name, grad_output.rows, grad_output.cols,
+             input_.rows(), hidden_);
+    ctx_.device->layer_norm_backward(input_.view(), weight_.view(), mean_.view(), rstd_.view(), grad_output,
+                                     detail::ensure(grad_input_, ctx_, input_.rows(), hidden_), weight_grad_.view(),
+                                     bias_grad_.view());
+    return grad_input_;
+  }
+
+  void zero_grad() {
+    ctx_.device->fill(weight_grad_.view(), T(0));
+    ctx_.device->fill(bias_grad_.view(), T(0));
+  }
+
+  /// Weight, then bias; both replicated (every rank holds the full [1, hidden]).
+  std::vector<Parameter<T>> parameters() {
+    return {{options_.name + ".weight", weight_.view(), weight_grad_.view(), 1, hidden_, {0, 1}, {0, hidden_}},
+            {options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, hidden_, {0, 1}, {0, hidden_}}};
+  }
+
+  MatrixView<T> weight() { return weight_.view(); }
+  MatrixView<T> bias() { return bias_.view(); }
+  MatrixView<T> weight_grad() { return weight_grad_.view(); }
+  MatrixView<T> bias_grad() { return bias_grad_.view(); }
+  std::int64_t hidden() const { return hidden_; }
+  const Options& options() const { return options_; }
+
+ private:
+  Context<Device> ctx_;
+  std::int64_t hidden_;
+  Options options_;
+  Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
+  Tensor<T, Device> input_, output_, mean_, rstd_, grad_input_;
+};
+
+}  // namespace tp

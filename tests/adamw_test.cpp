@@ -1,0 +1,188 @@
+/// AdamW against the double-precision reference loop: element-wise on a single tensor, on
+/// sharded blocks at every world size, and training a column -> row parallel pair for several
+/// steps, where every rank's parameters track the unsharded reference training step by step.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/harness.hpp"
+#include "common/reference.hpp"
+#include "common/reference_train.hpp"
+#include "tp/optim/adamw.hpp"
+#include "tp/optim/clip_grad_norm.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using ::testing::HasSubstr;
+using test::on_ranks;
+
+constexpr AdamWOptions kOptions{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+
+template <class T>
+class AdamWTyped : public ::testing::Test {};
+using Floats = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(AdamWTyped, Floats);
+
+TYPED_TEST(AdamWTyped, ShardedUpdatesMatchTheReferenceLoopAtEveryWorldSize) {
+  using T = TypeParam;
+  constexpr std::int64_t rows = 9, cols = 7;
+  for (bool decay_vectors : {false, true}) {
+    // A matrix split by rows, a matrix split by columns, and a replicated vector.
+    const auto w0 = ref::random_matrix<T>(rows, cols, ref::test_seed(1));
+    const auto v0 = ref::random_matrix<T>(1, cols, ref::test_seed(2));
+    constexpr int steps = 4;
+    std::vector<ref::Matrix> gw, gv;
+    for (int s = 0; s < steps; ++s) {
+      gw.push_back(ref::random_matrix<T>(rows, cols, ref::test_seed(10 + s)));
+      gv.push_back(ref::random_matrix<T>(1, cols, ref::test_seed(20 + s)));
+    }
+    std::vector<ref::Matrix> want_w, want_v;
+    {
+      ref::Matrix w = w0, v = v0;
+      ref::AdamWState sw, sv;
+      for (int s = 0; s < steps; ++s) {
+        ref::adamw_step(w, gw[s], sw, kOptions.lr, kOptions.beta1, kOptions.beta2, kOptions.eps, kOptions.weight_decay);
+        ref::adamw_step(v, gv[s], sv, kOptions.lr, kOptions.beta1, kOptions.beta2, kOptions.eps,
+                        decay_vectors ? kOptions.weight_decay : 0.0);
+        want_w.push_back(w);
+        want_v.push_back(v);
+      }
+    }
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      const int world = comm->size(), rank = comm->rank();
+      const Range rr = partition(rows, world, rank), cr = partition(cols, world, rank);
+      struct Owned {
+        Tensor<T, Cpu> value, grad;
+        Parameter<T> p;
+      };
+      auto make = [](std::string name, const ref::Matrix& full, Range r, Range c) {
+        Owned o{ref::to_tensor<T>(full.block(r.begin, c.begin, r.size(), c.size())), Tensor<T, Cpu>(r.size(), c.size()), {}};
+        o.p = {std::move(name), o.value.view(), o.grad.view(), full.rows, full.cols, r, c};
+        return o;
+      };
+      Owned by_rows = make("a", w0, rr, {0, cols}), by_cols = make("b", w0, {0, rows}, cr), vec = make("c", v0, {0, 1}, {0, cols});
+      AdamW<T> opt(Context<>(comm), {by_rows.p, by_cols.p, vec.p}, {.lr = kOptions.lr, .beta1 = kOptions.beta1,
+                   .beta2 = kOptions.beta2, .eps = kOptions.eps, .weight_decay = kOptions.weight_decay,
+                   .decay_vectors = decay_vectors});
+      for (int s = 0; s < steps; ++s) {
+        for (Owned* o : {&by_rows, &by_cols, &vec}) {
+          const ref::Matrix& g = o == &vec ? gv[s] : gw[s];
+          Cpu().copy(ConstView<T>(ref::to_tensor<T>(g.block(o->p.rows.begin, o->p.cols.begin, o->p.rows.size(), o->p.cols.size()))),
+                     o->grad.view());
+        }
+        opt.step();
+        EXPECT_EQ(opt.step_count(), s + 1);
+        TP_EXPECT_CLOSE(T, by_rows.value, want_w[s].rows_range(rr.begin, rr.size()));
+        TP_EXPECT_CLOSE(T, by_cols.value, want_w[s].cols_range(cr.begin, cr.size()));
+        TP_EXPECT_CLOSE(T, vec.value, want_v[s]);
+      }
+      opt.zero_grad();
+      EXPECT_EQ(ref::from_view<T>(ConstView<T>(by_rows.grad)).data, std::vector<double>(static_cast<std::size_t>(rr.size() * cols), 0.0));
+    });
+  }
+}
+
+/// fc1 (column parallel, 7 -> 10) then fc2 (row parallel, 10 -> 5), loss 0.5 ||y - target||^2.
+TEST(AdamW, TrainingAParallelPairTracksTheUnshardedReferenceStepByStep) {
+  constexpr std::int64_t tokens = 6, in = 7, hidden = 10, out = 5;
+  constexpr int steps = 5;
+  ref::Matrix w1 = ref::scale(ref::random_matrix<float>(hidden, in, ref::test_seed(1)), 0.5);
+  ref::Matrix b1 = ref::random_matrix<float>(1, hidden, ref::test_seed(2));
+  ref::Matrix w2 = ref::scale(ref::random_matrix<float>(out, hidden, ref::test_seed(3)), 0.5);
+  ref::Matrix b2 = ref::random_matrix<float>(1, out, ref::test_seed(4));
+  // round the scaled weights through float, as the layers will hold them
+  for (auto* m : {&w1, &w2}) *m = ref::map(*m, [](double v) { return double(float(v)); });
+  std::vector<ref::Matrix> xs, targets;
+  for (int s = 0; s < steps; ++s) {
+    xs.push_back(ref::random_matrix<float>(tokens, in, ref::test_seed(100 + s)));
+    targets.push_back(ref::random_matrix<float>(tokens, out, ref::test_seed(200 + s)));
+  }
+  const ref::Matrix w1_0 = w1, b1_0 = b1, w2_0 = w2, b2_0 = b2;
+  std::vector<std::array<ref::Matrix, 4>> want;  // parameters after each step
+  std::vector<double> want_norm;
+  {
+    ref::AdamWState s[4];
+    for (int step = 0; step < steps; ++step) {
+      const auto h = ref::add_bias(ref::matmul(xs[step], false, w1, true), b1);
+      const auto y = ref::add_bias(ref::matmul(h, false, w2, true), b2);
+      const auto dy = ref::add(y, ref::scale(targets[step], -1.0));
+      const auto l2 = ref::linear(h, w2, &b2, dy);
+      const auto l1 = ref::linear(xs[step], w1, &b1, l2.dx);
+      double sq = 0;
+      for (const auto* g : {&l1.dw, &l1.db, &l2.dw, &l2.db})
+        for (double v : g->data) sq += v * v;
+      want_norm.push_back(std::sqrt(sq));
+      const auto& o = kOptions;
+      ref::adamw_step(w1, l1.dw, s[0], o.lr, o.beta1, o.beta2, o.eps, o.weight_decay);
+      ref::adamw_step(b1, l1.db, s[1], o.lr, o.beta1, o.beta2, o.eps, 0.0);  // vectors are not decayed
+      ref::adamw_step(w2, l2.dw, s[2], o.lr, o.beta1, o.beta2, o.eps, o.weight_decay);
+      ref::adamw_step(b2, l2.db, s[3], o.lr, o.beta1, o.beta2, o.eps, 0.0);
+      want.push_back({w1, b1, w2, b2});
+    }
+  }
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    Context<> ctx(comm);
+    ColumnParallelLinear<float> fc1(ctx, in, hidden, {.name = "fc1"});
+    RowParallelLinear<float> fc2(ctx, hidden, out, {.name = "fc2"});
+    fc1.load_full(ref::to_tensor<float>(w1_0), ref::to_tensor<float>(b1_0));
+    fc2.load_full(ref::to_tensor<float>(w2_0), ref::to_tensor<float>(b2_0));
+    auto params = fc1.parameters();
+    for (auto& p : fc2.parameters()) params.push_back(p);
+    AdamW<float> opt(ctx, params, kOptions);
+    const Range mine = fc1.output_range();
+    for (int step = 0; step < steps; ++step) {
+      const auto x = ref::to_tensor<float>(xs[step]), t = ref::to_tensor<float>(targets[step]);
+      const auto& h = fc1.forward(x.view());
+      const auto& y = fc2.forward(h.view());
+      Tensor<float, Cpu> dy(tokens, out);
+      Cpu().copy(y.view(), dy.view());
+      for (std::int64_t r = 0; r < tokens; ++r)
+        for (std::int64_t c = 0; c < out; ++c) dy(r, c) -= t(r, c);
+      fc1.backward(fc2.backward(dy.view()).view());
+      EXPECT_NEAR(grad_norm<float>(ctx, params), want_norm[step], 1e-6 * want_norm[step]);
+      opt.step();
+      opt.zero_grad();
+      SCOPED_TRACE(fmt::format("step {}", step + 1));
+      TP_EXPECT_CLOSE(float, fc1.weight(), want[step][0].rows_range(mine.begin, mine.size()));
+      TP_EXPECT_CLOSE(float, fc1.bias(), want[step][1].cols_range(mine.begin, mine.size()));
+      TP_EXPECT_CLOSE(float, fc2.weight(), want[step][2].cols_range(fc2.input_range().begin, fc2.input_range().size()));
+      TP_EXPECT_CLOSE(float, fc2.bias(), want[step][3]);
+    }
+  });
+}
+
+TEST(AdamW, ClipGradNormScalesEveryRankByTheGlobalNorm) {
+  const auto g = ref::random_matrix<float>(6, 5, ref::test_seed(1));
+  const auto v = ref::random_matrix<float>(1, 5, ref::test_seed(2));
+  double sq = 0;
+  for (double e : g.data) sq += e * e;
+  for (double e : v.data) sq += e * e;
+  const double norm = std::sqrt(sq);
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const Range rr = partition(6, comm->size(), comm->rank());
+    auto gw = ref::to_tensor<float>(g.rows_range(rr.begin, rr.size())), gv = ref::to_tensor<float>(v);
+    Tensor<float, Cpu> w(rr.size(), 5), b(1, 5);
+    std::vector<Parameter<float>> ps{{"w", w.view(), gw.view(), 6, 5, rr, {0, 5}}, {"b", b.view(), gv.view(), 1, 5, {0, 1}, {0, 5}}};
+    Context<> ctx(comm);
+    EXPECT_NEAR(clip_grad_norm<float>(ctx, ps, 10 * norm), norm, 1e-6 * norm);  // no clipping
+    TP_EXPECT_CLOSE(float, gv, v);
+    EXPECT_NEAR(clip_grad_norm<float>(ctx, ps, 0.5 * norm), norm, 1e-6 * norm);
+    TP_EXPECT_CLOSE(float, gw, ref::scale(g.rows_range(rr.begin, rr.size()), 0.5));
+    TP_EXPECT_CLOSE(float, gv, ref::scale(v, 0.5));
+    EXPECT_NEAR(grad_norm<float>(ctx, ps), 0.5 * norm, 1e-6 * norm);
+  });
+}
+
+TEST(AdamW, RejectsBadOptionsAndMismatchedGradients) {
+  run_local(1, [](std::shared_ptr<Communicator> comm) {
+    Tensor<float, Cpu> w(2, 3), g(3, 2);
+    EXPECT_THROW(AdamW<float>(Context<>(comm), {}, {.beta1 = 1.0}), InvalidArgument);
+    EXPECT_THAT([&] { AdamW<float>(Context<>(comm), {{"w", w.view(), g.view(), 2, 3, {0, 2}, {0, 3}}}); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("'w' is 2x3 but its gradient 3x2")));
+  });
+}
+
+}  // namespace
+}  // namespace tp
