@@ -1,0 +1,126 @@
+/// Trains a small GPT-style byte-level language model (model.hpp) on examples/data/genesis.txt
+/// with its weights split across ranks, printing the loss and tokens per second, saving
+/// checkpoints and resuming from them.
+///
+///   mpirun -np 2 train_tiny_lm                                  # 2 MPI ranks, the defaults
+///   train_tiny_lm --backend local --world 4 --steps 100
+///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/
+///   train_tiny_lm --steps 600 --resume ck                       # continue from step 300
+
+#include <CLI/CLI.hpp>
+#include <tp/tp.hpp>
+
+#include <chrono>
+#include <ctime>
+#include <optional>
+
+#include "common/launch.hpp"
+#include "train_tiny_lm/model.hpp"
+
+#ifndef TP_TINY_LM_DATA
+#define TP_TINY_LM_DATA "examples/data/genesis.txt"
+#endif
+
+namespace {
+
+/// CPU seconds of this process (all its threads): on a shared machine a fairer clock than the wall.
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Train a tiny byte-level GPT with tensor parallelism"};
+  std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume;
+  int world = 2;
+  std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
+  tiny_lm::ModelConfig model;
+  tiny_lm::TrainConfig train;
+  app.add_option("--backend", backend, "local (ranks as threads) or mpi (start with mpirun -np N)")
+      ->check(CLI::IsMember({"local", "mpi"}))
+      ->capture_default_str();
+  app.add_option("--world", world, "ranks for the local backend")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--stop-after", stop_after, "stop (and checkpoint) after this step, before --steps; 0: run to --steps");
+  app.add_option("--seed", model.seed, "weights and data seed")->capture_default_str();
+  app.add_option("--data", data_path, "training text (bytes)")->capture_default_str();
+  app.add_option("--checkpoint", checkpoint, "directory for model.safetensors and resume.safetensors, written at the end");
+  app.add_option("--checkpoint-every", checkpoint_every, "also write the checkpoint every K steps");
+  app.add_option("--resume", resume, "resume.safetensors (or its directory) to continue from, at any world size");
+  app.add_option("--log-every", log_every, "print every N steps")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--hidden", model.hidden, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", model.heads, "attention heads (a multiple of the world size)")->capture_default_str();
+  app.add_option("--kv-heads", model.kv_heads, "key/value heads (grouped-query attention)")->capture_default_str();
+  app.add_option("--layers", model.layers, "transformer blocks")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--ffn", model.ffn, "MLP width (0: 4 * hidden)")->capture_default_str();
+  app.add_option("--seq-len", model.seq_len, "tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", model.batch, "sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--lr", train.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", train.min_lr, "final learning rate of the cosine decay")->capture_default_str();
+  app.add_option("--warmup", train.warmup, "linear warmup steps")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--clip", train.clip, "gradient norm clip")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  const std::int64_t last = stop_after > 0 ? std::min(stop_after, train.steps) : train.steps;
+
+  try {
+    const tiny_lm::TextData data(data_path);
+    tp::examples::launch(backend, world, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+      tp::Context<> ctx(comm);
+      const bool lead = comm->rank() == 0;
+      tiny_lm::Trainer<float> trainer(ctx, model, train);
+      if (!resume.empty()) trainer.load(resume);
+      if (lead) {
+        fmt::print("train_tiny_lm: {} backend, world {}, {} parameters ({}), {} bytes of text, {}\n", comm->backend(),
+                   comm->size(), trainer.model().parameter_count(), model.describe(), data.size(),
+                   tp::Cpu::blas_name());
+        fmt::print("  steps {} of {}, lr {} (warmup {}, cosine to {}), AdamW weight decay {}, clip {}{}\n",
+                   trainer.steps_done(), train.steps, train.lr, train.warmup, train.min_lr, train.weight_decay,
+                   train.clip, resume.empty() ? "" : fmt::format(", resumed from {}", resume));
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      double c0 = cpu_seconds();
+      const auto start = t0;
+      std::int64_t since = 0;
+      tiny_lm::StepResult r;
+      while (trainer.steps_done() < last) {
+        r = trainer.step(data);
+        ++since;
+        const std::int64_t s = trainer.steps_done();
+        if (s % log_every == 0 || s == last || s == 1) {
+          const auto t1 = std::chrono::steady_clock::now();
+          double wall = std::chrono::duration<double>(t1 - t0).count(), cpu = cpu_seconds() - c0;
+          // The slowest rank's wall time, and the CPU time of all ranks (processes or threads).
+          comm->all_reduce(std::span<double>(&wall, 1), tp::ReduceOp::max);
+          if (backend != "local") comm->all_reduce(std::span<double>(&cpu, 1), tp::ReduceOp::sum);
+          const double tokens = static_cast<double>(since * model.tokens());
+          if (lead)
+            fmt::print("step {:5d}  loss {:.6f}  lr {:.2e}  grad_norm {:.3f}  {:8.0f} tok/s  ({:.0f} tok per CPU s)\n",
+                       s, r.loss, r.lr, r.grad_norm, tokens / wall, tokens / cpu);
+          t0 = t1;
+          c0 = cpu_seconds();
+          since = 0;
+        }
+        if (!checkpoint.empty() && checkpoint_every > 0 && s % checkpoint_every == 0 && s != last) {
+          trainer.save(checkpoint);
+          if (lead) fmt::print("  saved {} at step {}\n", checkpoint, s);
+        }
+      }
+      if (!checkpoint.empty()) {
+        trainer.save(checkpoint);
+        if (lead) fmt::print("  saved {} at step {}\n", checkpoint, trainer.steps_done());
+      }
+      if (lead)
+        fmt::print("done: {} steps, final loss {:.4f}, {:.1f} s\n", trainer.steps_done(), r.loss,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    });
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "train_tiny_lm: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
