@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# The main job: builds the examples and runs them on several ranks on the CPU.
-#   scripts/demo.sh                 # 2 MPI ranks
-#   scripts/demo.sh --np 4          # 4 ranks
-#   scripts/demo.sh --backend local # ranks as threads in one process
+# The main job: builds the examples and trains a tiny GPT on several ranks on the CPU (about a
+# minute with 2 ranks on a quiet 2-core machine), after the quick seed and MLP examples.
+#   scripts/demo.sh                  # 2 MPI ranks
+#   scripts/demo.sh --np 4           # 4 ranks
+#   scripts/demo.sh --backend local  # ranks as threads in one process
+#   scripts/demo.sh --only-train     # skip the seed and MLP examples
+#   scripts/demo.sh -- --steps 100   # arguments after -- go to train_tiny_lm
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 np=2
 backend=mpi
+examples=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --np) np="$2"; shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
-    *) echo "usage: $0 [--np N] [--backend mpi|local]" >&2; exit 2 ;;
+    --only-train) examples=0; shift ;;
+    --) shift; break ;;
+    *) echo "usage: $0 [--np N] [--backend mpi|local] [--only-train] [-- train_tiny_lm options]" >&2; exit 2 ;;
   esac
 done
-tp_build seed_matmul mlp
+tp_build seed_matmul mlp train_tiny_lm
 run() {  # run an example on $np ranks of $backend
   if [ "$backend" = local ]; then "$build_dir/examples/$1" --backend local --world "$np" "${@:2}"
   else mpirun -np "$np" "$build_dir/examples/$1" --backend "$backend" "${@:2}"; fi
 }
-echo "== the seed's example: X A through column and row parallelism on $np ranks"
-run seed_matmul
-echo "== an MLP block (h -> 4h -> h) forward and backward on $np ranks, against the unsharded computation"
-run mlp --tokens 128 --hidden 512
+if [ "$examples" = 1 ]; then
+  echo "== the seed's example: X A through column and row parallelism on $np ranks"
+  run seed_matmul
+  echo "== an MLP block (h -> 4h -> h) forward and backward on $np ranks, against the unsharded computation"
+  run mlp --tokens 128 --hidden 512
+fi
+echo "== a tiny byte-level GPT trained on Genesis on $np ranks (checkpoint in $build_dir/tiny_lm_checkpoint)"
+run train_tiny_lm --log-every 50 --checkpoint "$build_dir/tiny_lm_checkpoint" "$@"
