@@ -6,3 +6,10 @@ find_package(OpenBLAS)
 set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
 find_package(MPI COMPONENTS CXX)
 find_package(Threads REQUIRED)
+# CUDA components (tp::cuda, tp::nccl): the toolkit's imported targets, unless TP_CUDA is OFF.
+if(NOT TP_CUDA STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    find_package(NCCL QUIET)
+  endif()
+endif()
