@@ -57,8 +57,8 @@ class ColumnParallelLinear {
     const Device& dev = *ctx_.device;
     dev.copy(x, detail::ensure(input_, ctx_, x.rows, in_));
     MatrixView<T> y = detail::ensure(shard_out_, ctx_, x.rows, range_.size());
-    dev.gemm(Op::n, Op::t, T(1), x, weight_.view(), T(0), y);
-    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    const bool add_bias = options_.bias && !options_.skip_bias_add;
+    detail::linear_forward<T>(dev, x, weight_.view(), add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{}, y);
     if (!options_.gather_output) return shard_out_;
     detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, x.rows, out_));
     return full_out_;
