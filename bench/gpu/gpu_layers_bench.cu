@@ -6,8 +6,10 @@
 ///
 ///   tp_bench_gpu_layers --benchmark_filter=bf16 --benchmark_out=gpu_layers.json
 ///
+/// Labels are "<type>/<what>/<tokens>/<hidden>" (what: gemm, column_forward, bare_column_forward,
+/// ..., mlp_backward), the names torch_layers.py uses, so bench/gpu/summarize.py can pair them.
 /// The headline (issue 4): bf16 MLP at 4096 tokens, hidden 8192, ffn 4 x 8192, against the bare
-/// bf16 GEMM of its first layer ("BareGemm/bf16/4096/8192").
+/// bf16 GEMM of its first layer (label "bf16/gemm/4096/8192").
 
 #include <benchmark/benchmark.h>
 
@@ -179,7 +181,7 @@ void BM_BareGemm(benchmark::State& state) {
   const auto x = random_tensor<T>(t, h, 1), w = random_tensor<T>(f, h, 2);
   Tensor<T, Cuda> y(env().dev, t, f);
   BareLinear<T> bare(t, h, f);
-  state.SetLabel(fmt::format("{} [{}x{}] x [{}x{}]^T", type_name<T>(), t, h, f, h));
+  state.SetLabel(fmt::format("{}/gemm/{}/{}", type_name<T>(), t, h));
   time_gpu(state, dev.stream(), 2.0 * t * h * f, [&] { bare.fwd.run(w.data(), x.data(), y.data(), dev.stream()); });
 }
 
@@ -192,8 +194,8 @@ void BM_Layer(benchmark::State& state) {
   Context<Cuda> ctx(env().comm, env().dev);
   const auto x = random_tensor<T>(t, in, 1), dy = random_tensor<T>(t, out, 3);
   const double flops = (backward ? 4.0 : 2.0) * t * in * out;
-  state.SetLabel(fmt::format("{} {} {} [{}x{}] -> {}", type_name<T>(), which == Which::column ? "column" : "row",
-                             backward ? "backward" : "forward", t, in, out));
+  state.SetLabel(fmt::format("{}/{}_{}/{}/{}", type_name<T>(), which == Which::column ? "column" : "row",
+                             backward ? "backward" : "forward", t, h));
   if constexpr (which == Which::column) {
     ColumnParallelLinear<T, Cuda> layer(ctx, in, out);
     layer.forward(x.view());
@@ -216,7 +218,8 @@ void BM_BareLayer(benchmark::State& state, Which which) {
   const auto x = random_tensor<T>(t, in, 1), w = random_tensor<T>(out, in, 2), dy = random_tensor<T>(t, out, 3);
   Tensor<T, Cuda> y(env().dev, t, out), dx(env().dev, t, in), dw(env().dev, out, in);
   BareLinear<T> bare(t, in, out);
-  state.SetLabel(fmt::format("{} bare {} [{}x{}] -> {}", type_name<T>(), backward ? "backward" : "forward", t, in, out));
+  state.SetLabel(fmt::format("{}/bare_{}_{}/{}/{}", type_name<T>(), which == Which::column ? "column" : "row",
+                             backward ? "backward" : "forward", t, h));
   if (backward)
     time_gpu(state, dev.stream(), 4.0 * t * in * out, [&] {
       bare.dgrad.run(w.data(), dy.data(), dx.data(), dev.stream());
@@ -257,8 +260,7 @@ void BM_Mlp(benchmark::State& state) {
     fc1.backward(da.view());
   };
   forward();
-  state.SetLabel(fmt::format("{} mlp {} tokens {} hidden {} ffn {}", type_name<T>(), backward ? "backward" : "forward",
-                             t, h, f));
+  state.SetLabel(fmt::format("{}/mlp_{}/{}/{}", type_name<T>(), backward ? "backward" : "forward", t, h));
   if (backward) {
     time_gpu(state, dev.stream(), 2.0 * 4.0 * t * h * f, backward_pass);
   } else {
@@ -277,8 +279,7 @@ void BM_BareMlp(benchmark::State& state) {
   Tensor<T, Cuda> a(env().dev, t, f), y(env().dev, t, h), da(env().dev, t, f), dx(env().dev, t, h);
   Tensor<T, Cuda> dw1(env().dev, f, h), dw2(env().dev, h, f);
   BareLinear<T> l1(t, h, f), l2(t, f, h);
-  state.SetLabel(fmt::format("{} bare mlp {} tokens {} hidden {} ffn {}", type_name<T>(),
-                             backward ? "backward" : "forward", t, h, f));
+  state.SetLabel(fmt::format("{}/bare_mlp_{}/{}/{}", type_name<T>(), backward ? "backward" : "forward", t, h));
   if (backward)
     time_gpu(state, dev.stream(), 2.0 * 4.0 * t * h * f, [&] {
       l2.dgrad.run(w2.data(), dy.data(), da.data(), dev.stream());

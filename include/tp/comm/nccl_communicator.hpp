@@ -135,27 +135,9 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
+    release_comm();
     if (scratch_) cudaFree(scratch_);
     if (side_) cudaStreamDestroy(side_);
-    if (comm_ == nullptr) return;
-    if (aborted_) return;
-    // Finalize flushes queued work; if that does not finish in time, abort rather than hang.
-    ncclResult_t r = ncclCommFinalize(comm_);
-    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
-    while (r == ncclSuccess || r == ncclInProgress) {
-      ncclResult_t state = ncclSuccess;
-      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state != ncclInProgress) {
-        r = state;
-        break;
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        r = ncclInProgress;
-        break;
-      }
-      std::this_thread::yield();
-    }
-    if (r == ncclSuccess) ncclCommDestroy(comm_);
-    else ncclCommAbort(comm_);
   }
 
   int rank() const override { return rank_; }
@@ -320,6 +302,27 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(ncclComm_t comm, int rank, int world, int device, Options options)
       : comm_(comm), rank_(rank), world_(world), device_(device), options_(options) {
     init_resources();
+  }
+
+  /// Finalize flushes queued work; if that does not finish in time, abort rather than hang.
+  void release_comm() noexcept {
+    if (comm_ == nullptr || aborted_) return;
+    ncclResult_t r = ncclCommFinalize(comm_);
+    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    while (r == ncclSuccess || r == ncclInProgress) {
+      ncclResult_t state = ncclSuccess;
+      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state != ncclInProgress) {
+        r = state;
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        r = ncclInProgress;
+        break;
+      }
+      std::this_thread::yield();
+    }
+    if (r == ncclSuccess) ncclCommDestroy(comm_);
+    else ncclCommAbort(comm_);
   }
 
   void init_resources() {
