@@ -219,6 +219,29 @@ TEST(CudaDevice, StridedCopiesAndElementwiseOps) {
   EXPECT_EQ(download(*dev, b_d)(6, 8), 2.5);
 }
 
+/// FP32 by default (errors of float rounding); TF32 only when asked, and then visibly so: its
+/// 10-bit mantissa puts the error near 1e-4, far above FP32's and far below bf16's.
+TEST(CudaDevice, Tf32IsOptIn) {
+  TP_REQUIRE_CUDA();
+  // Large enough that cuBLASLt picks tensor cores; k small enough that FP32 accumulation stays below 1e-6.
+  const std::int64_t m = 512, n = 384, k = 256;
+  const auto a = test::random_matrix<float>(m, k, ref::test_seed(1)), b = test::random_matrix<float>(n, k, ref::test_seed(2));
+  const auto want = ref::matmul(a, false, b, true);
+  for (bool tf32 : {false, true}) {
+    auto dev = std::make_shared<Cuda>(CudaOptions{.tf32 = tf32});
+    const auto a_d = upload<float>(dev, a), b_d = upload<float>(dev, b);
+    Tensor<float, Cuda> c(dev, m, n);
+    dev->gemm<float>(Op::n, Op::t, 1.f, a_d.view(), b_d.view(), 0.f, c.view());
+    const double err = ref::rel_error(download(*dev, c), want);
+    if (tf32) {
+      EXPECT_LE(err, 5e-3) << "tf32";
+      EXPECT_GT(err, 1e-5) << "tf32 was asked for but the GEMM ran in full FP32";
+    } else {
+      EXPECT_LE(err, ref::tolerance<float>) << "fp32";
+    }
+  }
+}
+
 TEST(CudaDevice, BadShapesNameTheSizes) {
   TP_REQUIRE_CUDA();
   Cuda dev;

@@ -88,8 +88,8 @@ class NcclCommunicator final : public Communicator {
     AsyncWork(const AsyncWork&) = delete;
     AsyncWork& operator=(const AsyncWork&) = delete;
     ~AsyncWork() override { cudaEventDestroy(done_); }
-    /// Orders the result before whatever is queued next on the stream the collective was given;
-    /// returns without waiting for the GPU.
+    /// Orders the result before whatever is queued next on the stream the collective was given
+    /// (the caller's stream waits for the event); returns without waiting for the GPU.
     void wait() override {
       comm_.activate();
       TP_CUDA_CHECK(cudaStreamWaitEvent(caller_, done_, 0), "ordering an NCCL collective on the caller's stream");
@@ -184,13 +184,24 @@ class NcclCommunicator final : public Communicator {
     return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(sub, sub_rank, sub_world, device_, options_));
   }
 
-  /// Launch on the caller's stream, as the other collectives do, but hand back a Work that can
-  /// wait on the host with the timeout. (NCCL orders everything on one stream already; the Work
-  /// adds an event for callers that want to overlap host work or detect a dead peer.)
+  /// The all-reduce runs on the communicator's side stream once `stream` has produced its input,
+  /// so work queued on `stream` afterwards (the next GEMM) overlaps it. `wait()` on the result
+  /// orders the reduced data before whatever is queued on `stream` next; `wait_host()` blocks the
+  /// host, with the timeout. Every rank must issue its collectives in the same order, as always.
   std::unique_ptr<AsyncWork> all_reduce_async_nccl(const void* send, void* recv, std::size_t count, DType dtype,
-                                              ReduceOp op, Stream stream) {
-    do_all_reduce(send, recv, count, dtype, op, stream);
-    return record(stream);
+                                                   ReduceOp op, Stream stream) {
+    activate();
+    cudaEvent_t ready = nullptr;
+    TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
+    cudaError_t status = cudaEventRecord(ready, stream);
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
+    cudaEventDestroy(ready);  // released once the wait has consumed it
+    TP_CUDA_CHECK(status, "ordering an asynchronous all_reduce of {} x {} after the caller's stream on rank {}", count,
+                  name(dtype), rank_);
+    enqueue("all_reduce_async", count, dtype, [&] {
+      return ncclAllReduce(send, recv, count, detail::nccl_type(dtype), detail::nccl_op(op), comm_, side_);
+    });
+    return record(side_, stream);
   }
 
  protected:
@@ -387,13 +398,14 @@ class NcclCommunicator final : public Communicator {
       fail(fmt::format("{} of {} x {} failed: {}", op, count, name(dtype), detail::nccl_status(r, comm_)));
   }
 
-  std::unique_ptr<AsyncWork> record(Stream stream) {
+  /// An event recorded on `ran_on` after a collective, handed to the caller of stream `caller`.
+  std::unique_ptr<AsyncWork> record(Stream ran_on, Stream caller) {
     cudaEvent_t done = nullptr;
     TP_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "creating an event");
-    const cudaError_t recorded = cudaEventRecord(done, stream);
+    const cudaError_t recorded = cudaEventRecord(done, ran_on);
     if (recorded != cudaSuccess) cudaEventDestroy(done);
     TP_CUDA_CHECK(recorded, "recording an event after a collective on rank {}", rank_);
-    return std::make_unique<AsyncWork>(*this, stream, done);
+    return std::make_unique<AsyncWork>(*this, caller, done);
   }
 
   /// Polls `event` and the communicator's asynchronous error until the event completes.
