@@ -24,6 +24,9 @@
 #include "tp/device/cuda_local_memory.cuh"
 #include "tp/layers/column_parallel_linear.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#ifdef TP_HAS_NCCL
+#include "tp/comm/nccl_communicator.hpp"
+#endif
 
 namespace {
 
@@ -293,6 +296,30 @@ void BM_BareMlp(benchmark::State& state) {
       l2.fwd.run(w2.data(), a.data(), y.data(), dev.stream());
     });
 }
+
+#ifdef TP_HAS_NCCL
+/// NCCL all-reduce at world size 1 (one GPU: NCCL refuses two ranks on it), in nccl-tests'
+/// vocabulary: algbw = bytes / time; busbw = algbw * 2(n-1)/n, which is 0 at n = 1, so this
+/// measures the launch and local-copy cost of the path tp's layers take through NCCL.
+template <class T>
+void BM_NcclAllReduce(benchmark::State& state) {
+  if (skip_without_device(state)) return;
+  static const auto nccl = NcclCommunicator::create_single();
+  auto& dev = *env().dev;
+  const std::int64_t n = state.range(0) / static_cast<std::int64_t>(sizeof(T));
+  auto buf = random_tensor<T>(1, n, 5);
+  state.SetLabel(fmt::format("{}/nccl_all_reduce/{}", type_name<T>(), state.range(0)));
+  time_gpu(state, dev.stream(), 0.0, [&] {
+    nccl->all_reduce(buf.data(), buf.data(), static_cast<std::size_t>(n), dtype_of<T>, ReduceOp::sum, dev.stream());
+  });
+  state.counters["algbw GB/s"] = benchmark::Counter(static_cast<double>(state.range(0)) * 1e-9 *
+                                                        static_cast<double>(state.iterations()),
+                                                    benchmark::Counter::kIsRate);
+  state.counters["busbw GB/s"] = 0.0;
+}
+BENCHMARK(BM_NcclAllReduce<__nv_bfloat16>)
+    ->RangeMultiplier(32)->Range(1 << 10, 1 << 28)->UseManualTime()->Unit(benchmark::kMicrosecond);
+#endif
 
 void shapes(benchmark::internal::Benchmark* b) {
   b->Args({4096, 8192})->Args({2048, 4096})->Args({512, 4096})->UseManualTime()->Unit(benchmark::kMillisecond);

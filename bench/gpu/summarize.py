@@ -36,6 +36,8 @@ def main():
     print("| dtype | tokens x hidden | operation | tp ms | bare cuBLASLt ms | tp / bare | PyTorch ms | tp / torch | tp TFLOP/s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for label, r in sorted(tp.items()):
+        if label.count("/") != 3:
+            continue  # the NCCL rows, below
         dtype, what, tokens, hidden = label.split("/")
         if what.startswith("bare_"):
             continue
@@ -46,6 +48,11 @@ def main():
         print(f"| {dtype} | {tokens} x {hidden} | {what} | {fmt(r['ms'])} | {fmt(bare and bare['ms'])} | "
               f"{ratio(r['ms'], bare and bare['ms'])} | {fmt(th and th['ms'])} | {ratio(r['ms'], th and th['ms'])} | "
               f"{r['tflops']:.1f} |")
+    nccl = sorted((int(label.split("/")[2]), r) for label, r in tp.items() if "/nccl_all_reduce/" in label)
+    if nccl:
+        print("\n| NCCL all-reduce, world 1, bytes | time us | algbw GB/s |\n|---:|---:|---:|")
+        for size, r in nccl:
+            print(f"| {size} | {1e3 * r['ms']:.1f} | {size / (r['ms'] * 1e6):.1f} |")
     mlp, gemm = tp.get("bf16/mlp_forward/4096/8192"), tp.get("bf16/gemm/4096/8192")
     mlp_b = tp.get("bf16/mlp_backward/4096/8192")
     if mlp and gemm:
