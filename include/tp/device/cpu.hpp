@@ -420,18 +420,18 @@ class Cpu {
   }
 
   /// Gradients of attention_forward: dq, dk, dv (same shapes as q, k, v; dk and dv summed over the
-  /// query heads of each group) from dout and the saved probs. `scratch` is [seq_len, seq_len].
+  /// query heads of each group) from dout and the saved probs. `d_scores` is workspace of probs'
+  /// shape, for the gradient of the scores (a device may compute every head's at once).
   template <class T>
   void attention_backward(In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
-                          std::int64_t head_dim, MatrixView<T> scratch, MatrixView<T> dq, MatrixView<T> dk,
+                          std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
                           MatrixView<T> dv) const {
     const auto g = attention_geometry(q, k, v, seq_len, head_dim, MatrixView<T>(nullptr, probs.rows, probs.cols),
                                       MatrixView<T>(nullptr, dout.rows, dout.cols), "attention_backward");
     detail::check_same_shape(q, dq, "attention_backward dq");
     detail::check_same_shape(k, dk, "attention_backward dk");
     detail::check_same_shape(v, dv, "attention_backward dv");
-    TP_CHECK(scratch.rows == seq_len && scratch.cols == seq_len, "attention_backward: scratch is {}x{}, expected {}x{}",
-             scratch.rows, scratch.cols, seq_len, seq_len);
+    detail::check_same_shape(probs, d_scores, "attention_backward d_scores");
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
     fill(dk, T(0));
     fill(dv, T(0));
@@ -440,6 +440,7 @@ class Cpu {
         const std::int64_t kv = h / g.group, r0 = b * seq_len;
         const ConstView<T> p = probs.rows_range((b * g.hq + h) * seq_len, seq_len);
         const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
+        const MatrixView<T> scratch = d_scores.rows_range((b * g.hq + h) * seq_len, seq_len);
         // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
         gemm(Op::t, Op::n, T(1), p, d_o, T(1), dv.block(r0, kv * head_dim, seq_len, head_dim));
         gemm(Op::n, Op::t, T(1), d_o, v.block(r0, kv * head_dim, seq_len, head_dim), T(0), scratch);

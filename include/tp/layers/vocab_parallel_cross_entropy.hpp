@@ -11,7 +11,9 @@
 /// Tokens whose target is `ignore_index` get loss 0 and gradient 0.
 ///
 /// The loss is per token ([tokens, 1]); the caller reduces it (a mean over the tokens that are not
-/// ignored is torch's default) and passes the matching per-token gradient to backward.
+/// ignored is torch's default) and passes the matching per-token gradient to backward. forward
+/// keeps a copy of the logits shard ([tokens, vocab_r], a language model's largest activation) for
+/// backward.
 
 #include <cstdint>
 #include <limits>
