@@ -144,6 +144,8 @@ class ColumnParallelLinear {
     for (const auto& p : parameters()) load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? bias : weight);
   }
 
+  /// The last forward's result (what forward returned), e.g. the activation input a fused MLP needs in backward.
+  const Tensor<T, Device>& output() const { return options_.gather_output ? full_out_ : shard_out_; }
   MatrixView<T> weight() { return weight_.view(); }
   MatrixView<T> bias() { return bias_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }
