@@ -31,26 +31,24 @@ namespace tp {
 
 namespace detail {
 
-template <class T>
-T gelu_value(T x, Gelu kind) {
-  if (kind == Gelu::exact) return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752)));
-  const T k = T(0.79788456080286536), u = k * (x + T(0.044715) * x * x * x);
-  return T(0.5) * x * (T(1) + std::tanh(u));
+/// GELU in forms without cancellation, evaluated in double: 1 + erf(z) and 1 + tanh(u) lose
+/// every digit for negative x (1 + tanh(-3) = 0.0037, so one float ulp of tanh is a 1e-5 error);
+/// erfc(-z) and 2 sigmoid(2u) do not.
+inline double gelu_value(double x, Gelu kind) {
+  if (kind == Gelu::exact) return 0.5 * x * std::erfc(-x * 0.70710678118654752);
+  const double u = 0.79788456080286536 * (x + 0.044715 * x * x * x);
+  return x / (1.0 + std::exp(-2.0 * u));
 }
 
-/// d gelu(x) / dx.
-template <class T>
-T gelu_slope(T x, Gelu kind) {
+/// d gelu(x) / dx, in the same stable forms: Phi(x) + x phi(x), or s + 2 x s (1 - s) u' with s = sigmoid(2u).
+inline double gelu_slope(double x, Gelu kind) {
   if (kind == Gelu::exact)
-    return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752))) + x * T(0.39894228040143268) * std::exp(T(-0.5) * x * x);
-  const T k = T(0.79788456080286536), u = k * (x + T(0.044715) * x * x * x), th = std::tanh(u);
-  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3 * 0.044715) * x * x);
+    return 0.5 * std::erfc(-x * 0.70710678118654752) + x * 0.39894228040143268 * std::exp(-0.5 * x * x);
+  const double k = 0.79788456080286536, u = k * (x + 0.044715 * x * x * x), s = 1.0 / (1.0 + std::exp(-2.0 * u));
+  return s + 2.0 * x * s * (1.0 - s) * k * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
-template <class T>
-T silu(T x) {
-  return x / (T(1) + std::exp(-x));
-}
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 template <class T>
 void check_same_shape(ConstView<T> a, MatrixView<T> b, const char* op) {
@@ -212,7 +210,7 @@ class Cpu {
   void gelu(In<T> x, MatrixView<T> y, Gelu kind) const {
     detail::check_same_shape(x, y, "gelu");
     for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) y(r, c) = detail::gelu_value(x(r, c), kind);
+      for (std::int64_t c = 0; c < x.cols; ++c) y(r, c) = static_cast<T>(detail::gelu_value(x(r, c), kind));
   }
 
   /// dx = dy * gelu'(x)
@@ -221,7 +219,8 @@ class Cpu {
     detail::check_same_shape(x, dx, "gelu_backward");
     detail::check_same_shape(dy, dx, "gelu_backward");
     for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) dx(r, c) = dy(r, c) * detail::gelu_slope(x(r, c), kind);
+      for (std::int64_t c = 0; c < x.cols; ++c)
+        dx(r, c) = static_cast<T>(static_cast<double>(dy(r, c)) * detail::gelu_slope(x(r, c), kind));
   }
 
   /// One AdamW update (PyTorch's torch.optim.AdamW, decoupled weight decay) of a parameter shard:
@@ -341,7 +340,8 @@ class Cpu {
     for (std::int64_t r = 0; r < y.rows; ++r) {
       const T* g = gate_up.row(r);
       T* yr = y.row(r);
-      for (std::int64_t c = 0; c < n; ++c) yr[c] = detail::silu(g[c]) * g[n + c];
+      for (std::int64_t c = 0; c < n; ++c)
+        yr[c] = static_cast<T>(static_cast<double>(g[c]) * detail::sigmoid(g[c]) * static_cast<double>(g[n + c]));
     }
   }
 
@@ -356,9 +356,9 @@ class Cpu {
       const T* d = dy.row(r);
       T* o = d_gate_up.row(r);
       for (std::int64_t c = 0; c < n; ++c) {
-        const T s = T(1) / (T(1) + std::exp(-g[c]));
-        o[c] = d[c] * g[n + c] * (s + g[c] * s * (T(1) - s));
-        o[n + c] = d[c] * g[c] * s;
+        const double x = g[c], up = g[n + c], dc = d[c], s = detail::sigmoid(x);
+        o[c] = static_cast<T>(dc * up * (s + x * s * (1.0 - s)));
+        o[n + c] = static_cast<T>(dc * x * s);
       }
     }
   }
@@ -406,7 +406,9 @@ class Cpu {
   }
 
   // ---- Cross-entropy over a vocabulary shard: logits [tokens, vocab_r] hold columns [first, first +
-  // vocab_r) of the full logits; per-token statistics are [tokens, 1] (max) or [tokens, 3] (stats).
+  // vocab_r) of the full logits; per-token statistics are [tokens, 1] (max, exact in T) or
+  // [tokens, 3] (stats, in double whatever T: log(sum_exp) of a confident token is log(1 + tiny),
+  // and a sum rounded to float would carry a relative error of 1e-5 into that loss).
 
   /// row_max[t, 0] = max over this shard's columns of logits[t, :].
   template <class T>
@@ -422,7 +424,7 @@ class Cpu {
   /// exact for logits of 1e4.
   template <class T>
   void cross_entropy_stats(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max,
-                           MatrixView<T> stats) const {
+                           MatrixView<double> stats) const {
     check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
     for (std::int64_t t = 0; t < logits.rows; ++t) {
       const T* x = logits.row(t);
@@ -434,9 +436,9 @@ class Cpu {
         sum_shifted += static_cast<double>(x[j] - m);
       }
       const std::int64_t j = targets.data[t] - first;
-      stats(t, 0) = static_cast<T>(sum_exp);
-      stats(t, 1) = j >= 0 && j < logits.cols ? x[j] - m : T(0);
-      stats(t, 2) = static_cast<T>(sum_shifted);
+      stats(t, 0) = sum_exp;
+      stats(t, 1) = j >= 0 && j < logits.cols ? static_cast<double>(x[j] - m) : 0.0;
+      stats(t, 2) = sum_shifted;
     }
   }
 
@@ -444,7 +446,7 @@ class Cpu {
   /// (1 - s) (lse - x_target) + s (lse - mean_j x_j) with lse - x = log(sum_exp) - (x - m); zero
   /// where the target is `ignore_index`.
   template <class T>
-  void cross_entropy_loss(In<T> stats, In<std::int64_t> targets, std::int64_t vocab, std::int64_t ignore_index,
+  void cross_entropy_loss(In<double> stats, In<std::int64_t> targets, std::int64_t vocab, std::int64_t ignore_index,
                           double smoothing, MatrixView<T> loss) const {
     TP_CHECK(stats.cols == 3 && loss.rows == stats.rows && loss.cols == 1 && targets.size() == stats.rows &&
                  targets.contiguous(),
@@ -455,17 +457,17 @@ class Cpu {
         loss(t, 0) = T(0);
         continue;
       }
-      const T log_sum = std::log(stats(t, 0));
-      const T nll = log_sum - stats(t, 1);
-      loss(t, 0) = smoothing == 0 ? nll
-                                  : T(1 - smoothing) * nll + T(smoothing) * (log_sum - stats(t, 2) / T(vocab));
+      const double log_sum = std::log(stats(t, 0)), nll = log_sum - stats(t, 1);
+      loss(t, 0) = static_cast<T>(smoothing == 0 ? nll
+                                                 : (1 - smoothing) * nll +
+                                                       smoothing * (log_sum - stats(t, 2) / static_cast<double>(vocab)));
     }
   }
 
   /// d logits[t, j] = grad_loss[t] (softmax_tj - (1 - s) [j == target] - s / vocab), zero rows where
   /// the target is `ignore_index`.
   template <class T>
-  void cross_entropy_backward(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max, In<T> stats,
+  void cross_entropy_backward(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max, In<double> stats,
                               In<T> grad_loss, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
                               MatrixView<T> grad_logits) const {
     check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
@@ -473,7 +475,7 @@ class Cpu {
     TP_CHECK(grad_loss.rows == logits.rows && grad_loss.cols == 1,
              "cross_entropy_backward: loss gradient is {}x{}, expected {}x1", grad_loss.rows, grad_loss.cols,
              logits.rows);
-    const T uniform = T(smoothing / static_cast<double>(vocab)), on_target = T(1 - smoothing);
+    const double uniform = smoothing / static_cast<double>(vocab), on_target = 1 - smoothing;
     for (std::int64_t t = 0; t < logits.rows; ++t) {
       T* d = grad_logits.row(t);
       if (targets.data[t] == ignore_index) {
@@ -481,10 +483,12 @@ class Cpu {
         continue;
       }
       const T* x = logits.row(t);
-      const T m = max(t, 0), inv_sum = T(1) / stats(t, 0), g = grad_loss(t, 0);
-      for (std::int64_t j = 0; j < logits.cols; ++j) d[j] = g * (std::exp(x[j] - m) * inv_sum - uniform);
-      const std::int64_t j = targets.data[t] - first;
-      if (j >= 0 && j < logits.cols) d[j] -= g * on_target;
+      const T m = max(t, 0);
+      const double inv_sum = 1.0 / stats(t, 0), g = grad_loss(t, 0);
+      const std::int64_t target = targets.data[t] - first;
+      for (std::int64_t j = 0; j < logits.cols; ++j)
+        d[j] = static_cast<T>(g * (static_cast<double>(std::exp(x[j] - m)) * inv_sum - uniform -
+                                   (j == target ? on_target : 0.0)));
     }
   }
 
@@ -521,18 +525,18 @@ class Cpu {
   }
 
   /// Gradients of attention_forward: dq, dk, dv (same shapes as q, k, v; dk and dv summed over the
-  /// query heads of each group) from dout and the saved probs. `scratch` is [seq_len, seq_len].
+  /// query heads of each group) from dout and the saved probs. `d_scores` is workspace of probs'
+  /// shape, for the gradient of the scores (a device may compute every head's at once).
   template <class T>
   void attention_backward(In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
-                          std::int64_t head_dim, MatrixView<T> scratch, MatrixView<T> dq, MatrixView<T> dk,
+                          std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
                           MatrixView<T> dv) const {
     const auto g = attention_geometry(q, k, v, seq_len, head_dim, MatrixView<T>(nullptr, probs.rows, probs.cols),
                                       MatrixView<T>(nullptr, dout.rows, dout.cols), "attention_backward");
     detail::check_same_shape(q, dq, "attention_backward dq");
     detail::check_same_shape(k, dk, "attention_backward dk");
     detail::check_same_shape(v, dv, "attention_backward dv");
-    TP_CHECK(scratch.rows == seq_len && scratch.cols == seq_len, "attention_backward: scratch is {}x{}, expected {}x{}",
-             scratch.rows, scratch.cols, seq_len, seq_len);
+    detail::check_same_shape(probs, d_scores, "attention_backward d_scores");
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
     fill(dk, T(0));
     fill(dv, T(0));
@@ -541,6 +545,7 @@ class Cpu {
         const std::int64_t kv = h / g.group, r0 = b * seq_len;
         const ConstView<T> p = probs.rows_range((b * g.hq + h) * seq_len, seq_len);
         const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
+        const MatrixView<T> scratch = d_scores.rows_range((b * g.hq + h) * seq_len, seq_len);
         // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
         gemm(Op::t, Op::n, T(1), p, d_o, T(1), dv.block(r0, kv * head_dim, seq_len, head_dim));
         gemm(Op::n, Op::t, T(1), d_o, v.block(r0, kv * head_dim, seq_len, head_dim), T(0), scratch);
@@ -570,7 +575,7 @@ class Cpu {
              op, ids.rows, ids.cols, ids.ld, tokens);
   }
   template <class T>
-  static void check_ce(In<T> logits, In<std::int64_t> targets, In<T> max, In<T> stats, const char* op) {
+  static void check_ce(In<T> logits, In<std::int64_t> targets, In<T> max, In<double> stats, const char* op) {
     check_ids(targets, logits.rows, op);
     TP_CHECK(max.rows == logits.rows && max.cols == 1 && stats.rows == logits.rows && stats.cols == 3,
              "{}: logits {}x{}, max {}x{}, stats {}x{}", op, logits.rows, logits.cols, max.rows, max.cols, stats.rows,

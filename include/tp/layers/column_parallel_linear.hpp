@@ -83,8 +83,9 @@ class ColumnParallelLinear {
     else
       dev.copy(x, input);
     MatrixView<T> y = detail::ensure(shard_out_, ctx_, tokens, options_.stacked * range_.size());
-    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), y);
-    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    const bool add_bias = options_.bias && !options_.skip_bias_add;
+    detail::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{},
+                              y);
     if (!options_.gather_output) return shard_out_;
     detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, tokens, out_));
     return full_out_;
@@ -143,6 +144,8 @@ class ColumnParallelLinear {
     for (const auto& p : parameters()) load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? bias : weight);
   }
 
+  /// The last forward's result (what forward returned), e.g. the activation input a fused MLP needs in backward.
+  const Tensor<T, Device>& output() const { return options_.gather_output ? full_out_ : shard_out_; }
   MatrixView<T> weight() { return weight_.view(); }
   MatrixView<T> bias() { return bias_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }

@@ -5,7 +5,8 @@
 ///
 /// Input [tokens, hidden] with tokens = batch * seq_len: sequence b is rows [b * seq_len, (b + 1) *
 /// seq_len), and attention never crosses sequences. Causal (a token sees itself and earlier ones) or
-/// not. Scores are scaled by 1 / sqrt(head_dim).
+/// not. Scores are scaled by 1 / sqrt(head_dim). The softmax of every (sequence, head) is kept for
+/// backward: batch * heads_r * seq_len^2 elements per rank (no flash-style recomputation yet).
 ///
 /// Grouped-query attention: `heads` query heads share `kv_heads` key/value heads, query head h
 /// reading kv head h / (heads / kv_heads) (kv_heads = heads is multi-head, 1 is multi-query).
@@ -131,7 +132,7 @@ class ParallelAttention {
     const ConstView<T> qkv = qkv_.view();
     dev.attention_backward(qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
                            qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(), seq_len_,
-                           head_dim_, detail::ensure(scratch_, ctx_, seq_len_, seq_len_), dqkv.cols_range(0, q_width_),
+                           head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()), dqkv.cols_range(0, q_width_),
                            dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
 
     // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
@@ -258,7 +259,7 @@ class ParallelAttention {
   std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0, seq_len_ = 0;
   std::shared_ptr<Communicator> kv_comm_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
-  Tensor<T, Device> input_, qkv_, probs_, context_, grad_qkv_, scratch_, kv_grad_, kv_bias_grad_, grad_input_,
+  Tensor<T, Device> input_, qkv_, probs_, context_, grad_qkv_, d_scores_, kv_grad_, kv_bias_grad_, grad_input_,
       grad_full_;
 };
 

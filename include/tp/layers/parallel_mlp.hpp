@@ -55,7 +55,7 @@ class ParallelMLP {
   const Tensor<T, Device>& forward(ConstView<T> x, std::int64_t tokens = -1) {
     const Device& dev = *ctx_.device;
     const auto& h = fc1_.forward(x, tokens);
-    h_ = &h;
+    forwarded_ = true;
     MatrixView<T> a = detail::ensure(act_, ctx_, h.rows(), fc2_.input_range().size());
     switch (options_.activation) {
       case Activation::gelu_exact: dev.gelu(h.view(), a, Gelu::exact); break;
@@ -69,8 +69,9 @@ class ParallelMLP {
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
     const Device& dev = *ctx_.device;
     const auto& da = fc2_.backward(grad_output);
-    // fc1's output is still in fc1 (no forward in between), so the activation's input needs no copy.
-    const Tensor<T, Device>& h = fc1_output();
+    TP_CHECK(forwarded_, "{}: backward called before forward", options_.name);
+    // fc1 keeps its last output, the activation's input, so it needs no copy here.
+    const Tensor<T, Device>& h = fc1_.output();
     MatrixView<T> dh = detail::ensure(grad_h_, ctx_, h.rows(), h.cols());
     switch (options_.activation) {
       case Activation::gelu_exact: dev.gelu_backward(h.view(), da.view(), dh, Gelu::exact); break;
@@ -106,17 +107,12 @@ class ParallelMLP {
 
  private:
   bool gated() const { return options_.activation == Activation::swiglu; }
-  /// fc1 returns a reference to its own output buffer, still holding the last forward's result.
-  const Tensor<T, Device>& fc1_output() {
-    TP_CHECK(h_ != nullptr, "{}: backward called before forward", options_.name);
-    return *h_;
-  }
 
   Context<Device> ctx_;
   Options options_;
   ColumnParallelLinear<T, Device> fc1_;
   RowParallelLinear<T, Device> fc2_;
-  const Tensor<T, Device>* h_ = nullptr;
+  bool forwarded_ = false;
   Tensor<T, Device> act_, grad_h_;
 };
 

@@ -79,8 +79,9 @@ class RowParallelLinear {
     return output_;
   }
 
-  /// Takes dL/dY [tokens, out] (under sequence_parallel this rank's rows of it), accumulates the weight and bias gradients, and returns dL/dX_r
-  /// [tokens, in_r], or the gathered [tokens, in] when the layer took the full input.
+  /// Takes dL/dY [tokens, out] (under sequence_parallel this rank's rows of it), accumulates the
+  /// weight and bias gradients, and returns dL/dX_r [tokens, in_r], or the gathered [tokens, in]
+  /// when the layer took the full input.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
     TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
     const std::int64_t tokens = input_.rows();

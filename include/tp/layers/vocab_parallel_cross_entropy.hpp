@@ -2,7 +2,7 @@
 /// Cross-entropy over logits split by vocabulary (Megatron's vocab_parallel_cross_entropy): rank r
 /// holds columns partition(vocab, world, r) of the [tokens, vocab] logits, as a ColumnParallelLinear
 /// LM head leaves them, and the full logits are never gathered. Per token, three reductions over
-/// the group: the max logit (all-reduce max), then in one all-reduce of [tokens, 3] the sum of
+/// the group: the max logit (all-reduce max), then in one all-reduce of [tokens, 3] doubles the sum of
 /// exp(x - max), the target logit (from the rank that holds it) and the sum of (x - max), from
 /// which the loss follows. Everything is relative to the max, so logits of 1e4 lose nothing.
 ///
@@ -11,7 +11,9 @@
 /// Tokens whose target is `ignore_index` get loss 0 and gradient 0.
 ///
 /// The loss is per token ([tokens, 1]); the caller reduces it (a mean over the tokens that are not
-/// ignored is torch's default) and passes the matching per-token gradient to backward.
+/// ignored is torch's default) and passes the matching per-token gradient to backward. forward
+/// keeps a copy of the logits shard ([tokens, vocab_r], a language model's largest activation) for
+/// backward.
 
 #include <cstdint>
 #include <limits>
@@ -66,10 +68,10 @@ class VocabParallelCrossEntropy {
     if (ctx_.world() > 1)
       ctx_.comm->all_reduce(max.data, max.data, static_cast<std::size_t>(tokens), dtype_of<T>, ReduceOp::max,
                             ctx_.stream());
-    MatrixView<T> stats = detail::ensure(stats_, ctx_, tokens, 3);
-    dev.cross_entropy_stats(ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin, ConstView<T>(max), stats);
+    MatrixView<double> stats = detail::ensure(stats_, ctx_, tokens, 3);
+    dev.template cross_entropy_stats<T>(ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin, ConstView<T>(max), stats);
     detail::all_reduce_sum(ctx_, stats);
-    dev.cross_entropy_loss(ConstView<T>(stats), ConstView<std::int64_t>(saved), vocab_, options_.ignore_index,
+    dev.cross_entropy_loss(ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_, options_.ignore_index,
                            options_.label_smoothing, detail::ensure(loss_, ctx_, tokens, 1));
     return loss_;
   }
@@ -106,7 +108,8 @@ class VocabParallelCrossEntropy {
   std::int64_t vocab_;
   Options options_;
   Range range_;
-  Tensor<T, Device> logits_, max_, stats_, loss_, grad_logits_;
+  Tensor<T, Device> logits_, max_, loss_, grad_logits_;
+  Tensor<double, Device> stats_;  ///< double whatever T (see Cpu::cross_entropy_stats)
   Tensor<std::int64_t, Device> targets_;
 };
 
