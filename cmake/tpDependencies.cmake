@@ -5,4 +5,5 @@ find_dependency(fmt)
 find_package(OpenBLAS)
 set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
 find_package(MPI COMPONENTS CXX)
+find_package(Gloo)
 find_package(Threads REQUIRED)
