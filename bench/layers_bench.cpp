@@ -117,11 +117,12 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", hidden, "hidden sizes (the MLP's inner size is 4x)")->delimiter(',');
   app.add_option("--layers", layers, "mlp, column, row")->delimiter(',');
   app.add_option("--modes", modes, "fwd, fwdbwd")->delimiter(',');
-  app.add_option("--sgemm", gemms, "bare sgemm shapes MxNxK run on every rank (empty: none)")->delimiter(',');
+  app.add_option("--sgemm", gemms, "bare sgemm shapes MxNxK run on every rank (none: no sgemm rows)")->delimiter(',');
   try {
     return tp::bench::main(argc, argv, app, options, [&](const Options& o, int world) {
       std::vector<Case> cases;
       for (const auto& shape : gemms) {
+        if (shape == "none") continue;
         std::int64_t m = 0, n = 0, k = 0;
         TP_CHECK(std::sscanf(shape.c_str(), "%ldx%ldx%ld", &m, &n, &k) == 3 && m > 0 && n > 0 && k > 0,
                  "--sgemm wants MxNxK, got '{}'", shape);

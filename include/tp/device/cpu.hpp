@@ -14,6 +14,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -45,6 +46,61 @@ T gelu_slope(T x, Gelu kind) {
     return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752))) + x * T(0.39894228040143268) * std::exp(T(-0.5) * x * x);
   const T k = T(0.79788456080286536), u = k * (x + T(0.044715) * x * x * x), th = std::tanh(u);
   return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3 * 0.044715) * x * x);
+}
+
+/// erf for float without a libm call, so that the GELU loops vectorize (std::erf is a scalar call,
+/// about a quarter of a 512-token MLP step): a rational approximation on [-4, 4], beyond which erf
+/// is +-1 in float. Absolute error below 5e-7 (measured against std::erf on a 1e-4 grid).
+inline float erf_fast(float a) {
+  const float x = std::min(std::max(a, -4.f), 4.f), x2 = x * x;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 - 2.10102402082508e-06f;
+  p = p * x2 - 5.69250639462346e-05f;
+  p = p * x2 - 7.34990630326855e-04f;
+  p = p * x2 - 2.95459980854025e-03f;
+  p = p * x2 - 1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 - 2.13374055278905e-04f;
+  q = q * x2 - 1.68282697438203e-03f;
+  q = q * x2 - 7.37332916720468e-03f;
+  q = q * x2 - 1.42647390514189e-02f;
+  return x * p / q;
+}
+
+/// exp for float without a libm call (Cephes' expf: 2^n times a polynomial in the remainder), a
+/// few ulp; arguments are clamped to [-87, 88], where float's exp neither overflows nor goes
+/// subnormal.
+inline float exp_fast(float a) {
+  const float x = std::min(std::max(a, -87.f), 88.f);
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest, branch-free
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * (r * r) + r + 1.f;
+  return e * std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
+}
+
+/// tanh(u) = 1 - 2 / (exp(2u) + 1), with u clamped to [-10, 10], where tanh rounds to +-1 in float.
+inline float tanh_fast(float u) {
+  const float c = std::min(std::max(u, -10.f), 10.f);
+  return 1.f - 2.f / (exp_fast(2.f * c) + 1.f);
+}
+
+inline float gelu_value_fast(float x, Gelu kind) {
+  if (kind == Gelu::exact) return 0.5f * x * (1.f + erf_fast(x * 0.70710678118654752f));
+  return 0.5f * x * (1.f + tanh_fast(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+inline float gelu_slope_fast(float x, Gelu kind) {
+  if (kind == Gelu::exact)
+    return 0.5f * (1.f + erf_fast(x * 0.70710678118654752f)) + x * 0.39894228040143268f * exp_fast(-0.5f * x * x);
+  const float k = 0.79788456080286536f, th = tanh_fast(k * (x + 0.044715f * x * x * x));
+  return 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * k * (1.f + 3.f * 0.044715f * x * x);
 }
 
 template <class T>
@@ -202,12 +258,22 @@ class Cpu {
     }
   }
 
-  /// y = gelu(x)
+  /// y = gelu(x). float uses branch-free erf/exp approximations that vectorize; double uses libm.
   template <class T>
   void gelu(In<T> x, MatrixView<T> y, Gelu kind) const {
     detail::check_same_shape(x, y, "gelu");
-    for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) y(r, c) = detail::gelu_value(x(r, c), kind);
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      const T* xr = x.row(r);
+      T* yr = y.row(r);
+      if constexpr (std::is_same_v<T, float>) {
+        if (kind == Gelu::exact)
+          for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::exact);
+        else
+          for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::tanh);
+      } else {
+        for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value(xr[c], kind);
+      }
+    }
   }
 
   /// dx = dy * gelu'(x)
@@ -215,8 +281,18 @@ class Cpu {
   void gelu_backward(In<T> x, In<T> dy, MatrixView<T> dx, Gelu kind) const {
     detail::check_same_shape(x, dx, "gelu_backward");
     detail::check_same_shape(dy, dx, "gelu_backward");
-    for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) dx(r, c) = dy(r, c) * detail::gelu_slope(x(r, c), kind);
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      const T *xr = x.row(r), *gr = dy.row(r);
+      T* out = dx.row(r);
+      if constexpr (std::is_same_v<T, float>) {
+        if (kind == Gelu::exact)
+          for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::exact);
+        else
+          for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::tanh);
+      } else {
+        for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope(xr[c], kind);
+      }
+    }
   }
 
   template <class T>
