@@ -46,13 +46,25 @@ class CollRunner : public Runner {
 #endif
   }
 
+  /// A raw row alternates tp's call and the library's, every iteration, the order flipping each
+  /// time, and reports the library's time; `tp_over_raw` is the ratio of the two sums, measured
+  /// under the same conditions (this machine's load changes faster than a row takes).
   double step() override {
-    return seconds([&] { op(); });
+    if (impl_ == "tp") return seconds([&] { op("tp"); });
+    const bool tp_first = (steps_++ % 2) == 0;
+    double tp = 0, raw = 0;
+    if (tp_first) tp = seconds([&] { op("tp"); });
+    raw = seconds([&] { op(impl_); });
+    if (!tp_first) tp = seconds([&] { op("tp"); });
+    double slowest = 0;
+    comm_->all_reduce(&tp, &slowest, 1, DType::f64, ReduceOp::max);
+    tp_total_ += slowest;
+    return raw;
   }
 
   Counters finish(double t) override {
     std::fill(recv_.begin(), recv_.end(), -1.f);
-    op();
+    op(impl_);
     const int world = comm_->size(), rank = comm_->rank();
     std::int64_t wrong = 0;
     for (std::size_t i = 0; i < recv_.size(); ++i) {
@@ -68,13 +80,15 @@ class CollRunner : public Runner {
     comm_->all_reduce(std::span<std::int64_t>(&wrong, 1));
     const double bytes = static_cast<double>(n_) * sizeof(float), algbw = bytes / t / 1e9;
     const double factor = coll_ == Coll::all_reduce ? 2.0 * (world - 1) / world : double(world - 1) / world;
-    return {{"bytes", bytes}, {"algbw_GBps", algbw}, {"busbw_GBps", algbw * factor}, {"wrong", double(wrong)},
-            {"world", double(world)}};
+    Counters counters{{"bytes", bytes}, {"algbw_GBps", algbw}, {"busbw_GBps", algbw * factor}, {"wrong", double(wrong)},
+                      {"world", double(world)}};
+    if (impl_ != "tp" && steps_ > 0) counters["tp_over_raw"] = tp_total_ / (t * static_cast<double>(steps_));
+    return counters;
   }
 
  private:
-  void op() {
-    if (impl_ == "tp") {
+  void op(const std::string& impl) {
+    if (impl == "tp") {
       switch (coll_) {
         case Coll::all_reduce: comm_->all_reduce(send_.data(), recv_.data(), n_, DType::f32); return;
         case Coll::all_gather: comm_->all_gather(send_.data(), recv_.data(), block_, DType::f32); return;
@@ -82,7 +96,7 @@ class CollRunner : public Runner {
       }
     }
 #ifdef TP_HAS_MPI
-    if (impl_ == "mpi") {
+    if (impl == "mpi") {
       const MPI_Comm c = static_cast<MpiCommunicator&>(*comm_).native();
       const int count = static_cast<int>(coll_ == Coll::all_reduce ? n_ : block_);
       switch (coll_) {
@@ -93,7 +107,7 @@ class CollRunner : public Runner {
     }
 #endif
 #ifdef TP_HAS_GLOO
-    if (impl_ == "gloo") {
+    if (impl == "gloo") {
       const auto& context = gloo_->native();
       if (!context) {  // world size 1: gloo has nothing to do but the copy
         std::memcpy(recv_.data(), send_.data(), send_.size() * sizeof(float));
@@ -116,7 +130,7 @@ class CollRunner : public Runner {
       return;
     }
 #endif
-    TP_THROW(InvalidArgument, "no implementation '{}' of {}", impl_, coll_name(coll_));
+    TP_THROW(InvalidArgument, "no implementation '{}' of {}", impl, coll_name(coll_));
   }
 
   std::shared_ptr<Communicator> comm_;
@@ -124,6 +138,8 @@ class CollRunner : public Runner {
   std::string impl_;
   std::size_t n_, block_ = 0;
   std::vector<float> send_, recv_;
+  std::int64_t steps_ = 0;
+  double tp_total_ = 0;
 #ifdef TP_HAS_GLOO
   GlooCommunicator* gloo_ = nullptr;
 #endif
