@@ -8,6 +8,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+command_line=$(echo "scripts/bench.sh $*" | sed 's/ *$//')
 build=$root/build-bench
 quick=0
 skip_build=0
@@ -24,8 +25,6 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command_line="scripts/bench.sh $*"
-[ $quick -eq 1 ] && command_line="scripts/bench.sh --quick"
 
 py=/usr/bin/python3  # Debian's python: python3-torch and python3-matplotlib live there
 [ -x $py ] || py=python3
