@@ -331,7 +331,8 @@ def main():
     out = ["# Benchmarks\n",
            "Written by `scripts/bench.sh` (do not edit by hand). Each backend runs at world sizes 1, 2 and 4 on this "
            "one machine: `local` is threads in one process, `mpi` and `gloo` are processes under mpirun "
-           "(Gloo meets over MPI, then talks TCP over loopback). Every rank uses one BLAS thread.\n"]
+           "(Gloo meets over MPI, then talks TCP over loopback). Every rank uses one BLAS thread; Open MPI runs with "
+           "`OMPI_MCA_mpi_yield_when_idle=1`, since a rank spinning in MPI slows its sibling on a shared core.\n"]
     try:
         if float(args.load.split()[0]) >= (os.cpu_count() or 1):
             out.append(f"> **This run was made on a loaded machine** (load average {args.load} on {os.cpu_count()} CPUs): "
