@@ -5,6 +5,7 @@ find_dependency(fmt)
 find_package(OpenBLAS)
 set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
 find_package(MPI COMPONENTS CXX)
+find_package(Gloo)
 find_package(Threads REQUIRED)
 find_package(nlohmann_json 3.10)  # tp::io: the safetensors header parser
 # CUDA components (tp::cuda, tp::nccl): the toolkit's imported targets, unless TP_CUDA is OFF.

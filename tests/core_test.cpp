@@ -81,6 +81,35 @@ TEST(CpuDevice, GemmAgreesWithReferenceForEveryTransposeAndStride) {
   }
 }
 
+TEST(CpuDevice, GemmWithOneOrTwoRowsTakesTheGemvPathForEveryTranspose) {
+  // m <= 2 runs one GEMV per row; m = 3 is the GEMM path, for comparison. A is embedded in a wider
+  // matrix so its leading dimension differs from its width.
+  const Cpu cpu;
+  for (std::int64_t m : {1, 2, 3})
+    for (Op op_a : {Op::n, Op::t})
+      for (Op op_b : {Op::n, Op::t}) {
+        const std::int64_t k = 9, n = 5;
+        const bool ta = op_a == Op::t, tb = op_b == Op::t;
+        const auto a = ref::random_matrix<double>(ta ? k : m, ta ? m : k, ref::test_seed(1));
+        const auto b = ref::random_matrix<double>(tb ? n : k, tb ? k : n, ref::test_seed(2));
+        const auto c0 = ref::random_matrix<double>(m, n, ref::test_seed(3));
+        Tensor<double, Cpu> big_a(a.rows, a.cols + 3);
+        for (std::int64_t r = 0; r < a.rows; ++r)
+          for (std::int64_t col = 0; col < a.cols; ++col) big_a(r, col + 2) = a(r, col);
+        const auto bt = ref::to_tensor<double>(b);
+        auto c = ref::to_tensor<double>(c0);
+        cpu.gemm(op_a, op_b, 2.0, ConstView<double>(big_a.view().block(0, 2, a.rows, a.cols)), bt.view(), -1.0, c.view());
+        ref::Matrix want = ref::matmul(a, ta, b, tb);
+        for (std::size_t i = 0; i < want.data.size(); ++i) want.data[i] = 2 * want.data[i] - c0.data[i];
+        SCOPED_TRACE(fmt::format("m {} op_a {} op_b {}", m, ta ? "t" : "n", tb ? "t" : "n"));
+        TP_EXPECT_CLOSE(double, c, want);
+        auto cf = ref::to_tensor<float>(c0);
+        const auto af = ref::to_tensor<float>(a), bf = ref::to_tensor<float>(b);
+        cpu.gemm(op_a, op_b, 2.f, af.view(), bf.view(), -1.f, cf.view());
+        TP_EXPECT_CLOSE(float, cf, want);
+      }
+}
+
 TEST(CpuDevice, GeluMatchesReferenceAndDerivative) {
   const auto x = ref::random_matrix<double>(4, 33, ref::test_seed(1));
   const auto dy = ref::random_matrix<double>(4, 33, ref::test_seed(2));
@@ -94,6 +123,33 @@ TEST(CpuDevice, GeluMatchesReferenceAndDerivative) {
     ref::Matrix want_dx = dy;
     for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
     TP_EXPECT_CLOSE(double, dx, want_dx);
+  }
+}
+
+TEST(CpuDevice, FloatGeluMatchesReferenceAndDerivative) {
+  // float takes the vectorized erf/exp/tanh approximations; inputs span the range where GELU bends
+  // and its tails, in rows wider than a vector so the vector loops and their remainders both run.
+  auto x = ref::random_matrix<float>(7, 301, ref::test_seed(1));
+  for (auto& v : x.data) v = static_cast<double>(static_cast<float>(4 * v));
+  const auto dy = ref::random_matrix<float>(7, 301, ref::test_seed(2));
+  const auto xt = ref::to_tensor<float>(x), dyt = ref::to_tensor<float>(dy);
+  Tensor<float, Cpu> y(7, 301), dx(7, 301);
+  for (bool tanh : {false, true}) {
+    const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
+    Cpu().gelu(xt.view(), y.view(), kind);
+    Cpu().gelu_backward(xt.view(), dyt.view(), dx.view(), kind);
+    TP_EXPECT_CLOSE(float, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
+    ref::Matrix want_dx = dy;
+    for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
+    TP_EXPECT_CLOSE(float, dx, want_dx);
+    // element by element too: no input may be far off, however small its share of the norm
+    for (std::int64_t r = 0; r < 7; ++r)
+      for (std::int64_t c = 0; c < 301; ++c) {
+        const double v = x(r, c);
+        ASSERT_NEAR(y(r, c), ref::gelu(v, tanh), 1e-6 * std::max(1.0, std::abs(v))) << "x = " << v;
+        ASSERT_NEAR(dx(r, c), dy(r, c) * ref::gelu_slope(v, tanh), 2e-6 * std::max(1.0, std::abs(dy(r, c))))
+            << "x = " << v;
+      }
   }
 }
 

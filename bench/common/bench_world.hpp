@@ -1,0 +1,233 @@
+#pragma once
+/// What both benchmark binaries share: picking the backend from the command line, starting the
+/// ranks (in-process threads, or the processes of an mpirun job), and running Google Benchmark on
+/// rank 0 while the other ranks follow.
+///
+/// Rank 0 alone runs Google Benchmark and reports. Before each run of a benchmark it broadcasts
+/// which case to run and how many iterations Google Benchmark asked for; every rank then runs that
+/// case for exactly that many iterations. Each iteration's time is reduced with MAX over the
+/// ranks (outside the timed region) and given to Google Benchmark as manual time, so the figure
+/// is the time of the slowest rank, as in nccl-tests.
+
+#include <benchmark/benchmark.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tp/comm/local_communicator.hpp"
+#include "tp/device/cpu.hpp"
+#ifdef TP_HAS_MPI
+#include "tp/comm/mpi_communicator.hpp"
+#endif
+#ifdef TP_HAS_GLOO
+#include <gloo/rendezvous/hash_store.h>
+
+#include "tp/comm/gloo_communicator.hpp"
+#endif
+
+namespace tp::bench {
+
+using Counters = std::map<std::string, double>;
+
+/// One benchmark case on one rank: `step` runs one iteration and returns its seconds on this
+/// rank; `finish` may run collectives (the correctness check) and returns the counters to report.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  virtual double step() = 0;
+  virtual Counters finish(double seconds_per_iteration) = 0;
+};
+
+struct Case {
+  std::string name;
+  std::function<std::unique_ptr<Runner>(const std::shared_ptr<Communicator>&)> make;
+};
+
+struct Options {
+  std::string backend = "local";
+  int world = 1;  ///< in-process ranks; under mpirun the job's size
+  bool raw = true;
+  std::vector<std::string> extra;  ///< handed to Google Benchmark
+};
+
+/// Seconds elapsed while `f` runs.
+template <class F>
+double seconds(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+inline bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr; }
+
+class World {
+ public:
+  World(std::vector<Case> cases) : cases_(std::move(cases)) {}
+
+  /// Runs case `index` for `iterations` on this rank; `state` is given on rank 0 only.
+  Counters run(Communicator& comm, const std::shared_ptr<Communicator>& self, std::size_t index,
+               benchmark::IterationCount iterations, benchmark::State* state) const {
+    auto runner = cases_[index].make(self);
+    comm.barrier();
+    double total = 0;
+    const auto one = [&] {
+      double t = runner->step(), slowest = 0;
+      comm.all_reduce(&t, &slowest, 1, DType::f64, ReduceOp::max);
+      total += slowest;
+      return slowest;
+    };
+    if (state != nullptr)
+      for (auto _ : *state) state->SetIterationTime(one());
+    else
+      for (benchmark::IterationCount i = 0; i < iterations; ++i) one();
+    return runner->finish(total / static_cast<double>(std::max<benchmark::IterationCount>(iterations, 1)));
+  }
+
+  void lead(const std::shared_ptr<Communicator>& comm, std::size_t index, benchmark::State& state) const {
+    std::int64_t job[2] = {static_cast<std::int64_t>(index), static_cast<std::int64_t>(state.max_iterations)};
+    comm->broadcast(std::span<std::int64_t>(job), 0);
+    for (const auto& [key, value] : run(*comm, comm, index, state.max_iterations, &state)) state.counters[key] = value;
+  }
+
+  void follow(const std::shared_ptr<Communicator>& comm) const {
+    for (;;) {
+      std::int64_t job[2] = {0, 0};
+      comm->broadcast(std::span<std::int64_t>(job), 0);
+      if (job[0] < 0) return;
+      run(*comm, comm, static_cast<std::size_t>(job[0]), job[1], nullptr);
+    }
+  }
+
+  static void stop(const std::shared_ptr<Communicator>& comm) {
+    std::int64_t job[2] = {-1, 0};
+    comm->broadcast(std::span<std::int64_t>(job), 0);
+  }
+
+  const std::vector<Case>& cases() const { return cases_; }
+
+ private:
+  std::vector<Case> cases_;
+};
+
+/// Parses the common flags (unknown ones go to Google Benchmark), starts the ranks, builds the
+/// cases with `make_cases(options, world_size)`, and runs them. Returns main's exit status.
+inline int main(int argc, char** argv, CLI::App& app, Options& options,
+                const std::function<std::vector<Case>(const Options&, int)>& make_cases) {
+  app.add_option("--backend", options.backend, "local (threads in this process), mpi, or gloo")
+      ->check(CLI::IsMember({"local", "mpi", "gloo"}));
+  app.add_option("--world", options.world, "ranks in this process (local, gloo); under mpirun the job's size")
+      ->check(CLI::Range(1, 64));
+  app.add_flag("!--no-raw", options.raw, "leave out the rows that call the library directly");
+  app.allow_extras();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  options.extra = app.remaining();
+
+  const bool mpirun = under_mpirun();
+  std::vector<std::shared_ptr<Communicator>> comms;  // comms[0] is this process's leader or follower
+#ifdef TP_HAS_MPI
+  std::unique_ptr<MpiEnvironment> env;
+  std::shared_ptr<MpiCommunicator> mpi;
+  if (mpirun && options.backend != "local") {
+    env = std::make_unique<MpiEnvironment>(argc, argv);
+    mpi = std::make_shared<MpiCommunicator>();
+  }
+#endif
+  const auto long_wait = std::chrono::minutes(30);  // a follower waits for the leader between runs
+  if (options.backend == "local") {
+    TP_CHECK(!mpirun, "--backend=local runs its ranks as threads; start it without mpirun and give --world");
+    comms = LocalCommunicator::create(options.world, {.timeout = long_wait});
+  } else if (options.backend == "mpi") {
+#ifdef TP_HAS_MPI
+    TP_CHECK(mpirun, "--backend=mpi needs mpirun");
+    comms = {mpi};
+#else
+    TP_THROW(InvalidArgument, "this build has no MPI (tp::mpi component)");
+#endif
+  } else {
+#ifdef TP_HAS_GLOO
+    const GlooOptions gloo{.timeout = long_wait};
+    if (mpirun) {
+#ifdef TP_HAS_MPI
+      comms = {std::make_shared<GlooCommunicator>(*mpi, gloo)};
+#else
+      comms = {GlooCommunicator::from_env(gloo)};
+#endif
+    } else {
+      ::gloo::rendezvous::HashStore store;
+      comms.resize(options.world);
+      std::vector<std::thread> threads;
+      for (int r = 0; r < options.world; ++r)
+        threads.emplace_back([&, r] { comms[r] = std::make_shared<GlooCommunicator>(store, r, options.world, gloo); });
+      for (auto& t : threads) t.join();
+    }
+#else
+    TP_THROW(InvalidArgument, "this build has no Gloo (tp::gloo component)");
+#endif
+  }
+  const int world_size = comms[0]->size();
+  const World world(make_cases(options, world_size));
+
+  // In-process ranks 1.. follow on threads; under mpirun, processes other than rank 0 follow.
+  std::vector<std::thread> followers;
+  for (std::size_t r = 1; r < comms.size(); ++r) followers.emplace_back([&, r] { world.follow(comms[r]); });
+  int status = 0;
+  if (comms[0]->rank() != 0) {
+    world.follow(comms[0]);
+  } else {
+    std::vector<std::string> args{argv[0]};
+    args.insert(args.end(), options.extra.begin(), options.extra.end());
+    std::vector<char*> bargv;
+    for (auto& a : args) bargv.push_back(a.data());
+    int bargc = static_cast<int>(bargv.size());
+    benchmark::Initialize(&bargc, bargv.data());
+    if (benchmark::ReportUnrecognizedArguments(bargc, bargv.data())) {
+      status = 1;
+    } else {
+      benchmark::AddCustomContext("tp_backend", std::string(options.backend));
+      benchmark::AddCustomContext("tp_world", std::to_string(world_size));
+      benchmark::AddCustomContext("tp_blas", Cpu::blas_name());
+#ifdef TP_HAS_MPI
+      {
+        char version[MPI_MAX_LIBRARY_VERSION_STRING];
+        int length = 0;
+        int initialized = 0;
+        MPI_Initialized(&initialized);
+        if (initialized) {
+          MPI_Get_library_version(version, &length);
+          std::string v(version, length);
+          benchmark::AddCustomContext("tp_mpi", v.substr(0, v.find_first_of(",\n")));
+        }
+      }
+#endif
+#ifdef TP_HAS_GLOO
+      benchmark::AddCustomContext("tp_gloo", fmt::format("Gloo {}.{}.{}", GLOO_VERSION_MAJOR, GLOO_VERSION_MINOR,
+                                                         GLOO_VERSION_PATCH));
+#endif
+      const auto lead = comms[0];
+      for (std::size_t i = 0; i < world.cases().size(); ++i)
+        benchmark::RegisterBenchmark(world.cases()[i].name.c_str(),
+                                     [&world, lead, i](benchmark::State& state) { world.lead(lead, i, state); })
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+      benchmark::RunSpecifiedBenchmarks();
+      benchmark::Shutdown();
+    }
+    World::stop(comms[0]);
+  }
+  for (auto& t : followers) t.join();
+  comms.clear();
+  return status;
+}
+
+}  // namespace tp::bench

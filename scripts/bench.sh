@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Runs tp's benchmark suites for every backend (local threads, MPI, Gloo) at world sizes 1, 2 and 4,
+# the PyTorch gloo peer on the MLP shapes when python3-torch is there, and writes BENCHMARKS.md
+# with tables and PNG plots (docs/bench/). About 10 minutes on a 2-core machine; --quick is a
+# smoke test of the whole path in about 2.
+#
+# usage: scripts/bench.sh [--quick] [--build-dir DIR] [--skip-build] [--no-peer]
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+command_line=$(echo "scripts/bench.sh $*" | sed 's/ *$//')
+build=$root/build-bench
+quick=0
+skip_build=0
+peer=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --build-dir) build=$2; shift ;;
+    --build-dir=*) build=${1#*=} ;;
+    --skip-build) skip_build=1 ;;
+    --no-peer) peer=0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+py=/usr/bin/python3  # Debian's python: python3-torch and python3-matplotlib live there
+[ -x $py ] || py=python3
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+# Open MPI spins while it waits; on two vCPUs that share a core, a spinning rank takes the FPU from
+# the rank still computing (measured: MLP step at 1 token, 2 ranks, 86 ms spinning vs 22 ms yielding).
+export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
+# OpenBLAS 0.3.21 runs AVX2 kernels on AVX-512 Zen CPUs unless told (see tp/device/cpu.hpp).
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo; then
+  export OPENBLAS_CORETYPE=SkylakeX
+fi
+export OPENBLAS_NUM_THREADS=1
+
+if [ $skip_build -eq 0 ]; then
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTP_BUILD_TESTS=OFF -DTP_BUILD_EXAMPLES=OFF \
+        -DTP_BUILD_BENCH=ON >/dev/null
+  cmake --build "$build" --target tp_bench_comm tp_bench_layers
+fi
+bin=$build/bench
+results=$build/bench-results
+rm -rf "$results"
+mkdir -p "$results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
+
+have_mpi=0
+command -v mpirun >/dev/null && have_mpi=1
+
+if [ $quick -eq 1 ]; then
+  comm_args=(--max-bytes=1048576 --step-factor=16 --benchmark_min_time=0.02)
+  tokens=8,512
+  layer_args=(--hidden=1024 --benchmark_min_time=0.02)
+  side_args=(--layers=column,row --modes=fwdbwd --hidden=1024 --tokens=512 --sgemm=none --benchmark_min_time=0.02)
+  peer_tokens=(8 512)
+  worlds=(1 2)
+else
+  comm_args=(--benchmark_min_time=0.1)
+  tokens=1,8,64,512,2048
+  layer_args=(--hidden=1024 --benchmark_min_time=0.2)
+  side_args=(--layers=column,row --modes=fwd,fwdbwd --hidden=1024,2048 --tokens=8,512 --sgemm=none
+             --benchmark_min_time=0.1)
+  peer_tokens=(1 8 64 512 2048)
+  worlds=(1 2 4)
+fi
+
+# run NAME WORLD BACKEND BINARY ARGS...: in-process for local, under mpirun for mpi and gloo.
+run() {
+  local name=$1 world=$2 backend=$3 binary=$4
+  shift 4
+  local out=$results/$name.json
+  echo "== $name" >&2
+  if [ "$backend" = local ]; then
+    "$bin/$binary" --backend=local --world="$world" "$@" --benchmark_out="$out" --benchmark_out_format=json \
+      >"$results/$name.txt" 2>&1 || { echo "bench.sh: $name failed, see $results/$name.txt" >&2; return 0; }
+  else
+    mpirun -np "$world" --oversubscribe --bind-to none "$bin/$binary" --backend="$backend" "$@" \
+      --benchmark_out="$out" --benchmark_out_format=json \
+      >"$results/$name.txt" 2>&1 || { echo "bench.sh: $name failed, see $results/$name.txt" >&2; return 0; }
+  fi
+}
+
+backends=(local)
+[ $have_mpi -eq 1 ] && backends+=(mpi gloo)
+for backend in "${backends[@]}"; do
+  for world in "${worlds[@]}"; do
+    run "comm-$backend-$world" "$world" "$backend" tp_bench_comm "${comm_args[@]}"
+    sgemm=()
+    [ "$world" -gt 2 ] && sgemm=(--sgemm=none)  # the bare GEMM rate matters at 1 and 2 ranks
+    run "mlp-$backend-$world" "$world" "$backend" tp_bench_layers --layers=mlp --modes=fwd,fwdbwd \
+      --tokens=$tokens "${layer_args[@]}" "${sgemm[@]}"
+    if [ "$backend" = mpi ] && [ "$world" -le 2 ]; then
+      run "linear-$backend-$world" "$world" "$backend" tp_bench_layers "${side_args[@]}"
+    fi
+  done
+done
+
+# The PyTorch peer: same MLP (hidden 1024, ffn 4096, no biases, exact GELU), one thread per rank.
+peer_script=${TP_PEERS_DIR:-$root/../shared/peers}/torch_gloo_tp.py
+# a git worktree under wt/ sits one level deeper than the main checkout
+[ -f "$peer_script" ] || [ -n "${TP_PEERS_DIR:-}" ] || peer_script=$root/../../shared/peers/torch_gloo_tp.py
+peer_out=$results/peer.txt
+: >"$peer_out"
+if [ $peer -eq 1 ] && [ -f "$peer_script" ] && $py -c "import torch" 2>/dev/null; then
+  for world in 1 2; do
+    for t in "${peer_tokens[@]}"; do
+      iters=20
+      [ "$t" -ge 512 ] && iters=5
+      [ "$t" -ge 2048 ] && iters=3
+      [ $quick -eq 1 ] && iters=3
+      echo "== peer world $world tokens $t" >&2
+      OMP_NUM_THREADS=1 timeout 600 $py "$peer_script" "$world" "$t" 1024 "$iters" >>"$peer_out" 2>"$results/peer-err.txt" ||
+        echo "bench.sh: peer world $world tokens $t failed" >&2
+    done
+  done
+else
+  echo "bench.sh: PyTorch peer skipped (no python3-torch or no $peer_script)" >&2
+fi
+
+elapsed=$(( $(date +%s) - start ))
+$py "$root/scripts/bench_report.py" --results "$results" --out "$root/BENCHMARKS.md" --plots "$root/docs/bench" \
+  --command "$command_line" --load "$load_before" --elapsed "$elapsed" \
+  --openblas-coretype "${OPENBLAS_CORETYPE:-}"
+echo "bench.sh: wrote $root/BENCHMARKS.md and $root/docs/bench/*.png in ${elapsed}s of benchmarks" >&2

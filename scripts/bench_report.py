@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Turns the JSON of tp_bench_comm / tp_bench_layers and the PyTorch peer's lines into BENCHMARKS.md
+and PNG plots. Called by scripts/bench.sh; needs only the standard library (plots need matplotlib)."""
+import argparse, glob, json, os, platform, re, subprocess, sys, datetime
+
+
+def load(results):
+    rows, context = [], {}
+    for path in sorted(glob.glob(os.path.join(results, "*.json"))):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"bench_report: skipping {path}: {e}", file=sys.stderr)
+            continue
+        for k, v in data.get("context", {}).items():
+            if k.startswith("tp_") and k not in ("tp_backend", "tp_world"):
+                context.setdefault(k, v)
+        for b in data.get("benchmarks", []):
+            if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+                continue
+            parts = b["name"].replace("/manual_time", "").split("/")
+            row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us"))}
+            pos = [p for p in parts[1:] if ":" not in p]
+            for p in parts[1:]:
+                if ":" in p:
+                    k, v = p.split(":", 1)
+                    row[k] = int(v)
+            if row["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
+                row["backend"], row["impl"] = pos[0], pos[1]
+            elif row["kind"] == "sgemm":
+                row["backend"] = pos[0]
+            else:
+                row["mode"], row["backend"] = pos[0], pos[1]
+            for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw"):
+                if k in b:
+                    row[k] = b[k]
+            rows.append(row)
+    return rows, context
+
+
+def to_us(t, unit):
+    return t * {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[unit]
+
+
+def load_peer(results):
+    peer = {}
+    path = os.path.join(results, "peer.txt")
+    if not os.path.exists(path):
+        return peer
+    for line in open(path):
+        if not line.startswith("torch-gloo"):
+            continue
+        kv = dict(re.findall(r"(\w+)=([0-9.e+-]+)", line))
+        key = (int(kv["world"]), int(kv["tokens"]), int(kv["hidden"]))
+        peer[key] = {"fwd": float(kv["fwd_ms"]) * 1e3, "fwdbwd": float(kv["fwdbwd_ms"]) * 1e3,
+                     "rel_err": float(kv["rel_err"])}
+    return peer
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def human_bytes(n):
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
+
+
+def fmt_us(us):
+    if us is None:
+        return "–"
+    return f"{us / 1e3:.2f} ms" if us >= 1e3 else f"{us:.1f} us"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fmt_ratio(r, goal=None, at_most=True):
+    if r is None:
+        return "–"
+    s = f"{r:.3f}"
+    if goal is not None:
+        ok = r <= goal if at_most else r >= goal
+        s += " ✓" if ok else " ✗"
+    return s
+
+
+def machine(args, context):
+    cpu = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        info = open("/proc/cpuinfo").read()
+        flags = "AVX-512" if " avx512f " in info else "AVX2" if " avx2 " in info else "no AVX2"
+    except OSError:
+        pass
+    torch = "not installed"
+    try:
+        torch = subprocess.run(["/usr/bin/python3", "-c", "import torch; print(torch.__version__)"],
+                               capture_output=True, text=True, timeout=60).stdout.strip() or torch
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return [
+        ("CPU", f"{cpu} ({flags}), {os.cpu_count()} logical CPUs"),
+        ("BLAS", context.get("tp_blas", "?") + (f", OPENBLAS_CORETYPE={args.openblas_coretype}" if args.openblas_coretype else "")),
+        ("MPI", context.get("tp_mpi", "?")),
+        ("Gloo", context.get("tp_gloo", "?") + " (Debian libgloo, TCP transport over loopback)"),
+        ("PyTorch peer", f"torch {torch}, gloo backend, 1 intra-op thread per rank"),
+        ("Command", f"`{args.command}` ({args.elapsed} s of benchmarks)"),
+        ("Date", datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")),
+        ("Load average before the run", args.load + " (anything near or above the CPU count means the figures are noisy)"),
+    ]
+
+
+def comm_section(rows, out):
+    colls = [c for c in ("all_reduce", "all_gather", "reduce_scatter") if find(rows, kind=c)]
+    out.append("## Collectives\n")
+    out.append("float32 buffers; size is the larger buffer (nccl-tests' convention); time is the slowest rank's, "
+               "per iteration. `raw` calls the library directly (MPI_Allreduce / MPI_Allgather / "
+               "MPI_Reduce_scatter_block, gloo::allreduce / gloo::allgather); `tp/raw` is tp's time over the raw "
+               "time, measured by the raw row itself, which alternates tp's call and the library's every iteration so that both "
+               "see the same machine load. busbw in GB/s. `wrong` counts mismatching elements in a check after the timed loop (0 everywhere "
+               "unless listed below).\n")
+    wrong = [r for r in rows if r.get("wrong")]
+    if wrong:
+        out.append("**Wrong results:** " + ", ".join(f"{r['name']} ({int(r['wrong'])})" for r in wrong) + "\n")
+    for c in colls:
+        sel = [r for r in rows if r["kind"] == c]
+        combos = sorted({(r["backend"], r["world"]) for r in sel}, key=lambda x: (["local", "mpi", "gloo"].index(x[0]) if x[0] in ("local", "mpi", "gloo") else 9, x[1]))
+        combos = [x for x in combos if x[1] > 1]
+        if not combos:
+            continue
+        sizes = sorted({r["bytes"] for r in sel})
+        out.append(f"### {c}\n")
+        header = "| size |" + "".join(f" {b} n={w} time | busbw | tp/raw |" for b, w in combos)
+        out.append(header)
+        out.append("|---:|" + "---:|---:|---:|" * len(combos))
+        for s in sizes:
+            line = f"| {human_bytes(s)} |"
+            for b, w in combos:
+                tp = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] == "tp"
+                           and abs(r["bytes"] - s) <= 16 * w), None)
+                raw = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] != "tp"
+                            and abs(r["bytes"] - s) <= 16 * w), None)
+                line += (f" {fmt_us(tp['us']) if tp else '–'} | {tp['busbw_GBps']:.3f} |" if tp else " – | – |")
+                q = raw.get("tp_over_raw") if raw else None
+                line += f" {fmt_ratio(q if q is not None else ratio(tp and tp['us'], raw and raw['us']))} |"
+            out.append(line)
+        out.append("")
+
+
+def layer_section(rows, peer, out):
+    mlp = [r for r in rows if r["kind"] == "mlp"]
+    if mlp:
+        out.append("## MLP block (column h->4h, GELU, row 4h->h), float32, no biases\n")
+        out.append("Time per step (slowest rank) and GFLOP/s of the whole block (summed over ranks). `fwdbwd` is a "
+                   "training step's forward and backward (input gradient and both weight gradients). The peer is "
+                   "`../shared/peers/torch_gloo_tp.py` (median of its iterations).\n")
+        hidden = sorted({r["hidden"] for r in mlp})
+        for h in hidden:
+            combos = sorted({(r["backend"], r["world"]) for r in mlp if r["hidden"] == h},
+                            key=lambda x: (["local", "mpi", "gloo"].index(x[0]) if x[0] in ("local", "mpi", "gloo") else 9, x[1]))
+            peers = sorted({w for (w, t, hh) in peer if hh == h})
+            for mode in ("fwd", "fwdbwd"):
+                out.append(f"### hidden {h}, {mode}\n")
+                out.append("| tokens |" + "".join(f" tp {b} n={w} |" for b, w in combos) +
+                           "".join(f" torch n={w} |" for w in peers))
+                out.append("|---:|" + "---:|" * (len(combos) + len(peers)))
+                for t in sorted({r["tokens"] for r in mlp if r["hidden"] == h}):
+                    line = f"| {t} |"
+                    for b, w in combos:
+                        r = find(mlp, backend=b, world=w, hidden=h, tokens=t, mode=mode)
+                        line += f" {fmt_us(r['us'])} ({r['GFLOPs']:.0f} GF/s) |" if r else " – |"
+                    for w in peers:
+                        p = peer.get((w, t, h))
+                        line += f" {fmt_us(p[mode])} |" if p else " – |"
+                    out.append(line)
+                out.append("")
+    lin = [r for r in rows if r["kind"] in ("column", "row")]
+    if lin:
+        out.append("## Column- and row-parallel linear layers alone (column h->4h, row 4h->h), float32\n")
+        out.append("| layer | mode | hidden | tokens | backend | n | time | GFLOP/s (sum over ranks) |")
+        out.append("|---|---|---:|---:|---|---:|---:|---:|")
+        for r in sorted(lin, key=lambda r: (r["kind"], r["mode"], r["hidden"], r["tokens"], r["backend"], r["world"])):
+            out.append(f"| {r['kind']} | {r['mode']} | {r['hidden']} | {r['tokens']} | {r['backend']} | {r['world']} | "
+                       f"{fmt_us(r['us'])} | {r['GFLOPs']:.1f} |")
+        out.append("")
+    gemm = [r for r in rows if r["kind"] == "sgemm"]
+    if gemm:
+        out.append("## Bare single-thread sgemm, every rank at once (the machine's GEMM rate in this run)\n")
+        out.append("| backend | n | M x N x K | time | GFLOP/s per rank | GFLOP/s summed |")
+        out.append("|---|---:|---|---:|---:|---:|")
+        for r in sorted(gemm, key=lambda r: (r["backend"], r["world"], r["m"])):
+            out.append(f"| {r['backend']} | {r['world']} | {r['m']}x{r['n']}x{r['k']} | {fmt_us(r['us'])} | "
+                       f"{r['GFLOPs_per_rank']:.1f} | {r['GFLOPs']:.1f} |")
+        out.append("")
+
+
+def targets(rows, peer, out):
+    out.append("## The issue's targets, as ratios measured side by side in this run\n")
+    out.append("| target | measured | goal |")
+    out.append("|---|---|---|")
+    for b in ("mpi", "gloo"):
+        for w in sorted({r["world"] for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] > 1}):
+            worst, at, all_q = None, None, []
+            for tp in [r for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] == w and r["impl"] == "tp"]:
+                raw = find(rows, kind="all_reduce", backend=b, world=w, impl=b, bytes=tp["bytes"])
+                q = raw.get("tp_over_raw") if raw else None
+                if q is not None:
+                    all_q.append(q)
+                if q is not None and (worst is None or q > worst):
+                    worst, at = q, tp["bytes"]
+            if worst is not None:
+                median = sorted(all_q)[len(all_q) // 2]
+                out.append(f"| tp {b} all_reduce / raw (interleaved), n={w}, worst size (median over {len(all_q)} sizes) | "
+                           f"{fmt_ratio(worst, 1.05)} (at {human_bytes(at)}; median {median:.3f}) | ≤ 1.05 at every size |")
+    for t, goal in ((512, 1.05), (8, 1.15)):
+        one = find(rows, kind="mlp", backend="mpi", world=1, hidden=1024, tokens=t, mode="fwdbwd")
+        two = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
+        if one and two:
+            out.append(f"| MLP h1024 fwdbwd {t} tokens, MPI n=2 / n=1 | {fmt_ratio(ratio(two['us'], one['us']), goal)} "
+                       f"({fmt_us(two['us'])} / {fmt_us(one['us'])}) | ≤ {goal} |")
+    for t, goal in ((512, 0.95), (8, 0.5)):
+        two = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
+        p = peer.get((2, t, 1024))
+        if two and p:
+            out.append(f"| MLP h1024 fwdbwd {t} tokens, tp MPI n=2 / torch gloo n=2 | "
+                       f"{fmt_ratio(ratio(two['us'], p['fwdbwd']), goal)} ({fmt_us(two['us'])} / {fmt_us(p['fwdbwd'])}) | ≤ {goal} |")
+    ref = find(rows, kind="sgemm", backend="mpi", world=1, m=2048) or find(rows, kind="sgemm", world=1, m=2048)
+    if ref:
+        for w in (1, 2):
+            r = find(rows, kind="mlp", backend="mpi", world=w, hidden=1024, tokens=512, mode="fwdbwd")
+            if r:
+                out.append(f"| MLP 512 tokens fwdbwd GFLOP/s (sum over ranks), MPI n={w} / single-thread sgemm 2048³ "
+                           f"({ref['GFLOPs_per_rank']:.1f} GF/s) | {fmt_ratio(ratio(r['GFLOPs'], ref['GFLOPs_per_rank']), 0.9, at_most=False)} | ≥ 0.9 |")
+    out.append("")
+
+
+def plots(rows, peer, directory, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        out.append("_(plots skipped: no matplotlib)_\n")
+        return
+    os.makedirs(directory, exist_ok=True)
+    rel = os.path.relpath(directory, os.path.dirname(os.path.abspath(out_path)))
+    colls = [c for c in ("all_reduce", "all_gather", "reduce_scatter") if find(rows, kind=c)]
+    if colls:
+        fig, axes = plt.subplots(1, len(colls), figsize=(5.5 * len(colls), 4.5), squeeze=False)
+        colors = {"local": "tab:green", "mpi": "tab:blue", "gloo": "tab:orange"}
+        for ax, c in zip(axes[0], colls):
+            for b in ("local", "mpi", "gloo"):
+                for w in sorted({r["world"] for r in rows if r["kind"] == c and r["backend"] == b and r["world"] > 1}):
+                    for impl, style in (("tp", "-"), (b, ":")):
+                        sel = sorted([r for r in rows if r["kind"] == c and r["backend"] == b and r["world"] == w and r["impl"] == impl],
+                                     key=lambda r: r["bytes"])
+                        if sel:
+                            ax.plot([r["bytes"] for r in sel], [r["busbw_GBps"] for r in sel], style,
+                                    marker="o" if w == 2 else "s", markersize=3, color=colors[b],
+                                    alpha=1.0 if w == 2 else 0.6,
+                                    label=f"{'tp' if impl == 'tp' else 'raw'} {b} n={w}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("message size (bytes)")
+            ax.set_ylabel("busbw (GB/s)")
+            ax.set_title(c)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "busbw.png"), dpi=110)
+        plt.close(fig)
+        out.append(f"![busbw against message size]({rel}/busbw.png)\n")
+    mlp = [r for r in rows if r["kind"] == "mlp" and r["hidden"] == 1024]
+    if mlp:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        for ax, mode in zip(axes, ("fwd", "fwdbwd")):
+            for b, color in (("mpi", "tab:blue"), ("gloo", "tab:orange"), ("local", "tab:green")):
+                for w, style in ((1, "--"), (2, "-")):
+                    sel = sorted([r for r in mlp if r["backend"] == b and r["world"] == w and r["mode"] == mode],
+                                 key=lambda r: r["tokens"])
+                    if sel:
+                        ax.plot([r["tokens"] for r in sel], [r["us"] / 1e3 for r in sel], style, marker="o", markersize=3,
+                                color=color, label=f"tp {b} n={w}")
+            for w, style in ((1, "--"), (2, "-")):
+                pts = sorted((t, v[mode]) for (ww, t, h), v in peer.items() if ww == w and h == 1024)
+                if pts:
+                    ax.plot([t for t, _ in pts], [v / 1e3 for _, v in pts], style, marker="x", color="tab:red",
+                            label=f"torch gloo n={w}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens")
+            ax.set_ylabel("ms per step")
+            ax.set_title(f"MLP h=1024 ffn=4096, {mode}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "mlp.png"), dpi=110)
+        plt.close(fig)
+        out.append(f"![MLP time against tokens]({rel}/mlp.png)\n")
+
+
+def main():
+    global out_path
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--plots", required=True)
+    ap.add_argument("--command", default="scripts/bench.sh")
+    ap.add_argument("--load", default="?")
+    ap.add_argument("--elapsed", default="?")
+    ap.add_argument("--openblas-coretype", default="")
+    args = ap.parse_args()
+    out_path = args.out
+    rows, context = load(args.results)
+    peer = load_peer(args.results)
+    out = ["# Benchmarks\n",
+           "Written by `scripts/bench.sh` (do not edit by hand). Each backend runs at world sizes 1, 2 and 4 on this "
+           "one machine: `local` is threads in one process, `mpi` and `gloo` are processes under mpirun "
+           "(Gloo meets over MPI, then talks TCP over loopback). Every rank uses one BLAS thread; Open MPI runs with "
+           "`OMPI_MCA_mpi_yield_when_idle=1`, since a rank spinning in MPI slows its sibling on a shared core.\n"]
+    try:
+        if float(args.load.split()[0]) >= (os.cpu_count() or 1):
+            out.append(f"> **This run was made on a loaded machine** (load average {args.load} on {os.cpu_count()} CPUs): "
+                       "absolute times are several times slower than on a quiet one and vary from row to row. Only the "
+                       "interleaved tp/raw ratios compare like with like; re-run `scripts/bench.sh` on a quiet machine "
+                       "for figures to quote.\n")
+    except ValueError:
+        pass
+    out.append("| | |\n|---|---|")
+    for k, v in machine(args, context):
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    targets(rows, peer, out)
+    plots(rows, peer, args.plots, out)
+    comm_section(rows, out)
+    layer_section(rows, peer, out)
+    with open(args.out, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
