@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
   tiny_lm::ModelConfig model;
   tiny_lm::TrainConfig train;
+  // A repeated option takes its last value, so scripts/demo.sh's defaults can be overridden after `--`.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   // Not restricted here: launch() knows which backends this build has and names them if wrong.
   app.add_option("--backend", backend, "local (ranks as threads) or mpi (start with mpirun -np N)")
       ->capture_default_str();
