@@ -14,4 +14,7 @@
 #include "tp/core/tensor.hpp"
 #include "tp/device/cpu.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
+#include "tp/layers/layer_norm.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#include "tp/optim/adamw.hpp"
+#include "tp/optim/clip_grad_norm.hpp"
