@@ -198,6 +198,42 @@ TEST(Safetensors, ReadsColumnBlocksAndRowBlocks) {
   EXPECT_THROW(file.read_block("w", 4, 0, rows.view()), InvalidArgument);  // rows 4..6 of 5
 }
 
+/// Bytes this process has read through read(2)/pread(2) so far (Linux), or -1.
+std::int64_t bytes_read() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  std::int64_t value = -1;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return -1;
+}
+
+TEST(Safetensors, EachRankReadsOnlyItsBlock) {
+  TP_LOCAL_ONLY();
+  const fs::path path = test_dir() / "big.safetensors";
+  constexpr std::int64_t rows = 512, cols = 1024;  // 2 MiB of float32
+  std::vector<float> v(rows * cols);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 1000) * 0.5f;
+  write_raw(path, fmt::format(R"({{"w":{{"dtype":"F32","shape":[{},{}],"data_offsets":[0,{}]}}}})", rows, cols, v.size() * 4), bytes_of(v));
+  if (bytes_read() < 0) GTEST_SKIP() << "no /proc/self/io";
+  for (bool by_columns : {false, true}) {
+    SCOPED_TRACE(by_columns ? "column block" : "row block");
+    // A quarter of the tensor, as rank 2 of 4 holds it.
+    const Range r = by_columns ? Range{0, rows} : partition(rows, 4, 2), c = by_columns ? partition(cols, 4, 2) : Range{0, cols};
+    Tensor<float, Cpu> value(r.size(), c.size()), grad(r.size(), c.size());
+    const Parameter<float> p{"w", value.view(), grad.view(), rows, cols, r, c};
+    const SafetensorsCheckpoint checkpoint(path);
+    const std::int64_t before = bytes_read();
+    load_parameter(Cpu(), p, checkpoint);
+    const std::int64_t read = bytes_read() - before;
+    // the block's bytes, plus the few hundred that reading /proc/self/io itself costs
+    EXPECT_GE(read, r.size() * c.size() * 4);
+    EXPECT_LE(read, r.size() * c.size() * 4 + 1024) << "bytes read for a " << r.size() << "x" << c.size() << " block";
+    EXPECT_EQ(value(r.size() - 1, c.size() - 1), v[(r.end - 1) * cols + c.end - 1]);
+    EXPECT_EQ(value(0, 0), v[r.begin * cols + c.begin]);
+  }
+}
+
 TEST(Safetensors, LoadsThroughAHuggingFaceIndex) {
   TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
