@@ -1,6 +1,7 @@
 /// The conformance suite every backend runs: each collective checked against what every rank can
 /// compute from rank-seeded inputs. Values are multiples of 1/4 below 2^10, so float sums are exact
-/// in any reduction order and the comparisons can be exact.
+/// in any reduction order and the comparisons can be exact. Buffers come from the harness
+/// (test::Buffer), so device harnesses run the same bodies on GPU-visible memory.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -25,8 +26,8 @@ T value(int rank, std::size_t i) {
 }
 
 template <class T>
-std::vector<T> rank_values(int rank, std::size_t n) {
-  std::vector<T> v(n);
+test::Buffer<T> rank_values(int rank, std::size_t n) {
+  test::Buffer<T> v(n);
   for (std::size_t i = 0; i < n; ++i) v[i] = value<T>(rank, i);
   return v;
 }
@@ -58,7 +59,7 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max})
       for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4099}}) {
         const auto send = rank_values<T>(rank, n);
-        std::vector<T> recv(n, T(-1)), inplace = send;
+        test::Buffer<T> recv(n, T(-1)), inplace = send;
         comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
         comm->all_reduce(std::span<T>(inplace), op);
         std::size_t wrong = 0;
@@ -87,7 +88,7 @@ TYPED_TEST(Collectives, AllGatherEvenAndUneven) {
     const int world = comm->size(), rank = comm->rank();
     const std::size_t n = 37;
     const auto send = rank_values<T>(rank, n);
-    std::vector<T> recv(n * world);
+    test::Buffer<T> recv(n * world);
     comm->all_gather(std::span<const T>(send), std::span<T>(recv));
     for (int q = 0; q < world; ++q)
       for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(recv[q * n + i], value<T>(q, i)) << "block " << q;
@@ -98,14 +99,14 @@ TYPED_TEST(Collectives, AllGatherEvenAndUneven) {
     if (world > 1) counts[0] = 0;
     const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
     const auto mine = rank_values<T>(rank, counts[rank]);
-    std::vector<T> all(total, T(-7));
+    test::Buffer<T> all(total, T(-7));
     comm->all_gather_v(std::span<const T>(mine), std::span<T>(all), std::span<const std::size_t>(counts));
     const auto displs = displacements(counts);
     for (int q = 0; q < world; ++q)
       for (std::size_t i = 0; i < counts[q]; ++i) ASSERT_EQ(all[displs[q] + i], value<T>(q, i)) << "block " << q;
 
     // In place: this rank's block already sits at its displacement in the receive buffer.
-    std::vector<T> inplace(total, T(-7));
+    test::Buffer<T> inplace(total, T(-7));
     std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(displs[rank]));
     comm->all_gather_v(inplace.data() + displs[rank], inplace.data(), counts, dtype_of<T>);
     EXPECT_EQ(inplace, all);
@@ -118,7 +119,7 @@ TYPED_TEST(Collectives, ReduceScatterEvenAndUneven) {
     const int world = comm->size(), rank = comm->rank();
     const std::size_t n = 33;
     const auto send = rank_values<T>(rank, n * world);
-    std::vector<T> recv(n);
+    test::Buffer<T> recv(n);
     comm->reduce_scatter(std::span<const T>(send), std::span<T>(recv));
     for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(recv[i], reduce_expected<T>(ReduceOp::sum, world, rank * n + i));
 
@@ -126,7 +127,7 @@ TYPED_TEST(Collectives, ReduceScatterEvenAndUneven) {
     for (int q = 0; q < world; ++q) counts[q] = static_cast<std::size_t>(partition(11, world, q).size());
     const auto displs = displacements(counts);
     const auto full = rank_values<T>(rank, 11);
-    std::vector<T> mine(counts[rank]);
+    test::Buffer<T> mine(counts[rank]);
     comm->reduce_scatter_v(std::span<const T>(full), std::span<T>(mine), std::span<const std::size_t>(counts),
                            ReduceOp::max);
     for (std::size_t i = 0; i < counts[rank]; ++i)
@@ -157,11 +158,11 @@ TEST(Communicator, SplitMakesGroupsOrderedByKey) {
     std::reverse(members.begin(), members.end());
     EXPECT_EQ(sub->size(), static_cast<int>(members.size()));
     EXPECT_EQ(sub->rank(), static_cast<int>(std::find(members.begin(), members.end(), rank) - members.begin()));
-    std::int64_t v = rank + 1;
-    sub->all_reduce(std::span<std::int64_t>(&v, 1));
+    test::Buffer<std::int64_t> v(1, rank + 1);  // harness memory: device harnesses cannot reduce a stack variable
+    sub->all_reduce(std::span<std::int64_t>(v));
     std::int64_t want = 0;
     for (int q : members) want += q + 1;
-    EXPECT_EQ(v, want);
+    EXPECT_EQ(v[0], want);
     sub->barrier();
     comm->barrier();
   });
@@ -182,7 +183,7 @@ TEST(Communicator, SplitWithNegativeColorLeavesRankOut) {
 
 TEST(Communicator, TypedFormsRejectMismatchedBuffers) {
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    std::vector<float> send(4), recv(4 * comm->size() + 1);
+    test::Buffer<float> send(4), recv(4 * comm->size() + 1);
     try {
       comm->all_gather(std::span<const float>(send), std::span<float>(recv));
       ADD_FAILURE() << "all_gather accepted a receive buffer of the wrong size";

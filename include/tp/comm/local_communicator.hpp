@@ -4,6 +4,10 @@
 /// computes its own share of the result straight from its peers' buffers, then waits until all are
 /// done reading. Every wait has a timeout, and a rank that throws inside `run_local` wakes its
 /// peers with a CommError instead of leaving them blocked.
+///
+/// Where the buffers live is a pluggable `LocalMemory`: host memory by default; device memory
+/// with `tp::CudaLocalMemory` (tp/device/cuda_local_memory.cuh), so that N ranks as threads can
+/// share one GPU, which NCCL refuses.
 
 #include <chrono>
 #include <condition_variable>
@@ -22,6 +26,35 @@
 
 namespace tp {
 
+/// How a LocalCommunicator's ranks move and reduce the bytes of their peers' buffers. Each call
+/// runs on the calling rank's thread with the stream the collective was given.
+class LocalMemory {
+ public:
+  virtual ~LocalMemory() = default;
+  /// Before a rank posts its buffers: whatever is pending on `stream` must be done, because peers
+  /// read and write those buffers from their own threads (and streams) next.
+  virtual void acquire(Stream stream) = 0;
+  virtual void copy(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;
+  /// dst[i] = op over q < n of srcs[q][offset + i] for i < count, in rank order; dst may alias
+  /// srcs[q] + offset.
+  virtual void reduce(DType dtype, ReduceOp op, const void* const* srcs, int n, std::size_t offset, std::size_t count,
+                      void* dst, Stream stream) = 0;
+  /// Before a rank says it is done: its copies and reductions must have landed.
+  virtual void release(Stream stream) = 0;
+};
+
+/// Host memory: memcpy and the host reduction; 16-bit floats cannot be reduced.
+class HostMemory final : public LocalMemory {
+ public:
+  void acquire(Stream) override {}
+  void copy(void* dst, const void* src, std::size_t bytes, Stream) override { std::memcpy(dst, src, bytes); }
+  void reduce(DType dtype, ReduceOp op, const void* const* srcs, int n, std::size_t offset, std::size_t count,
+              void* dst, Stream) override {
+    detail::reduce_host(dtype, op, srcs, n, offset, count, dst, "LocalCommunicator");
+  }
+  void release(Stream) override {}
+};
+
 namespace detail {
 
 /// The state the ranks of one LocalCommunicator share.
@@ -39,10 +72,12 @@ class LocalGroup {
     int color = 0, key = 0;
   };
 
-  LocalGroup(int size, std::chrono::milliseconds timeout)
-      : size_(size), timeout_(timeout), posts_(size), arrived_(size, false), splits_(size) {}
+  LocalGroup(int size, std::chrono::milliseconds timeout, std::shared_ptr<LocalMemory> memory)
+      : size_(size), timeout_(timeout), memory_(std::move(memory)), posts_(size), arrived_(size, false), splits_(size) {}
 
   int size() const { return size_; }
+  LocalMemory& memory() const { return *memory_; }
+  const std::shared_ptr<LocalMemory>& memory_ptr() const { return memory_; }
   std::chrono::milliseconds timeout() const { return timeout_; }
   Post& post(int rank) { return posts_[rank]; }
   const Post& post(int rank) const { return posts_[rank]; }
@@ -98,6 +133,7 @@ class LocalGroup {
 
   const int size_;
   const std::chrono::milliseconds timeout_;
+  const std::shared_ptr<LocalMemory> memory_;
   std::vector<Post> posts_;
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -115,6 +151,8 @@ class LocalGroup {
 struct LocalOptions {
   /// How long a rank waits for its peers at any collective before throwing CommError.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  /// Where the ranks' buffers live; null means host memory.
+  std::shared_ptr<LocalMemory> memory = nullptr;
 };
 
 class LocalCommunicator final : public Communicator {
@@ -124,7 +162,8 @@ class LocalCommunicator final : public Communicator {
   /// One communicator per rank, all in one group; hand communicator r to thread r.
   static std::vector<std::shared_ptr<Communicator>> create(int world, Options options = {}) {
     TP_CHECK(world > 0, "LocalCommunicator needs a positive world size, got {}", world);
-    auto group = std::make_shared<detail::LocalGroup>(world, options.timeout);
+    auto memory = options.memory ? std::move(options.memory) : std::make_shared<HostMemory>();
+    auto group = std::make_shared<detail::LocalGroup>(world, options.timeout, std::move(memory));
     std::vector<std::shared_ptr<Communicator>> comms;
     for (int r = 0; r < world; ++r) comms.push_back(std::make_shared<LocalCommunicator>(group, r));
     return comms;
@@ -151,7 +190,8 @@ class LocalCommunicator final : public Communicator {
                      [&](int a, int b) { return group_->post(a).key < group_->post(b).key; });
     const int leader = members.front();
     if (rank_ == leader && color >= 0) {
-      auto child = std::make_shared<detail::LocalGroup>(static_cast<int>(members.size()), group_->timeout());
+      auto child = std::make_shared<detail::LocalGroup>(static_cast<int>(members.size()), group_->timeout(),
+                                                        group_->memory_ptr());
       group_->adopt_child(child);
       group_->split_slot(leader) = child;
     }
@@ -170,54 +210,68 @@ class LocalCommunicator final : public Communicator {
   void abort(const std::string& reason) { group_->abort(reason); }
 
  protected:
-  void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
-    rendezvous({.op = "all_reduce", .send = send, .recv = recv, .count = count, .dtype = dtype, .reduce = op});
-    // Rank r reduces chunk r of every input and writes it to every output: chunk r is read and
-    // written by rank r alone, so in-place buffers are safe.
+  void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
+                     Stream stream) override {
+    rendezvous({.op = "all_reduce", .send = send, .recv = recv, .count = count, .dtype = dtype, .reduce = op}, stream);
+    // Rank r reduces chunk r of every input into its own output, then copies it to every other
+    // output: chunk r is read and written by rank r alone, so in-place buffers are safe.
     const Range chunk = partition(static_cast<std::int64_t>(count), size(), rank_);
     const std::size_t elem = size_of(dtype), begin = static_cast<std::size_t>(chunk.begin);
+    const std::size_t bytes = static_cast<std::size_t>(chunk.size()) * elem;
     std::vector<const void*> srcs(size());
     for (int q = 0; q < size(); ++q) srcs[q] = group_->post(q).send;
-    std::vector<std::byte> tmp(static_cast<std::size_t>(chunk.size()) * elem);
-    detail::reduce_host(dtype, op, srcs.data(), size(), begin, chunk.size(), tmp.data(), "LocalCommunicator");
-    for (int q = 0; q < size(); ++q)
-      std::memcpy(static_cast<std::byte*>(group_->post(q).recv) + begin * elem, tmp.data(), tmp.size());
+    LocalMemory& memory = group_->memory();
+    auto* mine = static_cast<std::byte*>(recv) + begin * elem;
+    memory.reduce(dtype, op, srcs.data(), size(), begin, static_cast<std::size_t>(chunk.size()), mine, stream);
+    if (bytes > 0)
+      for (int q = 0; q < size(); ++q)
+        if (q != rank_) memory.copy(static_cast<std::byte*>(group_->post(q).recv) + begin * elem, mine, bytes, stream);
+    memory.release(stream);
     group_->arrive_and_wait(rank_, "all_reduce");
   }
 
   void do_all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
-                       Stream) override {
+                       Stream stream) override {
     rendezvous({.op = "all_gather", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
-                .dtype = dtype});
+                .dtype = dtype},
+               stream);
     const auto displs = displacements(counts);
     const std::size_t elem = size_of(dtype);
+    LocalMemory& memory = group_->memory();
     for (int q = 0; q < size(); ++q) {
       auto* dst = static_cast<std::byte*>(recv) + displs[q] * elem;
-      if (dst != group_->post(q).send) std::memcpy(dst, group_->post(q).send, counts[q] * elem);
+      if (dst != group_->post(q).send && counts[q] > 0) memory.copy(dst, group_->post(q).send, counts[q] * elem, stream);
     }
+    memory.release(stream);
     group_->arrive_and_wait(rank_, "all_gather");
   }
 
   void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
-                           ReduceOp op, Stream) override {
+                           ReduceOp op, Stream stream) override {
     rendezvous({.op = "reduce_scatter", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
-                .dtype = dtype, .reduce = op});
+                .dtype = dtype, .reduce = op},
+               stream);
     const auto displs = displacements(counts);
     std::vector<const void*> srcs(size());
     for (int q = 0; q < size(); ++q) srcs[q] = group_->post(q).send;
-    detail::reduce_host(dtype, op, srcs.data(), size(), displs[rank_], counts[rank_], recv, "LocalCommunicator");
+    LocalMemory& memory = group_->memory();
+    memory.reduce(dtype, op, srcs.data(), size(), displs[rank_], counts[rank_], recv, stream);
+    memory.release(stream);
     group_->arrive_and_wait(rank_, "reduce_scatter");
   }
 
-  void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream) override {
-    rendezvous({.op = "broadcast", .recv = buffer, .count = count, .dtype = dtype, .root = root});
-    if (rank_ != root) std::memcpy(buffer, group_->post(root).recv, count * size_of(dtype));
+  void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream) override {
+    rendezvous({.op = "broadcast", .recv = buffer, .count = count, .dtype = dtype, .root = root}, stream);
+    LocalMemory& memory = group_->memory();
+    if (rank_ != root && count > 0) memory.copy(buffer, group_->post(root).recv, count * size_of(dtype), stream);
+    memory.release(stream);
     group_->arrive_and_wait(rank_, "broadcast");
   }
 
  private:
   /// Posts this rank's arguments, waits for all ranks, and checks that they agree.
-  void rendezvous(const detail::LocalGroup::Post& post) {
+  void rendezvous(const detail::LocalGroup::Post& post, Stream stream = nullptr) {
+    group_->memory().acquire(stream);
     group_->post(rank_) = post;
     group_->arrive_and_wait(rank_, post.op);
     const auto& first = group_->post(0);

@@ -2,6 +2,7 @@
 /// Pieces the parallel layers share: shape checks, collectives on matrices, column gathers.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tp/core/context.hpp"
@@ -17,6 +18,20 @@ MatrixView<T> ensure(Tensor<T, Device>& t, const Context<Device>& ctx, std::int6
   if (t.device_ptr() == nullptr) t = Tensor<T, Device>(ctx.device, rows, cols);
   t.resize(rows, cols);
   return t.view();
+}
+
+/// y = x w^T + bias (bias may be empty): one fused GEMM where the device offers a bias epilogue
+/// (tp::Cuda's cuBLASLt), a GEMM then add_bias elsewhere. Same result, one pass over y fewer.
+template <class T, class Device>
+void linear_forward(const Device& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
+  if (bias.data == nullptr) {
+    dev.gemm(Op::n, Op::t, T(1), x, w, T(0), y);
+  } else if constexpr (requires { dev.gemm_bias(Op::n, Op::t, T(1), x, w, T(0), y, bias); }) {
+    dev.gemm_bias(Op::n, Op::t, T(1), x, w, T(0), y, bias);
+  } else {
+    dev.gemm(Op::n, Op::t, T(1), x, w, T(0), y);
+    dev.add_bias(y, bias);
+  }
 }
 
 /// Sums a contiguous matrix over the group, in place.
@@ -49,6 +64,62 @@ void gather_columns(const Context<Device>& ctx, ConstView<T> shard, std::int64_t
     const Range cols = partition(full_cols, ctx.world(), r);
     dev.copy(ConstView<T>(flat.data + rows * cols.begin, rows, cols.size()), out.cols_range(cols.begin, cols.size()));
   }
+}
+
+/// Element counts of every rank's block of rows when `rows` rows of width `cols` are split by
+/// partition(rows): the counts all_gather_v and reduce_scatter_v take for sequence parallelism.
+inline std::vector<std::size_t> row_block_counts(std::int64_t rows, std::int64_t cols, int world) {
+  std::vector<std::size_t> counts(world);
+  for (int r = 0; r < world; ++r) counts[r] = static_cast<std::size_t>(partition(rows, world, r).size() * cols);
+  return counts;
+}
+
+/// out [rows, cols] = every rank's block of rows stacked in rank order; rank r's block `shard` holds
+/// rows partition(rows, world, r). Sequence parallelism's all-gather along tokens.
+template <class T, class Device>
+void gather_rows(const Context<Device>& ctx, ConstView<T> shard, MatrixView<T> out) {
+  const Range mine = partition(out.rows, ctx.world(), ctx.rank());
+  TP_CHECK(shard.rows == mine.size() && shard.cols == out.cols && out.contiguous(),
+           "sequence parallel: rank {} of {} holds {}x{} rows, but its share of {} tokens is rows [{}, {}) of width {}",
+           ctx.rank(), ctx.world(), shard.rows, shard.cols, out.rows, mine.begin, mine.end, out.cols);
+  ctx.device->copy(shard, out.rows_range(mine.begin, mine.size()));
+  if (ctx.world() == 1) return;
+  const auto counts = row_block_counts(out.rows, out.cols, ctx.world());
+  ctx.comm->all_gather_v(out.data + mine.begin * out.cols, out.data, counts, dtype_of<T>, ctx.stream());
+}
+
+/// out = this rank's rows partition(full.rows) of the sum over ranks of `full`. Sequence
+/// parallelism's reduce-scatter along tokens.
+template <class T, class Device>
+void reduce_scatter_rows(const Context<Device>& ctx, ConstView<T> full, MatrixView<T> out) {
+  const Range mine = partition(full.rows, ctx.world(), ctx.rank());
+  TP_CHECK(out.rows == mine.size() && out.cols == full.cols && full.contiguous() && out.contiguous(),
+           "sequence parallel: rank {} of {} needs rows [{}, {}) of a {}x{} matrix, output is {}x{}", ctx.rank(),
+           ctx.world(), mine.begin, mine.end, full.rows, full.cols, out.rows, out.cols);
+  if (ctx.world() == 1) {
+    ctx.device->copy(full, out);
+    return;
+  }
+  const auto counts = row_block_counts(full.rows, full.cols, ctx.world());
+  ctx.comm->reduce_scatter_v(full.data, out.data, counts, dtype_of<T>, ReduceOp::sum, ctx.stream());
+}
+
+/// The full token count of a forward call: `tokens` under sequence parallelism (where the input holds
+/// only this rank's rows of it), otherwise the input's rows (and `tokens`, if given, must agree).
+inline std::int64_t full_tokens(bool sequence_parallel, std::int64_t input_rows, std::int64_t tokens, int world,
+                                int rank, const std::string& layer) {
+  if (!sequence_parallel) {
+    TP_CHECK(tokens < 0 || tokens == input_rows, "{}: input has {} tokens, but tokens = {} was passed", layer,
+             input_rows, tokens);
+    return input_rows;
+  }
+  TP_CHECK(tokens > 0, "{}: under sequence_parallel, forward needs the full token count (got {}); the input holds "
+           "only this rank's {} rows", layer, tokens, input_rows);
+  const Range mine = partition(tokens, world, rank);
+  TP_CHECK(input_rows == mine.size(),
+           "{}: under sequence_parallel rank {} of {} must hold rows [{}, {}) of the {} tokens, got {} rows", layer,
+           rank, world, mine.begin, mine.end, tokens, input_rows);
+  return tokens;
 }
 
 }  // namespace tp::detail

@@ -31,21 +31,24 @@ namespace tp {
 
 namespace detail {
 
-template <class T>
-T gelu_value(T x, Gelu kind) {
-  if (kind == Gelu::exact) return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752)));
-  const T k = T(0.79788456080286536), u = k * (x + T(0.044715) * x * x * x);
-  return T(0.5) * x * (T(1) + std::tanh(u));
+/// GELU in forms without cancellation, evaluated in double: 1 + erf(z) and 1 + tanh(u) lose
+/// every digit for negative x (1 + tanh(-3) = 0.0037, so one float ulp of tanh is a 1e-5 error);
+/// erfc(-z) and 2 sigmoid(2u) do not.
+inline double gelu_value(double x, Gelu kind) {
+  if (kind == Gelu::exact) return 0.5 * x * std::erfc(-x * 0.70710678118654752);
+  const double u = 0.79788456080286536 * (x + 0.044715 * x * x * x);
+  return x / (1.0 + std::exp(-2.0 * u));
 }
 
-/// d gelu(x) / dx.
-template <class T>
-T gelu_slope(T x, Gelu kind) {
+/// d gelu(x) / dx, in the same stable forms: Phi(x) + x phi(x), or s + 2 x s (1 - s) u' with s = sigmoid(2u).
+inline double gelu_slope(double x, Gelu kind) {
   if (kind == Gelu::exact)
-    return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752))) + x * T(0.39894228040143268) * std::exp(T(-0.5) * x * x);
-  const T k = T(0.79788456080286536), u = k * (x + T(0.044715) * x * x * x), th = std::tanh(u);
-  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3 * 0.044715) * x * x);
+    return 0.5 * std::erfc(-x * 0.70710678118654752) + x * 0.39894228040143268 * std::exp(-0.5 * x * x);
+  const double k = 0.79788456080286536, u = k * (x + 0.044715 * x * x * x), s = 1.0 / (1.0 + std::exp(-2.0 * u));
+  return s + 2.0 * x * s * (1.0 - s) * k * (1.0 + 3.0 * 0.044715 * x * x);
 }
+
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 template <class T>
 void check_same_shape(ConstView<T> a, MatrixView<T> b, const char* op) {
@@ -207,7 +210,7 @@ class Cpu {
   void gelu(In<T> x, MatrixView<T> y, Gelu kind) const {
     detail::check_same_shape(x, y, "gelu");
     for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) y(r, c) = detail::gelu_value(x(r, c), kind);
+      for (std::int64_t c = 0; c < x.cols; ++c) y(r, c) = static_cast<T>(detail::gelu_value(x(r, c), kind));
   }
 
   /// dx = dy * gelu'(x)
@@ -216,7 +219,8 @@ class Cpu {
     detail::check_same_shape(x, dx, "gelu_backward");
     detail::check_same_shape(dy, dx, "gelu_backward");
     for (std::int64_t r = 0; r < x.rows; ++r)
-      for (std::int64_t c = 0; c < x.cols; ++c) dx(r, c) = dy(r, c) * detail::gelu_slope(x(r, c), kind);
+      for (std::int64_t c = 0; c < x.cols; ++c)
+        dx(r, c) = static_cast<T>(static_cast<double>(dy(r, c)) * detail::gelu_slope(x(r, c), kind));
   }
 
   /// One AdamW update (PyTorch's torch.optim.AdamW, decoupled weight decay) of a parameter shard:
@@ -326,7 +330,276 @@ class Cpu {
       for (std::int64_t c = 0; c < x.cols; ++c) x(r, c) = factor == T(0) ? T(0) : x(r, c) * factor;
   }
 
+  // ---- SwiGLU: gate and up side by side in one [rows, 2n] matrix, as the merged column layer leaves them.
+
+  /// y[:, j] = silu(gate_up[:, j]) * gate_up[:, n + j], with y [rows, n].
+  template <class T>
+  void swiglu(In<T> gate_up, MatrixView<T> y) const {
+    check_swiglu(gate_up, y, "swiglu");
+    const std::int64_t n = y.cols;
+    for (std::int64_t r = 0; r < y.rows; ++r) {
+      const T* g = gate_up.row(r);
+      T* yr = y.row(r);
+      for (std::int64_t c = 0; c < n; ++c)
+        yr[c] = static_cast<T>(static_cast<double>(g[c]) * detail::sigmoid(g[c]) * static_cast<double>(g[n + c]));
+    }
+  }
+
+  /// d gate_up from dy [rows, n]: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
+  template <class T>
+  void swiglu_backward(In<T> gate_up, In<T> dy, MatrixView<T> d_gate_up) const {
+    check_swiglu(gate_up, MatrixView<T>(nullptr, dy.rows, dy.cols), "swiglu_backward");
+    detail::check_same_shape(gate_up, d_gate_up, "swiglu_backward");
+    const std::int64_t n = dy.cols;
+    for (std::int64_t r = 0; r < dy.rows; ++r) {
+      const T* g = gate_up.row(r);
+      const T* d = dy.row(r);
+      T* o = d_gate_up.row(r);
+      for (std::int64_t c = 0; c < n; ++c) {
+        const double x = g[c], up = g[n + c], dc = d[c], s = detail::sigmoid(x);
+        o[c] = static_cast<T>(dc * up * (s + x * s * (1.0 - s)));
+        o[n + c] = static_cast<T>(dc * x * s);
+      }
+    }
+  }
+
+  // ---- Embedding: `ids` is any contiguous matrix of token ids, read in row-major order.
+
+  /// The position (row-major index) of the first id outside [begin, end) and not equal to `allowed`
+  /// (cross-entropy's ignore_index), or -1 if there is none. Returns to the host, so a device
+  /// implementation synchronizes.
+  std::int64_t first_outside(In<std::int64_t> ids, std::int64_t begin, std::int64_t end, std::int64_t allowed) const {
+    check_ids(ids, ids.size(), "first_outside");
+    for (std::int64_t i = 0; i < ids.size(); ++i)
+      if ((ids.data[i] < begin || ids.data[i] >= end) && ids.data[i] != allowed) return i;
+    return -1;
+  }
+
+  /// out[i, :] = table[ids[i] - first, :] when row ids[i] - first of the table exists, else zeros:
+  /// a rank's masked lookup into its shard [first, first + table.rows) of the vocabulary.
+  template <class T>
+  void embedding_forward(In<std::int64_t> ids, In<T> table, std::int64_t first, MatrixView<T> out) const {
+    check_ids(ids, out.rows, "embedding_forward");
+    TP_CHECK(table.cols == out.cols, "embedding_forward: table has {} columns, output {}", table.cols, out.cols);
+    for (std::int64_t i = 0; i < out.rows; ++i) {
+      const std::int64_t row = ids.data[i] - first;
+      if (row >= 0 && row < table.rows)
+        std::copy_n(table.row(row), out.cols, out.row(i));
+      else
+        std::fill_n(out.row(i), out.cols, T(0));
+    }
+  }
+
+  /// d_table[ids[i] - first, :] += dy[i, :] for every id inside this shard of the vocabulary.
+  template <class T>
+  void embedding_backward(In<std::int64_t> ids, In<T> dy, std::int64_t first, MatrixView<T> d_table) const {
+    check_ids(ids, dy.rows, "embedding_backward");
+    TP_CHECK(d_table.cols == dy.cols, "embedding_backward: table gradient has {} columns, gradient {}", d_table.cols,
+             dy.cols);
+    for (std::int64_t i = 0; i < dy.rows; ++i) {
+      const std::int64_t row = ids.data[i] - first;
+      if (row < 0 || row >= d_table.rows) continue;
+      const T* g = dy.row(i);
+      T* d = d_table.row(row);
+      for (std::int64_t c = 0; c < dy.cols; ++c) d[c] += g[c];
+    }
+  }
+
+  // ---- Cross-entropy over a vocabulary shard: logits [tokens, vocab_r] hold columns [first, first +
+  // vocab_r) of the full logits; per-token statistics are [tokens, 1] (max, exact in T) or
+  // [tokens, 3] (stats, in double whatever T: log(sum_exp) of a confident token is log(1 + tiny),
+  // and a sum rounded to float would carry a relative error of 1e-5 into that loss).
+
+  /// row_max[t, 0] = max over this shard's columns of logits[t, :].
+  template <class T>
+  void row_max(In<T> logits, MatrixView<T> out) const {
+    TP_CHECK(out.rows == logits.rows && out.cols == 1 && logits.cols > 0, "row_max: logits are {}x{}, output {}x{}",
+             logits.rows, logits.cols, out.rows, out.cols);
+    for (std::int64_t t = 0; t < logits.rows; ++t) out(t, 0) = *std::max_element(logits.row(t), logits.row(t) + logits.cols);
+  }
+
+  /// This shard's partial sums, given the global row max m: stats[t] = {sum_j exp(x_tj - m_t),
+  /// x_t,target (0 unless the target is in this shard), sum_j (x_tj - m_t)}. Summed over ranks they
+  /// give every statistic the loss needs; the last one is taken relative to m so that it stays
+  /// exact for logits of 1e4.
+  template <class T>
+  void cross_entropy_stats(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max,
+                           MatrixView<double> stats) const {
+    check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
+    for (std::int64_t t = 0; t < logits.rows; ++t) {
+      const T* x = logits.row(t);
+      const T m = max(t, 0);
+      // Sums over a vocabulary shard of 50k terms: accumulate wider than T.
+      double sum_exp = 0, sum_shifted = 0;
+      for (std::int64_t j = 0; j < logits.cols; ++j) {
+        sum_exp += static_cast<double>(std::exp(x[j] - m));
+        sum_shifted += static_cast<double>(x[j] - m);
+      }
+      const std::int64_t j = targets.data[t] - first;
+      stats(t, 0) = sum_exp;
+      stats(t, 1) = j >= 0 && j < logits.cols ? static_cast<double>(x[j] - m) : 0.0;
+      stats(t, 2) = sum_shifted;
+    }
+  }
+
+  /// Per-token loss from the summed statistics (target logit relative to the max):
+  /// (1 - s) (lse - x_target) + s (lse - mean_j x_j) with lse - x = log(sum_exp) - (x - m); zero
+  /// where the target is `ignore_index`.
+  template <class T>
+  void cross_entropy_loss(In<double> stats, In<std::int64_t> targets, std::int64_t vocab, std::int64_t ignore_index,
+                          double smoothing, MatrixView<T> loss) const {
+    TP_CHECK(stats.cols == 3 && loss.rows == stats.rows && loss.cols == 1 && targets.size() == stats.rows &&
+                 targets.contiguous(),
+             "cross_entropy_loss: stats {}x{}, {} targets, loss {}x{}", stats.rows, stats.cols, targets.size(),
+             loss.rows, loss.cols);
+    for (std::int64_t t = 0; t < stats.rows; ++t) {
+      if (targets.data[t] == ignore_index) {
+        loss(t, 0) = T(0);
+        continue;
+      }
+      const double log_sum = std::log(stats(t, 0)), nll = log_sum - stats(t, 1);
+      loss(t, 0) = static_cast<T>(smoothing == 0 ? nll
+                                                 : (1 - smoothing) * nll +
+                                                       smoothing * (log_sum - stats(t, 2) / static_cast<double>(vocab)));
+    }
+  }
+
+  /// d logits[t, j] = grad_loss[t] (softmax_tj - (1 - s) [j == target] - s / vocab), zero rows where
+  /// the target is `ignore_index`.
+  template <class T>
+  void cross_entropy_backward(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max, In<double> stats,
+                              In<T> grad_loss, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
+                              MatrixView<T> grad_logits) const {
+    check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
+    detail::check_same_shape(logits, grad_logits, "cross_entropy_backward");
+    TP_CHECK(grad_loss.rows == logits.rows && grad_loss.cols == 1,
+             "cross_entropy_backward: loss gradient is {}x{}, expected {}x1", grad_loss.rows, grad_loss.cols,
+             logits.rows);
+    const double uniform = smoothing / static_cast<double>(vocab), on_target = 1 - smoothing;
+    for (std::int64_t t = 0; t < logits.rows; ++t) {
+      T* d = grad_logits.row(t);
+      if (targets.data[t] == ignore_index) {
+        std::fill_n(d, logits.cols, T(0));
+        continue;
+      }
+      const T* x = logits.row(t);
+      const T m = max(t, 0);
+      const double inv_sum = 1.0 / stats(t, 0), g = grad_loss(t, 0);
+      const std::int64_t target = targets.data[t] - first;
+      for (std::int64_t j = 0; j < logits.cols; ++j)
+        d[j] = static_cast<T>(g * (static_cast<double>(std::exp(x[j] - m)) * inv_sum - uniform -
+                                   (j == target ? on_target : 0.0)));
+    }
+  }
+
+  // ---- Scaled dot-product attention on [tokens, heads * head_dim] matrices, tokens = batch * seq_len
+  // (sequence b is rows [b * seq_len, (b + 1) * seq_len)). q has hq heads, k and v hk heads, hq a
+  // multiple of hk: query head h reads kv head h / (hq / hk) (grouped-query attention).
+
+  /// out = softmax(scale q k^T, causal mask) v per sequence and head; probs [batch * hq * seq_len,
+  /// seq_len] keeps the softmax for backward, block (b, h) at rows (b * hq + h) * seq_len.
+  template <class T>
+  void attention_forward(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
+                         MatrixView<T> probs, MatrixView<T> out) const {
+    const auto g = attention_geometry(q, k, v, seq_len, head_dim, probs, out, "attention_forward");
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        MatrixView<T> p = probs.rows_range((b * g.hq + h) * seq_len, seq_len);
+        gemm(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
+             k.block(r0, kv * head_dim, seq_len, head_dim), T(0), p);
+        for (std::int64_t i = 0; i < seq_len; ++i) {
+          T* row = p.row(i);
+          const std::int64_t visible = causal ? i + 1 : seq_len;
+          const T m = *std::max_element(row, row + visible);
+          double sum = 0;
+          for (std::int64_t j = 0; j < visible; ++j) sum += static_cast<double>(row[j] = std::exp(row[j] - m));
+          const T inv = static_cast<T>(1.0 / sum);
+          for (std::int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          std::fill(row + visible, row + seq_len, T(0));
+        }
+        gemm(Op::n, Op::n, T(1), ConstView<T>(p), v.block(r0, kv * head_dim, seq_len, head_dim), T(0),
+             out.block(r0, h * head_dim, seq_len, head_dim));
+      }
+  }
+
+  /// Gradients of attention_forward: dq, dk, dv (same shapes as q, k, v; dk and dv summed over the
+  /// query heads of each group) from dout and the saved probs. `d_scores` is workspace of probs'
+  /// shape, for the gradient of the scores (a device may compute every head's at once).
+  template <class T>
+  void attention_backward(In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
+                          std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
+                          MatrixView<T> dv) const {
+    const auto g = attention_geometry(q, k, v, seq_len, head_dim, MatrixView<T>(nullptr, probs.rows, probs.cols),
+                                      MatrixView<T>(nullptr, dout.rows, dout.cols), "attention_backward");
+    detail::check_same_shape(q, dq, "attention_backward dq");
+    detail::check_same_shape(k, dk, "attention_backward dk");
+    detail::check_same_shape(v, dv, "attention_backward dv");
+    detail::check_same_shape(probs, d_scores, "attention_backward d_scores");
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+    fill(dk, T(0));
+    fill(dv, T(0));
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        const ConstView<T> p = probs.rows_range((b * g.hq + h) * seq_len, seq_len);
+        const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
+        const MatrixView<T> scratch = d_scores.rows_range((b * g.hq + h) * seq_len, seq_len);
+        // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
+        gemm(Op::t, Op::n, T(1), p, d_o, T(1), dv.block(r0, kv * head_dim, seq_len, head_dim));
+        gemm(Op::n, Op::t, T(1), d_o, v.block(r0, kv * head_dim, seq_len, head_dim), T(0), scratch);
+        for (std::int64_t i = 0; i < seq_len; ++i) {
+          const T* pr = p.row(i);
+          T* ds = scratch.row(i);
+          double wide = 0;
+          for (std::int64_t j = 0; j < seq_len; ++j) wide += static_cast<double>(pr[j]) * static_cast<double>(ds[j]);
+          const T dot = static_cast<T>(wide);
+          for (std::int64_t j = 0; j < seq_len; ++j) ds[j] = pr[j] * (ds[j] - dot) * scale;
+        }
+        gemm(Op::n, Op::n, T(1), ConstView<T>(scratch), k.block(r0, kv * head_dim, seq_len, head_dim), T(0),
+             dq.block(r0, h * head_dim, seq_len, head_dim));
+        gemm(Op::t, Op::n, T(1), ConstView<T>(scratch), q.block(r0, h * head_dim, seq_len, head_dim), T(1),
+             dk.block(r0, kv * head_dim, seq_len, head_dim));
+      }
+  }
+
  private:
+  template <class T>
+  static void check_swiglu(In<T> gate_up, MatrixView<T> y, const char* op) {
+    TP_CHECK(gate_up.rows == y.rows && gate_up.cols == 2 * y.cols, "{}: gate_up is {}x{}, expected {}x{} for {}x{}", op,
+             gate_up.rows, gate_up.cols, y.rows, 2 * y.cols, y.rows, y.cols);
+  }
+  static void check_ids(In<std::int64_t> ids, std::int64_t tokens, const char* op) {
+    TP_CHECK(ids.contiguous() && ids.size() == tokens, "{}: {}x{} ids (ld {}) for {} tokens; ids must be contiguous",
+             op, ids.rows, ids.cols, ids.ld, tokens);
+  }
+  template <class T>
+  static void check_ce(In<T> logits, In<std::int64_t> targets, In<T> max, In<double> stats, const char* op) {
+    check_ids(targets, logits.rows, op);
+    TP_CHECK(max.rows == logits.rows && max.cols == 1 && stats.rows == logits.rows && stats.cols == 3,
+             "{}: logits {}x{}, max {}x{}, stats {}x{}", op, logits.rows, logits.cols, max.rows, max.cols, stats.rows,
+             stats.cols);
+  }
+  struct AttentionGeometry {
+    std::int64_t batch, hq, hk, group;
+  };
+  template <class T>
+  static AttentionGeometry attention_geometry(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim,
+                                              MatrixView<T> probs, MatrixView<T> out, const char* op) {
+    TP_CHECK(seq_len > 0 && head_dim > 0 && q.rows % seq_len == 0 && q.cols % head_dim == 0 &&
+                 k.cols % head_dim == 0 && k.rows == q.rows && v.rows == q.rows && v.cols == k.cols && k.cols > 0,
+             "{}: q {}x{}, k {}x{}, v {}x{} do not hold whole sequences of {} tokens and heads of {}", op, q.rows,
+             q.cols, k.rows, k.cols, v.rows, v.cols, seq_len, head_dim);
+    const AttentionGeometry g{q.rows / seq_len, q.cols / head_dim, k.cols / head_dim, 0};
+    TP_CHECK(g.hq % g.hk == 0, "{}: {} query heads cannot share {} kv heads", op, g.hq, g.hk);
+    TP_CHECK(probs.rows == g.batch * g.hq * seq_len && probs.cols == seq_len && out.rows == q.rows &&
+                 out.cols == q.cols,
+             "{}: probs {}x{} (expected {}x{}), out {}x{} (expected {}x{})", op, probs.rows, probs.cols,
+             g.batch * g.hq * seq_len, seq_len, out.rows, out.cols, q.rows, q.cols);
+    return {g.batch, g.hq, g.hk, g.hq / g.hk};
+  }
+
   Options options_;
 };
 

@@ -4,6 +4,14 @@
 /// stays sharded for a following RowParallelLinear, or is gathered (`gather_output`). Backward
 /// all-reduces the input gradient (Megatron's f). Output features that do not divide the world
 /// size are split unevenly: 10 over 3 ranks gives 4, 3, 3.
+///
+/// Sequence parallelism (Megatron's `sequence_parallel`): the input arrives split along tokens
+/// (rank r holds rows partition(tokens, world, r)), is all-gathered before the GEMM, and the input
+/// gradient is reduce-scattered back along tokens instead of all-reduced.
+///
+/// Stacked weights (`stacked = s`): the full [out, in] weight is s matrices of out / s rows on top
+/// of each other (SwiGLU's [gate; up]); rank r holds rows partition(out / s, world, r) of each, so
+/// its shard is [gate_r; up_r] and its output [tokens, s * out_r] has the blocks side by side.
 
 #include <cmath>
 #include <cstdint>
@@ -26,6 +34,10 @@ struct ColumnParallelOptions {
   /// Parameter names are "<name>.weight" and "<name>.bias"; they key the initializer and checkpoints.
   std::string name = "column";
   std::uint64_t seed = 0;
+  /// Input split along tokens; forward takes the full token count. Excludes gather_output.
+  bool sequence_parallel = false;
+  /// Number of equal matrices stacked in the weight, each split the same way (2 for [gate; up]).
+  std::int64_t stacked = 1;
 };
 
 template <class T, class Device = Cpu>
@@ -36,49 +48,70 @@ class ColumnParallelLinear {
   ColumnParallelLinear(Context<Device> ctx, std::int64_t in_features, std::int64_t out_features, Options options = {})
       : ctx_(std::move(ctx)), in_(in_features), out_(out_features), options_(std::move(options)) {
     TP_CHECK(in_ > 0, "{}: in_features must be positive, got {}", options_.name, in_);
-    const Range range = partition_nonempty(out_, ctx_.world(), ctx_.rank(), "out_features");
+    TP_CHECK(options_.stacked > 0 && out_ % options_.stacked == 0,
+             "{}: out_features = {} is not {} stacked matrices of equal height", options_.name, out_, options_.stacked);
+    TP_CHECK(!(options_.gather_output && (options_.sequence_parallel || options_.stacked > 1)),
+             "{}: gather_output cannot be combined with sequence_parallel or stacked = {}", options_.name,
+             options_.stacked);
+    const Range range = partition_nonempty(out_ / options_.stacked, ctx_.world(), ctx_.rank(), "out_features");
     range_ = range;
-    weight_ = Tensor<T, Device>(ctx_.device, range.size(), in_);
-    weight_grad_ = Tensor<T, Device>(ctx_.device, range.size(), in_);
+    const std::int64_t local = options_.stacked * range.size();
+    weight_ = Tensor<T, Device>(ctx_.device, local, in_);
+    weight_grad_ = Tensor<T, Device>(ctx_.device, local, in_);
     if (options_.bias) {
-      bias_ = Tensor<T, Device>(ctx_.device, 1, range.size());
-      bias_grad_ = Tensor<T, Device>(ctx_.device, 1, range.size());
+      bias_ = Tensor<T, Device>(ctx_.device, 1, local);
+      bias_grad_ = Tensor<T, Device>(ctx_.device, 1, local);
       ctx_.device->fill(bias_.view(), T(0));
     }
     zero_grad();
-    init_uniform(*ctx_.device, parameters().front(), options_.seed, 1.0 / std::sqrt(static_cast<double>(in_)));
+    for (const auto& p : parameters())
+      if (p.name.ends_with(".weight"))
+        init_uniform(*ctx_.device, p, options_.seed, 1.0 / std::sqrt(static_cast<double>(in_)));
   }
 
-  /// [tokens, in] -> [tokens, out_r], or [tokens, out] with gather_output. The result lives in this
-  /// layer and stays valid until the next forward.
-  const Tensor<T, Device>& forward(ConstView<T> x) {
-    TP_CHECK(x.cols == in_ && x.rows > 0, "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows,
-             x.cols, in_);
+  /// [tokens, in] -> [tokens, out_r], or [tokens, out] with gather_output. Under sequence_parallel
+  /// x is this rank's [partition(tokens).size(), in] rows and `tokens` the full count. The result
+  /// lives in this layer and stays valid until the next forward.
+  const Tensor<T, Device>& forward(ConstView<T> x, std::int64_t tokens = -1) {
+    TP_CHECK(x.cols == in_ && (x.rows > 0 || options_.sequence_parallel), "{}: input is {}x{}, expected [tokens > 0, {}]",
+             options_.name, x.rows, x.cols, in_);
+    tokens = detail::full_tokens(options_.sequence_parallel, x.rows, tokens, ctx_.world(), ctx_.rank(), options_.name);
     const Device& dev = *ctx_.device;
-    dev.copy(x, detail::ensure(input_, ctx_, x.rows, in_));
-    MatrixView<T> y = detail::ensure(shard_out_, ctx_, x.rows, range_.size());
-    dev.gemm(Op::n, Op::t, T(1), x, weight_.view(), T(0), y);
-    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    MatrixView<T> input = detail::ensure(input_, ctx_, tokens, in_);
+    if (options_.sequence_parallel)
+      detail::gather_rows(ctx_, x, input);
+    else
+      dev.copy(x, input);
+    MatrixView<T> y = detail::ensure(shard_out_, ctx_, tokens, options_.stacked * range_.size());
+    const bool add_bias = options_.bias && !options_.skip_bias_add;
+    detail::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{},
+                              y);
     if (!options_.gather_output) return shard_out_;
-    detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, x.rows, out_));
+    detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, tokens, out_));
     return full_out_;
   }
 
   /// Takes dL/dY (the shard, or full width with gather_output), accumulates the weight and bias
-  /// gradients, and returns dL/dX [tokens, in], all-reduced over the group.
+  /// gradients, and returns dL/dX [tokens, in], all-reduced over the group (under sequence_parallel:
+  /// reduce-scattered, this rank's [partition(tokens).size(), in] rows).
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
     TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
-    const std::int64_t tokens = input_.rows(), width = options_.gather_output ? out_ : range_.size();
+    const std::int64_t tokens = input_.rows(), width = options_.gather_output ? out_ : options_.stacked * range_.size();
     TP_CHECK(grad_output.rows == tokens && grad_output.cols == width,
              "{}: output gradient is {}x{}, expected {}x{} (rank {} of {})", options_.name, grad_output.rows,
              grad_output.cols, tokens, width, ctx_.rank(), ctx_.world());
     const ConstView<T> g = options_.gather_output ? grad_output.cols_range(range_.begin, range_.size()) : grad_output;
     const Device& dev = *ctx_.device;
-    MatrixView<T> dx = detail::ensure(grad_input_, ctx_, tokens, in_);
+    MatrixView<T> dx = detail::ensure(options_.sequence_parallel ? grad_full_ : grad_input_, ctx_, tokens, in_);
     dev.gemm(Op::n, Op::n, T(1), g, weight_.view(), T(0), dx);
     dev.gemm(Op::t, Op::n, T(1), g, input_.view(), T(1), weight_grad_.view());
     if (options_.bias) dev.add_bias_grad(g, bias_grad_.view());
-    detail::all_reduce_sum(ctx_, dx);
+    if (!options_.sequence_parallel) {
+      detail::all_reduce_sum(ctx_, dx);
+      return grad_input_;
+    }
+    const Range mine = partition(tokens, ctx_.world(), ctx_.rank());
+    detail::reduce_scatter_rows(ctx_, ConstView<T>(dx), detail::ensure(grad_input_, ctx_, mine.size(), in_));
     return grad_input_;
   }
 
@@ -87,27 +120,38 @@ class ColumnParallelLinear {
     if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
   }
 
-  /// Weight first, then the bias if there is one.
+  /// The weight, then the bias if there is one; with stacked = s, s records for each (same name,
+  /// one per stacked block), each placing its block of the shard in the full tensor.
   std::vector<Parameter<T>> parameters() {
-    std::vector<Parameter<T>> ps{{options_.name + ".weight", weight_.view(), weight_grad_.view(), out_, in_, range_,
-                                  {0, in_}}};
+    std::vector<Parameter<T>> ps;
+    const std::int64_t n = range_.size(), height = out_ / options_.stacked;
+    for (std::int64_t i = 0; i < options_.stacked; ++i) {
+      const Range rows{i * height + range_.begin, i * height + range_.end};
+      ps.push_back({options_.name + ".weight", weight_.view().rows_range(i * n, n),
+                    weight_grad_.view().rows_range(i * n, n), out_, in_, rows, {0, in_}});
+    }
     if (options_.bias)
-      ps.push_back({options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, out_, {0, 1}, range_});
+      for (std::int64_t i = 0; i < options_.stacked; ++i) {
+        const Range cols{i * height + range_.begin, i * height + range_.end};
+        ps.push_back({options_.name + ".bias", bias_.view().cols_range(i * n, n), bias_grad_.view().cols_range(i * n, n),
+                      1, out_, {0, 1}, cols});
+      }
     return ps;
   }
 
   /// Loads this rank's rows of a full [out, in] host weight (and [1, out] bias).
   void load_full(ConstView<T> weight, ConstView<T> bias = {}) {
-    const auto ps = parameters();
-    load_from_full(*ctx_.device, ps[0], weight);
-    if (options_.bias) load_from_full(*ctx_.device, ps[1], bias);
+    for (const auto& p : parameters()) load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? bias : weight);
   }
 
+  /// The last forward's result (what forward returned), e.g. the activation input a fused MLP needs in backward.
+  const Tensor<T, Device>& output() const { return options_.gather_output ? full_out_ : shard_out_; }
   MatrixView<T> weight() { return weight_.view(); }
   MatrixView<T> bias() { return bias_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }
   MatrixView<T> bias_grad() { return bias_grad_.view(); }
-  /// The output features (rows of the full weight) this rank holds.
+  /// The output features (rows of the full weight) this rank holds; with stacked > 1, the rows it
+  /// holds of each stacked block, relative to the block.
   Range output_range() const { return range_; }
   std::int64_t in_features() const { return in_; }
   std::int64_t out_features() const { return out_; }
@@ -120,7 +164,7 @@ class ColumnParallelLinear {
   Options options_;
   Range range_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
-  Tensor<T, Device> input_, shard_out_, full_out_, gather_scratch_, grad_input_;
+  Tensor<T, Device> input_, shard_out_, full_out_, gather_scratch_, grad_input_, grad_full_;
 };
 
 }  // namespace tp

@@ -3,6 +3,11 @@
 /// A_r and the matching columns X_r of the input, computes X_r A_r^T, and Y = sum_r X_r A_r^T
 /// (all-reduce). The bias is added once, after the reduce. Backward keeps the input gradient
 /// sharded (Megatron's g), or gathers it when the layer took the full input.
+///
+/// Sequence parallelism (Megatron's `sequence_parallel`): the partial products are reduce-scattered
+/// along tokens instead of all-reduced, so rank r gets rows partition(tokens, world, r) of Y (the
+/// bias added to those rows); backward all-gathers the output gradient along tokens first. The
+/// bias gradient is then taken over all tokens, so it is the full gradient on every rank.
 
 #include <cmath>
 #include <cstdint>
@@ -24,6 +29,8 @@ struct RowParallelOptions {
   bool skip_bias_add = false;
   std::string name = "row";
   std::uint64_t seed = 0;
+  /// Reduce-scatter the output along tokens; needs input_is_parallel.
+  bool sequence_parallel = false;
 };
 
 template <class T, class Device = Cpu>
@@ -34,6 +41,8 @@ class RowParallelLinear {
   RowParallelLinear(Context<Device> ctx, std::int64_t in_features, std::int64_t out_features, Options options = {})
       : ctx_(std::move(ctx)), in_(in_features), out_(out_features), options_(std::move(options)) {
     TP_CHECK(out_ > 0, "{}: out_features must be positive, got {}", options_.name, out_);
+    TP_CHECK(!options_.sequence_parallel || options_.input_is_parallel,
+             "{}: sequence_parallel needs input_is_parallel", options_.name);
     range_ = partition_nonempty(in_, ctx_.world(), ctx_.rank(), "in_features");
     weight_ = Tensor<T, Device>(ctx_.device, out_, range_.size());
     weight_grad_ = Tensor<T, Device>(ctx_.device, out_, range_.size());
@@ -47,7 +56,8 @@ class RowParallelLinear {
   }
 
   /// [tokens, in_r] (or [tokens, in] without input_is_parallel) -> [tokens, out], identical on
-  /// every rank. The result lives in this layer and stays valid until the next forward.
+  /// every rank; under sequence_parallel -> this rank's [partition(tokens).size(), out] rows. The
+  /// result lives in this layer and stays valid until the next forward.
   const Tensor<T, Device>& forward(ConstView<T> x) {
     const std::int64_t width = options_.input_is_parallel ? range_.size() : in_;
     TP_CHECK(x.cols == width && x.rows > 0, "{}: input is {}x{}, expected [tokens > 0, {}] on rank {} of {}",
@@ -55,21 +65,35 @@ class RowParallelLinear {
     const ConstView<T> xr = options_.input_is_parallel ? x : x.cols_range(range_.begin, range_.size());
     const Device& dev = *ctx_.device;
     dev.copy(xr, detail::ensure(input_, ctx_, x.rows, range_.size()));
-    MatrixView<T> y = detail::ensure(output_, ctx_, x.rows, out_);
+    MatrixView<T> y = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, x.rows, out_);
     dev.gemm(Op::n, Op::t, T(1), xr, weight_.view(), T(0), y);
-    detail::all_reduce_sum(ctx_, y);
+    if (options_.sequence_parallel) {
+      const Range mine = partition(x.rows, ctx_.world(), ctx_.rank());
+      MatrixView<T> shard = detail::ensure(output_, ctx_, mine.size(), out_);
+      detail::reduce_scatter_rows(ctx_, ConstView<T>(y), shard);
+      y = shard;
+    } else {
+      detail::all_reduce_sum(ctx_, y);
+    }
     if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
     return output_;
   }
 
-  /// Takes dL/dY [tokens, out], accumulates the weight and bias gradients, and returns dL/dX_r
-  /// [tokens, in_r], or the gathered [tokens, in] when the layer took the full input.
+  /// Takes dL/dY [tokens, out] (under sequence_parallel this rank's rows of it), accumulates the
+  /// weight and bias gradients, and returns dL/dX_r [tokens, in_r], or the gathered [tokens, in]
+  /// when the layer took the full input.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
     TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
     const std::int64_t tokens = input_.rows();
-    TP_CHECK(grad_output.rows == tokens && grad_output.cols == out_, "{}: output gradient is {}x{}, expected {}x{}",
-             options_.name, grad_output.rows, grad_output.cols, tokens, out_);
+    const std::int64_t rows = options_.sequence_parallel ? partition(tokens, ctx_.world(), ctx_.rank()).size() : tokens;
+    TP_CHECK(grad_output.rows == rows && grad_output.cols == out_, "{}: output gradient is {}x{}, expected {}x{}",
+             options_.name, grad_output.rows, grad_output.cols, rows, out_);
     const Device& dev = *ctx_.device;
+    if (options_.sequence_parallel) {
+      MatrixView<T> full = detail::ensure(full_, ctx_, tokens, out_);
+      detail::gather_rows(ctx_, grad_output, full);
+      grad_output = full;
+    }
     MatrixView<T> dx = detail::ensure(grad_shard_, ctx_, tokens, range_.size());
     dev.gemm(Op::n, Op::n, T(1), grad_output, weight_.view(), T(0), dx);
     dev.gemm(Op::t, Op::n, T(1), grad_output, input_.view(), T(1), weight_grad_.view());
@@ -116,7 +140,7 @@ class RowParallelLinear {
   Options options_;
   Range range_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
-  Tensor<T, Device> input_, output_, grad_shard_, grad_full_, gather_scratch_;
+  Tensor<T, Device> input_, output_, full_, grad_shard_, grad_full_, gather_scratch_;
 };
 
 }  // namespace tp

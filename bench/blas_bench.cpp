@@ -1,0 +1,62 @@
+/// Why tp::Cpu uses OpenBLAS: single-thread sgemm of the shapes the layers run, through CBLAS
+/// (OpenBLAS) and, when the build found it, oneDNN's dnnl_sgemm, side by side in one run.
+///
+///   build/bench/tp_bench_blas --benchmark_counters_tabular=true
+
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#ifdef TP_BENCH_HAVE_DNNL
+#include <dnnl.h>
+#include <omp.h>
+#endif
+
+#include <vector>
+
+#include "tp/device/cpu.hpp"
+
+namespace {
+
+/// {M, N, K}: C[M, N] = A[M, K] B[K, N]; the MLP's fc1 at 512 and 8 tokens, and a square one.
+const std::vector<std::vector<std::int64_t>> kShapes = {{2048, 2048, 2048}, {512, 4096, 1024}, {8, 4096, 1024},
+                                                        {512, 1024, 4096}};
+
+template <class Gemm>
+void run(benchmark::State& state, Gemm gemm) {
+  const int m = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1)), k = static_cast<int>(state.range(2));
+  std::vector<float> a(static_cast<std::size_t>(m) * k, 0.5f), b(static_cast<std::size_t>(k) * n, 0.25f),
+      c(static_cast<std::size_t>(m) * n);
+  for (auto _ : state) {
+    gemm(m, n, k, a.data(), b.data(), c.data());
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+
+void openblas(benchmark::State& state) {
+  tp::Cpu cpu;  // one thread, and the warning if OpenBLAS picked AVX2 kernels on an AVX-512 CPU
+  state.SetLabel(tp::Cpu::blas_name());
+  run(state, [](int m, int n, int k, const float* a, const float* b, float* c) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.f, a, k, b, n, 0.f, c, n);
+  });
+}
+BENCHMARK(openblas)->Apply([](auto* b) {
+  for (const auto& s : kShapes) b->Args(s);
+})->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
+
+#ifdef TP_BENCH_HAVE_DNNL
+void onednn(benchmark::State& state) {
+  omp_set_num_threads(1);  // oneDNN threads through OpenMP; one thread, like tp::Cpu
+  state.SetLabel("oneDNN dnnl_sgemm");
+  run(state, [](int m, int n, int k, const float* a, const float* b, float* c) {
+    dnnl_sgemm('N', 'N', m, n, k, 1.f, a, k, b, n, 0.f, c, n);
+  });
+}
+BENCHMARK(onednn)->Apply([](auto* b) {
+  for (const auto& s : kShapes) b->Args(s);
+})->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
+#endif
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""PyTorch eager on the shapes of tp_bench_gpu_layers: a linear layer y = x w^T + b (tp's Column is
+hidden -> 4 hidden, Row is 4 hidden -> hidden) and the MLP (linear, GELU tanh, linear), forward and
+backward, timed with CUDA events. Backward computes the same gradients as tp (dx, dw, db) through
+torch.autograd.grad on a retained graph, so the forward is not timed with it.
+
+  python3 bench/gpu/torch_layers.py --out torch_layers.json
+"""
+import argparse
+import json
+import sys
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the GPU machines have PyTorch; a dev machine may not
+    print("torch_layers.py: PyTorch is not installed; nothing to measure", file=sys.stderr)
+    sys.exit(0)
+
+SHAPES = {"bf16": [(4096, 8192), (2048, 4096), (512, 4096)], "fp16": [(2048, 4096)], "fp32-tf32": [(2048, 4096)]}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32-tf32": torch.float32}
+
+
+def time_ms(fn, min_time=0.5, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times, total = [], 0.0
+    while total < min_time * 1e3 or len(times) < 10:
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+        total += times[-1]
+    times.sort()
+    return times[len(times) // 2]  # median
+
+
+def rand(*shape, dtype, grad=False):
+    return (torch.rand(*shape, device="cuda", dtype=dtype) - 0.5).requires_grad_(grad)
+
+
+def run(name, tokens, hidden):
+    dtype, ffn = DTYPES[name], 4 * hidden
+    results = []
+
+    def record(what, ms, flops):
+        results.append({"name": f"torch/{name}/{what}/{tokens}/{hidden}", "ms": ms, "tflops": flops / ms / 1e9})
+
+    x = rand(tokens, hidden, dtype=dtype)
+    w = rand(ffn, hidden, dtype=dtype)
+    with torch.no_grad():
+        record("gemm", time_ms(lambda: torch.matmul(x, w.t())), 2.0 * tokens * hidden * ffn)
+
+    for which, (inp, out) in {"column": (hidden, ffn), "row": (ffn, hidden)}.items():
+        x = rand(tokens, inp, dtype=dtype, grad=True)
+        w, b = rand(out, inp, dtype=dtype, grad=True), rand(out, dtype=dtype, grad=True)
+        dy = rand(tokens, out, dtype=dtype)
+        with torch.no_grad():
+            record(f"{which}_forward", time_ms(lambda: F.linear(x, w, b)), 2.0 * tokens * inp * out)
+        y = F.linear(x, w, b)
+        record(f"{which}_backward", time_ms(lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)),
+               4.0 * tokens * inp * out)
+
+    x = rand(tokens, hidden, dtype=dtype, grad=True)
+    w1, b1 = rand(ffn, hidden, dtype=dtype, grad=True), rand(ffn, dtype=dtype, grad=True)
+    w2, b2 = rand(hidden, ffn, dtype=dtype, grad=True), rand(hidden, dtype=dtype, grad=True)
+    dy = rand(tokens, hidden, dtype=dtype)
+    mlp = lambda: F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+    with torch.no_grad():
+        record("mlp_forward", time_ms(mlp), 4.0 * tokens * hidden * ffn)
+    y = mlp()
+    record("mlp_backward", time_ms(lambda: torch.autograd.grad(y, (x, w1, b1, w2, b2), dy, retain_graph=True)),
+           8.0 * tokens * hidden * ffn)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("torch_layers.py: no CUDA device; nothing to measure", file=sys.stderr)
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows compare with tp's TF32 option
+    gpu = torch.cuda.get_device_name()
+    results = []
+    for name, shapes in SHAPES.items():
+        for tokens, hidden in shapes:
+            results += run(name, tokens, hidden)
+    print(f"PyTorch {torch.__version__} eager on {gpu}")
+    for r in results:
+        print(f"{r['name']:<40} {r['ms']:9.3f} ms {r['tflops']:8.1f} TFLOP/s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": gpu, "torch": torch.__version__, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+#pragma once
+/// GEMMs through cuBLASLt for row-major views, with the epilogues cuBLASLt fuses into the GEMM.
+///
+/// cuBLASLt is column-major. A row-major [m, n] matrix with leading dimension ld is, read
+/// column-major, its [n, m] transpose with the same ld, so `C = op(A) op(B)` is computed as
+/// `C^T = op(B)^T op(A)^T`: the operands swap, the transpose flags stay. Consequences for the
+/// epilogues, in row-major terms: a bias vector has one entry per column of C (added to every
+/// row), and the auxiliary GELU matrix has C's shape.
+///
+/// One plan (descriptors, layouts and the heuristic's algorithm) is cached per shape, operation,
+/// epilogue and operand alignment, so a layer's steady state costs one cublasLtMatmul per GEMM.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <unordered_map>
+
+#include "tp/core/ops.hpp"
+#include "tp/core/tensor.hpp"
+#include "tp/device/cuda_error.hpp"
+
+namespace tp {
+
+/// What cuBLASLt applies to the product before it is stored (row-major terms; see above).
+enum class Epilogue : std::uint8_t {
+  none,
+  bias,           ///< C = alpha op(A) op(B) + beta C + bias[0, :]
+  gelu,           ///< C = gelu_tanh(...)
+  gelu_bias,      ///< C = gelu_tanh(... + bias)
+  gelu_aux_bias,  ///< C = gelu_tanh(... + bias), and aux = the pre-activation (... + bias)
+  dgelu,          ///< C = (...) * gelu_tanh'(aux)
+  dgelu_bgrad,    ///< C = (...) * gelu_tanh'(aux), and bias_grad[0, :] = column sums of C
+  bgrad_a,        ///< bias_grad[0, :m] = row sums of op(A) over k (the bias gradient of dW = dY^T X)
+};
+
+/// Extra operands of an epilogue. `bias` is read (bias epilogues) or written (gradient ones).
+template <class T>
+struct EpilogueArgs {
+  Epilogue kind = Epilogue::none;
+  const void* bias = nullptr;
+  T* bias_grad = nullptr;
+  MatrixView<T> aux{};  ///< [m, n] like C; cuBLASLt wants its ld to be a multiple of 8
+};
+
+namespace detail {
+
+template <class T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+  else if constexpr (std::is_same_v<T, __half>) return CUDA_R_16F;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return CUDA_R_16BF;
+  else static_assert(sizeof(T) == 0, "tp::Cuda GEMMs support float, double, __half and __nv_bfloat16");
+}
+
+inline cublasLtEpilogue_t lt_epilogue(Epilogue e) {
+  switch (e) {
+    case Epilogue::none: return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epilogue::bias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::gelu: return CUBLASLT_EPILOGUE_GELU;
+    case Epilogue::gelu_bias: return CUBLASLT_EPILOGUE_GELU_BIAS;
+    case Epilogue::gelu_aux_bias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epilogue::dgelu: return CUBLASLT_EPILOGUE_DGELU;
+    case Epilogue::dgelu_bgrad: return CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    case Epilogue::bgrad_a: return CUBLASLT_EPILOGUE_BGRADB;  // cuBLASLt's B is our A (operands swap)
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+/// The largest power of two (up to 256) that divides the address: what the heuristic may assume.
+inline std::uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
+struct GemmKey {
+  cudaDataType_t type;
+  bool tf32;
+  Op op_a, op_b;
+  std::int64_t m, n, k, lda, ldb, ldc, ld_aux;
+  Epilogue epilogue;
+  std::uint32_t align_a, align_b, align_c;
+  bool beta_zero;
+  bool operator==(const GemmKey&) const = default;
+};
+
+struct GemmKeyHash {
+  std::size_t operator()(const GemmKey& k) const noexcept {
+    std::size_t h = 1469598103934665603ull;
+    auto mix = [&](std::uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    mix(k.type), mix(k.tf32), mix(static_cast<int>(k.op_a)), mix(static_cast<int>(k.op_b)), mix(k.m), mix(k.n);
+    mix(k.k), mix(k.lda), mix(k.ldb), mix(k.ldc), mix(k.ld_aux), mix(static_cast<int>(k.epilogue));
+    mix(k.align_a), mix(k.align_b), mix(k.align_c), mix(k.beta_zero);
+    return h;
+  }
+};
+
+/// Descriptors and the chosen algorithm for one GemmKey.
+class GemmPlan {
+ public:
+  GemmPlan() = default;
+  GemmPlan(const GemmPlan&) = delete;
+  GemmPlan& operator=(const GemmPlan&) = delete;
+  ~GemmPlan() {
+    if (a_) cublasLtMatrixLayoutDestroy(a_);
+    if (b_) cublasLtMatrixLayoutDestroy(b_);
+    if (c_) cublasLtMatrixLayoutDestroy(c_);
+    if (op_) cublasLtMatmulDescDestroy(op_);
+  }
+  cublasLtMatmulDesc_t op_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;
+  cublasLtMatmulAlgo_t algo_{};
+};
+
+/// A cuBLASLt handle, its workspace (stream-ordered device memory) and the plan cache.
+class LtGemm {
+ public:
+  LtGemm(cudaStream_t stream, std::size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+    TP_CUBLAS_CHECK(cublasLtCreate(&handle_), "creating the cuBLASLt handle");
+    if (workspace_bytes_ > 0) {
+      const cudaError_t status = cudaMallocAsync(&workspace_, workspace_bytes_, stream);
+      if (status != cudaSuccess) {
+        cublasLtDestroy(handle_);
+        TP_CUDA_CHECK(status, "allocating a {} byte cuBLASLt workspace", workspace_bytes_);
+      }
+    }
+  }
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+  /// The workspace goes back on `stream`, after the GEMMs that used it.
+  void release(cudaStream_t stream) noexcept {
+    plans_.clear();
+    if (workspace_) cudaFreeAsync(workspace_, stream);
+    workspace_ = nullptr;
+    if (handle_) cublasLtDestroy(handle_);
+    handle_ = nullptr;
+  }
+
+  /// c = alpha op(a) op(b) + beta c, then the epilogue. Shapes are checked by the caller.
+  template <class T>
+  void run(cudaStream_t stream, bool tf32, Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k,
+           double alpha, ConstView<T> a, ConstView<T> b, double beta, MatrixView<T> c, const EpilogueArgs<T>& e) {
+    const GemmKey key{cuda_type<T>(), tf32 && std::is_same_v<T, float>, op_a, op_b, m, n, k, a.ld, b.ld, c.ld,
+                      e.aux.ld, e.kind, alignment_of(a.data), alignment_of(b.data), alignment_of(c.data),
+                      beta == 0.0};
+    std::lock_guard lock(mutex_);
+    auto it = plans_.find(key);
+    if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
+    GemmPlan& plan = *it->second;
+    auto describe = [&] {
+      return fmt::format("computing a {}x{}x{} {} GEMM (op(a) {}x{} ld {}, op(b) {}x{} ld {}, c ld {}, epilogue {})",
+                         m, n, k, name(dtype_of_cuda(key.type)), m, k, a.ld, k, n, b.ld, c.ld,
+                         static_cast<int>(e.kind));
+    };
+    set(plan.op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, e.kind == Epilogue::bgrad_a || e.kind == Epilogue::dgelu_bgrad
+                                                         ? static_cast<const void*>(e.bias_grad)
+                                                         : e.bias);
+    if (e.kind == Epilogue::gelu_aux_bias || e.kind == Epilogue::dgelu || e.kind == Epilogue::dgelu_bgrad) {
+      const void* aux = e.aux.data;
+      const std::int64_t ld = e.aux.ld;
+      set(plan.op_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+      set(plan.op_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ld);
+    }
+    if constexpr (std::is_same_v<T, double>) {
+      TP_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op_, &alpha, b.data, plan.a_, a.data, plan.b_, &beta, c.data,
+                                     plan.c_, c.data, plan.c_, &plan.algo_, workspace_, workspace_bytes_, stream),
+                      "{}", describe());
+    } else {
+      const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+      TP_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op_, &alpha_f, b.data, plan.a_, a.data, plan.b_, &beta_f, c.data,
+                                     plan.c_, c.data, plan.c_, &plan.algo_, workspace_, workspace_bytes_, stream),
+                      "{}", describe());
+    }
+  }
+
+  cublasLtHandle_t handle() const { return handle_; }
+
+ private:
+  static DType dtype_of_cuda(cudaDataType_t t) {
+    switch (t) {
+      case CUDA_R_64F: return DType::f64;
+      case CUDA_R_16F: return DType::f16;
+      case CUDA_R_16BF: return DType::bf16;
+      default: return DType::f32;
+    }
+  }
+
+  template <class V>
+  static void set(cublasLtMatmulDesc_t op, cublasLtMatmulDescAttributes_t attr, const V& value) {
+    TP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, attr, &value, sizeof(value)), "setting matmul attribute {}",
+                    static_cast<int>(attr));
+  }
+
+  std::unique_ptr<GemmPlan> make_plan(const GemmKey& key) {
+    auto plan = std::make_unique<GemmPlan>();
+    const bool fp64 = key.type == CUDA_R_64F;
+    const cublasComputeType_t compute =
+        fp64 ? CUBLAS_COMPUTE_64F : (key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
+    const auto shape = fmt::format("planning a {}x{}x{} GEMM", key.m, key.n, key.k);
+    TP_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op_, compute, fp64 ? CUDA_R_64F : CUDA_R_32F), "{}", shape);
+    // Operands swap (see the file comment): cuBLASLt's A is our b, its B our a.
+    const cublasOperation_t ta = key.op_b == Op::n ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const cublasOperation_t tb = key.op_a == Op::n ? CUBLAS_OP_N : CUBLAS_OP_T;
+    set(plan->op_, CUBLASLT_MATMUL_DESC_TRANSA, ta);
+    set(plan->op_, CUBLASLT_MATMUL_DESC_TRANSB, tb);
+    set(plan->op_, CUBLASLT_MATMUL_DESC_EPILOGUE, lt_epilogue(key.epilogue));
+    // Column-major stored shapes: our b is op_b == n ? [k, n] : [n, k] row-major, i.e. [n, k] or [k, n] column-major.
+    const std::uint64_t lt_a_rows = key.op_b == Op::n ? key.n : key.k, lt_a_cols = key.op_b == Op::n ? key.k : key.n;
+    const std::uint64_t lt_b_rows = key.op_a == Op::n ? key.k : key.m, lt_b_cols = key.op_a == Op::n ? key.m : key.k;
+    TP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a_, key.type, lt_a_rows, lt_a_cols, key.ldb), "{}", shape);
+    TP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b_, key.type, lt_b_rows, lt_b_cols, key.lda), "{}", shape);
+    TP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c_, key.type, key.n, key.m, key.ldc), "{}", shape);
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    TP_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), "{}", shape);
+    const std::uint64_t ws = workspace_bytes_;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_b,
+                                         sizeof(key.align_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a,
+                                         sizeof(key.align_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c,
+                                         sizeof(key.align_c));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_c,
+                                         sizeof(key.align_c));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, plan->op_, plan->a_, plan->b_, plan->c_,
+                                                                  plan->c_, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    TP_CUBLAS_CHECK(status, "{}", shape);
+    if (found == 0)
+      TP_THROW(CudaError,
+               "cuBLASLt has no algorithm for a {}x{}x{} GEMM of type {} with epilogue {} (ld a {}, b {}, c {}, "
+               "alignment a {}, b {}, c {} bytes)",
+               key.m, key.n, key.k, static_cast<int>(key.type), static_cast<int>(key.epilogue), key.lda, key.ldb,
+               key.ldc, key.align_a, key.align_b, key.align_c);
+    plan->algo_ = result.algo;
+    return plan;
+  }
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+  std::mutex mutex_;
+  std::unordered_map<GemmKey, std::unique_ptr<GemmPlan>, GemmKeyHash> plans_;
+};
+
+}  // namespace detail
+}  // namespace tp

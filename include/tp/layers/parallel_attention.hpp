@@ -1,0 +1,266 @@
+#pragma once
+/// Self-attention split by heads (Megatron's ParallelAttention, vLLM's QKVParallelLinear): a fused
+/// QKV column-parallel projection, scaled dot-product attention on each rank's heads, and a
+/// row-parallel output projection (`dense`); one all-reduce forward and one backward.
+///
+/// Input [tokens, hidden] with tokens = batch * seq_len: sequence b is rows [b * seq_len, (b + 1) *
+/// seq_len), and attention never crosses sequences. Causal (a token sees itself and earlier ones) or
+/// not. Scores are scaled by 1 / sqrt(head_dim). The softmax of every (sequence, head) is kept for
+/// backward: batch * heads_r * seq_len^2 elements per rank (no flash-style recomputation yet).
+///
+/// Grouped-query attention: `heads` query heads share `kv_heads` key/value heads, query head h
+/// reading kv head h / (heads / kv_heads) (kv_heads = heads is multi-head, 1 is multi-query).
+/// Heads are split evenly: heads must be a multiple of the world size. When kv_heads >= world,
+/// kv_heads must be a multiple of it and rank r holds kv heads [r k, (r + 1) k), k = kv_heads /
+/// world; when world > kv_heads, the world must be a multiple of kv_heads and each kv head is
+/// replicated on world / kv_heads consecutive ranks (rank r holds kv head r / (world / kv_heads)),
+/// so each rank holds exactly the kv heads its query heads need, as vLLM and TensorRT-LLM do. A
+/// replicated head's weight gradient is summed over its replicas, so every replica holds the full
+/// gradient and takes the same optimizer step.
+///
+/// Fused QKV weight, full layout [(heads + 2 kv_heads) head_dim, hidden] = [Wq; Wk; Wv] stacked by
+/// rows ([out, in] as torch.nn.Linear, i.e. the concatenation of Hugging Face's q_proj, k_proj,
+/// v_proj), each head's head_dim rows contiguous. Rank r holds its query heads' rows of Wq and its
+/// kv heads' rows of Wk and Wv, stored [q_r; k_r; v_r]; parameters() reports "<name>.qkv.weight" as
+/// three records (q, k, v) with their rows in the full tensor, and the bias likewise. The output
+/// projection "<name>.dense.weight" is [hidden, heads head_dim], split by columns.
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tp/core/context.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/detail/layer_support.hpp"
+#include "tp/layers/row_parallel_linear.hpp"
+
+namespace tp {
+
+struct ParallelAttentionOptions {
+  bool causal = true;
+  /// Biases on the QKV projection and the output projection.
+  bool bias = true;
+  /// 0 means hidden / heads.
+  std::int64_t head_dim = 0;
+  /// Input and output split along tokens (Megatron's sequence_parallel); forward takes the full token count.
+  bool sequence_parallel = false;
+  std::string name = "attention";
+  std::uint64_t seed = 0;
+};
+
+template <class T, class Device = Cpu>
+class ParallelAttention {
+ public:
+  using Options = ParallelAttentionOptions;
+
+  ParallelAttention(Context<Device> ctx, std::int64_t hidden, std::int64_t heads, std::int64_t kv_heads,
+                    Options options = {})
+      : ctx_(ctx),
+        hidden_(hidden),
+        heads_(heads),
+        kv_heads_(kv_heads),
+        options_(std::move(options)),
+        head_dim_(checked_head_dim()),
+        dense_(ctx, heads_ * head_dim_, hidden_,
+               {.bias = options_.bias, .name = options_.name + ".dense", .seed = options_.seed,
+                .sequence_parallel = options_.sequence_parallel}) {
+    const int world = ctx_.world(), rank = ctx_.rank();
+    const std::int64_t q_per_rank = heads_ / world;
+    q_heads_ = {rank * q_per_rank, (rank + 1) * q_per_rank};
+    if (kv_heads_ >= world) {
+      const std::int64_t k = kv_heads_ / world;
+      kv_heads_range_ = {rank * k, (rank + 1) * k};
+    } else {
+      replicas_ = world / kv_heads_;
+      kv_heads_range_ = {rank / replicas_, rank / replicas_ + 1};
+      // Collective: every rank constructs the layer, and all agree that replicas_ > 1.
+      kv_comm_ = ctx_.comm->split(static_cast<int>(rank / replicas_), rank);
+    }
+    q_width_ = q_heads_.size() * head_dim_;
+    kv_width_ = kv_heads_range_.size() * head_dim_;
+    const std::int64_t width = q_width_ + 2 * kv_width_;
+    weight_ = Tensor<T, Device>(ctx_.device, width, hidden_);
+    weight_grad_ = Tensor<T, Device>(ctx_.device, width, hidden_);
+    if (options_.bias) {
+      bias_ = Tensor<T, Device>(ctx_.device, 1, width);
+      bias_grad_ = Tensor<T, Device>(ctx_.device, 1, width);
+      ctx_.device->fill(bias_.view(), T(0));
+    }
+    zero_grad();
+    for (const auto& p : qkv_parameters())
+      if (p.name.ends_with(".weight"))
+        init_uniform(*ctx_.device, p, options_.seed, 1.0 / std::sqrt(static_cast<double>(hidden_)));
+  }
+
+  /// x [tokens, hidden] (under sequence_parallel this rank's rows partition(tokens), with `tokens`
+  /// the full count), tokens = batch * seq_len -> [tokens, hidden] (or this rank's rows of it).
+  const Tensor<T, Device>& forward(ConstView<T> x, std::int64_t seq_len, std::int64_t tokens = -1) {
+    TP_CHECK(x.cols == hidden_ && (x.rows > 0 || options_.sequence_parallel),
+             "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows, x.cols, hidden_);
+    tokens = detail::full_tokens(options_.sequence_parallel, x.rows, tokens, ctx_.world(), ctx_.rank(), options_.name);
+    TP_CHECK(seq_len > 0 && tokens % seq_len == 0, "{}: {} tokens are not a whole number of sequences of {}",
+             options_.name, tokens, seq_len);
+    const Device& dev = *ctx_.device;
+    seq_len_ = seq_len;
+    MatrixView<T> input = detail::ensure(input_, ctx_, tokens, hidden_);
+    if (options_.sequence_parallel)
+      detail::gather_rows(ctx_, x, input);
+    else
+      dev.copy(x, input);
+    MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
+    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
+    if (options_.bias) dev.add_bias(qkv, bias_.view());
+    const std::int64_t batch = tokens / seq_len;
+    MatrixView<T> probs = detail::ensure(probs_, ctx_, batch * q_heads_.size() * seq_len, seq_len);
+    MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
+    dev.attention_forward(ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
+                          ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_,
+                          options_.causal, probs, out);
+    return dense_.forward(out);
+  }
+
+  /// dL/dY (shaped as forward's output) -> dL/dX (shaped as forward's input); accumulates every
+  /// weight gradient.
+  const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!qkv_.empty(), "{}: backward called before forward", options_.name);
+    const Device& dev = *ctx_.device;
+    const auto& d_context = dense_.backward(grad_output);
+    const std::int64_t tokens = qkv_.rows();
+    MatrixView<T> dqkv = detail::ensure(grad_qkv_, ctx_, tokens, weight_.rows());
+    const ConstView<T> qkv = qkv_.view();
+    dev.attention_backward(qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
+                           qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(), seq_len_,
+                           head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()), dqkv.cols_range(0, q_width_),
+                           dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
+
+    // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
+    const ConstView<T> dq = dqkv.cols_range(0, q_width_), dkv = dqkv.cols_range(q_width_, 2 * kv_width_);
+    dev.gemm(Op::t, Op::n, T(1), dq, input_.view(), T(1), weight_grad_.view().rows_range(0, q_width_));
+    if (options_.bias) dev.add_bias_grad(dq, bias_grad_.view().cols_range(0, q_width_));
+    MatrixView<T> dw_kv = weight_grad_.view().rows_range(q_width_, 2 * kv_width_);
+    if (replicas_ == 1) {
+      dev.gemm(Op::t, Op::n, T(1), dkv, input_.view(), T(1), dw_kv);
+      if (options_.bias) dev.add_bias_grad(dkv, bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
+    } else {
+      // The bias gradient rides in an extra row of the same buffer when it fits, so one all-reduce
+      // carries both.
+      const bool packed = options_.bias && 2 * kv_width_ <= hidden_;
+      MatrixView<T> step = detail::ensure(kv_grad_, ctx_, 2 * kv_width_ + (packed ? 1 : 0), hidden_);
+      MatrixView<T> step_w = step.rows_range(0, 2 * kv_width_);
+      dev.gemm(Op::t, Op::n, T(1), dkv, input_.view(), T(0), step_w);
+      MatrixView<T> step_b;
+      if (options_.bias) {
+        if (packed) dev.fill(step.rows_range(2 * kv_width_, 1), T(0));
+        step_b = packed ? step.block(2 * kv_width_, 0, 1, 2 * kv_width_)
+                        : detail::ensure(kv_bias_grad_, ctx_, 1, 2 * kv_width_);
+        if (!packed) dev.fill(step_b, T(0));
+        dev.add_bias_grad(dkv, step_b);
+      }
+      kv_comm_->all_reduce(step.data, step.data, static_cast<std::size_t>(step.size()), dtype_of<T>, ReduceOp::sum,
+                           ctx_.stream());
+      if (options_.bias && !packed)
+        kv_comm_->all_reduce(step_b.data, step_b.data, static_cast<std::size_t>(step_b.size()), dtype_of<T>,
+                             ReduceOp::sum, ctx_.stream());
+      dev.add(ConstView<T>(step_w), dw_kv);
+      if (options_.bias) dev.add(ConstView<T>(step_b), bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
+    }
+
+    // Input gradient: summed over ranks (f), or reduce-scattered along tokens.
+    MatrixView<T> dx = detail::ensure(options_.sequence_parallel ? grad_full_ : grad_input_, ctx_, tokens, hidden_);
+    dev.gemm(Op::n, Op::n, T(1), ConstView<T>(dqkv), weight_.view(), T(0), dx);
+    if (!options_.sequence_parallel) {
+      detail::all_reduce_sum(ctx_, dx);
+      return grad_input_;
+    }
+    const Range mine = partition(tokens, ctx_.world(), ctx_.rank());
+    detail::reduce_scatter_rows(ctx_, ConstView<T>(dx), detail::ensure(grad_input_, ctx_, mine.size(), hidden_));
+    return grad_input_;
+  }
+
+  void zero_grad() {
+    ctx_.device->fill(weight_grad_.view(), T(0));
+    if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
+    dense_.zero_grad();
+  }
+
+  /// The QKV records (q, k, v blocks of the weight, then of the bias), then dense's weight and bias.
+  std::vector<Parameter<T>> parameters() {
+    auto ps = qkv_parameters();
+    for (auto& p : dense_.parameters()) ps.push_back(p);
+    return ps;
+  }
+
+  /// Loads this rank's parts of the full fused QKV [(heads + 2 kv_heads) head_dim, hidden] weight
+  /// and [1, ...] bias, and of the dense [hidden, heads head_dim] weight and [1, hidden] bias.
+  void load_full(ConstView<T> qkv_weight, ConstView<T> qkv_bias, ConstView<T> dense_weight, ConstView<T> dense_bias) {
+    for (const auto& p : qkv_parameters())
+      load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? qkv_bias : qkv_weight);
+    dense_.load_full(dense_weight, dense_bias);
+  }
+
+  /// The query heads this rank holds.
+  Range q_heads() const { return q_heads_; }
+  /// The kv heads this rank holds (one, shared with other ranks, when world > kv_heads).
+  Range kv_heads() const { return kv_heads_range_; }
+  /// How many ranks hold each kv head.
+  std::int64_t kv_replicas() const { return replicas_; }
+  std::int64_t head_dim() const { return head_dim_; }
+  RowParallelLinear<T, Device>& dense() { return dense_; }
+  MatrixView<T> qkv_weight() { return weight_.view(); }
+  MatrixView<T> qkv_weight_grad() { return weight_grad_.view(); }
+  MatrixView<T> qkv_bias_grad() { return bias_grad_.view(); }
+  const Options& options() const { return options_; }
+
+ private:
+  std::int64_t checked_head_dim() const {
+    const int world = ctx_.world();
+    TP_CHECK(hidden_ > 0 && heads_ > 0 && kv_heads_ > 0, "{}: hidden {}, heads {}, kv_heads {} must be positive",
+             options_.name, hidden_, heads_, kv_heads_);
+    TP_CHECK(heads_ % kv_heads_ == 0, "{}: heads = {} is not a multiple of kv_heads = {}", options_.name, heads_,
+             kv_heads_);
+    TP_CHECK(heads_ % world == 0, "{}: heads = {} cannot be split over world size {}: every rank needs the same "
+             "number of query heads", options_.name, heads_, world);
+    TP_CHECK(kv_heads_ % world == 0 || world % kv_heads_ == 0,
+             "{}: kv_heads = {} cannot be split over world size {} nor replicated across it (one must divide the "
+             "other)", options_.name, kv_heads_, world);
+    TP_CHECK(options_.head_dim > 0 || hidden_ % heads_ == 0,
+             "{}: hidden = {} is not a multiple of heads = {}; pass head_dim", options_.name, hidden_, heads_);
+    return options_.head_dim > 0 ? options_.head_dim : hidden_ / heads_;
+  }
+
+  std::vector<Parameter<T>> qkv_parameters() {
+    const std::int64_t d = head_dim_, q_full = heads_ * d, kv_full = kv_heads_ * d;
+    const Range q{q_heads_.begin * d, q_heads_.end * d};
+    const Range k{q_full + kv_heads_range_.begin * d, q_full + kv_heads_range_.end * d};
+    const Range v{q_full + kv_full + kv_heads_range_.begin * d, q_full + kv_full + kv_heads_range_.end * d};
+    const std::int64_t full = q_full + 2 * kv_full;
+    const std::int64_t offsets[3] = {0, q_width_, q_width_ + kv_width_};
+    const Range blocks[3] = {q, k, v};
+    std::vector<Parameter<T>> ps;
+    for (int i = 0; i < 3; ++i)
+      ps.push_back({options_.name + ".qkv.weight", weight_.view().rows_range(offsets[i], blocks[i].size()),
+                    weight_grad_.view().rows_range(offsets[i], blocks[i].size()), full, hidden_, blocks[i],
+                    {0, hidden_}});
+    if (options_.bias)
+      for (int i = 0; i < 3; ++i)
+        ps.push_back({options_.name + ".qkv.bias", bias_.view().cols_range(offsets[i], blocks[i].size()),
+                      bias_grad_.view().cols_range(offsets[i], blocks[i].size()), 1, full, {0, 1}, blocks[i]});
+    return ps;
+  }
+
+  Context<Device> ctx_;
+  std::int64_t hidden_, heads_, kv_heads_;
+  Options options_;
+  std::int64_t head_dim_;
+  RowParallelLinear<T, Device> dense_;
+  Range q_heads_, kv_heads_range_;
+  std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0, seq_len_ = 0;
+  std::shared_ptr<Communicator> kv_comm_;
+  Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
+  Tensor<T, Device> input_, qkv_, probs_, context_, grad_qkv_, d_scores_, kv_grad_, kv_bias_grad_, grad_input_,
+      grad_full_;
+};
+
+}  // namespace tp

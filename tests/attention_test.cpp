@@ -1,0 +1,149 @@
+/// ParallelAttention against the unsharded reference: multi-head, grouped-query (2 kv heads) and
+/// multi-query (1 kv head), kv heads replicated when the world exceeds them, causal and not, a
+/// batch of sequences, sequence parallelism on and off; heads that cannot be split are errors.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/blocks_reference.hpp"
+#include "common/harness.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using ::testing::HasSubstr;
+using test::on_ranks;
+
+template <class T>
+class Attention : public ::testing::Test {};
+using Floats = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(Attention, Floats);
+
+bool splittable(std::int64_t heads, std::int64_t kv_heads, int world) {
+  return heads % world == 0 && (kv_heads % world == 0 || world % kv_heads == 0);
+}
+
+TYPED_TEST(Attention, MatchesReference) {
+  using T = TypeParam;
+  struct Case {
+    std::int64_t heads, kv_heads;
+  };
+  const std::int64_t hidden = 10, d = 4, batch = 2, seq = 5, tokens = batch * seq;  // 10 tokens: uneven over 3, 4
+  for (const Case s : {Case{8, 8}, Case{8, 2}, Case{8, 1}, Case{12, 12}, Case{12, 1}})
+    for (const bool causal : {true, false})
+      for (const bool bias : {true, false}) {
+        const std::string trace = fmt::format("heads {} kv_heads {} causal {} bias {}", s.heads, s.kv_heads, causal, bias);
+        SCOPED_TRACE(trace);
+        const std::int64_t qkv_rows = (s.heads + 2 * s.kv_heads) * d;
+        const auto x = ref::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+        const auto w_qkv = ref::random_scaled<T>(qkv_rows, hidden, ref::test_seed(2), 1 / std::sqrt(double(hidden)));
+        const auto b_qkv = ref::random_matrix<T>(1, qkv_rows, ref::test_seed(3));
+        const auto w_o = ref::random_scaled<T>(hidden, s.heads * d, ref::test_seed(4), 1 / std::sqrt(double(s.heads * d)));
+        const auto b_o = ref::random_matrix<T>(1, hidden, ref::test_seed(5));
+        const auto dy = ref::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+        const auto want = ref::attention(x, w_qkv, b_qkv, w_o, b_o, dy, s.heads, s.kv_heads, d, seq, causal, bias);
+        const auto w_qkv_t = ref::to_tensor<T>(w_qkv), b_qkv_t = ref::to_tensor<T>(b_qkv),
+                   w_o_t = ref::to_tensor<T>(w_o), b_o_t = ref::to_tensor<T>(b_o);
+        on_ranks([&](std::shared_ptr<Communicator> comm) {
+          SCOPED_TRACE(trace);  // traces are per thread
+          const int world = comm->size(), rank = comm->rank();
+          if (!splittable(s.heads, s.kv_heads, world)) return;  // covered by HeadsThatCannotBeSplit
+          const Range mine = partition(tokens, world, rank);
+          for (const bool sp : {false, true}) {
+            SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+            ParallelAttention<T> attn(Context<>(comm), hidden, s.heads, s.kv_heads,
+                                      {.causal = causal, .bias = bias, .head_dim = d, .sequence_parallel = sp});
+            const std::int64_t replicas = world > s.kv_heads ? world / s.kv_heads : 1;
+            EXPECT_EQ(attn.kv_replicas(), replicas);
+            EXPECT_EQ(attn.q_heads().size(), s.heads / world);
+            // Rank r's query heads read exactly the kv heads it holds.
+            const std::int64_t group = s.heads / s.kv_heads;
+            EXPECT_EQ(attn.kv_heads().begin, attn.q_heads().begin / group);
+            EXPECT_EQ(attn.kv_heads().end, (attn.q_heads().end - 1) / group + 1);
+            attn.load_full(w_qkv_t, bias ? ConstView<T>(b_qkv_t) : ConstView<T>{}, w_o_t,
+                           bias ? ConstView<T>(b_o_t) : ConstView<T>{});
+            const auto x_in = ref::to_tensor<T>(sp ? x.rows_range(mine.begin, mine.size()) : x);
+            TP_EXPECT_CLOSE(T, attn.forward(x_in, seq, sp ? tokens : -1),
+                            sp ? want.y.rows_range(mine.begin, mine.size()) : want.y);
+            const auto dy_in = ref::to_tensor<T>(sp ? dy.rows_range(mine.begin, mine.size()) : dy);
+            TP_EXPECT_CLOSE(T, attn.backward(dy_in), sp ? want.dx.rows_range(mine.begin, mine.size()) : want.dx);
+            test::expect_grads<T>(attn.parameters(), {{"attention.qkv.weight", &want.dw_qkv},
+                                                      {"attention.qkv.bias", &want.db_qkv},
+                                                      {"attention.dense.weight", &want.dw_o},
+                                                      {"attention.dense.bias", &want.db_o}});
+          }
+        });
+      }
+}
+
+/// Two steps accumulate, also for replicated kv heads (whose step gradient is summed over replicas).
+TYPED_TEST(Attention, GradientsAccumulateAcrossSteps) {
+  using T = TypeParam;
+  const std::int64_t hidden = 6, heads = 4, kv_heads = 1, d = 3, seq = 4;
+  const auto x = ref::random_matrix<T>(seq, hidden, ref::test_seed(1));
+  const auto w_qkv = ref::random_scaled<T>((heads + 2 * kv_heads) * d, hidden, ref::test_seed(2), 1 / std::sqrt(double(hidden)));
+  const auto b_qkv = ref::random_matrix<T>(1, (heads + 2 * kv_heads) * d, ref::test_seed(3));
+  const auto w_o = ref::random_matrix<T>(hidden, heads * d, ref::test_seed(4));
+  const auto b_o = ref::random_matrix<T>(1, hidden, ref::test_seed(5));
+  const auto dy1 = ref::random_matrix<T>(seq, hidden, ref::test_seed(6));
+  const auto dy2 = ref::random_matrix<T>(seq, hidden, ref::test_seed(7));
+  const auto a = ref::attention(x, w_qkv, b_qkv, w_o, b_o, dy1, heads, kv_heads, d, seq, true, true);
+  const auto b = ref::attention(x, w_qkv, b_qkv, w_o, b_o, dy2, heads, kv_heads, d, seq, true, true);
+  const auto dw = ref::add(a.dw_qkv, b.dw_qkv), db = ref::add(a.db_qkv, b.db_qkv), dwo = ref::add(a.dw_o, b.dw_o),
+             dbo = ref::add(a.db_o, b.db_o);
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    if (!splittable(heads, kv_heads, comm->size())) return;
+    ParallelAttention<T> attn(Context<>(comm), hidden, heads, kv_heads, {.head_dim = d});
+    attn.load_full(ref::to_tensor<T>(w_qkv), ref::to_tensor<T>(b_qkv), ref::to_tensor<T>(w_o), ref::to_tensor<T>(b_o));
+    const auto x_t = ref::to_tensor<T>(x);
+    for (const auto* dy : {&dy1, &dy2}) {
+      attn.forward(x_t, seq);
+      attn.backward(ref::to_tensor<T>(*dy));
+    }
+    test::expect_grads<T>(attn.parameters(), {{"attention.qkv.weight", &dw},
+                                              {"attention.qkv.bias", &db},
+                                              {"attention.dense.weight", &dwo},
+                                              {"attention.dense.bias", &dbo}});
+  });
+}
+
+TEST(AttentionErrors, HeadsThatCannotBeSplit) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    Context<> ctx(comm);
+    const int world = comm->size();
+    auto error_of = [&](std::int64_t hidden, std::int64_t heads, std::int64_t kv, std::int64_t d) -> std::string {
+      try {
+        ParallelAttention<float>(ctx, hidden, heads, kv, {.head_dim = d, .name = "attn"});
+      } catch (const InvalidArgument& e) {
+        return e.what();
+      }
+      return "(no InvalidArgument thrown)";
+    };
+    EXPECT_THAT(error_of(8, 8, 3, 2), HasSubstr("attn: heads = 8 is not a multiple of kv_heads = 3"));
+    if (world > 1) {
+      EXPECT_THAT(error_of(10, 5, 5, 2),
+                  HasSubstr(fmt::format("attn: heads = 5 cannot be split over world size {}", world)));
+    }
+    if (world == 3) {
+      EXPECT_THAT(error_of(8, 12, 2, 2), HasSubstr("attn: kv_heads = 2 cannot be split over world size 3"));
+      EXPECT_THAT(error_of(8, 24, 8, 2), HasSubstr("attn: kv_heads = 8 cannot be split over world size 3"));
+      EXPECT_THAT(error_of(8, 8, 8, 2), HasSubstr("attn: heads = 8 cannot be split over world size 3"));
+    }
+    if (world == 4) EXPECT_THAT(error_of(8, 12, 6, 2), HasSubstr("attn: kv_heads = 6 cannot be split over world size 4"));
+    EXPECT_THAT(error_of(10, 12, 12, 0), HasSubstr("attn: hidden = 10 is not a multiple of heads = 12"));
+
+    ParallelAttention<float> attn(ctx, 8, 4 * world, world, {.head_dim = 2, .name = "attn"});
+    Tensor<float, Cpu> x(6, 8);
+    ctx.device->fill(x.view(), 0.5f);
+    try {
+      attn.forward(x, 4);
+      ADD_FAILURE() << "6 tokens accepted as sequences of 4";
+    } catch (const InvalidArgument& e) {
+      EXPECT_THAT(e.what(), HasSubstr("attn: 6 tokens are not a whole number of sequences of 4"));
+    }
+  });
+}
+
+}  // namespace
+}  // namespace tp

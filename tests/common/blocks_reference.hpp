@@ -1,0 +1,229 @@
+#pragma once
+/// Unsharded double-precision references for the transformer blocks (embedding, MLP, attention,
+/// cross-entropy), forward and backward, as plain loops; plus helpers that check a layer's
+/// parameter records against full gradients.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/reference.hpp"
+#include "tp/core/parameter.hpp"
+
+namespace tp::ref {
+
+// ---- Embedding
+
+inline Matrix embedding(const std::vector<std::int64_t>& ids, const Matrix& table) {
+  Matrix y(static_cast<std::int64_t>(ids.size()), table.cols);
+  for (std::size_t t = 0; t < ids.size(); ++t)
+    for (std::int64_t c = 0; c < table.cols; ++c) y(static_cast<std::int64_t>(t), c) = table(ids[t], c);
+  return y;
+}
+
+inline Matrix embedding_grad(const std::vector<std::int64_t>& ids, const Matrix& dy, std::int64_t vocab) {
+  Matrix d(vocab, dy.cols);
+  for (std::size_t t = 0; t < ids.size(); ++t)
+    for (std::int64_t c = 0; c < dy.cols; ++c) d(ids[t], c) += dy(static_cast<std::int64_t>(t), c);
+  return d;
+}
+
+// ---- MLP
+
+enum class Act { gelu_exact, gelu_tanh, swiglu };
+
+inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+struct Mlp {
+  Matrix y, dx, dw1, db1, dw2, db2;
+};
+
+/// y = fc2(act(fc1(x))); under swiglu fc1 is [2 ffn, hidden] = [gate; up] and act = silu(gate) * up.
+inline Mlp mlp(const Matrix& x, const Matrix& w1, const Matrix& b1, const Matrix& w2, const Matrix& b2,
+               const Matrix& dy, Act act, bool bias) {
+  const Matrix h = bias ? add_bias(matmul(x, false, w1, true), b1) : matmul(x, false, w1, true);
+  const std::int64_t ffn = w2.cols;
+  Matrix a(x.rows, ffn);
+  for (std::int64_t t = 0; t < x.rows; ++t)
+    for (std::int64_t j = 0; j < ffn; ++j)
+      a(t, j) = act == Act::swiglu ? silu(h(t, j)) * h(t, ffn + j) : gelu(h(t, j), act == Act::gelu_tanh);
+  const Linear second = linear(a, w2, bias ? &b2 : nullptr, dy);
+  Matrix dh(h.rows, h.cols);
+  for (std::int64_t t = 0; t < x.rows; ++t)
+    for (std::int64_t j = 0; j < ffn; ++j) {
+      const double da = second.dx(t, j);
+      if (act == Act::swiglu) {
+        const double g = h(t, j), u = h(t, ffn + j), s = 1.0 / (1.0 + std::exp(-g));
+        dh(t, j) = da * u * (s + g * s * (1.0 - s));
+        dh(t, ffn + j) = da * silu(g);
+      } else {
+        dh(t, j) = da * gelu_slope(h(t, j), act == Act::gelu_tanh);
+      }
+    }
+  const Linear first = linear(x, w1, nullptr, dh);
+  return {second.y, first.dx, first.dw, first.db, second.dw, second.db};
+}
+
+// ---- Attention
+
+struct Attention {
+  Matrix y, dx, dw_qkv, db_qkv, dw_o, db_o;
+};
+
+/// Fused QKV [(heads + 2 kv_heads) d, hidden] = [Wq; Wk; Wv], query head h reads kv head h / (heads /
+/// kv_heads), sequences of seq_len tokens, scores scaled by 1 / sqrt(d), then the [hidden, heads d]
+/// output projection.
+inline Attention attention(const Matrix& x, const Matrix& w_qkv, const Matrix& b_qkv, const Matrix& w_o,
+                           const Matrix& b_o, const Matrix& dy, std::int64_t heads, std::int64_t kv_heads,
+                           std::int64_t d, std::int64_t seq_len, bool causal, bool bias) {
+  const std::int64_t tokens = x.rows, batch = tokens / seq_len, group = heads / kv_heads;
+  const std::int64_t k_off = heads * d, v_off = (heads + kv_heads) * d;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const Matrix qkv = bias ? add_bias(matmul(x, false, w_qkv, true), b_qkv) : matmul(x, false, w_qkv, true);
+  // probs[b][h] is [seq, seq].
+  std::vector<Matrix> probs(static_cast<std::size_t>(batch * heads));
+  Matrix ctx(tokens, heads * d);
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t h = 0; h < heads; ++h) {
+      const std::int64_t kv = h / group;
+      Matrix& p = probs[b * heads + h];
+      p = Matrix(seq_len, seq_len);
+      for (std::int64_t i = 0; i < seq_len; ++i) {
+        double m = -std::numeric_limits<double>::infinity();
+        const std::int64_t visible = causal ? i + 1 : seq_len;
+        for (std::int64_t j = 0; j < visible; ++j) {
+          double s = 0;
+          for (std::int64_t e = 0; e < d; ++e) s += qkv(b * seq_len + i, h * d + e) * qkv(b * seq_len + j, k_off + kv * d + e);
+          p(i, j) = s * scale;
+          m = std::max(m, p(i, j));
+        }
+        double sum = 0;
+        for (std::int64_t j = 0; j < visible; ++j) sum += p(i, j) = std::exp(p(i, j) - m);
+        for (std::int64_t j = 0; j < visible; ++j) p(i, j) /= sum;
+        for (std::int64_t e = 0; e < d; ++e) {
+          double o = 0;
+          for (std::int64_t j = 0; j < visible; ++j) o += p(i, j) * qkv(b * seq_len + j, v_off + kv * d + e);
+          ctx(b * seq_len + i, h * d + e) = o;
+        }
+      }
+    }
+  const Linear out = linear(ctx, w_o, bias ? &b_o : nullptr, dy);
+  Matrix dqkv(tokens, qkv.cols);
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t h = 0; h < heads; ++h) {
+      const std::int64_t kv = h / group, r0 = b * seq_len;
+      const Matrix& p = probs[b * heads + h];
+      for (std::int64_t i = 0; i < seq_len; ++i) {
+        std::vector<double> dp(seq_len, 0.0);
+        double dot = 0;
+        for (std::int64_t j = 0; j < seq_len; ++j) {
+          for (std::int64_t e = 0; e < d; ++e) dp[j] += out.dx(r0 + i, h * d + e) * qkv(r0 + j, v_off + kv * d + e);
+          dot += p(i, j) * dp[j];
+        }
+        for (std::int64_t j = 0; j < seq_len; ++j) {
+          const double ds = p(i, j) * (dp[j] - dot) * scale;
+          for (std::int64_t e = 0; e < d; ++e) {
+            dqkv(r0 + i, h * d + e) += ds * qkv(r0 + j, k_off + kv * d + e);
+            dqkv(r0 + j, k_off + kv * d + e) += ds * qkv(r0 + i, h * d + e);
+            dqkv(r0 + j, v_off + kv * d + e) += p(i, j) * out.dx(r0 + i, h * d + e);
+          }
+        }
+      }
+    }
+  const Linear in = linear(x, w_qkv, nullptr, dqkv);
+  return {out.y, in.dx, in.dw, in.db, out.dw, out.db};
+}
+
+// ---- Cross-entropy
+
+struct CrossEntropy {
+  Matrix loss, dlogits;
+};
+
+/// torch.nn.CrossEntropyLoss(reduction = none, ignore_index, label_smoothing) and its gradient for a
+/// per-token upstream gradient dloss [tokens, 1].
+inline CrossEntropy cross_entropy(const Matrix& logits, const std::vector<std::int64_t>& targets,
+                                  std::int64_t ignore_index, double smoothing, const Matrix& dloss) {
+  const std::int64_t tokens = logits.rows, vocab = logits.cols;
+  CrossEntropy out{Matrix(tokens, 1), Matrix(tokens, vocab)};
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    if (targets[t] == ignore_index) continue;
+    double m = -std::numeric_limits<double>::infinity(), sum = 0, mean_shift = 0;
+    for (std::int64_t j = 0; j < vocab; ++j) m = std::max(m, logits(t, j));
+    for (std::int64_t j = 0; j < vocab; ++j) {
+      sum += std::exp(logits(t, j) - m);
+      mean_shift += (logits(t, j) - m) / static_cast<double>(vocab);
+    }
+    const double lse_shift = std::log(sum);  // lse - m
+    const double nll = lse_shift - (logits(t, targets[t]) - m);
+    out.loss(t, 0) = (1 - smoothing) * nll + smoothing * (lse_shift - mean_shift);
+    for (std::int64_t j = 0; j < vocab; ++j) {
+      const double q = (j == targets[t] ? 1 - smoothing : 0.0) + smoothing / static_cast<double>(vocab);
+      out.dlogits(t, j) = dloss(t, 0) * (std::exp(logits(t, j) - m) / sum - q);
+    }
+  }
+  return out;
+}
+
+/// normal(0, scale^2) entries rounded through T: weights of the size real layers use (1 / sqrt(fan_in)),
+/// so that attention scores stay O(1) as in a trained model rather than saturating the softmax.
+template <class T>
+Matrix random_scaled(std::int64_t rows, std::int64_t cols, std::uint64_t seed, double scale) {
+  Matrix m = random_matrix<double>(rows, cols, seed);
+  for (auto& v : m.data) v = static_cast<double>(static_cast<T>(v * scale));
+  return m;
+}
+
+/// Integers uniform in [0, n), the same on every rank for a given seed.
+inline std::vector<std::int64_t> random_ids(std::int64_t count, std::int64_t n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<std::int64_t> dist(0, n - 1);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(count));
+  for (auto& id : ids) id = dist(gen);
+  return ids;
+}
+
+}  // namespace tp::ref
+
+namespace tp::test {
+
+/// Each parameter's gradient equals its part of the full gradient named after it. A parameter
+/// reported as several records (stacked or fused weights) is compared as one normwise whole, as
+/// any other shard is: a block can be zero in exact arithmetic (the key bias's gradient, since
+/// softmax ignores a shift shared by all keys), where a relative error of the block alone means nothing.
+template <class T>
+void expect_grads(const std::vector<Parameter<T>>& ps, const std::map<std::string, const ref::Matrix*>& full) {
+  std::map<std::string, std::pair<ref::Matrix, ref::Matrix>> got_want;  // concatenated, as one row
+  for (const auto& p : ps) {
+    const auto it = full.find(p.name);
+    ASSERT_NE(it, full.end()) << "no reference gradient for " << p.name;
+    ASSERT_EQ(it->second->rows, p.full_rows) << p.name;
+    ASSERT_EQ(it->second->cols, p.full_cols) << p.name;
+    const ref::Matrix got = as_matrix<T>(ConstView<T>(p.grad));
+    const ref::Matrix want = it->second->block(p.rows.begin, p.cols.begin, p.rows.size(), p.cols.size());
+    ASSERT_EQ(got.rows, want.rows) << p.name;
+    ASSERT_EQ(got.cols, want.cols) << p.name;
+    auto& [g, w] = got_want[p.name];
+    g.data.insert(g.data.end(), got.data.begin(), got.data.end());
+    w.data.insert(w.data.end(), want.data.begin(), want.data.end());
+    g.rows = w.rows = 1;
+    g.cols = w.cols = static_cast<std::int64_t>(g.data.size());
+  }
+  for (const auto& [name, gw] : got_want) {
+    SCOPED_TRACE(name);
+    TP_EXPECT_CLOSE(T, gw.first, gw.second);
+  }
+}
+
+/// ids as a host int64 tensor of the given shape (rows * cols == ids.size()).
+inline Tensor<std::int64_t, Cpu> to_ids(const std::vector<std::int64_t>& ids, std::int64_t rows, std::int64_t cols) {
+  Tensor<std::int64_t, Cpu> t(rows, cols);
+  std::copy(ids.begin(), ids.end(), t.data());
+  return t;
+}
+
+}  // namespace tp::test

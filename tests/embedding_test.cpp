@@ -1,0 +1,95 @@
+/// VocabParallelEmbedding against the unsharded lookup: odd vocabularies over every world size
+/// (7 over 3, 50257 over 4), a [batch, seq] id matrix, sequence parallelism on and off, ids out
+/// of range.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/blocks_reference.hpp"
+#include "common/harness.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using ::testing::HasSubstr;
+using test::on_ranks;
+
+template <class T>
+class Embedding : public ::testing::Test {};
+using Floats = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(Embedding, Floats);
+
+TYPED_TEST(Embedding, MatchesReference) {
+  using T = TypeParam;
+  struct Case {
+    std::int64_t vocab, hidden, batch, seq;
+  };
+  for (const Case s : {Case{7, 5, 2, 5}, Case{13, 4, 1, 7}, Case{50257, 3, 3, 3}, Case{4, 6, 1, 3}}) {
+    const std::string trace = fmt::format("vocab {} hidden {} batch {} seq {}", s.vocab, s.hidden, s.batch, s.seq);
+    SCOPED_TRACE(trace);
+    const std::int64_t tokens = s.batch * s.seq;
+    auto ids = ref::random_ids(tokens, s.vocab, ref::test_seed(1));
+    ids[0] = s.vocab - 1;  // both ends of the vocabulary, and a repeated id (its gradients add up)
+    ids[1] = 0;
+    ids[tokens - 1] = ids[2];
+    const auto table = ref::random_matrix<T>(s.vocab, s.hidden, ref::test_seed(2));
+    const auto dy = ref::random_matrix<T>(tokens, s.hidden, ref::test_seed(3));
+    const auto y = ref::embedding(ids, table);
+    const auto dtable = ref::embedding_grad(ids, dy, s.vocab);
+    const auto table_t = ref::to_tensor<T>(table);
+    const auto ids_t = test::to_ids(ids, s.batch, s.seq);
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      SCOPED_TRACE(trace);  // traces are per thread
+      const Range mine = partition(tokens, comm->size(), comm->rank());
+      for (const bool sp : {false, true}) {
+        SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+        VocabParallelEmbedding<T> emb(Context<>(comm), s.vocab, s.hidden, {.sequence_parallel = sp});
+        EXPECT_EQ(emb.vocab_range(), partition(s.vocab, comm->size(), comm->rank()));
+        emb.load_full(table_t);
+        TP_EXPECT_CLOSE(T, emb.forward(ids_t), sp ? y.rows_range(mine.begin, mine.size()) : y);
+        emb.backward(ref::to_tensor<T>(sp ? dy.rows_range(mine.begin, mine.size()) : dy));
+        test::expect_grads<T>(emb.parameters(), {{"embedding.weight", &dtable}});
+      }
+    });
+  }
+}
+
+/// The initial table is a function of (seed, name, full index): the same at every world size.
+TEST(EmbeddingInit, SameTableAtEveryWorldSize) {
+  const std::int64_t vocab = 11, hidden = 3;
+  std::vector<std::int64_t> all(vocab);
+  for (std::int64_t i = 0; i < vocab; ++i) all[i] = i;
+  ref::Matrix world1;
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    VocabParallelEmbedding<double> emb(Context<>(comm), vocab, hidden, {.seed = 5});
+    const ref::Matrix table = test::as_matrix<double>(emb.forward(test::to_ids(all, 1, vocab)));
+    if (comm->size() == 1) world1 = table;
+    if (comm->size() > 1 && !world1.data.empty()) EXPECT_EQ(table.data, world1.data);
+    double sq = 0;
+    for (double v : table.data) sq += v * v;
+    EXPECT_NEAR(std::sqrt(sq / static_cast<double>(table.data.size())), 0.02, 0.01);  // init_std
+  });
+}
+
+TEST(EmbeddingErrors, IdsOutOfRangeNameTheIdAndPosition) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    VocabParallelEmbedding<float> emb(Context<>(comm), 7, 4, {.name = "wte"});
+    for (const std::int64_t bad : {std::int64_t{7}, std::int64_t{-1}, std::int64_t{1} << 40}) {
+      std::vector<std::int64_t> ids = {1, 2, 3, 4, 5, 6};
+      ids[4] = bad;
+      try {
+        emb.forward(test::to_ids(ids, 2, 3));
+        ADD_FAILURE() << "id " << bad << " accepted";
+      } catch (const InvalidArgument& e) {
+        EXPECT_THAT(e.what(), HasSubstr(fmt::format("wte: token id {} at position 4 (row 1, column 1 of the 2x3 ids) "
+                                                    "is outside the vocabulary [0, 7)", bad)));
+      }
+    }
+    EXPECT_THROW(emb.backward(Tensor<float, Cpu>(6, 4)), InvalidArgument);  // before any forward
+    if (comm->size() > 2) EXPECT_THROW(VocabParallelEmbedding<float>(Context<>(comm), 2, 4), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace tp

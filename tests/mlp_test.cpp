@@ -1,0 +1,109 @@
+/// ParallelMLP (column, activation, row) with GELU exact and tanh and SwiGLU, forward and backward
+/// against the unsharded reference, with and without sequence parallelism, at every world size.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/blocks_reference.hpp"
+#include "common/harness.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using ::testing::HasSubstr;
+using test::on_ranks;
+
+template <class T>
+class ParallelMlp : public ::testing::Test {};
+using Floats = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(ParallelMlp, Floats);
+
+constexpr std::pair<Activation, ref::Act> kActs[] = {{Activation::gelu_exact, ref::Act::gelu_exact},
+                                                     {Activation::gelu_tanh, ref::Act::gelu_tanh},
+                                                     {Activation::swiglu, ref::Act::swiglu}};
+
+TYPED_TEST(ParallelMlp, MatchesReference) {
+  using T = TypeParam;
+  const std::int64_t tokens = 5, hidden = 8, ffn = 10;  // 10 over 3 and 4 ranks is uneven, 5 tokens too
+  for (const auto [act, ref_act] : kActs)
+    for (const bool bias : {true, false}) {
+      const std::string trace = fmt::format("activation {} bias {}", static_cast<int>(act), bias);
+      SCOPED_TRACE(trace);
+      const std::int64_t fc1_rows = act == Activation::swiglu ? 2 * ffn : ffn;
+      const auto x = ref::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+      const auto w1 = ref::random_matrix<T>(fc1_rows, hidden, ref::test_seed(2));
+      const auto b1 = ref::random_matrix<T>(1, fc1_rows, ref::test_seed(3));
+      const auto w2 = ref::random_matrix<T>(hidden, ffn, ref::test_seed(4));
+      const auto b2 = ref::random_matrix<T>(1, hidden, ref::test_seed(5));
+      const auto dy = ref::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+      const auto want = ref::mlp(x, w1, b1, w2, b2, dy, ref_act, bias);
+      on_ranks([&](std::shared_ptr<Communicator> comm) {
+        SCOPED_TRACE(trace);  // traces are per thread
+        const Range mine = partition(tokens, comm->size(), comm->rank());
+        for (const bool sp : {false, true}) {
+          SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+          ParallelMLP<T> mlp(Context<>(comm), hidden, ffn, {.activation = act, .bias = bias, .sequence_parallel = sp});
+          const auto w1_t = ref::to_tensor<T>(w1), b1_t = ref::to_tensor<T>(b1), w2_t = ref::to_tensor<T>(w2),
+                     b2_t = ref::to_tensor<T>(b2);
+          mlp.load_full(w1_t, b1_t, w2_t, b2_t);
+          const auto x_in = ref::to_tensor<T>(sp ? x.rows_range(mine.begin, mine.size()) : x);
+          TP_EXPECT_CLOSE(T, mlp.forward(x_in, sp ? tokens : -1),
+                          sp ? want.y.rows_range(mine.begin, mine.size()) : want.y);
+          const auto dy_in = ref::to_tensor<T>(sp ? dy.rows_range(mine.begin, mine.size()) : dy);
+          TP_EXPECT_CLOSE(T, mlp.backward(dy_in), sp ? want.dx.rows_range(mine.begin, mine.size()) : want.dx);
+          test::expect_grads<T>(mlp.parameters(), {{"mlp.fc1.weight", &want.dw1},
+                                                   {"mlp.fc1.bias", &want.db1},
+                                                   {"mlp.fc2.weight", &want.dw2},
+                                                   {"mlp.fc2.bias", &want.db2}});
+        }
+      });
+    }
+}
+
+/// The merged [gate; up] weight: rank r holds rows partition(ffn) of gate and the same rows of up,
+/// stored [gate_r; up_r], and says so in its parameter records.
+TEST(ParallelMlpLayout, SwigluHoldsMatchingGateAndUpRows) {
+  const std::int64_t hidden = 4, ffn = 7;
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    ParallelMLP<double> mlp(Context<>(comm), hidden, ffn, {.activation = Activation::swiglu});
+    const Range r = partition(ffn, comm->size(), comm->rank());
+    EXPECT_EQ(mlp.ffn_range(), r);
+    const auto ps = mlp.parameters();
+    ASSERT_EQ(ps.size(), 6u);  // fc1 weight gate, up; fc1 bias gate, up; fc2 weight, bias
+    EXPECT_EQ(ps[0].name, "mlp.fc1.weight");
+    EXPECT_EQ(ps[0].rows, r);
+    EXPECT_EQ(ps[1].rows, (Range{ffn + r.begin, ffn + r.end}));
+    EXPECT_EQ(ps[0].full_rows, 2 * ffn);
+    EXPECT_EQ(ps[1].value.data, ps[0].value.data + r.size() * hidden);  // [gate_r; up_r]
+    EXPECT_EQ(ps[3].cols, (Range{ffn + r.begin, ffn + r.end}));
+    // Initialised from the full tensor's indices: rank r's up rows are the full weight's rows ffn + r.
+    const auto full = ref::random_matrix<double>(2 * ffn, hidden, 7);
+    mlp.fc1().load_full(ref::to_tensor<double>(full), ref::to_tensor<double>(ref::Matrix(1, 2 * ffn)));
+    TP_EXPECT_CLOSE(double, mlp.fc1().weight(),
+                    ref::Matrix([&] {
+                      ref::Matrix m(2 * r.size(), hidden);
+                      for (std::int64_t i = 0; i < r.size(); ++i)
+                        for (std::int64_t c = 0; c < hidden; ++c) {
+                          m(i, c) = full(r.begin + i, c);
+                          m(r.size() + i, c) = full(ffn + r.begin + i, c);
+                        }
+                      return m;
+                    }()));
+  });
+}
+
+TEST(ParallelMlpErrors, FfnSmallerThanWorld) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    if (comm->size() < 3) return;
+    try {
+      ParallelMLP<float>(Context<>(comm), 4, 2, {.activation = Activation::swiglu});
+      ADD_FAILURE() << "no error";
+    } catch (const InvalidArgument& e) {
+      EXPECT_THAT(e.what(), HasSubstr(fmt::format("out_features = 2 cannot be split over {} ranks", comm->size())));
+    }
+  });
+}
+
+}  // namespace
+}  // namespace tp
