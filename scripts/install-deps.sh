@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tp builds against, if any are missing (as root, or through sudo).
 # The CUDA toolkit is not a Debian package here: CUDA targets build when nvcc is found.
+# Optional, not installed here: clang-14 libclang-rt-14-dev for scripts/fuzz.sh (libFuzzer); the
+# fuzz.safetensors ctest entry skips itself without them.
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config libfmt-dev libopenblas-dev libopenmpi-dev openmpi-bin
           libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libgloo-dev)

@@ -32,6 +32,11 @@ fs::path test_dir(int world = 0) {
   return dir;
 }
 
+/// Tests that run their own in-process worlds (run_local) or work on one process's files: under
+/// mpirun every process would run them at once on the same files, so they run in tp_tests only.
+#define TP_LOCAL_ONLY() \
+  if (test::harness_backend() != "local") GTEST_SKIP() << "in-process test; runs in tp_tests"
+
 /// Writes a file by hand: 8-byte length, header text, then the data bytes.
 void write_raw(const fs::path& path, const std::string& header, const std::string& data,
                std::optional<std::uint64_t> header_len = std::nullopt) {
@@ -86,6 +91,7 @@ void randomize_biases(Pair& pair, std::uint64_t seed) {
 }
 
 TEST(Safetensors, SavedAtEveryWorldSizeLoadsAtEveryOtherWithTheSameOutputs) {
+  TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
   const auto x = ref::random_matrix<float>(6, Pair::in, ref::test_seed(1));
   const auto xt = ref::to_tensor<float>(x);
@@ -139,6 +145,7 @@ TEST(Safetensors, EveryRankSavesAndReadsBackExactlyItsBlock) {
 }
 
 TEST(Safetensors, LoadsBf16F16AndF64IntoFloatAndF32IntoDouble) {
+  TP_LOCAL_ONLY();
   const fs::path path = test_dir() / "dtypes.safetensors";
   // 1.5, -2, 0.333984375 (bf16 0x3EAB), 65504 and a subnormal in f16, 1/3 in f64.
   const std::uint16_t bf16[] = {0x3FC0, 0xC000, 0x3EAB};
@@ -174,6 +181,7 @@ TEST(Safetensors, LoadsBf16F16AndF64IntoFloatAndF32IntoDouble) {
 }
 
 TEST(Safetensors, ReadsColumnBlocksAndRowBlocks) {
+  TP_LOCAL_ONLY();
   const fs::path path = test_dir() / "blocks.safetensors";
   std::vector<float> v(5 * 7);
   for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i) + 0.25f;
@@ -190,7 +198,44 @@ TEST(Safetensors, ReadsColumnBlocksAndRowBlocks) {
   EXPECT_THROW(file.read_block("w", 4, 0, rows.view()), InvalidArgument);  // rows 4..6 of 5
 }
 
+/// Bytes this process has read through read(2)/pread(2) so far (Linux), or -1.
+std::int64_t bytes_read() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  std::int64_t value = -1;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return -1;
+}
+
+TEST(Safetensors, EachRankReadsOnlyItsBlock) {
+  TP_LOCAL_ONLY();
+  const fs::path path = test_dir() / "big.safetensors";
+  constexpr std::int64_t rows = 512, cols = 1024;  // 2 MiB of float32
+  std::vector<float> v(rows * cols);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 1000) * 0.5f;
+  write_raw(path, fmt::format(R"({{"w":{{"dtype":"F32","shape":[{},{}],"data_offsets":[0,{}]}}}})", rows, cols, v.size() * 4), bytes_of(v));
+  if (bytes_read() < 0) GTEST_SKIP() << "no /proc/self/io";
+  for (bool by_columns : {false, true}) {
+    SCOPED_TRACE(by_columns ? "column block" : "row block");
+    // A quarter of the tensor, as rank 2 of 4 holds it.
+    const Range r = by_columns ? Range{0, rows} : partition(rows, 4, 2), c = by_columns ? partition(cols, 4, 2) : Range{0, cols};
+    Tensor<float, Cpu> value(r.size(), c.size()), grad(r.size(), c.size());
+    const Parameter<float> p{"w", value.view(), grad.view(), rows, cols, r, c};
+    const SafetensorsCheckpoint checkpoint(path);
+    const std::int64_t before = bytes_read();
+    load_parameter(Cpu(), p, checkpoint);
+    const std::int64_t read = bytes_read() - before;
+    // the block's bytes, plus the few hundred that reading /proc/self/io itself costs
+    EXPECT_GE(read, r.size() * c.size() * 4);
+    EXPECT_LE(read, r.size() * c.size() * 4 + 1024) << "bytes read for a " << r.size() << "x" << c.size() << " block";
+    EXPECT_EQ(value(r.size() - 1, c.size() - 1), v[(r.end - 1) * cols + c.end - 1]);
+    EXPECT_EQ(value(0, 0), v[r.begin * cols + c.begin]);
+  }
+}
+
 TEST(Safetensors, LoadsThroughAHuggingFaceIndex) {
+  TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
   run_local(2, [&](std::shared_ptr<Communicator> comm) {
     Pair pair(comm, 21);
@@ -235,6 +280,7 @@ struct BadFile {
 };
 
 TEST(Safetensors, RefusesCorruptTruncatedAndHostileFiles) {
+  TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
   const std::string ok_w = R"("w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]})";
   const std::vector<BadFile> cases = {
@@ -282,6 +328,7 @@ TEST(Safetensors, RefusesCorruptTruncatedAndHostileFiles) {
 }
 
 TEST(Safetensors, RefusesMissingTensorsAndShapesThatDoNotFitTheLayer) {
+  TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
   run_local(2, [&](std::shared_ptr<Communicator> comm) {
     Pair pair(comm, 1);
@@ -306,6 +353,7 @@ TEST(Safetensors, RefusesMissingTensorsAndShapesThatDoNotFitTheLayer) {
 }
 
 TEST(Safetensors, SaveRefusesParameterListsThatDifferAcrossRanks) {
+  TP_LOCAL_ONLY();
   const fs::path dir = test_dir();
   EXPECT_THROW(run_local(2, [&](std::shared_ptr<Communicator> comm) {
     ColumnParallelLinear<float> fc(Context<>(comm), 4, 6, {.name = comm->rank() == 0 ? "a" : "b"});

@@ -2,6 +2,10 @@
 #include <tp/tp.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#ifdef TP_HAS_IO
+#include <tp/io/safetensors.hpp>
+#endif
 
 int main() {
   bool ok = true;
@@ -16,6 +20,15 @@ int main() {
     layer.load_full(w);
     const auto& y = layer.forward(x);
     if (y(0, 0) != 74 || y(0, 1) != 98 || y(1, 0) != 258 || y(1, 1) != 346) ok = false;
+#ifdef TP_HAS_IO
+    // The weight through a checkpoint: saved by both ranks, loaded back by both.
+    const auto path = std::filesystem::temp_directory_path() / "tp_consumer.safetensors";
+    tp::save_safetensors<float>(*comm, tp::Cpu(), layer.parameters(), path);
+    tp::ColumnParallelLinear<float> loaded(tp::Context<>(comm), 4, 2, {.bias = false, .gather_output = true});
+    tp::load_safetensors<float>(tp::Cpu(), loaded.parameters(), path);
+    const auto& z = loaded.forward(x);
+    if (z(0, 0) != 74 || z(1, 1) != 346) ok = false;
+#endif
   });
   std::puts(ok ? "tp consumer: ok" : "tp consumer: wrong product");
   return ok ? 0 : 1;
