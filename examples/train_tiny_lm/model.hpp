@@ -69,7 +69,7 @@ struct TrainConfig {
   double lr = 3e-3;
   double min_lr = 3e-4;
   std::int64_t warmup = 20;  ///< linear warmup steps
-  std::int64_t steps = 600;  ///< total steps: the cosine decay reaches min_lr here
+  std::int64_t steps = 2000;  ///< total steps: the cosine decay reaches min_lr here
   double weight_decay = 0.1;
   double clip = 1.0;  ///< global gradient norm clip
 };
