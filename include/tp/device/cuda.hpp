@@ -20,6 +20,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,7 +35,9 @@
 #include "tp/device/cuda_gemm.hpp"
 
 #ifdef __CUDACC__
+#include "tp/device/kernels/blocks.cuh"
 #include "tp/device/kernels/elementwise.cuh"
+#include "tp/device/kernels/train.cuh"
 #endif
 
 namespace tp {
@@ -302,7 +306,410 @@ class Cuda {
 #endif
   }
 
+  // ---- The transformer-block members, twins of tp::Cpu's (same arguments, same formulas; see
+  // cpu.hpp). Kernels in tp/device/kernels/blocks.cuh and train.cuh; sums in a fixed order (no
+  // atomics on values), so two runs give the same bits.
+
+  /// y[:, j] = silu(gate_up[:, j]) * gate_up[:, n + j], with y [rows, n].
+  template <class T>
+  void swiglu(In<T> gate_up, MatrixView<T> y) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::swiglu launches a kernel: compile this file with nvcc");
+    check_swiglu<T>(gate_up, y.rows, y.cols, "swiglu");
+#ifdef __CUDACC__
+    if (y.empty()) return;
+    activate();
+    kernels::swiglu<<<kernels::grid_for(y.size()), 256, 0, stream_>>>(gate_up.data, gate_up.ld, y.data, y.ld,
+                                                                       {y.rows, y.cols});
+    check_launch("swiglu", y.rows, y.cols);
+#endif
+  }
+
+  /// d gate_up from dy [rows, n]: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
+  template <class T>
+  void swiglu_backward(In<T> gate_up, In<T> dy, MatrixView<T> d_gate_up) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::swiglu_backward launches a kernel: compile with nvcc");
+    check_swiglu<T>(gate_up, dy.rows, dy.cols, "swiglu_backward");
+    detail::check_same_shape_cuda<T>(gate_up, d_gate_up, "swiglu_backward");
+#ifdef __CUDACC__
+    if (dy.empty()) return;
+    activate();
+    kernels::swiglu_backward<<<kernels::grid_for(dy.size()), 256, 0, stream_>>>(
+        gate_up.data, gate_up.ld, dy.data, dy.ld, d_gate_up.data, d_gate_up.ld, {dy.rows, dy.cols});
+    check_launch("swiglu_backward", dy.rows, dy.cols);
+#endif
+  }
+
+  /// The position (row-major index) of the first id outside [begin, end) and not equal to
+  /// `allowed`, or -1. Returns to the host, so it waits for the stream.
+  template <class I = std::int64_t>
+  std::int64_t first_outside(In<I> ids, std::int64_t begin, std::int64_t end, std::int64_t allowed) const {
+    static_assert(std::is_same_v<I, std::int64_t>, "tp::Cuda::first_outside: ids are std::int64_t");
+    static_assert(detail::compiled_by_nvcc<I>, "tp::Cuda::first_outside launches a kernel: compile with nvcc");
+    check_ids(ids, ids.size(), "first_outside");
+#ifdef __CUDACC__
+    if (ids.empty()) return -1;
+    activate();
+    const Scratch<unsigned long long> first(*this, 1);
+    TP_CUDA_CHECK(cudaMemsetAsync(first.data, 0xff, sizeof(unsigned long long), stream_),
+                  "clearing first_outside's result on device {}", device_);
+    kernels::first_outside<<<kernels::grid_for(ids.size()), 256, 0, stream_>>>(ids.data, ids.size(), begin, end,
+                                                                                allowed, first.data);
+    check_launch("first_outside", ids.rows, ids.cols);
+    unsigned long long host = 0;
+    TP_CUDA_CHECK(cudaMemcpyAsync(&host, first.data, sizeof host, cudaMemcpyDeviceToHost, stream_),
+                  "reading first_outside's result for {}x{} ids on device {}", ids.rows, ids.cols, device_);
+    synchronize();
+    return host == ~0ull ? -1 : static_cast<std::int64_t>(host);
+#else
+    return -1;
+#endif
+  }
+
+  /// out[i, :] = table[ids[i] - first, :] when that row of this vocabulary shard exists, else zeros.
+  template <class T>
+  void embedding_forward(In<std::int64_t> ids, In<T> table, std::int64_t first, MatrixView<T> out) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::embedding_forward launches a kernel: compile with nvcc");
+    check_ids(ids, out.rows, "embedding_forward");
+    TP_CHECK(table.cols == out.cols, "embedding_forward: table has {} columns, output {}", table.cols, out.cols);
+#ifdef __CUDACC__
+    if (out.empty()) return;
+    activate();
+    kernels::embedding_forward<<<kernels::grid_for(out.size()), 256, 0, stream_>>>(
+        ids.data, table.data, table.ld, table.rows, first, out.data, out.ld, {out.rows, out.cols});
+    check_launch("embedding_forward", out.rows, out.cols);
+#endif
+  }
+
+  /// d_table[ids[i] - first, :] += dy[i, :] for the ids inside this shard. Deterministic without
+  /// atomics or sorting: one thread per column adds the tokens in order (see the kernel).
+  template <class T>
+  void embedding_backward(In<std::int64_t> ids, In<T> dy, std::int64_t first, MatrixView<T> d_table) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::embedding_backward launches a kernel: compile with nvcc");
+    check_ids(ids, dy.rows, "embedding_backward");
+    TP_CHECK(d_table.cols == dy.cols, "embedding_backward: table gradient has {} columns, gradient {}", d_table.cols,
+             dy.cols);
+#ifdef __CUDACC__
+    if (dy.empty()) return;
+    activate();
+    kernels::embedding_backward<<<kernels::grid_for(dy.cols), 256, 0, stream_>>>(
+        ids.data, dy.data, dy.ld, first, d_table.data, d_table.ld, d_table.rows, {dy.rows, dy.cols});
+    check_launch("embedding_backward", dy.rows, dy.cols);
+#endif
+  }
+
+  /// out[t, 0] = max over this shard's columns of logits[t, :].
+  template <class T>
+  void row_max(In<T> logits, MatrixView<T> out) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::row_max launches a kernel: compile with nvcc");
+    TP_CHECK(out.rows == logits.rows && out.cols == 1 && logits.cols > 0, "row_max: logits are {}x{}, output {}x{}",
+             logits.rows, logits.cols, out.rows, out.cols);
+#ifdef __CUDACC__
+    if (logits.rows == 0) return;
+    activate();
+    kernels::row_max<<<kernels::row_grid(logits.rows), kernels::kRowThreads, 0, stream_>>>(
+        logits.data, logits.ld, {logits.rows, logits.cols}, out.data, out.ld);
+    check_launch("row_max", logits.rows, logits.cols);
+#endif
+  }
+
+  /// This shard's partial sums {sum exp(x - m), x_target - m, sum (x - m)} in double, given the
+  /// global row max m (see Cpu::cross_entropy_stats).
+  template <class T>
+  void cross_entropy_stats(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max,
+                           MatrixView<double> stats) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::cross_entropy_stats launches a kernel: compile with nvcc");
+    check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
+#ifdef __CUDACC__
+    if (logits.rows == 0) return;
+    activate();
+    kernels::cross_entropy_stats<<<kernels::row_grid(logits.rows), kernels::kRowThreads, 0, stream_>>>(
+        logits.data, logits.ld, {logits.rows, logits.cols}, targets.data, first, max.data, max.ld, stats.data,
+        stats.ld);
+    check_launch("cross_entropy_stats", logits.rows, logits.cols);
+#endif
+  }
+
+  /// Per-token loss from the summed statistics; zero where the target is `ignore_index`.
+  template <class T>
+  void cross_entropy_loss(In<double> stats, In<std::int64_t> targets, std::int64_t vocab, std::int64_t ignore_index,
+                          double smoothing, MatrixView<T> loss) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::cross_entropy_loss launches a kernel: compile with nvcc");
+    TP_CHECK(stats.cols == 3 && loss.rows == stats.rows && loss.cols == 1 && targets.size() == stats.rows &&
+                 targets.contiguous(),
+             "cross_entropy_loss: stats {}x{}, {} targets, loss {}x{}", stats.rows, stats.cols, targets.size(),
+             loss.rows, loss.cols);
+#ifdef __CUDACC__
+    if (stats.rows == 0) return;
+    activate();
+    kernels::cross_entropy_loss<<<kernels::grid_for(stats.rows), 256, 0, stream_>>>(
+        stats.data, stats.ld, targets.data, stats.rows, vocab, ignore_index, smoothing, loss.data, loss.ld);
+    check_launch("cross_entropy_loss", stats.rows, stats.cols);
+#endif
+  }
+
+  /// d logits = grad_loss (softmax - (1 - s) onehot(target) - s / vocab), zero rows for ignore_index.
+  template <class T>
+  void cross_entropy_backward(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max, In<double> stats,
+                              In<T> grad_loss, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
+                              MatrixView<T> grad_logits) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::cross_entropy_backward launches a kernel: compile with nvcc");
+    check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
+    detail::check_same_shape_cuda<T>(logits, grad_logits, "cross_entropy_backward");
+    TP_CHECK(grad_loss.rows == logits.rows && grad_loss.cols == 1,
+             "cross_entropy_backward: loss gradient is {}x{}, expected {}x1", grad_loss.rows, grad_loss.cols,
+             logits.rows);
+#ifdef __CUDACC__
+    if (logits.empty()) return;
+    activate();
+    kernels::cross_entropy_backward<<<kernels::grid_for(logits.size()), 256, 0, stream_>>>(
+        logits.data, logits.ld, {logits.rows, logits.cols}, targets.data, first, max.data, max.ld, stats.data,
+        stats.ld, grad_loss.data, grad_loss.ld, vocab, ignore_index, smoothing, grad_logits.data, grad_logits.ld);
+    check_launch("cross_entropy_backward", logits.rows, logits.cols);
+#endif
+  }
+
+  /// Scaled dot-product attention per sequence and head, as Cpu::attention_forward (q [tokens,
+  /// hq d], k and v [tokens, hk d], query head h reads kv head h / (hq / hk)); probs keeps the
+  /// softmax, block (b, h) at rows (b hq + h) seq_len. One cuBLASLt GEMM per (sequence, head) for
+  /// the scores and one for the output, with a single softmax kernel over all heads between them.
+  template <class T>
+  void attention_forward(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
+                         MatrixView<T> probs, MatrixView<T> out) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::attention_forward launches a kernel: compile with nvcc");
+    const auto g = attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, out.rows, out.cols,
+                                         "attention_forward");
+#ifdef __CUDACC__
+    if (g.batch == 0) return;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        head_gemm<T>(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
+                     k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     probs.rows_range((b * g.hq + h) * seq_len, seq_len));
+      }
+    kernels::attention_softmax<<<kernels::row_grid(probs.rows), kernels::kRowThreads, 0, stream_>>>(
+        probs.data, probs.ld, probs.rows, seq_len, causal);
+    check_launch("attention_softmax", probs.rows, probs.cols);
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        head_gemm<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range((b * g.hq + h) * seq_len, seq_len)),
+                     v.block(r0, kv * head_dim, seq_len, head_dim), 0.0, out.block(r0, h * head_dim, seq_len, head_dim));
+      }
+#endif
+  }
+
+  /// Gradients of attention_forward (dk and dv summed over the query heads of each group) from
+  /// dout and the saved probs; `d_scores` (probs' shape) holds every head's score gradient, so one
+  /// kernel does the softmax backward of all heads.
+  template <class T>
+  void attention_backward(In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
+                          std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
+                          MatrixView<T> dv) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::attention_backward launches a kernel: compile with nvcc");
+    const auto g = attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows, dout.cols,
+                                         "attention_backward");
+    detail::check_same_shape_cuda<T>(q, dq, "attention_backward dq");
+    detail::check_same_shape_cuda<T>(k, dk, "attention_backward dk");
+    detail::check_same_shape_cuda<T>(v, dv, "attention_backward dv");
+    detail::check_same_shape_cuda<T>(probs, d_scores, "attention_backward d_scores");
+#ifdef __CUDACC__
+    if (g.batch == 0) return;
+    fill(dk, T(0));
+    fill(dv, T(0));
+    const auto head = [&](ConstView<T> m, std::int64_t b, std::int64_t h) {
+      return m.rows_range((b * g.hq + h) * seq_len, seq_len);
+    };
+    // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
+        head_gemm<T>(Op::t, Op::n, 1.0, head(probs, b, h), d_o, 1.0, dv.block(r0, kv * head_dim, seq_len, head_dim));
+        head_gemm<T>(Op::n, Op::t, 1.0, d_o, v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     d_scores.rows_range((b * g.hq + h) * seq_len, seq_len));
+      }
+    kernels::attention_softmax_backward<<<kernels::row_grid(probs.rows), kernels::kRowThreads, 0, stream_>>>(
+        probs.data, probs.ld, d_scores.data, d_scores.ld, probs.rows, seq_len,
+        static_cast<kernels::accum_t<T>>(1.0 / std::sqrt(static_cast<double>(head_dim))));
+    check_launch("attention_softmax_backward", probs.rows, probs.cols);
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t h = 0; h < g.hq; ++h) {
+        const std::int64_t kv = h / g.group, r0 = b * seq_len;
+        const ConstView<T> ds = head(ConstView<T>(d_scores), b, h);
+        head_gemm<T>(Op::n, Op::n, 1.0, ds, k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     dq.block(r0, h * head_dim, seq_len, head_dim));
+        head_gemm<T>(Op::t, Op::n, 1.0, ds, q.block(r0, h * head_dim, seq_len, head_dim), 1.0,
+                     dk.block(r0, kv * head_dim, seq_len, head_dim));
+      }
+#endif
+  }
+
+  /// One AdamW update (torch.optim.AdamW) of a parameter shard; the constants in double on the
+  /// host, the update in float for float and 16-bit T (in T for double), as Cpu::adamw_step.
+  template <class T>
+  void adamw_step(MatrixView<T> param, In<T> grad, MatrixView<T> exp_avg, MatrixView<T> exp_avg_sq, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, std::int64_t step) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::adamw_step launches a kernel: compile with nvcc");
+    detail::check_same_shape_cuda<T>(grad, param, "adamw_step");
+    detail::check_same_shape_cuda<T>(exp_avg, param, "adamw_step");
+    detail::check_same_shape_cuda<T>(exp_avg_sq, param, "adamw_step");
+    TP_CHECK(step >= 1, "adamw_step: step must count from 1, got {}", step);
+#ifdef __CUDACC__
+    if (param.empty()) return;
+    using A = kernels::accum_t<T>;
+    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step)),
+                 bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+    const kernels::AdamWConstants<A> constants{A(1.0 - lr * weight_decay), A(beta1), A(beta2), A(1.0 - beta1),
+                                               A(1.0 - beta2), A(lr / bc1), A(1.0 / std::sqrt(bc2)), A(eps)};
+    activate();
+    kernels::adamw_step<<<kernels::grid_for(param.size()), 256, 0, stream_>>>(
+        param.data, param.ld, grad.data, grad.ld, exp_avg.data, exp_avg.ld, exp_avg_sq.data, exp_avg_sq.ld,
+        {param.rows, param.cols}, constants);
+    check_launch("adamw_step", param.rows, param.cols);
+#endif
+  }
+
+  /// LayerNorm over each row (biased variance, as torch.nn.LayerNorm); saves mean and rstd
+  /// ([rows, 1], in T as on the CPU) for the backward. Statistics in double.
+  template <class T>
+  void layer_norm(In<T> x, In<T> gamma, In<T> beta, MatrixView<T> y, MatrixView<T> mean, MatrixView<T> rstd,
+                  double eps) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::layer_norm launches a kernel: compile with nvcc");
+    detail::check_same_shape_cuda<T>(x, y, "layer_norm");
+    TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && beta.rows == 1 && beta.cols == x.cols,
+             "layer_norm: gamma is {}x{} and beta {}x{}, input has {} columns", gamma.rows, gamma.cols, beta.rows,
+             beta.cols, x.cols);
+    TP_CHECK(mean.rows == x.rows && mean.cols == 1 && rstd.rows == x.rows && rstd.cols == 1,
+             "layer_norm: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows, rstd.cols,
+             x.rows);
+    TP_CHECK(x.cols > 0, "layer_norm: input has no columns");
+#ifdef __CUDACC__
+    if (x.rows == 0) return;
+    activate();
+    kernels::layer_norm<<<kernels::row_grid(x.rows), kernels::kRowThreads, 0, stream_>>>(
+        x.data, x.ld, {x.rows, x.cols}, gamma.data, beta.data, y.data, y.ld, mean.data, mean.ld, rstd.data, rstd.ld,
+        eps);
+    check_launch("layer_norm", x.rows, x.cols);
+#endif
+  }
+
+  /// The LayerNorm backward from the saved mean and rstd: dx, and dgamma += sum_rows(dy xhat),
+  /// dbeta += sum_rows(dy) (one thread per column over the rows in order: deterministic).
+  template <class T>
+  void layer_norm_backward(In<T> x, In<T> gamma, In<T> mean, In<T> rstd, In<T> dy, MatrixView<T> dx,
+                           MatrixView<T> dgamma, MatrixView<T> dbeta) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::layer_norm_backward launches a kernel: compile with nvcc");
+    detail::check_same_shape_cuda<T>(x, dx, "layer_norm_backward");
+    detail::check_same_shape_cuda<T>(dy, dx, "layer_norm_backward");
+    TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && dgamma.rows == 1 && dgamma.cols == x.cols &&
+                 dbeta.rows == 1 && dbeta.cols == x.cols,
+             "layer_norm_backward: gamma {}x{}, dgamma {}x{}, dbeta {}x{}, input has {} columns", gamma.rows,
+             gamma.cols, dgamma.rows, dgamma.cols, dbeta.rows, dbeta.cols, x.cols);
+    TP_CHECK(mean.rows == x.rows && mean.cols == 1 && rstd.rows == x.rows && rstd.cols == 1,
+             "layer_norm_backward: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows,
+             rstd.cols, x.rows);
+#ifdef __CUDACC__
+    if (x.empty()) return;
+    activate();
+    kernels::layer_norm_backward_dx<<<kernels::row_grid(x.rows), kernels::kRowThreads, 0, stream_>>>(
+        x.data, x.ld, {x.rows, x.cols}, gamma.data, mean.data, mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dx.data,
+        dx.ld);
+    check_launch("layer_norm_backward_dx", x.rows, x.cols);
+    kernels::layer_norm_backward_params<<<kernels::grid_for(x.cols), 256, 0, stream_>>>(
+        x.data, x.ld, {x.rows, x.cols}, mean.data, mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dgamma.data,
+        dbeta.data);
+    check_launch("layer_norm_backward_params", x.rows, x.cols);
+#endif
+  }
+
+  /// Sum of squares of the elements in double (gradient norms). Returns to the host, so it waits
+  /// for the stream. Two fixed-shape passes (block partials, then one block over them): the same
+  /// bits on every run.
+  template <class T>
+  double sum_squares(In<T> x) const {
+    static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::sum_squares launches a kernel: compile with nvcc");
+#ifdef __CUDACC__
+    if (x.empty()) return 0.0;
+    activate();
+    const unsigned blocks = std::min(kernels::grid_for(x.size()), 1024u);
+    const Scratch<double> partial(*this, blocks);
+    kernels::sum_squares_partial<<<blocks, kernels::kRowThreads, 0, stream_>>>(x.data, x.ld, {x.rows, x.cols},
+                                                                              partial.data);
+    check_launch("sum_squares_partial", x.rows, x.cols);
+    kernels::sum_partials<<<1, kernels::kRowThreads, 0, stream_>>>(partial.data, static_cast<int>(blocks));
+    check_launch("sum_partials", x.rows, x.cols);
+    double host = 0;
+    TP_CUDA_CHECK(cudaMemcpyAsync(&host, partial.data, sizeof host, cudaMemcpyDeviceToHost, stream_),
+                  "reading the sum of squares of a {}x{} matrix on device {}", x.rows, x.cols, device_);
+    synchronize();
+    return host;
+#else
+    return 0.0;
+#endif
+  }
+
  private:
+  /// Stream-ordered device scratch for one call, freed on every path out of it.
+  template <class T>
+  struct Scratch {
+    Scratch(const Cuda& dev, std::int64_t n) : device(dev), data(dev.allocate<T>(n)) {}
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { device.deallocate(data, 0); }
+    const Cuda& device;
+    T* data;
+  };
+
+  /// c = alpha op(a) op(b) + beta c with alpha and beta in double, so that 1/sqrt(head_dim) is
+  /// not rounded to a 16-bit T first; k > 0 (a head has head_dim and seq_len > 0).
+  template <class T>
+  void head_gemm(Op op_a, Op op_b, double alpha, ConstView<T> a, ConstView<T> b, double beta, MatrixView<T> c) const {
+    const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
+    const std::int64_t n = op_b == Op::n ? b.cols : b.rows;
+    activate();
+    gemm_->run<T>(stream_, options_.tf32, op_a, op_b, m, n, k, alpha, a, b, beta, c, EpilogueArgs<T>{});
+  }
+
+  // The shape checks of tp::Cpu's block members, with the same messages.
+  template <class T>
+  static void check_swiglu(ConstView<T> gate_up, std::int64_t rows, std::int64_t cols, const char* op) {
+    TP_CHECK(gate_up.rows == rows && gate_up.cols == 2 * cols, "{}: gate_up is {}x{}, expected {}x{} for {}x{}", op,
+             gate_up.rows, gate_up.cols, rows, 2 * cols, rows, cols);
+  }
+  static void check_ids(ConstView<std::int64_t> ids, std::int64_t tokens, const char* op) {
+    TP_CHECK(ids.contiguous() && ids.size() == tokens, "{}: {}x{} ids (ld {}) for {} tokens; ids must be contiguous",
+             op, ids.rows, ids.cols, ids.ld, tokens);
+  }
+  template <class T>
+  static void check_ce(ConstView<T> logits, ConstView<std::int64_t> targets, ConstView<T> max, ConstView<double> stats,
+                       const char* op) {
+    check_ids(targets, logits.rows, op);
+    TP_CHECK(max.rows == logits.rows && max.cols == 1 && stats.rows == logits.rows && stats.cols == 3,
+             "{}: logits {}x{}, max {}x{}, stats {}x{}", op, logits.rows, logits.cols, max.rows, max.cols, stats.rows,
+             stats.cols);
+  }
+  struct AttentionGeometry {
+    std::int64_t batch, hq, hk, group;
+  };
+  template <class T>
+  static AttentionGeometry attention_geometry(ConstView<T> q, ConstView<T> k, ConstView<T> v, std::int64_t seq_len,
+                                              std::int64_t head_dim, std::int64_t probs_rows, std::int64_t probs_cols,
+                                              std::int64_t out_rows, std::int64_t out_cols, const char* op) {
+    TP_CHECK(seq_len > 0 && head_dim > 0 && q.rows % seq_len == 0 && q.cols % head_dim == 0 &&
+                 k.cols % head_dim == 0 && k.rows == q.rows && v.rows == q.rows && v.cols == k.cols && k.cols > 0,
+             "{}: q {}x{}, k {}x{}, v {}x{} do not hold whole sequences of {} tokens and heads of {}", op, q.rows,
+             q.cols, k.rows, k.cols, v.rows, v.cols, seq_len, head_dim);
+    const AttentionGeometry g{q.rows / seq_len, q.cols / head_dim, k.cols / head_dim, 0};
+    TP_CHECK(g.hq % g.hk == 0, "{}: {} query heads cannot share {} kv heads", op, g.hq, g.hk);
+    TP_CHECK(probs_rows == g.batch * g.hq * seq_len && probs_cols == seq_len && out_rows == q.rows &&
+                 out_cols == q.cols,
+             "{}: probs {}x{} (expected {}x{}), out {}x{} (expected {}x{})", op, probs_rows, probs_cols,
+             g.batch * g.hq * seq_len, seq_len, out_rows, out_cols, q.rows, q.cols);
+    return {g.batch, g.hq, g.hk, g.hq / g.hk};
+  }
+
   /// Makes this device current for the calling thread (ranks run as threads in tests).
   void activate() const {
     int current = -1;

@@ -10,6 +10,7 @@
 
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
+#include "tp/core/tensor.hpp"
 
 namespace tp {
 
@@ -19,7 +20,17 @@ double grad_norm(const Context<Device>& ctx, std::span<const Parameter<T>> param
   double local = 0;
   for (const auto& p : params)
     if (p.sharded() || ctx.rank() == 0) local += ctx.device->template sum_squares<T>(ConstView<T>(p.grad));
-  if (ctx.world() > 1) ctx.comm->all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
+  if (ctx.world() > 1) {
+    if constexpr (Device::on_host) {
+      ctx.comm->all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
+    } else {
+      // Device communicators (NCCL, LocalCommunicator over device memory) reduce device buffers only.
+      Tensor<double, Device> wide(ctx.device, 1, 1);
+      ctx.device->from_host(ConstView<double>(&local, 1, 1), wide.view());
+      ctx.comm->all_reduce(wide.data(), wide.data(), 1, dtype_of<double>, ReduceOp::sum, ctx.stream());
+      ctx.device->to_host(ConstView<double>(wide.view()), MatrixView<double>(&local, 1, 1));
+    }
+  }
   return std::sqrt(local);
 }
 

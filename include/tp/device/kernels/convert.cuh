@@ -39,6 +39,13 @@ __device__ __forceinline__ T store(accum_t<T> x) {
   else return static_cast<T>(x);
 }
 
+/// A double rounded to T (through float for the 16-bit types: the second rounding is harmless there).
+template <class T>
+__device__ __forceinline__ T store_double(double x) {
+  if constexpr (std::is_same_v<T, double>) return x;
+  else return store<T>(static_cast<accum_t<T>>(x));
+}
+
 /// Grid size for `n` work items at 256 threads a block, capped; the kernels stride over the rest.
 inline unsigned grid_for(long long n, int threads = 256) {
   const long long blocks = (n + threads - 1) / threads;

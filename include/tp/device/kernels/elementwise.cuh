@@ -59,19 +59,22 @@ __global__ void add_bias_grad(const T* dy, std::int64_t ld, Shape2 s, T* db) {
   }
 }
 
+/// GELU in the cancellation-free forms tp::Cpu uses: 1 + erf(z) and 1 + tanh(u) lose every digit
+/// for negative x (1 + tanh(-3) = 0.0037), erfc(-z) and 2 sigmoid(2u) do not.
 template <class A>
 __device__ __forceinline__ A gelu_value(A x, Gelu kind) {
-  if (kind == Gelu::exact) return A(0.5) * x * (A(1) + erf(x * A(0.70710678118654752)));
+  if (kind == Gelu::exact) return A(0.5) * x * erfc(-x * A(0.70710678118654752));
   const A u = A(0.79788456080286536) * (x + A(0.044715) * x * x * x);
-  return A(0.5) * x * (A(1) + tanh(u));
+  return x / (A(1) + exp(A(-2) * u));
 }
 
+/// Phi(x) + x phi(x), or s + 2 x s (1 - s) u' with s = sigmoid(2u): the same stable forms.
 template <class A>
 __device__ __forceinline__ A gelu_slope(A x, Gelu kind) {
   if (kind == Gelu::exact)
-    return A(0.5) * (A(1) + erf(x * A(0.70710678118654752))) + x * A(0.39894228040143268) * exp(A(-0.5) * x * x);
-  const A k = A(0.79788456080286536), u = k * (x + A(0.044715) * x * x * x), th = tanh(u);
-  return A(0.5) * (A(1) + th) + A(0.5) * x * (A(1) - th * th) * k * (A(1) + A(3 * 0.044715) * x * x);
+    return A(0.5) * erfc(-x * A(0.70710678118654752)) + x * A(0.39894228040143268) * exp(A(-0.5) * x * x);
+  const A k = A(0.79788456080286536), u = k * (x + A(0.044715) * x * x * x), s = A(1) / (A(1) + exp(A(-2) * u));
+  return s + A(2) * x * s * (A(1) - s) * k * (A(1) + A(3 * 0.044715) * x * x);
 }
 
 template <class T>
