@@ -224,14 +224,7 @@ class TinyLm {
   }
 
   /// Every parameter this rank holds (q, k, v split as split_qkv says), in a fixed order.
-  std::vector<tp::Parameter<T>> parameters() { return collect(false); }
-
-  /// The parameters whose gradients this rank contributes to the global gradient norm. When the
-  /// world exceeds kv_heads, attention replicates each kv head on world / kv_heads ranks, and
-  /// each replica holds the full (summed) gradient of that block; tp::grad_norm counts every
-  /// sharded block on every rank, so it would count those blocks once per replica and clip
-  /// differently at TP 4 than at TP 1. Only the first replica counts them here.
-  std::vector<tp::Parameter<T>> norm_parameters() { return collect(true); }
+  std::vector<tp::Parameter<T>> parameters() { return collect(); }
 
   /// Parameters in the full model (what a TP-1 copy would hold).
   std::int64_t parameter_count() {
@@ -244,7 +237,7 @@ class TinyLm {
   const tp::Context<Device>& context() const { return ctx_; }
 
  private:
-  std::vector<tp::Parameter<T>> collect(bool for_norm) {
+  std::vector<tp::Parameter<T>> collect() {
     std::vector<tp::Parameter<T>> ps;
     auto append = [&](std::vector<tp::Parameter<T>> more) { ps.insert(ps.end(), more.begin(), more.end()); };
     append(wte_.parameters());
@@ -252,11 +245,7 @@ class TinyLm {
     for (auto& b : blocks_) {
       const std::int64_t d = b->attn.head_dim();
       append(b->ln_1.parameters());
-      auto attn = split_qkv(b->attn.parameters(), config_.heads * d, config_.kv_heads * d);
-      if (for_norm && ctx_.rank() % b->attn.kv_replicas() != 0)
-        std::erase_if(attn, [](const auto& p) { return p.name.find(".k_proj.") != std::string::npos ||
-                                                       p.name.find(".v_proj.") != std::string::npos; });
-      append(std::move(attn));
+      append(split_qkv(b->attn.parameters(), config_.heads * d, config_.kv_heads * d));
       append(b->ln_2.parameters());
       append(b->mlp.parameters());
     }
@@ -290,7 +279,6 @@ class Trainer {
       : model_(std::move(ctx), model),
         train_(train),
         params_(model_.parameters()),
-        norm_params_(model_.norm_parameters()),
         opt_(model_.context(), params_, {.lr = train.lr, .weight_decay = train.weight_decay}) {
     TP_CHECK(train_.clip > 0 && train_.warmup > 0 && train_.steps > 0,
              "tiny_lm: clip {}, warmup {} and steps {} must be positive", train_.clip, train_.warmup, train_.steps);
@@ -302,7 +290,7 @@ class Trainer {
     data.batch(c.seed, step_, ids.view(), targets.view());
     StepResult r;
     r.loss = model_.forward_backward(ids.view(), targets.view());
-    r.grad_norm = clip_gradients();
+    r.grad_norm = tp::clip_grad_norm<T>(model_.context(), std::span<const tp::Parameter<T>>(params_), train_.clip);
     r.lr = learning_rate(train_, step_);
     opt_.set_lr(r.lr);
     opt_.step();
@@ -344,21 +332,9 @@ class Trainer {
   }
 
  private:
-  /// tp::clip_grad_norm, with the norm taken over norm_parameters() (see there) and the scale
-  /// applied to every gradient.
-  double clip_gradients() {
-    const tp::Context<Device>& ctx = model_.context();
-    const double norm = tp::grad_norm<T>(ctx, std::span<const tp::Parameter<T>>(norm_params_));
-    if (std::isfinite(norm) && norm > train_.clip) {
-      const T factor = static_cast<T>(train_.clip / (norm + 1e-6));
-      for (const auto& p : params_) ctx.device->scale(p.grad, factor);
-    }
-    return norm;
-  }
-
   TinyLm<T, Device> model_;
   TrainConfig train_;
-  std::vector<tp::Parameter<T>> params_, norm_params_;
+  std::vector<tp::Parameter<T>> params_;
   tp::AdamW<T, Device> opt_;
   std::int64_t step_ = 0;
 };

@@ -20,6 +20,10 @@ struct Parameter {
   MatrixView<T> grad;
   std::int64_t full_rows = 0, full_cols = 0;  ///< shape of the unsharded tensor
   Range rows, cols;                           ///< the block of it this rank holds
+  /// Which copy of this block the rank holds when several ranks hold the same block (GQA kv heads
+  /// replicated over world / kv_heads ranks). Global reductions such as gradient norms count copy
+  /// 0 only, so the result does not depend on the TP degree.
+  int copy = 0;
 
   bool sharded() const { return rows.size() != full_rows || cols.size() != full_cols; }
 };

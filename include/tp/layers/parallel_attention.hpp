@@ -238,15 +238,18 @@ class ParallelAttention {
     const std::int64_t full = q_full + 2 * kv_full;
     const std::int64_t offsets[3] = {0, q_width_, q_width_ + kv_width_};
     const Range blocks[3] = {q, k, v};
+    // k and v blocks are held by replicas_ consecutive ranks when the world exceeds the kv heads.
+    const int copies[3] = {0, ctx_.rank() % static_cast<int>(replicas_), ctx_.rank() % static_cast<int>(replicas_)};
     std::vector<Parameter<T>> ps;
     for (int i = 0; i < 3; ++i)
       ps.push_back({options_.name + ".qkv.weight", weight_.view().rows_range(offsets[i], blocks[i].size()),
                     weight_grad_.view().rows_range(offsets[i], blocks[i].size()), full, hidden_, blocks[i],
-                    {0, hidden_}});
+                    {0, hidden_}, copies[i]});
     if (options_.bias)
       for (int i = 0; i < 3; ++i)
         ps.push_back({options_.name + ".qkv.bias", bias_.view().cols_range(offsets[i], blocks[i].size()),
-                      bias_grad_.view().cols_range(offsets[i], blocks[i].size()), 1, full, {0, 1}, blocks[i]});
+                      bias_grad_.view().cols_range(offsets[i], blocks[i].size()), 1, full, {0, 1}, blocks[i],
+                      copies[i]});
     return ps;
   }
 

@@ -1,7 +1,7 @@
 #pragma once
 /// Gradient clipping by global norm (torch.nn.utils.clip_grad_norm_, Megatron's clip_grad_norm)
 /// over sharded parameters: each sharded gradient contributes its own elements, a replicated one
-/// (the same on every rank) is counted once, and one all-reduce gives every rank the norm of the
+/// (the same on every rank, or on the ranks sharing a GQA kv head: Parameter::copy) is counted once, and one all-reduce gives every rank the norm of the
 /// full model's gradient, so all ranks scale by the same factor at any TP degree.
 
 #include <cmath>
@@ -19,7 +19,7 @@ template <class T, class Device>
 double grad_norm(const Context<Device>& ctx, std::span<const Parameter<T>> params) {
   double local = 0;
   for (const auto& p : params)
-    if (p.sharded() || ctx.rank() == 0) local += ctx.device->template sum_squares<T>(ConstView<T>(p.grad));
+    if (p.sharded() ? p.copy == 0 : ctx.rank() == 0) local += ctx.device->template sum_squares<T>(ConstView<T>(p.grad));
   if (ctx.world() > 1) {
     if constexpr (Device::on_host) {
       ctx.comm->all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
