@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   int world = 2, iters = 10;
   std::int64_t tokens = 64, hidden = 512;
   std::uint64_t seed = 1;
-  app.add_option("--backend", backend, "local or mpi")->check(CLI::IsMember({"local", "mpi"}));
+  app.add_option("--backend", backend, "local, mpi or gloo")->check(CLI::IsMember({"local", "mpi", "gloo"}));
   app.add_option("--world", world, "ranks for the local backend")->check(CLI::PositiveNumber);
   app.add_option("--tokens", tokens, "rows of the input")->check(CLI::PositiveNumber);
   app.add_option("--hidden", hidden, "model width h; the MLP is h -> 4h -> h")->check(CLI::PositiveNumber);

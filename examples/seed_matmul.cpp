@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   CLI::App app{"The seed's 2x4 by 4x2 product through column and row parallelism"};
   std::string backend = "mpi";
   int world = 2;
-  app.add_option("--backend", backend, "local or mpi")->check(CLI::IsMember({"local", "mpi"}));
+  app.add_option("--backend", backend, "local, mpi or gloo")->check(CLI::IsMember({"local", "mpi", "gloo"}));
   app.add_option("--world", world, "ranks for the local backend")->check(CLI::Range(1, 2));
   CLI11_PARSE(app, argc, argv);
 

@@ -43,7 +43,7 @@ export OPENBLAS_NUM_THREADS=1
 if [ $skip_build -eq 0 ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTP_BUILD_TESTS=OFF -DTP_BUILD_EXAMPLES=OFF \
         -DTP_BUILD_BENCH=ON >/dev/null
-  cmake --build "$build" --target tp_bench_comm tp_bench_layers
+  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas
 fi
 bin=$build/bench
 results=$build/bench-results
@@ -129,4 +129,18 @@ elapsed=$(( $(date +%s) - start ))
 $py "$root/scripts/bench_report.py" --results "$results" --out "$root/BENCHMARKS.md" --plots "$root/docs/bench" \
   --command "$command_line" --load "$load_before" --elapsed "$elapsed" \
   --openblas-coretype "${OPENBLAS_CORETYPE:-}"
+# The BLAS choice (tp::Cpu uses OpenBLAS): single-thread sgemm beside oneDNN's on the layers' shapes.
+if [ -x "$build/bench/tp_bench_blas" ]; then
+  {
+    echo
+    echo "## The BLAS: single-thread sgemm, OpenBLAS beside oneDNN"
+    echo
+    echo 'Why `tp::Cpu` uses OpenBLAS. `'"build-bench/bench/tp_bench_blas"'`, one thread each, same run'
+    echo "(oneDNN rows appear when Debian's libdnnl-dev is installed). GFLOP/s from CPU time."
+    echo
+    echo '```'
+    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn)"
+    echo '```'
+  } >>"$root/BENCHMARKS.md"
+fi
 echo "bench.sh: wrote $root/BENCHMARKS.md and $root/docs/bench/*.png in ${elapsed}s of benchmarks" >&2

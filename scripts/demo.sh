@@ -3,7 +3,7 @@
 # minute with 2 ranks on a quiet 2-core machine), after the quick seed and MLP examples.
 #   scripts/demo.sh                  # 2 MPI ranks
 #   scripts/demo.sh --np 4           # 4 ranks
-#   scripts/demo.sh --backend local  # ranks as threads in one process
+#   scripts/demo.sh --backend local  # ranks as threads in one process (gloo: Gloo over TCP)
 #   scripts/demo.sh --only-train     # skip the seed and MLP examples
 #   scripts/demo.sh -- --steps 100   # arguments after -- go to train_tiny_lm
 set -euo pipefail
@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
     --backend) backend="$2"; shift 2 ;;
     --only-train) examples=0; shift ;;
     --) shift; break ;;
-    *) echo "usage: $0 [--np N] [--backend mpi|local] [--only-train] [-- train_tiny_lm options]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--np N] [--backend mpi|gloo|local] [--only-train] [-- train_tiny_lm options]" >&2; exit 2 ;;
   esac
 done
 tp_build seed_matmul mlp train_tiny_lm

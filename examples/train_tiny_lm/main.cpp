@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   // A repeated option takes its last value, so scripts/demo.sh's defaults can be overridden after `--`.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   // Not restricted here: launch() knows which backends this build has and names them if wrong.
-  app.add_option("--backend", backend, "local (ranks as threads) or mpi (start with mpirun -np N)")
+  app.add_option("--backend", backend, "local (ranks as threads), mpi or gloo (start with mpirun -np N)")
       ->capture_default_str();
   app.add_option("--world", world, "ranks for the local backend")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
