@@ -4,12 +4,19 @@
 /// counts the whole layer's FLOPs, so at world size n it is the rate summed over ranks. Bare
 /// single-thread sgemm rows on every rank give the machine's GEMM rate in the same run.
 ///
+/// Opt-in (--layers=attention,embedding_ce): causal ParallelAttention over one sequence of `tokens`
+/// (heads = hidden / 64, a quarter as many kv heads), and the vocabulary-parallel pair: embedding
+/// lookup, an LM head (ColumnParallelLinear to --vocab, logits left split) and the cross-entropy.
+///
 ///   tp_bench_layers --backend=local --world=2 --tokens=8,512 --hidden=1024
 ///   mpirun -np 2 tp_bench_layers --backend=mpi --benchmark_format=json
 #include "common/bench_world.hpp"
 #include "tp/core/rng.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
+#include "tp/layers/parallel_attention.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#include "tp/layers/vocab_parallel_cross_entropy.hpp"
+#include "tp/layers/vocab_parallel_embedding.hpp"
 
 namespace tp::bench {
 namespace {
@@ -23,27 +30,64 @@ inline void fill_input(Tensor<float, Cpu>& t, std::uint64_t key) {
 class LayerRunner : public Runner {
  public:
   LayerRunner(const std::shared_ptr<Communicator>& comm, std::string layer, bool backward, std::int64_t tokens,
-              std::int64_t hidden)
+              std::int64_t hidden, std::int64_t vocab = 32000)
       : ctx_(comm), layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
     const std::int64_t ffn = 4 * hidden;
     if (layer_ == "mlp" || layer_ == "column")
       column_ = std::make_unique<ColumnParallelLinear<float>>(ctx_, hidden, ffn, ColumnParallelOptions{.bias = false, .name = "fc1", .seed = 1});
     if (layer_ == "mlp" || layer_ == "row")
       row_ = std::make_unique<RowParallelLinear<float>>(ctx_, ffn, hidden, RowParallelOptions{.bias = false, .name = "fc2", .seed = 1});
+    if (layer_ == "attention") {
+      const std::int64_t heads = hidden / 64, kv_heads = std::max<std::int64_t>(heads / 4, 1);
+      attention_ = std::make_unique<ParallelAttention<float>>(
+          ctx_, hidden, heads, kv_heads, ParallelAttentionOptions{.causal = true, .bias = false, .seed = 1});
+      // projections (q, k, v, output) plus scores and context over the whole sequence
+      flops_ = (2.0 * double(tokens) * double(hidden) * double(2 * hidden + 2 * kv_heads * 64) +
+                4.0 * double(tokens) * double(tokens) * double(hidden)) *
+               (backward_ ? 3 : 1);
+    }
+    if (layer_ == "embedding_ce") {
+      embedding_ = std::make_unique<VocabParallelEmbedding<float>>(ctx_, vocab, hidden);
+      head_ = std::make_unique<ColumnParallelLinear<float>>(ctx_, hidden, vocab,
+                                                            ColumnParallelOptions{.bias = false, .name = "lm_head"});
+      loss_ = std::make_unique<VocabParallelCrossEntropy<float>>(ctx_, vocab);
+      ids_ = Tensor<std::int64_t, Cpu>(tokens, 1);
+      targets_ = Tensor<std::int64_t, Cpu>(tokens, 1);
+      const Philox rng(5, name_key("bench.ids"));
+      for (std::int64_t i = 0; i < tokens; ++i) {
+        ids_.data()[i] = static_cast<std::int64_t>(rng(2 * static_cast<std::uint64_t>(i))[0] % vocab);
+        targets_.data()[i] = static_cast<std::int64_t>(rng(2 * static_cast<std::uint64_t>(i) + 1)[0] % vocab);
+      }
+      grad_loss_ = Tensor<float, Cpu>(tokens, 1);
+      ctx_.device->fill(grad_loss_.view(), 1.f / static_cast<float>(tokens));
+      flops_ = 2.0 * double(tokens) * double(hidden) * double(vocab) * (backward_ ? 3 : 1);
+    }
     const Range shard = partition(ffn, ctx_.world(), ctx_.rank());
     x_ = Tensor<float, Cpu>(tokens, layer_ == "row" ? shard.size() : hidden);
     fill_input(x_, 1);
     // The gradient arriving at the block's output: full width for row and mlp, the shard for column.
     dy_ = Tensor<float, Cpu>(tokens, layer_ == "column" ? shard.size() : hidden);
     fill_input(dy_, 2);
-    flops_ = 2.0 * static_cast<double>(tokens) * static_cast<double>(hidden) * static_cast<double>(ffn) *
-             (layer_ == "mlp" ? 2 : 1) * (backward_ ? 3 : 1);
+    if (column_ || row_)
+      flops_ = 2.0 * static_cast<double>(tokens) * static_cast<double>(hidden) * static_cast<double>(ffn) *
+               (layer_ == "mlp" ? 2 : 1) * (backward_ ? 3 : 1);
   }
 
   double step() override {
     return seconds([&] {
       const Cpu& dev = *ctx_.device;
-      if (layer_ == "column") {
+      if (layer_ == "attention") {
+        attention_->forward(x_.view(), tokens_);
+        if (backward_) attention_->backward(dy_.view());
+      } else if (layer_ == "embedding_ce") {
+        const auto& h = embedding_->forward(ids_.view());
+        const auto& logits = head_->forward(h.view());
+        loss_->forward(logits.view(), targets_.view());
+        if (backward_) {
+          const auto& dlogits = loss_->backward(grad_loss_.view());
+          embedding_->backward(head_->backward(dlogits.view()).view());
+        }
+      } else if (layer_ == "column") {
         column_->forward(x_.view());
         if (backward_) column_->backward(dy_.view());
       } else if (layer_ == "row") {
@@ -76,7 +120,12 @@ class LayerRunner : public Runner {
   std::int64_t tokens_, hidden_;
   std::unique_ptr<ColumnParallelLinear<float>> column_;
   std::unique_ptr<RowParallelLinear<float>> row_;
-  Tensor<float, Cpu> x_, dy_, act_{0, 0}, dh_{0, 0};
+  std::unique_ptr<ParallelAttention<float>> attention_;
+  std::unique_ptr<VocabParallelEmbedding<float>> embedding_;
+  std::unique_ptr<ColumnParallelLinear<float>> head_;
+  std::unique_ptr<VocabParallelCrossEntropy<float>> loss_;
+  Tensor<std::int64_t, Cpu> ids_{0, 0}, targets_{0, 0};
+  Tensor<float, Cpu> x_, dy_, act_{0, 0}, dh_{0, 0}, grad_loss_{0, 0};
   double flops_ = 0;
 };
 
@@ -115,7 +164,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> gemms{"512x4096x1024", "2048x2048x2048"};
   app.add_option("--tokens", tokens, "token counts (rows of the input)")->delimiter(',');
   app.add_option("--hidden", hidden, "hidden sizes (the MLP's inner size is 4x)")->delimiter(',');
-  app.add_option("--layers", layers, "mlp, column, row")->delimiter(',');
+  std::int64_t vocab = 32000;
+  app.add_option("--layers", layers, "mlp, column, row, attention, embedding_ce")->delimiter(',');
+  app.add_option("--vocab", vocab, "vocabulary of embedding_ce")->check(CLI::PositiveNumber);
   app.add_option("--modes", modes, "fwd, fwdbwd")->delimiter(',');
   app.add_option("--sgemm", gemms, "bare sgemm shapes MxNxK run on every rank (none: no sgemm rows)")->delimiter(',');
   try {
@@ -132,14 +183,16 @@ int main(int argc, char** argv) {
                          }});
       }
       for (const auto& layer : layers) {
-        TP_CHECK(layer == "mlp" || layer == "column" || layer == "row", "unknown layer '{}'", layer);
+        TP_CHECK(layer == "mlp" || layer == "column" || layer == "row" || layer == "attention" ||
+                     layer == "embedding_ce",
+                 "unknown layer '{}'", layer);
         for (const auto& mode : modes) {
           TP_CHECK(mode == "fwd" || mode == "fwdbwd", "unknown mode '{}'", mode);
           for (std::int64_t h : hidden)
             for (std::int64_t t : tokens)
               cases.push_back({fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}", layer, mode, o.backend, world, h, t),
                                [=](const std::shared_ptr<tp::Communicator>& comm) {
-                                 return std::make_unique<LayerRunner>(comm, layer, mode == "fwdbwd", t, h);
+                                 return std::make_unique<LayerRunner>(comm, layer, mode == "fwdbwd", t, h, vocab);
                                }});
         }
       }

@@ -129,6 +129,28 @@ elapsed=$(( $(date +%s) - start ))
 $py "$root/scripts/bench_report.py" --results "$results" --out "$root/BENCHMARKS.md" --plots "$root/docs/bench" \
   --command "$command_line" --load "$load_before" --elapsed "$elapsed" \
   --openblas-coretype "${OPENBLAS_CORETYPE:-}"
+# The transformer blocks: causal attention (16 heads, 4 kv heads) and embedding + LM head +
+# vocab-parallel cross-entropy (vocab 32000), 512 tokens, hidden 1024, over MPI at world 1, 2, 4.
+blocks_log="$results/blocks.txt"
+: >"$blocks_log"
+for world in 1 2 4; do
+  mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_layers" --backend=mpi --layers=attention,embedding_ce \
+    --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
+    echo "bench.sh: blocks at world $world failed" >&2
+done
+{
+  echo
+  echo "## Transformer blocks (MPI, 512 tokens, hidden 1024)"
+  echo
+  echo 'Causal `ParallelAttention` (16 heads, 4 kv heads, one sequence) and the vocabulary-parallel pair'
+  echo '(`VocabParallelEmbedding`, a `ColumnParallelLinear` LM head to 32000, `VocabParallelCrossEntropy`),'
+  echo 'forward and forward+backward; GFLOPs summed over ranks. From this run of `scripts/bench.sh`.'
+  echo
+  echo '```'
+  cat "$blocks_log"
+  echo '```'
+} >>"$root/BENCHMARKS.md"
+
 # The BLAS choice (tp::Cpu uses OpenBLAS): single-thread sgemm beside oneDNN's on the layers' shapes.
 if [ -x "$build/bench/tp_bench_blas" ]; then
   {
