@@ -135,7 +135,7 @@ blocks_log="$results/blocks.txt"
 : >"$blocks_log"
 for world in 1 2 4; do
   mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_layers" --backend=mpi --layers=attention,embedding_ce \
-    --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
+    --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none --benchmark_color=false 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
     echo "bench.sh: blocks at world $world failed" >&2
 done
 {
@@ -161,7 +161,7 @@ if [ -x "$build/bench/tp_bench_blas" ]; then
     echo "(oneDNN rows appear when Debian's libdnnl-dev is installed). GFLOP/s from CPU time."
     echo
     echo '```'
-    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn)"
+    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 --benchmark_color=false 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn)"
     echo '```'
   } >>"$root/BENCHMARKS.md"
 fi
