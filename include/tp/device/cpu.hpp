@@ -27,6 +27,7 @@
 #include "tp/comm/communicator.hpp"
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/detail/block_checks.hpp"
 
 namespace tp {
 
@@ -434,7 +435,7 @@ class Cpu {
   /// y[:, j] = silu(gate_up[:, j]) * gate_up[:, n + j], with y [rows, n].
   template <class T>
   void swiglu(In<T> gate_up, MatrixView<T> y) const {
-    check_swiglu(gate_up, y, "swiglu");
+    detail::check_swiglu(gate_up, y.rows, y.cols, "swiglu");
     const std::int64_t n = y.cols;
     for (std::int64_t r = 0; r < y.rows; ++r) {
       const T* g = gate_up.row(r);
@@ -447,7 +448,7 @@ class Cpu {
   /// d gate_up from dy [rows, n]: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
   template <class T>
   void swiglu_backward(In<T> gate_up, In<T> dy, MatrixView<T> d_gate_up) const {
-    check_swiglu(gate_up, MatrixView<T>(nullptr, dy.rows, dy.cols), "swiglu_backward");
+    detail::check_swiglu(gate_up, dy.rows, dy.cols, "swiglu_backward");
     detail::check_same_shape(gate_up, d_gate_up, "swiglu_backward");
     const std::int64_t n = dy.cols;
     for (std::int64_t r = 0; r < dy.rows; ++r) {
@@ -468,7 +469,7 @@ class Cpu {
   /// (cross-entropy's ignore_index), or -1 if there is none. Returns to the host, so a device
   /// implementation synchronizes.
   std::int64_t first_outside(In<std::int64_t> ids, std::int64_t begin, std::int64_t end, std::int64_t allowed) const {
-    check_ids(ids, ids.size(), "first_outside");
+    detail::check_ids(ids, ids.size(), "first_outside");
     for (std::int64_t i = 0; i < ids.size(); ++i)
       if ((ids.data[i] < begin || ids.data[i] >= end) && ids.data[i] != allowed) return i;
     return -1;
@@ -478,7 +479,7 @@ class Cpu {
   /// a rank's masked lookup into its shard [first, first + table.rows) of the vocabulary.
   template <class T>
   void embedding_forward(In<std::int64_t> ids, In<T> table, std::int64_t first, MatrixView<T> out) const {
-    check_ids(ids, out.rows, "embedding_forward");
+    detail::check_ids(ids, out.rows, "embedding_forward");
     TP_CHECK(table.cols == out.cols, "embedding_forward: table has {} columns, output {}", table.cols, out.cols);
     for (std::int64_t i = 0; i < out.rows; ++i) {
       const std::int64_t row = ids.data[i] - first;
@@ -492,7 +493,7 @@ class Cpu {
   /// d_table[ids[i] - first, :] += dy[i, :] for every id inside this shard of the vocabulary.
   template <class T>
   void embedding_backward(In<std::int64_t> ids, In<T> dy, std::int64_t first, MatrixView<T> d_table) const {
-    check_ids(ids, dy.rows, "embedding_backward");
+    detail::check_ids(ids, dy.rows, "embedding_backward");
     TP_CHECK(d_table.cols == dy.cols, "embedding_backward: table gradient has {} columns, gradient {}", d_table.cols,
              dy.cols);
     for (std::int64_t i = 0; i < dy.rows; ++i) {
@@ -524,7 +525,7 @@ class Cpu {
   template <class T>
   void cross_entropy_stats(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max,
                            MatrixView<double> stats) const {
-    check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
+    detail::check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
     for (std::int64_t t = 0; t < logits.rows; ++t) {
       const T* x = logits.row(t);
       const T m = max(t, 0);
@@ -569,7 +570,7 @@ class Cpu {
   void cross_entropy_backward(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max, In<double> stats,
                               In<T> grad_loss, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
                               MatrixView<T> grad_logits) const {
-    check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
+    detail::check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
     detail::check_same_shape(logits, grad_logits, "cross_entropy_backward");
     TP_CHECK(grad_loss.rows == logits.rows && grad_loss.cols == 1,
              "cross_entropy_backward: loss gradient is {}x{}, expected {}x1", grad_loss.rows, grad_loss.cols,
@@ -600,7 +601,8 @@ class Cpu {
   template <class T>
   void attention_forward(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
                          MatrixView<T> probs, MatrixView<T> out) const {
-    const auto g = attention_geometry(q, k, v, seq_len, head_dim, probs, out, "attention_forward");
+    const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, out.rows,
+                                                 out.cols, "attention_forward");
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
     for (std::int64_t b = 0; b < g.batch; ++b)
       for (std::int64_t h = 0; h < g.hq; ++h) {
@@ -630,8 +632,8 @@ class Cpu {
   void attention_backward(In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
                           std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
                           MatrixView<T> dv) const {
-    const auto g = attention_geometry(q, k, v, seq_len, head_dim, MatrixView<T>(nullptr, probs.rows, probs.cols),
-                                      MatrixView<T>(nullptr, dout.rows, dout.cols), "attention_backward");
+    const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows,
+                                                 dout.cols, "attention_backward");
     detail::check_same_shape(q, dq, "attention_backward dq");
     detail::check_same_shape(k, dk, "attention_backward dk");
     detail::check_same_shape(v, dv, "attention_backward dv");
@@ -664,41 +666,6 @@ class Cpu {
   }
 
  private:
-  template <class T>
-  static void check_swiglu(In<T> gate_up, MatrixView<T> y, const char* op) {
-    TP_CHECK(gate_up.rows == y.rows && gate_up.cols == 2 * y.cols, "{}: gate_up is {}x{}, expected {}x{} for {}x{}", op,
-             gate_up.rows, gate_up.cols, y.rows, 2 * y.cols, y.rows, y.cols);
-  }
-  static void check_ids(In<std::int64_t> ids, std::int64_t tokens, const char* op) {
-    TP_CHECK(ids.contiguous() && ids.size() == tokens, "{}: {}x{} ids (ld {}) for {} tokens; ids must be contiguous",
-             op, ids.rows, ids.cols, ids.ld, tokens);
-  }
-  template <class T>
-  static void check_ce(In<T> logits, In<std::int64_t> targets, In<T> max, In<double> stats, const char* op) {
-    check_ids(targets, logits.rows, op);
-    TP_CHECK(max.rows == logits.rows && max.cols == 1 && stats.rows == logits.rows && stats.cols == 3,
-             "{}: logits {}x{}, max {}x{}, stats {}x{}", op, logits.rows, logits.cols, max.rows, max.cols, stats.rows,
-             stats.cols);
-  }
-  struct AttentionGeometry {
-    std::int64_t batch, hq, hk, group;
-  };
-  template <class T>
-  static AttentionGeometry attention_geometry(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim,
-                                              MatrixView<T> probs, MatrixView<T> out, const char* op) {
-    TP_CHECK(seq_len > 0 && head_dim > 0 && q.rows % seq_len == 0 && q.cols % head_dim == 0 &&
-                 k.cols % head_dim == 0 && k.rows == q.rows && v.rows == q.rows && v.cols == k.cols && k.cols > 0,
-             "{}: q {}x{}, k {}x{}, v {}x{} do not hold whole sequences of {} tokens and heads of {}", op, q.rows,
-             q.cols, k.rows, k.cols, v.rows, v.cols, seq_len, head_dim);
-    const AttentionGeometry g{q.rows / seq_len, q.cols / head_dim, k.cols / head_dim, 0};
-    TP_CHECK(g.hq % g.hk == 0, "{}: {} query heads cannot share {} kv heads", op, g.hq, g.hk);
-    TP_CHECK(probs.rows == g.batch * g.hq * seq_len && probs.cols == seq_len && out.rows == q.rows &&
-                 out.cols == q.cols,
-             "{}: probs {}x{} (expected {}x{}), out {}x{} (expected {}x{})", op, probs.rows, probs.cols,
-             g.batch * g.hq * seq_len, seq_len, out.rows, out.cols, q.rows, q.cols);
-    return {g.batch, g.hq, g.hk, g.hq / g.hk};
-  }
-
   Options options_;
 };
 

@@ -31,6 +31,7 @@
 #include "tp/core/dtype.hpp"
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/detail/block_checks.hpp"
 #include "tp/device/cuda_error.hpp"
 #include "tp/device/cuda_gemm.hpp"
 
@@ -314,7 +315,7 @@ class Cuda {
   template <class T>
   void swiglu(In<T> gate_up, MatrixView<T> y) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::swiglu launches a kernel: compile this file with nvcc");
-    check_swiglu<T>(gate_up, y.rows, y.cols, "swiglu");
+    detail::check_swiglu<T>(gate_up, y.rows, y.cols, "swiglu");
 #ifdef __CUDACC__
     if (y.empty()) return;
     activate();
@@ -328,7 +329,7 @@ class Cuda {
   template <class T>
   void swiglu_backward(In<T> gate_up, In<T> dy, MatrixView<T> d_gate_up) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::swiglu_backward launches a kernel: compile with nvcc");
-    check_swiglu<T>(gate_up, dy.rows, dy.cols, "swiglu_backward");
+    detail::check_swiglu<T>(gate_up, dy.rows, dy.cols, "swiglu_backward");
     detail::check_same_shape_cuda<T>(gate_up, d_gate_up, "swiglu_backward");
 #ifdef __CUDACC__
     if (dy.empty()) return;
@@ -345,7 +346,7 @@ class Cuda {
   std::int64_t first_outside(In<I> ids, std::int64_t begin, std::int64_t end, std::int64_t allowed) const {
     static_assert(std::is_same_v<I, std::int64_t>, "tp::Cuda::first_outside: ids are std::int64_t");
     static_assert(detail::compiled_by_nvcc<I>, "tp::Cuda::first_outside launches a kernel: compile with nvcc");
-    check_ids(ids, ids.size(), "first_outside");
+    detail::check_ids(ids, ids.size(), "first_outside");
 #ifdef __CUDACC__
     if (ids.empty()) return -1;
     activate();
@@ -369,7 +370,7 @@ class Cuda {
   template <class T>
   void embedding_forward(In<std::int64_t> ids, In<T> table, std::int64_t first, MatrixView<T> out) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::embedding_forward launches a kernel: compile with nvcc");
-    check_ids(ids, out.rows, "embedding_forward");
+    detail::check_ids(ids, out.rows, "embedding_forward");
     TP_CHECK(table.cols == out.cols, "embedding_forward: table has {} columns, output {}", table.cols, out.cols);
 #ifdef __CUDACC__
     if (out.empty()) return;
@@ -385,7 +386,7 @@ class Cuda {
   template <class T>
   void embedding_backward(In<std::int64_t> ids, In<T> dy, std::int64_t first, MatrixView<T> d_table) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::embedding_backward launches a kernel: compile with nvcc");
-    check_ids(ids, dy.rows, "embedding_backward");
+    detail::check_ids(ids, dy.rows, "embedding_backward");
     TP_CHECK(d_table.cols == dy.cols, "embedding_backward: table gradient has {} columns, gradient {}", d_table.cols,
              dy.cols);
 #ifdef __CUDACC__
@@ -418,7 +419,7 @@ class Cuda {
   void cross_entropy_stats(In<T> logits, In<std::int64_t> targets, std::int64_t first, In<T> max,
                            MatrixView<double> stats) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::cross_entropy_stats launches a kernel: compile with nvcc");
-    check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
+    detail::check_ce<T>(logits, targets, max, stats, "cross_entropy_stats");
 #ifdef __CUDACC__
     if (logits.rows == 0) return;
     activate();
@@ -453,7 +454,7 @@ class Cuda {
                               In<T> grad_loss, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
                               MatrixView<T> grad_logits) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::cross_entropy_backward launches a kernel: compile with nvcc");
-    check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
+    detail::check_ce<T>(logits, targets, max, stats, "cross_entropy_backward");
     detail::check_same_shape_cuda<T>(logits, grad_logits, "cross_entropy_backward");
     TP_CHECK(grad_loss.rows == logits.rows && grad_loss.cols == 1,
              "cross_entropy_backward: loss gradient is {}x{}, expected {}x1", grad_loss.rows, grad_loss.cols,
@@ -476,7 +477,7 @@ class Cuda {
   void attention_forward(In<T> q, In<T> k, In<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
                          MatrixView<T> probs, MatrixView<T> out) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::attention_forward launches a kernel: compile with nvcc");
-    const auto g = attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, out.rows, out.cols,
+    const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, out.rows, out.cols,
                                          "attention_forward");
 #ifdef __CUDACC__
     if (g.batch == 0) return;
@@ -508,7 +509,7 @@ class Cuda {
                           std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
                           MatrixView<T> dv) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::attention_backward launches a kernel: compile with nvcc");
-    const auto g = attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows, dout.cols,
+    const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows, dout.cols,
                                          "attention_backward");
     detail::check_same_shape_cuda<T>(q, dq, "attention_backward dq");
     detail::check_same_shape_cuda<T>(k, dk, "attention_backward dk");
@@ -670,44 +671,6 @@ class Cuda {
     const std::int64_t n = op_b == Op::n ? b.cols : b.rows;
     activate();
     gemm_->run<T>(stream_, options_.tf32, op_a, op_b, m, n, k, alpha, a, b, beta, c, EpilogueArgs<T>{});
-  }
-
-  // The shape checks of tp::Cpu's block members, with the same messages.
-  template <class T>
-  static void check_swiglu(ConstView<T> gate_up, std::int64_t rows, std::int64_t cols, const char* op) {
-    TP_CHECK(gate_up.rows == rows && gate_up.cols == 2 * cols, "{}: gate_up is {}x{}, expected {}x{} for {}x{}", op,
-             gate_up.rows, gate_up.cols, rows, 2 * cols, rows, cols);
-  }
-  static void check_ids(ConstView<std::int64_t> ids, std::int64_t tokens, const char* op) {
-    TP_CHECK(ids.contiguous() && ids.size() == tokens, "{}: {}x{} ids (ld {}) for {} tokens; ids must be contiguous",
-             op, ids.rows, ids.cols, ids.ld, tokens);
-  }
-  template <class T>
-  static void check_ce(ConstView<T> logits, ConstView<std::int64_t> targets, ConstView<T> max, ConstView<double> stats,
-                       const char* op) {
-    check_ids(targets, logits.rows, op);
-    TP_CHECK(max.rows == logits.rows && max.cols == 1 && stats.rows == logits.rows && stats.cols == 3,
-             "{}: logits {}x{}, max {}x{}, stats {}x{}", op, logits.rows, logits.cols, max.rows, max.cols, stats.rows,
-             stats.cols);
-  }
-  struct AttentionGeometry {
-    std::int64_t batch, hq, hk, group;
-  };
-  template <class T>
-  static AttentionGeometry attention_geometry(ConstView<T> q, ConstView<T> k, ConstView<T> v, std::int64_t seq_len,
-                                              std::int64_t head_dim, std::int64_t probs_rows, std::int64_t probs_cols,
-                                              std::int64_t out_rows, std::int64_t out_cols, const char* op) {
-    TP_CHECK(seq_len > 0 && head_dim > 0 && q.rows % seq_len == 0 && q.cols % head_dim == 0 &&
-                 k.cols % head_dim == 0 && k.rows == q.rows && v.rows == q.rows && v.cols == k.cols && k.cols > 0,
-             "{}: q {}x{}, k {}x{}, v {}x{} do not hold whole sequences of {} tokens and heads of {}", op, q.rows,
-             q.cols, k.rows, k.cols, v.rows, v.cols, seq_len, head_dim);
-    const AttentionGeometry g{q.rows / seq_len, q.cols / head_dim, k.cols / head_dim, 0};
-    TP_CHECK(g.hq % g.hk == 0, "{}: {} query heads cannot share {} kv heads", op, g.hq, g.hk);
-    TP_CHECK(probs_rows == g.batch * g.hq * seq_len && probs_cols == seq_len && out_rows == q.rows &&
-                 out_cols == q.cols,
-             "{}: probs {}x{} (expected {}x{}), out {}x{} (expected {}x{})", op, probs_rows, probs_cols,
-             g.batch * g.hq * seq_len, seq_len, out_rows, out_cols, q.rows, q.cols);
-    return {g.batch, g.hq, g.hk, g.hq / g.hk};
   }
 
   /// Makes this device current for the calling thread (ranks run as threads in tests).
