@@ -13,7 +13,6 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
