@@ -37,6 +37,27 @@ class Fd {
   ~Fd() {
     if (fd_ >= 0) ::close(fd_);
   }
+  /// Opens `path` for reading only if it is a regular file. The open does not block (O_NONBLOCK:
+  /// a FIFO would otherwise wait forever for a writer), and a FIFO, directory, device or socket is
+  /// refused by name; symbolic links are followed, as model caches use them.
+  static Fd open_regular(const std::string& path) {
+    Fd fd(path, O_RDONLY | O_NONBLOCK);
+    struct stat st {};
+    if (::fstat(fd.fd_, &st) != 0) TP_THROW(IoError, "{}: cannot stat: {}", path, std::strerror(errno));
+    if (!S_ISREG(st.st_mode))
+      TP_THROW(IoError, "{}: is {}, not a regular file; checkpoints are read from regular files only", path,
+               S_ISFIFO(st.st_mode)  ? "a FIFO"
+               : S_ISDIR(st.st_mode) ? "a directory"
+               : S_ISCHR(st.st_mode) ? "a character device"
+               : S_ISBLK(st.st_mode) ? "a block device"
+               : S_ISSOCK(st.st_mode) ? "a socket"
+                                      : "not a file");
+    const int flags = ::fcntl(fd.fd_, F_GETFL);
+    if (flags < 0 || ::fcntl(fd.fd_, F_SETFL, flags & ~O_NONBLOCK) != 0)
+      TP_THROW(IoError, "{}: cannot clear O_NONBLOCK: {}", path, std::strerror(errno));
+    return fd;
+  }
+
   int get() const { return fd_; }
   const std::string& path() const { return path_; }
 
