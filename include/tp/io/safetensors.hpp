@@ -11,7 +11,12 @@
 /// every rank builds the same header from its parameter list, rank 0 writes it and sizes the file,
 /// and every rank writes its own block with `pwrite` (a replicated parameter by rank 0 only). The
 /// ranks must therefore see one file system (one machine, or a shared one). The file appears
-/// under its name only when complete (written as `<path>.tmp`, renamed by rank 0).
+/// under its name only when complete: rank 0 creates `<path>.tmp-<random hex>` exclusively (a file
+/// or symbolic link already at that name is never followed or overwritten; tp/io/file.hpp), every
+/// rank writes and fsyncs its blocks there, then rank 0 renames it to `<path>` and fsyncs the
+/// directory. A save that fails removes its temporary file; one killed mid-way leaves it, under a
+/// name no reader opens. Several files that must change together (weights and optimizer state)
+/// belong in one step directory: tp/io/checkpoint.hpp.
 ///
 /// Every header is validated before any data is read; a bad file throws tp::IoError naming the
 /// file and the tensor, a tensor whose shape does not fit the layer tp::InvalidArgument.
@@ -303,7 +308,7 @@ void load_safetensors(const Device& device, std::span<const Parameter<T>> params
 template <class T, class Device>
 void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
                       const std::filesystem::path& path, const SafetensorsMetadata& metadata = {}) {
-  const std::string file = path.string(), tmp = file + ".tmp";
+  const std::string file = path.string();
   // The header, identical on every rank.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -336,29 +341,33 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, comm.rank(),
              comm.size());
 
-  // Rank 0 creates the file with its header and full size; the others wait for its verdict.
+  // Rank 0 creates the temporary file with its header and full size; the others wait for its
+  // verdict and the random suffix that names the file.
   std::int32_t failed = 0;
+  std::int64_t created[2] = {0, 0};  // {failed, suffix}
   std::string error;
   if (comm.rank() == 0) {
     try {
-      detail::Fd fd(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+      auto [fd, suffix] = detail::create_temp_file(path);
+      created[1] = static_cast<std::int64_t>(suffix);
       const std::uint64_t len = text.size();
       fd.write_at(&len, 8, 0, "the header length");
       fd.write_at(text.data(), text.size(), 8, "the header");
       fd.resize(data_start + data_size);
       fd.close();
     } catch (const Error& e) {
-      failed = 1;
+      created[0] = 1;
       error = e.what();
     }
   }
-  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
-  if (failed)
+  comm.broadcast(std::span<std::int64_t>(created, 2), 0);
+  if (created[0])
     TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not create the file");
+  const std::string tmp = detail::temp_name(path, static_cast<std::uint64_t>(created[1])).string();
 
   // Each rank writes its blocks; replicated parameters are written by rank 0 alone.
   try {
-    detail::Fd fd(tmp, O_WRONLY);
+    detail::Fd fd = detail::Fd::open_for_writing(tmp);
     std::vector<T> host;
     for (std::size_t i = 0; i < params.size(); ++i) {
       const Parameter<T>& p = params[i];
@@ -385,11 +394,22 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
   std::int32_t any = failed;
   comm.all_reduce(std::span<std::int32_t>(&any, 1), ReduceOp::max);
   if (any) {
-    if (comm.rank() == 0) std::filesystem::remove(tmp);
+    std::error_code ignored;
+    if (comm.rank() == 0) std::filesystem::remove(tmp, ignored);
     TP_THROW(IoError, "{}: {}", file, failed ? error : "another rank failed to write its blocks");
   }
   if (comm.rank() == 0) {
     error = detail::rename_file(tmp, path);
+    if (error.empty()) {
+      try {
+        detail::sync_directory(path.parent_path());
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    } else {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+    }
     failed = error.empty() ? 0 : 1;
   }
   comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
