@@ -174,7 +174,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   TP_EXPECT_CLOSE(T, download(*dev, y), h);
 
   tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
-                        {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
+                            {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
   TP_EXPECT_CLOSE(T, download(*dev, pre), h);
   TP_EXPECT_CLOSE(T, download(*dev, y), ref::map(h, [](double v) { return ref::gelu(v, true); }));
 
@@ -184,7 +184,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   for (std::int64_t i = 0; i < n; ++i) eye(i, i) = 1.0;
   const auto eye_d = upload<T>(dev, eye);
   tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
-                        {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
+                            {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
   const auto pre_h = download(*dev, pre);
   ref::Matrix want_dpre = g;
   for (std::size_t i = 0; i < want_dpre.data.size(); ++i) want_dpre.data[i] *= ref::gelu_slope(pre_h.data[i], true);
@@ -194,7 +194,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   // dW = g^T x with the bias gradient (column sums of g) from the same GEMM.
   Tensor<T, Cuda> dw(dev, out, in);
   tp::ops::gemm_epilogue<T>(*dev, Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
-                        {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
+                            {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
   TP_EXPECT_CLOSE(T, download(*dev, dw), ref::matmul(g, true, x, false));
   TP_EXPECT_CLOSE(T, download(*dev, db), ref::column_sums(g));
 }
