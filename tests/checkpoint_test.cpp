@@ -3,18 +3,18 @@
 /// so a save killed between two files leaves the previous complete checkpoint the one a resume
 /// picks, and the next save clears what the killed one left.
 
-#include <sys/wait.h>
-#include <unistd.h>
+#include "tp/io/checkpoint.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "common/harness.hpp"
-#include "tp/io/checkpoint.hpp"
 #include "tp/io/resume.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/tp.hpp"
@@ -107,13 +107,13 @@ struct Small {
     opt.step();
   }
   fs::path save(const fs::path& root, int keep = 0) {
-    return save_checkpoint(
-        *ctx.comm, root, opt.step_count(),
-        [&](const fs::path& dir) {
-          save_safetensors<float>(*ctx.comm, *ctx.device, fc.parameters(), dir / "model.safetensors");
-          save_resume(opt, dir / "resume.safetensors");
-        },
-        {.keep = keep});
+    return save_checkpoint(*ctx.comm, root, opt.step_count(),
+                           [&](const fs::path& dir) {
+                             save_safetensors<float>(*ctx.comm, *ctx.device, fc.parameters(),
+                                                     dir / "model.safetensors");
+                             save_resume(opt, dir / "resume.safetensors");
+                           },
+                           {.keep = keep});
   }
 };
 
@@ -134,8 +134,13 @@ TEST(Checkpoint, AKillBetweenTwoFilesLeavesThePreviousCheckpointTheLatest) {
   if (child == 0) {
     auto comm = LocalCommunicator::create(1)[0];
     std::vector<float> w(12, 2.f);
-    const Parameter<float> p{.name = "fc.weight", .value = MatrixView<float>(w.data(), 4, 3), .grad = {},
-                             .full_rows = 4, .full_cols = 3, .rows = {0, 4}, .cols = {0, 3}};
+    const Parameter<float> p{.name = "fc.weight",
+                             .value = MatrixView<float>(w.data(), 4, 3),
+                             .grad = {},
+                             .full_rows = 4,
+                             .full_cols = 3,
+                             .rows = {0, 4},
+                             .cols = {0, 3}};
     try {
       save_checkpoint(*comm, root, 2, [&](const fs::path& dir) {
         save_safetensors<float>(*comm, HostCopy(), std::span<const Parameter<float>>(&p, 1), dir / "model.safetensors");
@@ -233,9 +238,7 @@ TEST(Checkpoint, ResavingAStepReplacesItAndKeepPrunesTheOldest) {
   // puts it back.
   fs::rename(root / "step-000005", root / "step-000005.old-00000000000000aa");
   EXPECT_EQ(latest_checkpoint(root), root / "step-000004");
-  run_local(1, [&](std::shared_ptr<Communicator> comm) {
-    save_checkpoint(*comm, root, 6, [](const fs::path&) {});
-  });
+  run_local(1, [&](std::shared_ptr<Communicator> comm) { save_checkpoint(*comm, root, 6, [](const fs::path&) {}); });
   EXPECT_EQ(names_in(root), (std::vector<std::string>{"step-000004", "step-000005", "step-000006"}));
   EXPECT_EQ(read_text(root / "step-000005" / "f.txt"), "five");
 }

@@ -4,11 +4,10 @@
 /// weights unless the caller asks.
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -52,8 +51,8 @@ std::vector<unsigned char> file_bytes(const std::string& header, const std::stri
 }
 
 void write_file(const fs::path& path, const std::vector<unsigned char>& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(bytes.data()),
-                                                                  static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 TEST(SafetensorsHostile, ParsesAQuarterMillionTensorsInLinearTime) {
@@ -64,8 +63,8 @@ TEST(SafetensorsHostile, ParsesAQuarterMillionTensorsInLinearTime) {
   constexpr int n = 250'000;
   std::string header = "{";
   for (int i = 0; i < n; ++i)
-    header += fmt::format(R"({}"layer.{}.w":{{"dtype":"U8","shape":[1],"data_offsets":[{},{}]}})", i ? "," : "", i, i,
-                          i + 1);
+    header +=
+        fmt::format(R"({}"layer.{}.w":{{"dtype":"U8","shape":[1],"data_offsets":[{},{}]}})", i ? "," : "", i, i, i + 1);
   header += "}";
   const auto bytes = file_bytes(header, std::string(n, '\x07'));
   const auto t0 = std::chrono::steady_clock::now();
@@ -125,9 +124,10 @@ TEST(SafetensorsHostile, ZeroLastDimensionReadsAsAnEmptyMatrix) {
   file.read_block("y", 0, 0, MatrixView<float>(&none, 0, 5));
   // An empty tensor whose other dimensions multiply past int64 is refused: rows() would overflow.
   write_file(path, file_bytes(R"({"big":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})", ""));
-  EXPECT_THAT([&] { SafetensorsFile f(path); },
-              ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr(path.string()), HasSubstr("'big'"), HasSubstr("2^63"))));
-  write_file(path, file_bytes(R"({"big":{"dtype":"U8","shape":[2097152,2097152,2097152,0],"data_offsets":[0,0]}})", ""));
+  EXPECT_THAT([&] { SafetensorsFile f(path); }, ::testing::ThrowsMessage<IoError>(AllOf(
+                                                    HasSubstr(path.string()), HasSubstr("'big'"), HasSubstr("2^63"))));
+  write_file(path,
+             file_bytes(R"({"big":{"dtype":"U8","shape":[2097152,2097152,2097152,0],"data_offsets":[0,0]}})", ""));
   EXPECT_THAT([&] { SafetensorsFile f(path); },
               ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("'big'"), HasSubstr("2^63"))));
 }
@@ -147,9 +147,9 @@ TEST(SafetensorsHostile, RefusesADeeplyNestedIndexAsItParses) {
   EXPECT_THAT([&] { SafetensorsCheckpoint c(dir / "twice.json"); },
               ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("twice.json"), HasSubstr("'w' appears twice"))));
   // The same parser, from bytes.
-  EXPECT_EQ(parse_safetensors_index(R"({"metadata":{"total_size":8},"weight_map":{"w":"a.safetensors"}})", "i.json")
-                .at("w"),
-            "a.safetensors");
+  EXPECT_EQ(
+      parse_safetensors_index(R"({"metadata":{"total_size":8},"weight_map":{"w":"a.safetensors"}})", "i.json").at("w"),
+      "a.safetensors");
 }
 
 TEST(SafetensorsHostile, IntegerTensorsLoadIntoFloatWeightsOnlyWhenAsked) {
@@ -197,7 +197,8 @@ TEST(SafetensorsHostile, IntegerTensorsLoadIntoFloatWeightsOnlyWhenAsked) {
     EXPECT_THAT([&] { load_safetensors<float>(Cpu(), bias, path); },
                 ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("'i'"), HasSubstr("I32"))));
     load_safetensors<float>(Cpu(), bias, path, convert);
-    for (std::int64_t c = 0; c < fc.bias().cols; ++c) EXPECT_EQ(fc.bias()(0, c), c + bias[0].cols.begin == 0 ? 5.f : -6.f);
+    for (std::int64_t c = 0; c < fc.bias().cols; ++c)
+      EXPECT_EQ(fc.bias()(0, c), c + bias[0].cols.begin == 0 ? 5.f : -6.f);
   });
 }
 

@@ -145,7 +145,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const tp::SafetensorsCheckpoint checkpoint(scratch.file);
     opened = true;
-    for (const auto& name : {"w", "x", ""}) check(checkpoint.contains(name) == checkpoint.file_of(name).contains(name), "lookup");
+    for (const auto& name : {"w", "x", ""})
+      check(checkpoint.contains(name) == checkpoint.file_of(name).contains(name), "lookup");
   } catch (const tp::IoError&) {
   }
   check(opened == parsed, "the file reader accepts what the parser accepts, and only that");
