@@ -1,10 +1,12 @@
 /// ColumnParallelLinear and RowParallelLinear, forward and backward, against the unsharded
-/// reference in tests/common, for float and double, on every rank of every world size the harness
-/// runs (including feature counts the world size does not divide).
+/// reference in tests/common, for every device and dtype (common/devices.hpp: tp::Cpu float and
+/// double; tp::Cuda float, half and bfloat16 from the same source through nvcc), on every rank of
+/// every world size the harness runs (including feature counts the world size does not divide).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/devices.hpp"
 #include "common/harness.hpp"
 #include "common/reference.hpp"
 #include "tp/tp.hpp"
@@ -13,132 +15,151 @@ namespace tp {
 namespace {
 
 using ::testing::HasSubstr;
+using test::download;
 using test::on_ranks;
+using test::upload;
 
 struct Shape {
   std::int64_t tokens, in, out;
 };
-/// Square, wide, narrow and prime sizes: 10 features over 3 ranks split 4, 3, 3; 7 over 4 as 2, 2, 2, 1.
-constexpr Shape kShapes[] = {{5, 12, 10}, {3, 7, 16}, {9, 16, 7}, {1, 4, 4}};
+/// Square, wide, narrow and prime sizes: 10 features over 3 ranks split 4, 3, 3; 7 over 4 as 2, 2, 2, 1;
+/// and one large enough for tensor-core tiles with odd leading dimensions.
+constexpr Shape kShapes[] = {{5, 12, 10}, {3, 7, 16}, {9, 16, 7}, {1, 4, 4}, {67, 96, 130}};
 
 template <class T>
 class ParallelLinear : public ::testing::Test {};
-using Floats = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(ParallelLinear, Floats);
+TYPED_TEST_SUITE(ParallelLinear, test::AllFloats);
 
 TYPED_TEST(ParallelLinear, ColumnMatchesReference) {
   using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
   for (const Shape s : kShapes)
     for (bool bias : {true, false})
       for (bool gather : {false, true})
         for (bool skip_bias : {false, true}) {
           SCOPED_TRACE(fmt::format("tokens {} in {} out {} bias {} gather {} skip_bias_add {}", s.tokens, s.in, s.out,
                                    bias, gather, skip_bias));
-          const auto x = ref::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
-          const auto w = ref::random_matrix<T>(s.out, s.in, ref::test_seed(2));
-          const auto b = ref::random_matrix<T>(1, s.out, ref::test_seed(3));
-          const auto dy = ref::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
+          const auto x = test::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
+          const auto w = test::random_matrix<T>(s.out, s.in, ref::test_seed(2));
+          const auto b = test::random_matrix<T>(1, s.out, ref::test_seed(3));
+          const auto dy = test::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
           const auto want = ref::linear(x, w, bias && !skip_bias ? &b : nullptr, dy);
+          const test::HostMatrix<T> w_h(w), b_h(b);
           on_ranks([&](std::shared_ptr<Communicator> comm) {
             if (s.out < comm->size()) return;  // covered by the error tests
-            ColumnParallelLinear<T> layer(Context<>(comm), s.in, s.out,
-                                          {.bias = bias, .gather_output = gather, .skip_bias_add = skip_bias});
+            auto dev = std::make_shared<Dev>();
+            ColumnParallelLinear<T, Dev> layer(Context<Dev>(comm, dev), s.in, s.out,
+                                               {.bias = bias, .gather_output = gather, .skip_bias_add = skip_bias});
             const Range mine = layer.output_range();
             EXPECT_EQ(mine, partition(s.out, comm->size(), comm->rank()));
-            const auto w_t = ref::to_tensor<T>(w), b_t = ref::to_tensor<T>(b), x_t = ref::to_tensor<T>(x);
-            layer.load_full(w_t, bias ? ConstView<T>(b_t) : ConstView<T>{});
+            layer.load_full(w_h.view(), bias ? b_h.view() : ConstView<T>{});
+            const auto x_d = upload<T>(dev, x);
 
-            const auto& y = layer.forward(x_t);
-            TP_EXPECT_CLOSE(T, y, gather ? want.y : want.y.cols_range(mine.begin, mine.size()));
+            const auto& y = layer.forward(x_d.view());
+            TP_EXPECT_CLOSE(T, download(*dev, y), gather ? want.y : want.y.cols_range(mine.begin, mine.size()));
 
-            const auto dy_full = ref::to_tensor<T>(dy);
-            const auto dy_shard = ref::to_tensor<T>(dy.cols_range(mine.begin, mine.size()));
-            const auto& dx = layer.backward(gather ? dy_full.view() : dy_shard.view());
-            TP_EXPECT_CLOSE(T, dx, want.dx);
-            TP_EXPECT_CLOSE(T, layer.weight_grad(), want.dw.rows_range(mine.begin, mine.size()));
-            if (bias) TP_EXPECT_CLOSE(T, layer.bias_grad(), want.db.cols_range(mine.begin, mine.size()));
+            const auto dy_d = upload<T>(dev, gather ? dy : dy.cols_range(mine.begin, mine.size()));
+            const auto& dx = layer.backward(dy_d.view());
+            TP_EXPECT_CLOSE(T, download(*dev, dx), want.dx);
+            TP_EXPECT_CLOSE(T, download(*dev, layer.weight_grad()), want.dw.rows_range(mine.begin, mine.size()));
+            if (bias)
+              TP_EXPECT_CLOSE(T, download(*dev, layer.bias_grad()), want.db.cols_range(mine.begin, mine.size()));
           });
         }
 }
 
 TYPED_TEST(ParallelLinear, RowMatchesReference) {
   using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
   for (const Shape s : kShapes)
     for (bool bias : {true, false})
       for (bool parallel_input : {true, false})
         for (bool skip_bias : {false, true}) {
           SCOPED_TRACE(fmt::format("tokens {} in {} out {} bias {} input_is_parallel {} skip_bias_add {}", s.tokens,
                                    s.in, s.out, bias, parallel_input, skip_bias));
-          const auto x = ref::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
-          const auto w = ref::random_matrix<T>(s.out, s.in, ref::test_seed(2));
-          const auto b = ref::random_matrix<T>(1, s.out, ref::test_seed(3));
-          const auto dy = ref::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
+          const auto x = test::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
+          const auto w = test::random_matrix<T>(s.out, s.in, ref::test_seed(2));
+          const auto b = test::random_matrix<T>(1, s.out, ref::test_seed(3));
+          const auto dy = test::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
           const auto want = ref::linear(x, w, bias && !skip_bias ? &b : nullptr, dy);
+          const test::HostMatrix<T> w_h(w), b_h(b);
           on_ranks([&](std::shared_ptr<Communicator> comm) {
             if (s.in < comm->size()) return;
-            RowParallelLinear<T> layer(Context<>(comm), s.in, s.out,
-                                       {.bias = bias, .input_is_parallel = parallel_input, .skip_bias_add = skip_bias});
+            auto dev = std::make_shared<Dev>();
+            RowParallelLinear<T, Dev> layer(Context<Dev>(comm, dev), s.in, s.out,
+                                            {.bias = bias, .input_is_parallel = parallel_input, .skip_bias_add = skip_bias});
             const Range mine = layer.input_range();
             EXPECT_EQ(mine, partition(s.in, comm->size(), comm->rank()));
-            const auto w_t = ref::to_tensor<T>(w), b_t = ref::to_tensor<T>(b);
-            layer.load_full(w_t, bias ? ConstView<T>(b_t) : ConstView<T>{});
+            layer.load_full(w_h.view(), bias ? b_h.view() : ConstView<T>{});
 
-            const auto x_full = ref::to_tensor<T>(x), x_shard = ref::to_tensor<T>(x.cols_range(mine.begin, mine.size()));
-            const auto& y = layer.forward(parallel_input ? x_shard.view() : x_full.view());
-            TP_EXPECT_CLOSE(T, y, want.y);
+            const auto x_d = upload<T>(dev, parallel_input ? x.cols_range(mine.begin, mine.size()) : x);
+            TP_EXPECT_CLOSE(T, download(*dev, layer.forward(x_d.view())), want.y);
 
-            const auto& dx = layer.backward(ref::to_tensor<T>(dy));
-            TP_EXPECT_CLOSE(T, dx, parallel_input ? want.dx.cols_range(mine.begin, mine.size()) : want.dx);
-            TP_EXPECT_CLOSE(T, layer.weight_grad(), want.dw.cols_range(mine.begin, mine.size()));
-            if (bias) TP_EXPECT_CLOSE(T, layer.bias_grad(), want.db);
+            const auto dy_d = upload<T>(dev, dy);
+            const auto& dx = layer.backward(dy_d.view());
+            TP_EXPECT_CLOSE(T, download(*dev, dx), parallel_input ? want.dx.cols_range(mine.begin, mine.size()) : want.dx);
+            TP_EXPECT_CLOSE(T, download(*dev, layer.weight_grad()), want.dw.cols_range(mine.begin, mine.size()));
+            if (bias) TP_EXPECT_CLOSE(T, download(*dev, layer.bias_grad()), want.db);
           });
         }
 }
 
 TYPED_TEST(ParallelLinear, GradientsAccumulateUntilZeroed) {
   using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
   const Shape s{4, 10, 6};
-  const auto x = ref::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
-  const auto w = ref::random_matrix<T>(s.out, s.in, ref::test_seed(2));
-  const auto dy1 = ref::random_matrix<T>(s.tokens, s.out, ref::test_seed(3));
-  const auto dy2 = ref::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
+  const auto x = test::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
+  const auto w = test::random_matrix<T>(s.out, s.in, ref::test_seed(2));
+  const auto dy1 = test::random_matrix<T>(s.tokens, s.out, ref::test_seed(3));
+  const auto dy2 = test::random_matrix<T>(s.tokens, s.out, ref::test_seed(4));
   const auto step1 = ref::linear(x, w, nullptr, dy1), step2 = ref::linear(x, w, nullptr, dy2);
+  const test::HostMatrix<T> w_h(w), zeros(ref::Matrix(1, s.out));
   on_ranks([&](std::shared_ptr<Communicator> comm) {
-    RowParallelLinear<T> row(Context<>(comm), s.in, s.out, {.input_is_parallel = false});
-    ColumnParallelLinear<T> col(Context<>(comm), s.in, s.out, {.gather_output = true});
-    const auto w_t = ref::to_tensor<T>(w), zeros = ref::to_tensor<T>(ref::Matrix(1, s.out)), x_t = ref::to_tensor<T>(x);
-    row.load_full(w_t, zeros);
-    col.load_full(w_t, zeros);
+    auto dev = std::make_shared<Dev>();
+    RowParallelLinear<T, Dev> row(Context<Dev>(comm, dev), s.in, s.out, {.input_is_parallel = false});
+    ColumnParallelLinear<T, Dev> col(Context<Dev>(comm, dev), s.in, s.out, {.gather_output = true});
+    row.load_full(w_h.view(), zeros.view());
+    col.load_full(w_h.view(), zeros.view());
+    const auto x_d = upload<T>(dev, x);
     for (const auto* dy : {&dy1, &dy2}) {
-      row.forward(x_t);
-      row.backward(ref::to_tensor<T>(*dy));
-      col.forward(x_t);
-      col.backward(ref::to_tensor<T>(*dy));
+      const auto dy_d = upload<T>(dev, *dy);
+      row.forward(x_d.view());
+      row.backward(dy_d.view());
+      col.forward(x_d.view());
+      col.backward(dy_d.view());
     }
     const Range r = row.input_range(), c = col.output_range();
     const auto dw = ref::add(step1.dw, step2.dw), db = ref::add(step1.db, step2.db);
-    TP_EXPECT_CLOSE(T, row.weight_grad(), dw.cols_range(r.begin, r.size()));
-    TP_EXPECT_CLOSE(T, row.bias_grad(), db);
-    TP_EXPECT_CLOSE(T, col.weight_grad(), dw.rows_range(c.begin, c.size()));
-    TP_EXPECT_CLOSE(T, col.bias_grad(), db.cols_range(c.begin, c.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, row.weight_grad()), dw.cols_range(r.begin, r.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, row.bias_grad()), db);
+    TP_EXPECT_CLOSE(T, download(*dev, col.weight_grad()), dw.rows_range(c.begin, c.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, col.bias_grad()), db.cols_range(c.begin, c.size()));
     row.zero_grad();
     col.zero_grad();
-    TP_EXPECT_CLOSE(T, row.weight_grad(), ref::Matrix(s.out, r.size()));
-    TP_EXPECT_CLOSE(T, col.bias_grad(), ref::Matrix(1, c.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, row.weight_grad()), ref::Matrix(s.out, r.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, col.bias_grad()), ref::Matrix(1, c.size()));
   });
 }
 
-/// Column h -> 4h, GELU, row 4h -> h: one all-reduce forward (row) and one backward (column).
+/// Column h -> 4h + 2, GELU, row 4h + 2 -> h: one all-reduce forward (row) and one backward
+/// (column); 34 features over 3 and 4 ranks is uneven.
 TYPED_TEST(ParallelLinear, ColumnGeluRowPairMatchesReference) {
   using T = TypeParam;
-  const std::int64_t tokens = 6, hidden = 8, ffn = 4 * hidden + 2;  // 34 over 3 and 4 ranks is uneven
-  const auto x = ref::random_matrix<T>(tokens, hidden, ref::test_seed(1));
-  const auto w1 = ref::random_matrix<T>(ffn, hidden, ref::test_seed(2));
-  const auto b1 = ref::random_matrix<T>(1, ffn, ref::test_seed(3));
-  const auto w2 = ref::random_matrix<T>(hidden, ffn, ref::test_seed(4));
-  const auto b2 = ref::random_matrix<T>(1, hidden, ref::test_seed(5));
-  const auto dy = ref::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t tokens = 6, hidden = 8, ffn = 4 * hidden + 2;
+  const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+  const auto w1 = test::random_matrix<T>(ffn, hidden, ref::test_seed(2));
+  const auto b1 = test::random_matrix<T>(1, ffn, ref::test_seed(3));
+  const auto w2 = test::random_matrix<T>(hidden, ffn, ref::test_seed(4));
+  const auto b2 = test::random_matrix<T>(1, hidden, ref::test_seed(5));
+  const auto dy = test::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+  const test::HostMatrix<T> w1_h(w1), b1_h(b1), w2_h(w2), b2_h(b2);
   for (Gelu kind : {Gelu::exact, Gelu::tanh}) {
+    SCOPED_TRACE(kind == Gelu::tanh ? "gelu tanh" : "gelu exact");
     const bool tanh = kind == Gelu::tanh;
     const auto h = ref::add_bias(ref::matmul(x, false, w1, true), b1);
     const auto a = ref::map(h, [&](double v) { return ref::gelu(v, tanh); });
@@ -147,24 +168,30 @@ TYPED_TEST(ParallelLinear, ColumnGeluRowPairMatchesReference) {
     for (std::size_t i = 0; i < dh.data.size(); ++i) dh.data[i] *= ref::gelu_slope(h.data[i], tanh);
     const auto first = ref::linear(x, w1, &b1, dh);
     on_ranks([&](std::shared_ptr<Communicator> comm) {
-      Context<> ctx(comm);
-      ColumnParallelLinear<T> fc1(ctx, hidden, ffn, {.name = "fc1"});
-      RowParallelLinear<T> fc2(ctx, ffn, hidden, {.name = "fc2"});
-      fc1.load_full(ref::to_tensor<T>(w1), ref::to_tensor<T>(b1));
-      fc2.load_full(ref::to_tensor<T>(w2), ref::to_tensor<T>(b2));
-      const auto& h_r = fc1.forward(ref::to_tensor<T>(x));
-      Tensor<T, Cpu> a_r(h_r.rows(), h_r.cols()), da_r(h_r.rows(), h_r.cols());
-      ctx.device->gelu(h_r.view(), a_r.view(), kind);
-      TP_EXPECT_CLOSE(T, fc2.forward(a_r), second.y);
-      const auto& dga = fc2.backward(ref::to_tensor<T>(dy));
-      ctx.device->gelu_backward(h_r.view(), dga.view(), da_r.view(), kind);
-      TP_EXPECT_CLOSE(T, fc1.backward(da_r), first.dx);
+      auto dev = std::make_shared<Dev>();
+      Context<Dev> ctx(comm, dev);
+      ColumnParallelLinear<T, Dev> fc1(ctx, hidden, ffn, {.name = "fc1"});
+      RowParallelLinear<T, Dev> fc2(ctx, ffn, hidden, {.name = "fc2"});
+      fc1.load_full(w1_h.view(), b1_h.view());
+      fc2.load_full(w2_h.view(), b2_h.view());
+      const auto x_d = upload<T>(dev, x), dy_d = upload<T>(dev, dy);
+      const auto& h_r = fc1.forward(x_d.view());
+      Tensor<T, Dev> a_r(dev, h_r.rows(), h_r.cols()), da_r(dev, h_r.rows(), h_r.cols());
+      dev->gelu(h_r.view(), a_r.view(), kind);
+      TP_EXPECT_CLOSE(T, download(*dev, fc2.forward(a_r.view())), second.y);
+      const auto& dga = fc2.backward(dy_d.view());
+      dev->gelu_backward(h_r.view(), dga.view(), da_r.view(), kind);
+      TP_EXPECT_CLOSE(T, download(*dev, fc1.backward(da_r.view())), first.dx);
       const Range c = fc1.output_range();
-      TP_EXPECT_CLOSE(T, fc1.weight_grad(), first.dw.rows_range(c.begin, c.size()));
-      TP_EXPECT_CLOSE(T, fc2.weight_grad(), second.dw.cols_range(c.begin, c.size()));
+      TP_EXPECT_CLOSE(T, download(*dev, fc1.weight_grad()), first.dw.rows_range(c.begin, c.size()));
+      TP_EXPECT_CLOSE(T, download(*dev, fc1.bias_grad()), first.db.cols_range(c.begin, c.size()));
+      TP_EXPECT_CLOSE(T, download(*dev, fc2.weight_grad()), second.dw.cols_range(c.begin, c.size()));
+      TP_EXPECT_CLOSE(T, download(*dev, fc2.bias_grad()), second.db);
     });
   }
 }
+
+#ifndef TP_TEST_CUDA  // device-independent checks: once, in the host binaries
 
 /// The seed notebook's example: X = [[0,1,2,3],[4,5,6,7]], A = [[10,14],[11,15],[12,16],[13,17]],
 /// Y = X A = [[74,98],[258,346]] through either split, exactly.
@@ -253,6 +280,8 @@ TEST(LayerErrors, WeightShardFromAnotherWorldSize) {
     EXPECT_THAT(error_of([&] { col.load_full(full, full); }), HasSubstr("full tensor is 9x4, the layer expects 10x4"));
   });
 }
+
+#endif  // TP_TEST_CUDA
 
 }  // namespace
 }  // namespace tp
