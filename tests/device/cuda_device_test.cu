@@ -1,6 +1,7 @@
 /// What only tp::Cuda has, or only it can get wrong, beside the shared layer and op bodies (which
-/// run for tp::Cuda from their .cpp through generated .cu files): the fused cuBLASLt epilogues,
-/// TF32 as an opt-in, strided copies, the kernels' id and shape checks, and the mapping of a
+/// run for tp::Cuda from their .cpp through generated .cu files; copies, element-wise ops and the
+/// op shape checks are in tests/ops): the fused cuBLASLt epilogues, TF32 as an opt-in, the GEMM's
+/// shape message, the layers' id checks through the device's first_outside, and the mapping of a
 /// missing device to a CudaError. Without a GPU every test here reports skipped, with the reason;
 /// the no-device error mapping runs instead.
 
@@ -71,26 +72,6 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
                         {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
   TP_EXPECT_CLOSE(T, download(*dev, dw), ref::matmul(g, true, x, false));
   TP_EXPECT_CLOSE(T, download(*dev, db), ref::column_sums(g));
-}
-
-TEST(CudaDevice, StridedCopiesAndElementwiseOps) {
-  TP_REQUIRE_CUDA();
-  auto dev = std::make_shared<Cuda>();
-  const auto a = test::random_matrix<float>(7, 9, ref::test_seed(1)), b = test::random_matrix<float>(7, 9, ref::test_seed(2));
-  auto a_d = upload<float>(dev, a), b_d = upload<float>(dev, b);
-  // A 7x4 column block (ld 9) into the middle of another matrix.
-  dev->copy<float>(a_d.view().cols_range(2, 4), b_d.view().cols_range(5, 4));
-  ref::Matrix want = b;
-  for (int r = 0; r < 7; ++r)
-    for (int c = 0; c < 4; ++c) want(r, 5 + c) = a(r, 2 + c);
-  TP_EXPECT_CLOSE(float, download(*dev, b_d), want);
-  dev->add<float>(a_d.view(), b_d.view());
-  TP_EXPECT_CLOSE(float, download(*dev, b_d), ref::add(want, a));
-  dev->scale<float>(b_d.view().cols_range(0, 3), 0.0f);
-  const auto scaled = download(*dev, b_d);
-  for (int r = 0; r < 7; ++r) EXPECT_EQ(scaled(r, 0), 0.0);
-  dev->fill<float>(b_d.view(), 2.5f);
-  EXPECT_EQ(download(*dev, b_d)(6, 8), 2.5);
 }
 
 /// FP32 by default (errors of float rounding); TF32 only when asked, and then visibly so: its
@@ -179,35 +160,6 @@ TEST(CudaBlocksErrors, CrossEntropyTargetOutsideTheVocabulary) {
       EXPECT_THAT(e.what(), HasSubstr("target 5 at position 2 is outside the vocabulary [0, 5)"));
     }
   });
-}
-
-/// Bad shapes are InvalidArgument naming the sizes, before any kernel runs.
-TEST(CudaBlocksErrors, BadShapesNameTheSizes) {
-  TP_REQUIRE_CUDA();
-  auto dev = std::make_shared<Cuda>();
-  Tensor<float, Cuda> a(dev, 4, 6), b(dev, 4, 4), probs(dev, 8, 4);
-  try {
-    dev->swiglu<float>(a.view(), b.view());
-    ADD_FAILURE() << "swiglu accepted a 4x6 gate_up for a 4x4 output";
-  } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("swiglu: gate_up is 4x6, expected 4x8 for 4x4"));
-  }
-  try {
-    dev->attention_forward<float>(b.view(), b.view(), b.view(), 3, 2, true, probs.view(), b.view());
-    ADD_FAILURE() << "attention_forward accepted 4 tokens as sequences of 3";
-  } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("do not hold whole sequences of 3 tokens and heads of 2"));
-  }
-  try {
-    dev->attention_forward<float>(b.view(), b.view(), b.view(), 2, 2, true, probs.view(), b.view());
-    ADD_FAILURE() << "attention_forward accepted an 8x4 probs for 2 sequences of 2 heads";
-  } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("probs 8x4 (expected 8x2)"));
-  }
-  Tensor<float, Cuda> mean(dev, 3, 1);
-  EXPECT_THROW(dev->layer_norm<float>(b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1), b.view(),
-                                      mean.view(), mean.view(), 1e-5),
-               InvalidArgument);
 }
 
 static_assert(dtype_of<__half> == DType::f16 && dtype_of<__nv_bfloat16> == DType::bf16);

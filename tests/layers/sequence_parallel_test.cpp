@@ -1,11 +1,13 @@
 /// Sequence parallelism in ColumnParallelLinear and RowParallelLinear: the input split along tokens
 /// is all-gathered before the column GEMM, the row output reduce-scattered along tokens, with the
-/// conjugate backward; token counts the world size does not divide (and fewer tokens than ranks).
+/// conjugate backward; token counts the world size does not divide (and fewer tokens than ranks);
+/// on every device (common/devices.hpp).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/blocks_reference.hpp"
+#include "common/devices.hpp"
 #include "common/harness.hpp"
 #include "tp/tp.hpp"
 
@@ -13,12 +15,13 @@ namespace tp {
 namespace {
 
 using ::testing::HasSubstr;
+using test::download;
 using test::on_ranks;
+using test::upload;
 
 template <class T>
 class SequenceParallel : public ::testing::Test {};
-using Floats = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(SequenceParallel, Floats);
+TYPED_TEST_SUITE(SequenceParallel, test::BlockFloats);
 
 template <class F>
 std::string error_of(F&& f) {
@@ -33,49 +36,55 @@ std::string error_of(F&& f) {
 /// Column (SP) -> row (SP) against the reference, and against the same pair without SP.
 TYPED_TEST(SequenceParallel, ColumnRowPairMatchesReferenceAndNonSequenceParallel) {
   using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
   const std::int64_t hidden = 6, ffn = 10;
   for (const std::int64_t tokens : {7, 5, 3, 1}) {
     const std::string trace = fmt::format("tokens {}", tokens);
     SCOPED_TRACE(trace);
-    const auto x = ref::random_matrix<T>(tokens, hidden, ref::test_seed(1));
-    const auto w1 = ref::random_matrix<T>(ffn, hidden, ref::test_seed(2));
-    const auto b1 = ref::random_matrix<T>(1, ffn, ref::test_seed(3));
-    const auto w2 = ref::random_matrix<T>(hidden, ffn, ref::test_seed(4));
-    const auto b2 = ref::random_matrix<T>(1, hidden, ref::test_seed(5));
-    const auto dy = ref::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+    const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+    const auto w1 = test::random_matrix<T>(ffn, hidden, ref::test_seed(2));
+    const auto b1 = test::random_matrix<T>(1, ffn, ref::test_seed(3));
+    const auto w2 = test::random_matrix<T>(hidden, ffn, ref::test_seed(4));
+    const auto b2 = test::random_matrix<T>(1, hidden, ref::test_seed(5));
+    const auto dy = test::random_matrix<T>(tokens, hidden, ref::test_seed(6));
     // Linear pair (no activation): y = (x w1^T + b1) w2^T + b2.
     const auto h = ref::add_bias(ref::matmul(x, false, w1, true), b1);
     const auto second = ref::linear(h, w2, &b2, dy);
     const auto first = ref::linear(x, w1, &b1, second.dx);
+    const test::HostMatrix<T> w1_h(w1), b1_h(b1), w2_h(w2), b2_h(b2);
     on_ranks([&](std::shared_ptr<Communicator> comm) {
       SCOPED_TRACE(trace);  // traces are per thread
-      Context<> ctx(comm);
+      auto dev = std::make_shared<Dev>();
+      Context<Dev> ctx(comm, dev);
       const Range mine = partition(tokens, comm->size(), comm->rank());
       for (const bool sp : {false, true}) {
         SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
-        ColumnParallelLinear<T> fc1(ctx, hidden, ffn, {.name = "fc1", .sequence_parallel = sp});
-        RowParallelLinear<T> fc2(ctx, ffn, hidden, {.name = "fc2", .sequence_parallel = sp});
-        fc1.load_full(ref::to_tensor<T>(w1), ref::to_tensor<T>(b1));
-        fc2.load_full(ref::to_tensor<T>(w2), ref::to_tensor<T>(b2));
-        const auto x_in = ref::to_tensor<T>(sp ? x.rows_range(mine.begin, mine.size()) : x);
-        const auto& h_r = fc1.forward(x_in, sp ? tokens : -1);
+        ColumnParallelLinear<T, Dev> fc1(ctx, hidden, ffn, {.name = "fc1", .sequence_parallel = sp});
+        RowParallelLinear<T, Dev> fc2(ctx, ffn, hidden, {.name = "fc2", .sequence_parallel = sp});
+        fc1.load_full(w1_h.view(), b1_h.view());
+        fc2.load_full(w2_h.view(), b2_h.view());
+        const auto x_d = upload<T>(dev, sp ? x.rows_range(mine.begin, mine.size()) : x);
+        const auto& h_r = fc1.forward(x_d.view(), sp ? tokens : -1);
         const Range c = fc1.output_range();
-        TP_EXPECT_CLOSE(T, h_r, h.cols_range(c.begin, c.size()));  // full tokens on every rank
-        const auto& y = fc2.forward(h_r);
-        TP_EXPECT_CLOSE(T, y, sp ? second.y.rows_range(mine.begin, mine.size()) : second.y);
-        const auto dy_in = ref::to_tensor<T>(sp ? dy.rows_range(mine.begin, mine.size()) : dy);
-        const auto& dh = fc2.backward(dy_in);
-        TP_EXPECT_CLOSE(T, dh, second.dx.cols_range(c.begin, c.size()));
-        const auto& dx = fc1.backward(dh);
-        TP_EXPECT_CLOSE(T, dx, sp ? first.dx.rows_range(mine.begin, mine.size()) : first.dx);
-        TP_EXPECT_CLOSE(T, fc1.weight_grad(), first.dw.rows_range(c.begin, c.size()));
-        TP_EXPECT_CLOSE(T, fc1.bias_grad(), first.db.cols_range(c.begin, c.size()));
-        TP_EXPECT_CLOSE(T, fc2.weight_grad(), second.dw.cols_range(c.begin, c.size()));
-        TP_EXPECT_CLOSE(T, fc2.bias_grad(), second.db);  // the full bias gradient on every rank
+        TP_EXPECT_CLOSE(T, download(*dev, h_r), h.cols_range(c.begin, c.size()));  // full tokens on every rank
+        const auto& y = fc2.forward(h_r.view());
+        TP_EXPECT_CLOSE(T, download(*dev, y), sp ? second.y.rows_range(mine.begin, mine.size()) : second.y);
+        const auto dy_d = upload<T>(dev, sp ? dy.rows_range(mine.begin, mine.size()) : dy);
+        const auto& dh = fc2.backward(dy_d.view());
+        TP_EXPECT_CLOSE(T, download(*dev, dh), second.dx.cols_range(c.begin, c.size()));
+        const auto& dx = fc1.backward(dh.view());
+        TP_EXPECT_CLOSE(T, download(*dev, dx), sp ? first.dx.rows_range(mine.begin, mine.size()) : first.dx);
+        TP_EXPECT_CLOSE(T, download(*dev, fc1.weight_grad()), first.dw.rows_range(c.begin, c.size()));
+        TP_EXPECT_CLOSE(T, download(*dev, fc1.bias_grad()), first.db.cols_range(c.begin, c.size()));
+        TP_EXPECT_CLOSE(T, download(*dev, fc2.weight_grad()), second.dw.cols_range(c.begin, c.size()));
+        TP_EXPECT_CLOSE(T, download(*dev, fc2.bias_grad()), second.db);  // the full bias gradient on every rank
       }
     });
   }
 }
+
+#ifndef TP_TEST_CUDA  // device-independent checks: once, in the host binaries
 
 TEST(SequenceParallelErrors, NameTheTokensAndRanks) {
   on_ranks([](std::shared_ptr<Communicator> comm) {
@@ -98,6 +107,8 @@ TEST(SequenceParallelErrors, NameTheTokensAndRanks) {
     EXPECT_THAT(error_of([&] { plain.forward(x, 5); }), HasSubstr("plain: input has 2 tokens, but tokens = 5 was passed"));
   });
 }
+
+#endif  // TP_TEST_CUDA
 
 }  // namespace
 }  // namespace tp
