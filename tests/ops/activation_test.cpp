@@ -69,7 +69,7 @@ TYPED_TEST(Activation, SwigluMatchesReferenceAndDerivative) {
 
 #ifndef TP_TEST_CUDA  // the host's vectorized float GELU, element by element
 
-TEST(CpuActivation, FloatGeluMatchesReferenceAndDerivative) {
+TEST(CpuDevice, FloatGeluMatchesReferenceAndDerivative) {
   // float takes the vectorized erf/exp/tanh approximations; inputs span the range where GELU bends
   // and its tails, in rows wider than a vector so the vector loops and their remainders both run.
   auto x = ref::random_matrix<float>(7, 301, ref::test_seed(1));
