@@ -45,10 +45,10 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   Tensor<T, Cuda> y(dev, tokens, out), pre(dev, tokens, out), dpre(dev, tokens, out), db(dev, 1, out);
 
   const auto h = ref::add_bias(ref::matmul(x, false, w, true), b);
-  dev->gemm_bias<T>(Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(), b_d.view());
+  tp::ops::gemm_bias<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(), b_d.view());
   TP_EXPECT_CLOSE(T, download(*dev, y), h);
 
-  dev->gemm_epilogue<T>(Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
+  tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
                         {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
   TP_EXPECT_CLOSE(T, download(*dev, pre), h);
   TP_EXPECT_CLOSE(T, download(*dev, y), ref::map(h, [](double v) { return ref::gelu(v, true); }));
@@ -58,7 +58,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   ref::Matrix eye(n, n);
   for (std::int64_t i = 0; i < n; ++i) eye(i, i) = 1.0;
   const auto eye_d = upload<T>(dev, eye);
-  dev->gemm_epilogue<T>(Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
+  tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
                         {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
   const auto pre_h = download(*dev, pre);
   ref::Matrix want_dpre = g;
@@ -68,7 +68,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
 
   // dW = g^T x with the bias gradient (column sums of g) from the same GEMM.
   Tensor<T, Cuda> dw(dev, out, in);
-  dev->gemm_epilogue<T>(Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
+  tp::ops::gemm_epilogue<T>(*dev, Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
                         {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
   TP_EXPECT_CLOSE(T, download(*dev, dw), ref::matmul(g, true, x, false));
   TP_EXPECT_CLOSE(T, download(*dev, db), ref::column_sums(g));
@@ -107,7 +107,7 @@ TEST(CudaDevice, BadShapesNameTheSizes) {
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("op(a) is 3x4, op(b) is 3x4, c is 3x5"));
   }
-  EXPECT_THROW(dev.add<float>(a.view(), c.view()), InvalidArgument);
+  EXPECT_THROW(tp::ops::add<float>(dev, a.view(), c.view()), InvalidArgument);
 }
 
 /// Without a GPU this is the test that runs: the driver's failure becomes a CudaError that says
@@ -139,8 +139,8 @@ TEST(CudaBlocksErrors, EmbeddingIdOutsideTheVocabulary) {
       EXPECT_THAT(e.what(), HasSubstr("token id 9 at position 3 (row 1, column 0 of the 2x3 ids) is outside the "
                                       "vocabulary [0, 9)"));
     }
-    EXPECT_EQ(dev->first_outside(ids.view(), -4, 9, 9), -1);
-    EXPECT_EQ(dev->first_outside(ids.view(), 0, 9, 9), 5);
+    EXPECT_EQ(tp::ops::first_outside(*dev, ids.view(), -4, 9, 9), -1);
+    EXPECT_EQ(tp::ops::first_outside(*dev, ids.view(), 0, 9, 9), 5);
   });
 }
 

@@ -33,8 +33,8 @@ TYPED_TEST(Activation, GeluMatchesReferenceAndDerivative) {
   for (bool tanh : {false, true}) {
     SCOPED_TRACE(tanh ? "gelu tanh" : "gelu exact");
     const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    dev->gelu(x_d.view(), y_v, kind);
-    dev->gelu_backward(x_d.view(), dy_d.view(), dx_v, kind);
+    tp::ops::gelu(*dev, x_d.view(), y_v, kind);
+    tp::ops::gelu_backward(*dev, x_d.view(), dy_d.view(), dx_v, kind);
     TP_EXPECT_CLOSE(T, download(*dev, y_v), ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
     ref::Matrix want_dx = dy;
     for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
@@ -61,8 +61,8 @@ TYPED_TEST(Activation, SwigluMatchesReferenceAndDerivative) {
   auto dev = std::make_shared<Dev>();
   const auto gate_up_d = upload<T>(dev, gate_up), dy_d = upload<T>(dev, dy);
   Tensor<T, Dev> y(dev, rows, n), d(dev, rows, 2 * n);
-  dev->swiglu(gate_up_d.view(), y.view());
-  dev->swiglu_backward(gate_up_d.view(), dy_d.view(), d.view());
+  tp::ops::swiglu(*dev, gate_up_d.view(), y.view());
+  tp::ops::swiglu_backward(*dev, gate_up_d.view(), dy_d.view(), d.view());
   TP_EXPECT_CLOSE(T, download(*dev, y), want_y);
   TP_EXPECT_CLOSE(T, download(*dev, d), want_d);
 }
@@ -79,8 +79,8 @@ TEST(CpuDevice, FloatGeluMatchesReferenceAndDerivative) {
   Tensor<float, Cpu> y(7, 301), dx(7, 301);
   for (bool tanh : {false, true}) {
     const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    Cpu().gelu(xt.view(), y.view(), kind);
-    Cpu().gelu_backward(xt.view(), dyt.view(), dx.view(), kind);
+    tp::ops::gelu(Cpu(), xt.view(), y.view(), kind);
+    tp::ops::gelu_backward(Cpu(), xt.view(), dyt.view(), dx.view(), kind);
     TP_EXPECT_CLOSE(float, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
     ref::Matrix want_dx = dy;
     for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);

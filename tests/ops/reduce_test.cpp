@@ -30,12 +30,12 @@ TYPED_TEST(ElementwiseOps, StridedCopiesAddScaleFill) {
   for (int r = 0; r < 7; ++r)
     for (int c = 0; c < 4; ++c) want(r, 5 + c) = a(r, 2 + c);
   TP_EXPECT_CLOSE(T, download(*dev, b_d), want);
-  dev->add(ConstView<T>(a_d.view()), b_d.view());
+  tp::ops::add(*dev, ConstView<T>(a_d.view()), b_d.view());
   TP_EXPECT_CLOSE(T, download(*dev, b_d), ref::add(want, a));
-  dev->scale(b_d.view().cols_range(0, 3), T(0));
+  tp::ops::scale(*dev, b_d.view().cols_range(0, 3), T(0));
   const auto scaled = download(*dev, b_d);
   for (int r = 0; r < 7; ++r) EXPECT_EQ(scaled(r, 0), 0.0);
-  dev->scale(b_d.view().cols_range(3, 6), T(2));
+  tp::ops::scale(*dev, b_d.view().cols_range(3, 6), T(2));
   TP_EXPECT_CLOSE(T, download(*dev, b_d).cols_range(3, 6), ref::scale(ref::add(want, a).cols_range(3, 6), 2));
   dev->fill(b_d.view(), T(2.5));
   EXPECT_EQ(download(*dev, b_d)(6, 8), 2.5);
@@ -51,8 +51,8 @@ TYPED_TEST(ElementwiseOps, SumSquaresInDouble) {
   const ref::Matrix block = g.cols_range(5, 60);
   double want = 0;
   for (double v : block.data) want += v * v;
-  EXPECT_NEAR(dev->template sum_squares<T>(g_d.view().cols_range(5, 60)), want, 1e-12 * want);
-  EXPECT_EQ(dev->template sum_squares<T>(g_d.view().cols_range(1, 0)), 0.0);
+  EXPECT_NEAR(tp::ops::sum_squares<T>(*dev, g_d.view().cols_range(5, 60)), want, 1e-12 * want);
+  EXPECT_EQ(tp::ops::sum_squares<T>(*dev, g_d.view().cols_range(1, 0)), 0.0);
 }
 
 TYPED_TEST(ElementwiseOps, AddBiasAndItsGradient) {
@@ -66,9 +66,9 @@ TYPED_TEST(ElementwiseOps, AddBiasAndItsGradient) {
   const auto db0 = test::random_matrix<T>(1, cols, ref::test_seed(3));
   auto y_d = upload<T>(dev, y), db_d = upload<T>(dev, db0);
   const auto bias_d = upload<T>(dev, bias);
-  dev->add_bias(y_d.view(), bias_d.view());
+  tp::ops::add_bias(*dev, y_d.view(), bias_d.view());
   TP_EXPECT_CLOSE(T, download(*dev, y_d), ref::add_bias(y, bias));
-  dev->add_bias_grad(ConstView<T>(y_d.view()), db_d.view());  // accumulates: db0 + column sums
+  tp::ops::add_bias_grad(*dev, ConstView<T>(y_d.view()), db_d.view());  // accumulates: db0 + column sums
   TP_EXPECT_CLOSE(T, download(*dev, db_d), ref::add(db0, ref::column_sums(download(*dev, y_d))));
 }
 

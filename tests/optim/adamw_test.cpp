@@ -126,8 +126,8 @@ TYPED_TEST(AdamWTyped, GradNormAndClipMatchReference) {
     const ref::Matrix mine = g.rows_range(rr.begin, rr.size());
     double want_local = 0;
     for (double v : mine.data) want_local += v * v;
-    EXPECT_NEAR(dev->template sum_squares<T>(g_d.view()), want_local, 1e-12 * want_local);
-    EXPECT_NEAR(dev->template sum_squares<T>(g_d.view().cols_range(1, 0)), 0.0, 0.0);
+    EXPECT_NEAR(tp::ops::sum_squares<T>(*dev, g_d.view()), want_local, 1e-12 * want_local);
+    EXPECT_NEAR(tp::ops::sum_squares<T>(*dev, g_d.view().cols_range(1, 0)), 0.0, 0.0);
     const Context<Dev> ctx(comm, dev);
     const std::vector<Parameter<T>> ps{{"w", g_d.view(), g_d.view(), rows, cols, rr, {0, cols}},
                                        {"b", b_d.view(), b_d.view(), 1, cols, {0, 1}, {0, cols}}};

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "tp/core/dtype.hpp"
-#include "tp/device/kernels/convert.cuh"
+#include "tp/device/cuda/launch.cuh"
 
 namespace tp::kernels {
 
