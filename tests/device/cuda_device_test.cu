@@ -18,11 +18,11 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
 using test::upload_ids;
+using ::testing::HasSubstr;
 
 template <class T>
 class CudaParallelLinear : public ::testing::Test {};
@@ -49,7 +49,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   TP_EXPECT_CLOSE(T, download(*dev, y), h);
 
   tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
-                        {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
+                            {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
   TP_EXPECT_CLOSE(T, download(*dev, pre), h);
   TP_EXPECT_CLOSE(T, download(*dev, y), ref::map(h, [](double v) { return ref::gelu(v, true); }));
 
@@ -59,7 +59,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   for (std::int64_t i = 0; i < n; ++i) eye(i, i) = 1.0;
   const auto eye_d = upload<T>(dev, eye);
   tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
-                        {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
+                            {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
   const auto pre_h = download(*dev, pre);
   ref::Matrix want_dpre = g;
   for (std::size_t i = 0; i < want_dpre.data.size(); ++i) want_dpre.data[i] *= ref::gelu_slope(pre_h.data[i], true);
@@ -69,7 +69,7 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   // dW = g^T x with the bias gradient (column sums of g) from the same GEMM.
   Tensor<T, Cuda> dw(dev, out, in);
   tp::ops::gemm_epilogue<T>(*dev, Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
-                        {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
+                            {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
   TP_EXPECT_CLOSE(T, download(*dev, dw), ref::matmul(g, true, x, false));
   TP_EXPECT_CLOSE(T, download(*dev, db), ref::column_sums(g));
 }
@@ -80,7 +80,8 @@ TEST(CudaDevice, Tf32IsOptIn) {
   TP_REQUIRE_CUDA();
   // Large enough that cuBLASLt picks tensor cores; k small enough that FP32 accumulation stays below 1e-6.
   const std::int64_t m = 512, n = 384, k = 256;
-  const auto a = test::random_matrix<float>(m, k, ref::test_seed(1)), b = test::random_matrix<float>(n, k, ref::test_seed(2));
+  const auto a = test::random_matrix<float>(m, k, ref::test_seed(1)),
+             b = test::random_matrix<float>(n, k, ref::test_seed(2));
   const auto want = ref::matmul(a, false, b, true);
   for (bool tf32 : {false, true}) {
     auto dev = std::make_shared<Cuda>(CudaOptions{.tf32 = tf32});

@@ -14,10 +14,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class Attention : public ::testing::Test {};
@@ -39,11 +39,13 @@ TYPED_TEST(Attention, MatchesReference) {
   for (const Case s : {Case{8, 8}, Case{8, 2}, Case{8, 1}, Case{12, 12}, Case{12, 1}})
     for (const bool causal : {true, false})
       for (const bool bias : {true, false}) {
-        const std::string trace = fmt::format("heads {} kv_heads {} causal {} bias {}", s.heads, s.kv_heads, causal, bias);
+        const std::string trace =
+            fmt::format("heads {} kv_heads {} causal {} bias {}", s.heads, s.kv_heads, causal, bias);
         SCOPED_TRACE(trace);
         const std::int64_t qkv_rows = (s.heads + 2 * s.kv_heads) * d;
         const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
-        const auto w_qkv = test::rounded<T>(ref::random_scaled<double>(qkv_rows, hidden, ref::test_seed(2), 1 / std::sqrt(double(hidden))));
+        const auto w_qkv = test::rounded<T>(
+            ref::random_scaled<double>(qkv_rows, hidden, ref::test_seed(2), 1 / std::sqrt(double(hidden))));
         const auto b_qkv = test::random_matrix<T>(1, qkv_rows, ref::test_seed(3));
         const auto w_o = test::rounded<T>(
             ref::random_scaled<double>(hidden, s.heads * d, ref::test_seed(4), 1 / std::sqrt(double(s.heads * d))));
@@ -76,10 +78,11 @@ TYPED_TEST(Attention, MatchesReference) {
             const auto dy_d = upload<T>(dev, sp ? dy.rows_range(mine.begin, mine.size()) : dy);
             TP_EXPECT_CLOSE(T, download(*dev, attn.backward(dy_d.view())),
                             sp ? want.dx.rows_range(mine.begin, mine.size()) : want.dx);
-            test::expect_grads<T>(*dev, attn.parameters(), {{"attention.qkv.weight", &want.dw_qkv},
-                                                            {"attention.qkv.bias", &want.db_qkv},
-                                                            {"attention.dense.weight", &want.dw_o},
-                                                            {"attention.dense.bias", &want.db_o}});
+            test::expect_grads<T>(*dev, attn.parameters(),
+                                  {{"attention.qkv.weight", &want.dw_qkv},
+                                   {"attention.qkv.bias", &want.db_qkv},
+                                   {"attention.dense.weight", &want.dw_o},
+                                   {"attention.dense.bias", &want.db_o}});
           }
         });
       }
@@ -114,10 +117,11 @@ TYPED_TEST(Attention, GradientsAccumulateAcrossSteps) {
       attn.forward(x_d.view(), seq);
       attn.backward(upload<T>(dev, *dy).view());
     }
-    test::expect_grads<T>(*dev, attn.parameters(), {{"attention.qkv.weight", &dw},
-                                                    {"attention.qkv.bias", &db},
-                                                    {"attention.dense.weight", &dwo},
-                                                    {"attention.dense.bias", &dbo}});
+    test::expect_grads<T>(*dev, attn.parameters(),
+                          {{"attention.qkv.weight", &dw},
+                           {"attention.qkv.bias", &db},
+                           {"attention.dense.weight", &dwo},
+                           {"attention.dense.bias", &dbo}});
   });
 }
 
@@ -145,7 +149,8 @@ TEST(AttentionErrors, HeadsThatCannotBeSplit) {
       EXPECT_THAT(error_of(8, 24, 8, 2), HasSubstr("attn: kv_heads = 8 cannot be split over world size 3"));
       EXPECT_THAT(error_of(8, 8, 8, 2), HasSubstr("attn: heads = 8 cannot be split over world size 3"));
     }
-    if (world == 4) EXPECT_THAT(error_of(8, 12, 6, 2), HasSubstr("attn: kv_heads = 6 cannot be split over world size 4"));
+    if (world == 4)
+      EXPECT_THAT(error_of(8, 12, 6, 2), HasSubstr("attn: kv_heads = 6 cannot be split over world size 4"));
     EXPECT_THAT(error_of(10, 12, 12, 0), HasSubstr("attn: hidden = 10 is not a multiple of heads = 12"));
 
     ParallelAttention<float> attn(ctx, 8, 4 * world, world, {.head_dim = 2, .name = "attn"});

@@ -13,10 +13,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class CrossEntropy : public ::testing::Test {};
@@ -33,8 +33,8 @@ TYPED_TEST(CrossEntropy, MatchesReference) {
   for (const Case s : {Case{6, 7, 0.0}, Case{5, 13, 0.0}, Case{4, 50257, 0.0}, Case{6, 11, 1e4}, Case{5, 4, -1e4}})
     for (const double smoothing : {0.0, 0.1})
       for (const bool ignore : {false, true}) {
-        const std::string trace = fmt::format("tokens {} vocab {} offset {} smoothing {} ignore {}", s.tokens, s.vocab, s.offset,
-                                 smoothing, ignore);
+        const std::string trace = fmt::format("tokens {} vocab {} offset {} smoothing {} ignore {}", s.tokens, s.vocab,
+                                              s.offset, smoothing, ignore);
         SCOPED_TRACE(trace);
         const std::int64_t ignore_index = -100;
         auto targets = ref::random_ids(s.tokens, s.vocab, ref::test_seed(1));
@@ -116,7 +116,8 @@ TEST(CrossEntropyErrors, TargetsOutOfRangeAndBadOptions) {
         ADD_FAILURE() << "target " << bad << " accepted";
       } catch (const InvalidArgument& e) {
         EXPECT_THAT(e.what(), HasSubstr(fmt::format("loss: target {} at position 2 is outside the vocabulary [0, 9) "
-                                                    "and is not ignore_index -100", bad)));
+                                                    "and is not ignore_index -100",
+                                                    bad)));
       }
     }
     EXPECT_NO_THROW(ce.forward(logits, test::to_ids({1, -100, 8, 0}, 1, 4)));

@@ -13,10 +13,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class Embedding : public ::testing::Test {};
@@ -91,7 +91,8 @@ TEST(EmbeddingErrors, IdsOutOfRangeNameTheIdAndPosition) {
         ADD_FAILURE() << "id " << bad << " accepted";
       } catch (const InvalidArgument& e) {
         EXPECT_THAT(e.what(), HasSubstr(fmt::format("wte: token id {} at position 4 (row 1, column 1 of the 2x3 ids) "
-                                                    "is outside the vocabulary [0, 7)", bad)));
+                                                    "is outside the vocabulary [0, 7)",
+                                                    bad)));
       }
     }
     EXPECT_THROW(emb.backward(Tensor<float, Cpu>(6, 4)), InvalidArgument);  // before any forward

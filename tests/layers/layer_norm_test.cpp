@@ -2,6 +2,8 @@
 /// the forward term by term), on every rank of every world size: replicated, so every rank holds
 /// the full result and the same gradients; on every device (common/devices.hpp).
 
+#include "tp/layers/layer_norm.hpp"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,16 +11,15 @@
 #include "common/harness.hpp"
 #include "common/reference.hpp"
 #include "common/reference_train.hpp"
-#include "tp/layers/layer_norm.hpp"
 #include "tp/tp.hpp"
 
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class LayerNormTyped : public ::testing::Test {};
@@ -75,7 +76,8 @@ TEST(LayerNorm, RejectsWrongShapes) {
   run_local(1, [](std::shared_ptr<Communicator> comm) {
     LayerNorm<float> ln(Context<>(comm), 8, {.name = "ln_1"});
     Tensor<float, Cpu> x(3, 7), dy(2, 8);
-    EXPECT_THAT([&] { ln.forward(x.view()); }, ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("ln_1: input is 3x7")));
+    EXPECT_THAT([&] { ln.forward(x.view()); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("ln_1: input is 3x7")));
     EXPECT_THROW(ln.backward(dy.view()), InvalidArgument);  // before forward
     Tensor<float, Cpu> ok(3, 8);
     Cpu().fill(ok.view(), 0.5f);

@@ -14,10 +14,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 struct Shape {
   std::int64_t tokens, in, out;
@@ -88,8 +88,9 @@ TYPED_TEST(ParallelLinear, RowMatchesReference) {
           on_ranks([&](std::shared_ptr<Communicator> comm) {
             if (s.in < comm->size()) return;
             auto dev = std::make_shared<Dev>();
-            RowParallelLinear<T, Dev> layer(Context<Dev>(comm, dev), s.in, s.out,
-                                            {.bias = bias, .input_is_parallel = parallel_input, .skip_bias_add = skip_bias});
+            RowParallelLinear<T, Dev> layer(
+                Context<Dev>(comm, dev), s.in, s.out,
+                {.bias = bias, .input_is_parallel = parallel_input, .skip_bias_add = skip_bias});
             const Range mine = layer.input_range();
             EXPECT_EQ(mine, partition(s.in, comm->size(), comm->rank()));
             layer.load_full(w_h.view(), bias ? b_h.view() : ConstView<T>{});
@@ -99,7 +100,8 @@ TYPED_TEST(ParallelLinear, RowMatchesReference) {
 
             const auto dy_d = upload<T>(dev, dy);
             const auto& dx = layer.backward(dy_d.view());
-            TP_EXPECT_CLOSE(T, download(*dev, dx), parallel_input ? want.dx.cols_range(mine.begin, mine.size()) : want.dx);
+            TP_EXPECT_CLOSE(T, download(*dev, dx),
+                            parallel_input ? want.dx.cols_range(mine.begin, mine.size()) : want.dx);
             TP_EXPECT_CLOSE(T, download(*dev, layer.weight_grad()), want.dw.cols_range(mine.begin, mine.size()));
             if (bias) TP_EXPECT_CLOSE(T, download(*dev, layer.bias_grad()), want.db);
           });
@@ -197,7 +199,7 @@ TYPED_TEST(ParallelLinear, ColumnGeluRowPairMatchesReference) {
 /// Y = X A = [[74,98],[258,346]] through either split, exactly.
 TEST(SeedExample, ColumnAndRowGiveTheSeedProduct) {
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    if (comm->size() > 2) return;  // two output features, four inputs
+    if (comm->size() > 2) return;          // two output features, four inputs
     Tensor<double, Cpu> x(2, 4), w(2, 4);  // w = A^T, stored [out, in]
     for (int r = 0; r < 2; ++r)
       for (int c = 0; c < 4; ++c) {
@@ -249,9 +251,12 @@ TEST(LayerErrors, BadShapesNameTheSizes) {
     EXPECT_THAT(error_of([&] { col.backward(bad_grad); }),
                 HasSubstr(fmt::format("output gradient is 3x13, expected 3x{}", col.output_range().size())));
 
-    EXPECT_THAT(error_of([&] { ColumnParallelLinear<float>(ctx, 0, 4); }), HasSubstr("in_features must be positive, got 0"));
-    EXPECT_THAT(error_of([&] { RowParallelLinear<float>(ctx, 4, 0); }), HasSubstr("out_features must be positive, got 0"));
-    EXPECT_THAT(error_of([&] { ColumnParallelLinear<float>(ctx, 4, 0); }), HasSubstr("out_features = 0 cannot be split"));
+    EXPECT_THAT(error_of([&] { ColumnParallelLinear<float>(ctx, 0, 4); }),
+                HasSubstr("in_features must be positive, got 0"));
+    EXPECT_THAT(error_of([&] { RowParallelLinear<float>(ctx, 4, 0); }),
+                HasSubstr("out_features must be positive, got 0"));
+    EXPECT_THAT(error_of([&] { ColumnParallelLinear<float>(ctx, 4, 0); }),
+                HasSubstr("out_features = 0 cannot be split"));
     Tensor<float, Cpu> no_tokens(0, 8);
     EXPECT_THAT(error_of([&] { col.forward(no_tokens); }), HasSubstr("input is 0x8"));
     if (world > 2)

@@ -13,10 +13,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class ParallelMlp : public ::testing::Test {};
@@ -59,10 +59,11 @@ TYPED_TEST(ParallelMlp, MatchesReference) {
           const auto dy_d = upload<T>(dev, sp ? dy.rows_range(mine.begin, mine.size()) : dy);
           TP_EXPECT_CLOSE(T, download(*dev, mlp.backward(dy_d.view())),
                           sp ? want.dx.rows_range(mine.begin, mine.size()) : want.dx);
-          test::expect_grads<T>(*dev, mlp.parameters(), {{"mlp.fc1.weight", &want.dw1},
-                                                         {"mlp.fc1.bias", &want.db1},
-                                                         {"mlp.fc2.weight", &want.dw2},
-                                                         {"mlp.fc2.bias", &want.db2}});
+          test::expect_grads<T>(*dev, mlp.parameters(),
+                                {{"mlp.fc1.weight", &want.dw1},
+                                 {"mlp.fc1.bias", &want.db1},
+                                 {"mlp.fc2.weight", &want.dw2},
+                                 {"mlp.fc2.bias", &want.db2}});
         }
       });
     }
@@ -89,8 +90,7 @@ TEST(ParallelMlpLayout, SwigluHoldsMatchingGateAndUpRows) {
     // Initialised from the full tensor's indices: rank r's up rows are the full weight's rows ffn + r.
     const auto full = ref::random_matrix<double>(2 * ffn, hidden, 7);
     mlp.fc1().load_full(ref::to_tensor<double>(full), ref::to_tensor<double>(ref::Matrix(1, 2 * ffn)));
-    TP_EXPECT_CLOSE(double, mlp.fc1().weight(),
-                    ref::Matrix([&] {
+    TP_EXPECT_CLOSE(double, mlp.fc1().weight(), ref::Matrix([&] {
                       ref::Matrix m(2 * r.size(), hidden);
                       for (std::int64_t i = 0; i < r.size(); ++i)
                         for (std::int64_t c = 0; c < hidden; ++c) {

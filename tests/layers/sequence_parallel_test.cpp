@@ -14,10 +14,10 @@
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class SequenceParallel : public ::testing::Test {};
@@ -93,18 +93,23 @@ TEST(SequenceParallelErrors, NameTheTokensAndRanks) {
     ColumnParallelLinear<float> col(ctx, 4, 8, {.name = "fc1", .sequence_parallel = true});
     Tensor<float, Cpu> x(2, 4);
     ctx.device->fill(x.view(), 0.5f);
-    EXPECT_THAT(error_of([&] { col.forward(x); }), HasSubstr("fc1: under sequence_parallel, forward needs the full token count"));
+    EXPECT_THAT(error_of([&] { col.forward(x); }),
+                HasSubstr("fc1: under sequence_parallel, forward needs the full token count"));
     const Range mine = partition(9, world, rank);
     if (mine.size() != 2)
       EXPECT_THAT(error_of([&] { col.forward(x, 9); }),
                   HasSubstr(fmt::format("fc1: under sequence_parallel rank {} of {} must hold rows [{}, {}) of the 9 "
-                                        "tokens, got 2 rows", rank, world, mine.begin, mine.end)));
-    EXPECT_THAT(error_of([&] { ColumnParallelLinear<float>(ctx, 4, 8, {.gather_output = true, .sequence_parallel = true}); }),
-                HasSubstr("gather_output cannot be combined with sequence_parallel"));
-    EXPECT_THAT(error_of([&] { RowParallelLinear<float>(ctx, 8, 4, {.input_is_parallel = false, .sequence_parallel = true}); }),
-                HasSubstr("sequence_parallel needs input_is_parallel"));
+                                        "tokens, got 2 rows",
+                                        rank, world, mine.begin, mine.end)));
+    EXPECT_THAT(
+        error_of([&] { ColumnParallelLinear<float>(ctx, 4, 8, {.gather_output = true, .sequence_parallel = true}); }),
+        HasSubstr("gather_output cannot be combined with sequence_parallel"));
+    EXPECT_THAT(
+        error_of([&] { RowParallelLinear<float>(ctx, 8, 4, {.input_is_parallel = false, .sequence_parallel = true}); }),
+        HasSubstr("sequence_parallel needs input_is_parallel"));
     ColumnParallelLinear<float> plain(ctx, 4, 8, {.name = "plain"});
-    EXPECT_THAT(error_of([&] { plain.forward(x, 5); }), HasSubstr("plain: input has 2 tokens, but tokens = 5 was passed"));
+    EXPECT_THAT(error_of([&] { plain.forward(x, 5); }),
+                HasSubstr("plain: input has 2 tokens, but tokens = 5 was passed"));
   });
 }
 

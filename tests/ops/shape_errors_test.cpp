@@ -37,8 +37,8 @@ TEST(OpErrors, BadShapesNameTheSizes) {
     EXPECT_THAT(e.what(), HasSubstr("probs 8x4 (expected 8x2)"));
   }
   Tensor<float, Dev> mean(dev, 3, 1);
-  EXPECT_THROW(tp::ops::layer_norm<float>(*dev, b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1), b.view(),
-                                               mean.view(), mean.view(), 1e-5),
+  EXPECT_THROW(tp::ops::layer_norm<float>(*dev, b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1),
+                                          b.view(), mean.view(), mean.view(), 1e-5),
                InvalidArgument);
   EXPECT_THROW(tp::ops::add<float>(*dev, a.view(), b.view()), InvalidArgument);
 }

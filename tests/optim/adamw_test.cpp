@@ -3,6 +3,8 @@
 /// steps, where every rank's parameters track the unsharded reference training step by step. The
 /// sharded update and the gradient norm run on every device (common/devices.hpp).
 
+#include "tp/optim/adamw.hpp"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,17 +12,16 @@
 #include "common/harness.hpp"
 #include "common/reference.hpp"
 #include "common/reference_train.hpp"
-#include "tp/optim/adamw.hpp"
 #include "tp/optim/clip_grad_norm.hpp"
 #include "tp/tp.hpp"
 
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
 using test::download;
 using test::on_ranks;
 using test::upload;
+using ::testing::HasSubstr;
 
 constexpr AdamWOptions kOptions{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
 
@@ -37,8 +38,11 @@ TYPED_TEST(AdamWTyped, ShardedUpdatesMatchTheReferenceLoopAtEveryWorldSize) {
   using Dev = test::TestDevice;
   TP_REQUIRE_DEVICE();
   constexpr bool sixteen_bit = sizeof(T) == 2;
-  const AdamWOptions options{.lr = sixteen_bit ? 1e-1 : kOptions.lr, .beta1 = kOptions.beta1, .beta2 = kOptions.beta2,
-                             .eps = kOptions.eps, .weight_decay = kOptions.weight_decay};
+  const AdamWOptions options{.lr = sixteen_bit ? 1e-1 : kOptions.lr,
+                             .beta1 = kOptions.beta1,
+                             .beta2 = kOptions.beta2,
+                             .eps = kOptions.eps,
+                             .weight_decay = kOptions.weight_decay};
   constexpr std::int64_t rows = 9, cols = 7;
   for (bool decay_vectors : {false, true}) {
     SCOPED_TRACE(fmt::format("decay_vectors {}", decay_vectors));
@@ -74,19 +78,27 @@ TYPED_TEST(AdamWTyped, ShardedUpdatesMatchTheReferenceLoopAtEveryWorldSize) {
         Parameter<T> p;
       };
       auto make = [&](std::string name, const ref::Matrix& full, Range r, Range c) {
-        Owned o{upload<T>(dev, full.block(r.begin, c.begin, r.size(), c.size())), Tensor<T, Dev>(dev, r.size(), c.size()), {}};
+        Owned o{upload<T>(dev, full.block(r.begin, c.begin, r.size(), c.size())),
+                Tensor<T, Dev>(dev, r.size(), c.size()),
+                {}};
         dev->fill(o.grad.view(), T(0));
         o.p = {std::move(name), o.value.view(), o.grad.view(), full.rows, full.cols, r, c};
         return o;
       };
-      Owned by_rows = make("a", w0, rr, {0, cols}), by_cols = make("b", w0, {0, rows}, cr), vec = make("c", v0, {0, 1}, {0, cols});
+      Owned by_rows = make("a", w0, rr, {0, cols}), by_cols = make("b", w0, {0, rows}, cr),
+            vec = make("c", v0, {0, 1}, {0, cols});
       AdamW<T, Dev> opt(Context<Dev>(comm, dev), {by_rows.p, by_cols.p, vec.p},
-                        {.lr = options.lr, .beta1 = options.beta1, .beta2 = options.beta2, .eps = options.eps,
-                         .weight_decay = options.weight_decay, .decay_vectors = decay_vectors});
+                        {.lr = options.lr,
+                         .beta1 = options.beta1,
+                         .beta2 = options.beta2,
+                         .eps = options.eps,
+                         .weight_decay = options.weight_decay,
+                         .decay_vectors = decay_vectors});
       for (int s = 0; s < steps; ++s) {
         for (Owned* o : {&by_rows, &by_cols, &vec}) {
           const ref::Matrix& g = o == &vec ? gv[s] : gw[s];
-          const auto g_d = upload<T>(dev, g.block(o->p.rows.begin, o->p.cols.begin, o->p.rows.size(), o->p.cols.size()));
+          const auto g_d =
+              upload<T>(dev, g.block(o->p.rows.begin, o->p.cols.begin, o->p.rows.size(), o->p.cols.size()));
           dev->copy(g_d.view(), o->grad.view());
         }
         opt.step();
@@ -99,7 +111,8 @@ TYPED_TEST(AdamWTyped, ShardedUpdatesMatchTheReferenceLoopAtEveryWorldSize) {
         TP_EXPECT_CLOSE(T, download<T>(*dev, ConstView<T>(state[3].value)), want_vw[s].cols_range(cr.begin, cr.size()));
       }
       opt.zero_grad();
-      EXPECT_EQ(download(*dev, by_rows.grad).data, std::vector<double>(static_cast<std::size_t>(rr.size() * cols), 0.0));
+      EXPECT_EQ(download(*dev, by_rows.grad).data,
+                std::vector<double>(static_cast<std::size_t>(rr.size() * cols), 0.0));
     });
   }
 }
@@ -221,7 +234,8 @@ TEST(AdamW, ClipGradNormScalesEveryRankByTheGlobalNorm) {
     const Range rr = partition(6, comm->size(), comm->rank());
     auto gw = ref::to_tensor<float>(g.rows_range(rr.begin, rr.size())), gv = ref::to_tensor<float>(v);
     Tensor<float, Cpu> w(rr.size(), 5), b(1, 5);
-    std::vector<Parameter<float>> ps{{"w", w.view(), gw.view(), 6, 5, rr, {0, 5}}, {"b", b.view(), gv.view(), 1, 5, {0, 1}, {0, 5}}};
+    std::vector<Parameter<float>> ps{{"w", w.view(), gw.view(), 6, 5, rr, {0, 5}},
+                                     {"b", b.view(), gv.view(), 1, 5, {0, 1}, {0, 5}}};
     Context<> ctx(comm);
     EXPECT_NEAR(clip_grad_norm<float>(ctx, ps, 10 * norm), norm, 1e-6 * norm);  // no clipping
     TP_EXPECT_CLOSE(float, gv, v);
@@ -236,8 +250,11 @@ TEST(AdamW, RejectsBadOptionsAndMismatchedGradients) {
   run_local(1, [](std::shared_ptr<Communicator> comm) {
     Tensor<float, Cpu> w(2, 3), g(3, 2);
     EXPECT_THROW(AdamW<float>(Context<>(comm), {}, {.beta1 = 1.0}), InvalidArgument);
-    EXPECT_THAT([&] { AdamW<float>(Context<>(comm), {{"w", w.view(), g.view(), 2, 3, {0, 2}, {0, 3}}}); },
-                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("'w' is 2x3 but its gradient 3x2")));
+    EXPECT_THAT(
+        [&] {
+          AdamW<float>(Context<>(comm), {{"w", w.view(), g.view(), 2, 3, {0, 2}, {0, 3}}});
+        },
+        ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("'w' is 2x3 but its gradient 3x2")));
   });
 }
 
