@@ -13,15 +13,39 @@ namespace tp::math {
 
 /// libm on the host, CUDA's overloads on the device (std:: is not callable from device code).
 #ifdef __CUDA_ARCH__
-template <class A> __device__ inline A exp(A x) { return ::exp(x); }
-template <class A> __device__ inline A erfc(A x) { return ::erfc(x); }
-template <class A> __device__ inline A sqrt(A x) { return ::sqrt(x); }
-template <class A> __device__ inline A log(A x) { return ::log(x); }
+template <class A>
+__device__ inline A exp(A x) {
+  return ::exp(x);
+}
+template <class A>
+__device__ inline A erfc(A x) {
+  return ::erfc(x);
+}
+template <class A>
+__device__ inline A sqrt(A x) {
+  return ::sqrt(x);
+}
+template <class A>
+__device__ inline A log(A x) {
+  return ::log(x);
+}
 #else
-template <class A> inline A exp(A x) { return std::exp(x); }
-template <class A> inline A erfc(A x) { return std::erfc(x); }
-template <class A> inline A sqrt(A x) { return std::sqrt(x); }
-template <class A> inline A log(A x) { return std::log(x); }
+template <class A>
+inline A exp(A x) {
+  return std::exp(x);
+}
+template <class A>
+inline A erfc(A x) {
+  return std::erfc(x);
+}
+template <class A>
+inline A sqrt(A x) {
+  return std::sqrt(x);
+}
+template <class A>
+inline A log(A x) {
+  return std::log(x);
+}
 #endif
 
 template <class A>
@@ -75,9 +99,14 @@ AdamWConstants<A> adamw_constants(double lr, double beta1, double beta2, double 
                                   std::int64_t step) {
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step)),
                bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
-  return {static_cast<A>(1.0 - lr * weight_decay), static_cast<A>(beta1),     static_cast<A>(beta2),
-          static_cast<A>(1.0 - beta1),             static_cast<A>(1.0 - beta2), static_cast<A>(lr / bc1),
-          static_cast<A>(1.0 / std::sqrt(bc2)),    static_cast<A>(eps)};
+  return {static_cast<A>(1.0 - lr * weight_decay),
+          static_cast<A>(beta1),
+          static_cast<A>(beta2),
+          static_cast<A>(1.0 - beta1),
+          static_cast<A>(1.0 - beta2),
+          static_cast<A>(lr / bc1),
+          static_cast<A>(1.0 / std::sqrt(bc2)),
+          static_cast<A>(eps)};
 }
 
 /// m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2.
@@ -110,7 +139,14 @@ TP_HOST_DEVICE double layer_norm_dx(double rstd, double d, double xhat, double s
 TP_HOST_DEVICE double cross_entropy_token_loss(double sum_exp, double target_shifted, double sum_shifted,
                                                std::int64_t vocab, double smoothing) {
   const double log_sum = math::log(sum_exp), nll = log_sum - target_shifted;
-  return smoothing == 0 ? nll : (1 - smoothing) * nll + smoothing * (log_sum - sum_shifted / static_cast<double>(vocab));
+  return smoothing == 0 ? nll
+                        : (1 - smoothing) * nll + smoothing * (log_sum - sum_shifted / static_cast<double>(vocab));
+}
+
+/// d loss / d logit of one element from its softmax probability p: g (p - s / vocab - (1 - s) [j ==
+/// target]), with `uniform` = s / vocab and `on_target` = 1 - s where j is the target, else 0.
+TP_HOST_DEVICE double cross_entropy_dlogit(double grad_loss, double p, double uniform, double on_target) {
+  return grad_loss * (p - uniform - on_target);
 }
 
 }  // namespace tp::math

@@ -51,7 +51,7 @@ class LayerNorm {
     const Device& dev = *ctx_.device;
     dev.copy(x, detail::ensure(input_, ctx_, x.rows, hidden_));
     tp::ops::layer_norm(dev, x, weight_.view(), bias_.view(), detail::ensure(output_, ctx_, x.rows, hidden_),
-                   detail::ensure(mean_, ctx_, x.rows, 1), detail::ensure(rstd_, ctx_, x.rows, 1), options_.eps);
+                        detail::ensure(mean_, ctx_, x.rows, 1), detail::ensure(rstd_, ctx_, x.rows, 1), options_.eps);
     return output_;
   }
 
@@ -62,8 +62,8 @@ class LayerNorm {
              "{}: output gradient is {}x{}, expected {}x{}", options_.name, grad_output.rows, grad_output.cols,
              input_.rows(), hidden_);
     tp::ops::layer_norm_backward(*ctx_.device, input_.view(), weight_.view(), mean_.view(), rstd_.view(), grad_output,
-                                     detail::ensure(grad_input_, ctx_, input_.rows(), hidden_), weight_grad_.view(),
-                                     bias_grad_.view());
+                                 detail::ensure(grad_input_, ctx_, input_.rows(), hidden_), weight_grad_.view(),
+                                 bias_grad_.view());
     return grad_input_;
   }
 

@@ -117,9 +117,9 @@ class ParallelAttention {
     const std::int64_t batch = tokens / seq_len;
     MatrixView<T> probs = detail::ensure(probs_, ctx_, batch * q_heads_.size() * seq_len, seq_len);
     MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
-    tp::ops::attention_forward(dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
-                          ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_,
-                          options_.causal, probs, out);
+    tp::ops::attention_forward(
+        dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
+        ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, probs, out);
     return dense_.forward(out);
   }
 
@@ -133,9 +133,10 @@ class ParallelAttention {
     MatrixView<T> dqkv = detail::ensure(grad_qkv_, ctx_, tokens, weight_.rows());
     const ConstView<T> qkv = qkv_.view();
     tp::ops::attention_backward(dev, qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
-                           qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(), seq_len_,
-                           head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()), dqkv.cols_range(0, q_width_),
-                           dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
+                                qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(),
+                                seq_len_, head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()),
+                                dqkv.cols_range(0, q_width_), dqkv.cols_range(q_width_, kv_width_),
+                                dqkv.cols_range(q_width_ + kv_width_, kv_width_));
 
     // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
     const ConstView<T> dq = dqkv.cols_range(0, q_width_), dkv = dqkv.cols_range(q_width_, 2 * kv_width_);

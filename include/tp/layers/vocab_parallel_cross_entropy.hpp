@@ -70,10 +70,12 @@ class VocabParallelCrossEntropy {
       ctx_.comm->all_reduce(max.data, max.data, static_cast<std::size_t>(tokens), dtype_of<T>, ReduceOp::max,
                             ctx_.stream());
     MatrixView<double> stats = detail::ensure(stats_, ctx_, tokens, 3);
-    tp::ops::cross_entropy_stats<T>(dev, ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin, ConstView<T>(max), stats);
+    tp::ops::cross_entropy_stats<T>(dev, ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin,
+                                    ConstView<T>(max), stats);
     detail::all_reduce_sum(ctx_, stats);
-    tp::ops::cross_entropy_loss(dev, ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_, options_.ignore_index,
-                           options_.label_smoothing, detail::ensure(loss_, ctx_, tokens, 1));
+    tp::ops::cross_entropy_loss(dev, ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_,
+                                options_.ignore_index, options_.label_smoothing,
+                                detail::ensure(loss_, ctx_, tokens, 1));
     return loss_;
   }
 
@@ -82,9 +84,9 @@ class VocabParallelCrossEntropy {
     TP_CHECK(!logits_.empty(), "{}: backward called before forward", options_.name);
     TP_CHECK(grad_loss.rows == logits_.rows() && grad_loss.cols == 1, "{}: loss gradient is {}x{}, expected {}x1",
              options_.name, grad_loss.rows, grad_loss.cols, logits_.rows());
-    tp::ops::cross_entropy_backward(*ctx_.device, logits_.view(), targets_.view(), range_.begin, max_.view(), stats_.view(),
-                                        grad_loss, vocab_, options_.ignore_index, options_.label_smoothing,
-                                        detail::ensure(grad_logits_, ctx_, logits_.rows(), range_.size()));
+    tp::ops::cross_entropy_backward(*ctx_.device, logits_.view(), targets_.view(), range_.begin, max_.view(),
+                                    stats_.view(), grad_loss, vocab_, options_.ignore_index, options_.label_smoothing,
+                                    detail::ensure(grad_logits_, ctx_, logits_.rows(), range_.size()));
     return grad_logits_;
   }
 

@@ -59,8 +59,8 @@ template <class T, Device D>
 void attention_backward(const D& dev, In<T> q, In<T> k, In<T> v, In<T> probs, In<T> dout, std::int64_t seq_len,
                         std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
                         MatrixView<T> dv) {
-  const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows,
-                                               dout.cols, "attention_backward");
+  const auto g = detail::attention_geometry<T>(q, k, v, seq_len, head_dim, probs.rows, probs.cols, dout.rows, dout.cols,
+                                               "attention_backward");
   tp::detail::check_same_shape<T>(q, dq, "attention_backward dq");
   tp::detail::check_same_shape<T>(k, dk, "attention_backward dk");
   tp::detail::check_same_shape<T>(v, dv, "attention_backward dv");

@@ -64,8 +64,8 @@ void cross_entropy_loss(const D& dev, In<double> stats, In<std::int64_t> targets
                         std::int64_t ignore_index, double smoothing, MatrixView<T> loss) {
   TP_CHECK(stats.cols == 3 && loss.rows == stats.rows && loss.cols == 1 && targets.size() == stats.rows &&
                targets.contiguous(),
-           "cross_entropy_loss: stats {}x{}, {} targets, loss {}x{}", stats.rows, stats.cols, targets.size(),
-           loss.rows, loss.cols);
+           "cross_entropy_loss: stats {}x{}, {} targets, loss {}x{}", stats.rows, stats.cols, targets.size(), loss.rows,
+           loss.cols);
   if (stats.rows == 0) return;
   TP_OPS_DISPATCH(cross_entropy_loss, dev, stats, targets, vocab, ignore_index, smoothing, loss);
 }

@@ -10,12 +10,13 @@ inline constexpr bool always_false = false;
 }  // namespace tp::detail
 
 /// return tp::impl::op(dev, args...), or a static_assert naming tp::ops::op.
-#define TP_OPS_DISPATCH(op, dev, ...)                                                                          \
-  if constexpr (requires { ::tp::impl::op(dev, __VA_ARGS__); })                                               \
-    return ::tp::impl::op(dev, __VA_ARGS__);                                                                  \
-  else                                                                                                        \
-    static_assert(::tp::detail::always_false<decltype(dev)>,                                                  \
-                  "tp::ops::" #op ": no implementation for this device (CUDA ops need a .cu translation unit " \
+#define TP_OPS_DISPATCH(op, dev, ...)                                                          \
+  if constexpr (requires { ::tp::impl::op(dev, __VA_ARGS__); })                                \
+    return ::tp::impl::op(dev, __VA_ARGS__);                                                   \
+  else                                                                                         \
+    static_assert(::tp::detail::always_false<decltype(dev)>,                                   \
+                  "tp::ops::" #op                                                              \
+                  ": no implementation for this device (CUDA ops need a .cu translation unit " \
                   "compiled by nvcc)")
 
 /// Declares tp::impl::op for ops whose devices may all be absent from a translation unit, so that

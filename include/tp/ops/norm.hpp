@@ -22,8 +22,8 @@ namespace tp::ops {
 /// y = (x - mean) * rstd * gamma + beta per row, rstd = 1 / sqrt(var + eps) (biased variance, as
 /// torch.nn.LayerNorm). Saves mean and rstd ([rows, 1], in T) for the backward; statistics in double.
 template <class T, Device D>
-void layer_norm(const D& dev, In<T> x, In<T> gamma, In<T> beta, MatrixView<T> y, MatrixView<T> mean,
-                MatrixView<T> rstd, double eps) {
+void layer_norm(const D& dev, In<T> x, In<T> gamma, In<T> beta, MatrixView<T> y, MatrixView<T> mean, MatrixView<T> rstd,
+                double eps) {
   tp::detail::check_same_shape<T>(x, y, "layer_norm");
   TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && beta.rows == 1 && beta.cols == x.cols,
            "layer_norm: gamma is {}x{} and beta {}x{}, input has {} columns", gamma.rows, gamma.cols, beta.rows,
@@ -46,8 +46,8 @@ void layer_norm_backward(const D& dev, In<T> x, In<T> gamma, In<T> mean, In<T> r
   tp::detail::check_same_shape<T>(dy, dx, "layer_norm_backward");
   TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && dgamma.rows == 1 && dgamma.cols == x.cols && dbeta.rows == 1 &&
                dbeta.cols == x.cols,
-           "layer_norm_backward: gamma {}x{}, dgamma {}x{}, dbeta {}x{}, input has {} columns", gamma.rows,
-           gamma.cols, dgamma.rows, dgamma.cols, dbeta.rows, dbeta.cols, x.cols);
+           "layer_norm_backward: gamma {}x{}, dgamma {}x{}, dbeta {}x{}, input has {} columns", gamma.rows, gamma.cols,
+           dgamma.rows, dgamma.cols, dbeta.rows, dbeta.cols, x.cols);
   TP_CHECK(mean.rows == x.rows && mean.cols == 1 && rstd.rows == x.rows && rstd.cols == 1,
            "layer_norm_backward: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows,
            rstd.cols, x.rows);

@@ -20,7 +20,8 @@ template <class T, class Device>
 double grad_norm(const Context<Device>& ctx, std::span<const Parameter<T>> params) {
   double local = 0;
   for (const auto& p : params)
-    if (p.sharded() ? p.copy == 0 : ctx.rank() == 0) local += tp::ops::sum_squares<T>(*ctx.device, ConstView<T>(p.grad));
+    if (p.sharded() ? p.copy == 0 : ctx.rank() == 0)
+      local += tp::ops::sum_squares<T>(*ctx.device, ConstView<T>(p.grad));
   if (ctx.world() > 1) {
     if constexpr (Device::on_host) {
       ctx.comm->all_reduce(std::span<double>(&local, 1), ReduceOp::sum);

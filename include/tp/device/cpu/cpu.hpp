@@ -100,11 +100,11 @@ class Cpu {
 
   template <class T>
   T* allocate(std::int64_t n) const {
-    return static_cast<T*>(::operator new(static_cast<std::size_t>(n) * sizeof(T), std::align_val_t{64}));
+    return static_cast<T*>(::operator new (static_cast<std::size_t>(n) * sizeof(T), std::align_val_t{64}));
   }
   template <class T>
   void deallocate(T* p, std::int64_t) const {
-    ::operator delete(p, std::align_val_t{64});
+    ::operator delete (p, std::align_val_t{64});
   }
 
   /// dst = src, within this device's memory; `to_host` and `from_host` cross to the host (a copy here).
@@ -146,7 +146,8 @@ class Cpu {
       return;
     }
     const auto ta = op_a == Op::n ? CblasNoTrans : CblasTrans, tb = op_b == Op::n ? CblasNoTrans : CblasTrans;
-    const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)), ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
+    const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)),
+               ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
     if (m <= 2) {
       // One or two tokens (decoding): OpenBLAS 0.3.21's sgemm packs all of B, a weight matrix here,
       // before using it once; a GEMV per row streams it instead, 3-4x faster at m = 1 and about 2x

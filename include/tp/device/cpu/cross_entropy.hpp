@@ -13,7 +13,8 @@ namespace tp::impl {
 
 template <class T>
 void row_max(const Cpu&, ConstView<T> logits, MatrixView<T> out) {
-  for (std::int64_t t = 0; t < logits.rows; ++t) out(t, 0) = *std::max_element(logits.row(t), logits.row(t) + logits.cols);
+  for (std::int64_t t = 0; t < logits.rows; ++t)
+    out(t, 0) = *std::max_element(logits.row(t), logits.row(t) + logits.cols);
 }
 
 template <class T>
@@ -38,10 +39,10 @@ template <class T>
 void cross_entropy_loss(const Cpu&, ConstView<double> stats, ConstView<std::int64_t> targets, std::int64_t vocab,
                         std::int64_t ignore_index, double smoothing, MatrixView<T> loss) {
   for (std::int64_t t = 0; t < stats.rows; ++t)
-    loss(t, 0) = targets.data[t] == ignore_index
-                     ? T(0)
-                     : static_cast<T>(math::cross_entropy_token_loss(stats(t, 0), stats(t, 1), stats(t, 2), vocab,
-                                                                     smoothing));
+    loss(t, 0) =
+        targets.data[t] == ignore_index
+            ? T(0)
+            : static_cast<T>(math::cross_entropy_token_loss(stats(t, 0), stats(t, 1), stats(t, 2), vocab, smoothing));
 }
 
 template <class T>
@@ -60,8 +61,8 @@ void cross_entropy_backward(const Cpu&, ConstView<T> logits, ConstView<std::int6
     const double inv_sum = 1.0 / stats(t, 0), g = grad_loss(t, 0);
     const std::int64_t target = targets.data[t] - first;
     for (std::int64_t j = 0; j < logits.cols; ++j)
-      d[j] = static_cast<T>(g * (static_cast<double>(std::exp(x[j] - m)) * inv_sum - uniform -
-                                 (j == target ? on_target : 0.0)));
+      d[j] = static_cast<T>(math::cross_entropy_dlogit(g, static_cast<double>(std::exp(x[j] - m)) * inv_sum, uniform,
+                                                       j == target ? on_target : 0.0));
   }
 }
 

@@ -34,20 +34,23 @@ void gemm_bias(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstV
 }
 
 template <class T>
-void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstView<T> b, T beta,
-                   MatrixView<T> c, const EpilogueArgs<T>& e) {
+void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstView<T> b, T beta, MatrixView<T> c,
+                   const EpilogueArgs<T>& e) {
   dev.gemm<T>(op_a, op_b, alpha, a, b, beta, c);
   const ConstView<T> bias(static_cast<const T*>(e.bias), 1, c.cols);
   switch (e.kind) {
-    case Epilogue::none: return;
-    case Epilogue::bias: return add_bias(dev, c, bias);
+    case Epilogue::none:
+      return;
+    case Epilogue::bias:
+      return add_bias(dev, c, bias);
     case Epilogue::gelu:
     case Epilogue::gelu_bias:
     case Epilogue::gelu_aux_bias:
       if (e.kind != Epilogue::gelu) add_bias(dev, c, bias);
       if (e.kind == Epilogue::gelu_aux_bias) dev.copy<T>(c, e.aux);
       for (std::int64_t r = 0; r < c.rows; ++r)
-        for (std::int64_t j = 0; j < c.cols; ++j) c(r, j) = static_cast<T>(math::gelu_value<double>(c(r, j), Gelu::tanh));
+        for (std::int64_t j = 0; j < c.cols; ++j)
+          c(r, j) = static_cast<T>(math::gelu_value<double>(c(r, j), Gelu::tanh));
       return;
     case Epilogue::dgelu:
     case Epilogue::dgelu_bgrad:

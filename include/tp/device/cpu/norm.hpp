@@ -9,8 +9,8 @@
 namespace tp::impl {
 
 template <class T>
-void layer_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> beta, MatrixView<T> y,
-                MatrixView<T> mean, MatrixView<T> rstd, double eps) {
+void layer_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> beta, MatrixView<T> y, MatrixView<T> mean,
+                MatrixView<T> rstd, double eps) {
   for (std::int64_t r = 0; r < x.rows; ++r) {
     const T* xr = x.row(r);
     double sum = 0, sq = 0;

@@ -74,8 +74,8 @@ void swiglu(const Cuda& dev, ConstView<T> gate_up, MatrixView<T> y) {
 template <class T>
 void swiglu_backward(const Cuda& dev, ConstView<T> gate_up, ConstView<T> dy, MatrixView<T> d_gate_up) {
   kernels::launch(dev, "swiglu_backward", dy.rows, dy.cols, kernels::grid_for(dy.size()), kernels::kThreads,
-                  &kernels::swiglu_backward<T>, gate_up.data, gate_up.ld, dy.data, dy.ld, d_gate_up.data,
-                  d_gate_up.ld, kernels::Shape2{dy.rows, dy.cols});
+                  &kernels::swiglu_backward<T>, gate_up.data, gate_up.ld, dy.data, dy.ld, d_gate_up.data, d_gate_up.ld,
+                  kernels::Shape2{dy.rows, dy.cols});
 }
 
 }  // namespace tp::impl

@@ -40,8 +40,8 @@ __global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, 
 
 /// ds = p (dp - rowsum(p dp)) scale in place on dp, one block per row; rowsum in double.
 template <class T>
-__global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* ds, std::int64_t ldd,
-                                           std::int64_t rows, std::int64_t seq_len, accum_t<T> scale) {
+__global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* ds, std::int64_t ldd, std::int64_t rows,
+                                           std::int64_t seq_len, accum_t<T> scale) {
   using A = accum_t<T>;
   __shared__ double wide[kRowThreads];
   TP_BLOCK_PER_ROW(r, rows) {
@@ -70,14 +70,14 @@ void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, Cons
                      k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
                      probs.rows_range((b * g.hq + h) * seq_len, seq_len));
     }
-  kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows),
-                  kernels::kRowThreads, &kernels::attention_softmax<T>, probs.data, probs.ld, probs.rows, seq_len,
-                  causal);
+  kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows), kernels::kRowThreads,
+                  &kernels::attention_softmax<T>, probs.data, probs.ld, probs.rows, seq_len, causal);
   for (std::int64_t b = 0; b < g.batch; ++b)
     for (std::int64_t h = 0; h < g.hq; ++h) {
       const std::int64_t kv = h / g.group, r0 = b * seq_len;
       dev.gemm_ex<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range((b * g.hq + h) * seq_len, seq_len)),
-                     v.block(r0, kv * head_dim, seq_len, head_dim), 0.0, out.block(r0, h * head_dim, seq_len, head_dim));
+                     v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     out.block(r0, h * head_dim, seq_len, head_dim));
     }
 }
 

@@ -60,8 +60,8 @@ __global__ void cross_entropy_stats(const T* logits, std::int64_t ld, Shape2 s, 
 
 template <class T>
 __global__ void cross_entropy_loss(const double* stats, std::int64_t lds, const std::int64_t* targets,
-                                   std::int64_t tokens, std::int64_t vocab, std::int64_t ignore_index,
-                                   double smoothing, T* loss, std::int64_t ldl) {
+                                   std::int64_t tokens, std::int64_t vocab, std::int64_t ignore_index, double smoothing,
+                                   T* loss, std::int64_t ldl) {
   TP_GRID_STRIDE(t, tokens) {
     if (targets[t] == ignore_index) {
       loss[t * ldl] = store_double<T>(0.0);
@@ -86,7 +86,8 @@ __global__ void cross_entropy_backward(const T* logits, std::int64_t ld, Shape2 
     }
     const double p = static_cast<double>(exp(load(logits[t * ld + j]) - load(max[t * ldm]))) / stats[t * lds];
     const double g = static_cast<double>(load(grad_loss[t * ldgl]));
-    grad[t * ldg + j] = store_double<T>(g * (p - uniform - (j == targets[t] - first ? on_target : 0.0)));
+    grad[t * ldg + j] =
+        store_double<T>(math::cross_entropy_dlogit(g, p, uniform, j == targets[t] - first ? on_target : 0.0));
   }
 }
 
@@ -114,8 +115,8 @@ template <class T>
 void cross_entropy_loss(const Cuda& dev, ConstView<double> stats, ConstView<std::int64_t> targets, std::int64_t vocab,
                         std::int64_t ignore_index, double smoothing, MatrixView<T> loss) {
   kernels::launch(dev, "cross_entropy_loss", stats.rows, stats.cols, kernels::grid_for(stats.rows), kernels::kThreads,
-                  &kernels::cross_entropy_loss<T>, stats.data, stats.ld, targets.data, stats.rows, vocab,
-                  ignore_index, smoothing, loss.data, loss.ld);
+                  &kernels::cross_entropy_loss<T>, stats.data, stats.ld, targets.data, stats.rows, vocab, ignore_index,
+                  smoothing, loss.data, loss.ld);
 }
 
 template <class T>

@@ -42,8 +42,10 @@
 
 namespace tp {
 
-template <> struct DTypeOf<__half> : std::integral_constant<DType, DType::f16> {};
-template <> struct DTypeOf<__nv_bfloat16> : std::integral_constant<DType, DType::bf16> {};
+template <>
+struct DTypeOf<__half> : std::integral_constant<DType, DType::f16> {};
+template <>
+struct DTypeOf<__nv_bfloat16> : std::integral_constant<DType, DType::bf16> {};
 
 namespace detail {
 
@@ -59,9 +61,12 @@ inline constexpr bool compiled_by_nvcc =
 /// static_cast ambiguous).
 template <class T>
 double to_double(T x) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
-  else return static_cast<double>(x);
+  if constexpr (std::is_same_v<T, __half>)
+    return __half2float(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __bfloat162float(x);
+  else
+    return static_cast<double>(x);
 }
 
 }  // namespace detail
@@ -250,8 +255,8 @@ class Cuda {
     TP_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(dst.ld) * sizeof(T), src.data,
                                     static_cast<std::size_t>(src.ld) * sizeof(T), width,
                                     static_cast<std::size_t>(src.rows), cudaMemcpyDefault, stream_),
-                  "{} of a {}x{} matrix (source ld {}, destination ld {}) on device {}", op, src.rows, src.cols,
-                  src.ld, dst.ld, device_);
+                  "{} of a {}x{} matrix (source ld {}, destination ld {}) on device {}", op, src.rows, src.cols, src.ld,
+                  dst.ld, device_);
   }
 
   Options options_;

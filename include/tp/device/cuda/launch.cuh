@@ -18,7 +18,7 @@
 #include "tp/device/cuda/error.hpp"
 
 /// for (i = this thread's first item; i < n; i += all threads of the grid)
-#define TP_GRID_STRIDE(i, n)                                                                         \
+#define TP_GRID_STRIDE(i, n)                                                                       \
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
 /// One block per row (blocks stride over the rows), and the block's threads over the columns.
@@ -51,23 +51,31 @@ using accum_t = typename Accum<T>::type;
 
 template <class T>
 __device__ __forceinline__ accum_t<T> load(const T& x) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
-  else return x;
+  if constexpr (std::is_same_v<T, __half>)
+    return __half2float(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __bfloat162float(x);
+  else
+    return x;
 }
 
 template <class T>
 __device__ __forceinline__ T store(accum_t<T> x) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
-  else return static_cast<T>(x);
+  if constexpr (std::is_same_v<T, __half>)
+    return __float2half_rn(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16_rn(x);
+  else
+    return static_cast<T>(x);
 }
 
 /// A double rounded to T (through float for the 16-bit types: the second rounding is harmless there).
 template <class T>
 __device__ __forceinline__ T store_double(double x) {
-  if constexpr (std::is_same_v<T, double>) return x;
-  else return store<T>(static_cast<accum_t<T>>(x));
+  if constexpr (std::is_same_v<T, double>)
+    return x;
+  else
+    return store<T>(static_cast<accum_t<T>>(x));
 }
 
 /// Grid size for `n` work items at 256 threads a block, capped; the kernels stride over the rest.

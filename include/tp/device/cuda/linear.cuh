@@ -59,9 +59,9 @@ void gemm_bias(const Cuda& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, Const
 }
 
 template <class T>
-  requires(!std::is_same_v<T, double>)
-void gemm_epilogue(const Cuda& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstView<T> b, T beta,
-                   MatrixView<T> c, const EpilogueArgs<T>& epilogue) {
+requires(!std::is_same_v<T, double>) void gemm_epilogue(const Cuda& dev, Op op_a, Op op_b, T alpha, ConstView<T> a,
+                                                        ConstView<T> b, T beta, MatrixView<T> c,
+                                                        const EpilogueArgs<T>& epilogue) {
   dev.gemm_ex<T>(op_a, op_b, detail::to_double(alpha), a, b, detail::to_double(beta), c, epilogue);
 }
 

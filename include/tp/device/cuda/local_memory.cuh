@@ -39,16 +39,30 @@ class CudaLocalMemory final : public LocalMemory {
     kernels::Sources sources{};
     for (int q = 0; q < n; ++q) sources.ptr[q] = srcs[q];
     switch (dtype) {
-      case DType::f32: launch<float>(sources, n, offset, count, dst, op, stream); break;
-      case DType::f64: launch<double>(sources, n, offset, count, dst, op, stream); break;
-      case DType::f16: launch<__half>(sources, n, offset, count, dst, op, stream); break;
-      case DType::bf16: launch<__nv_bfloat16>(sources, n, offset, count, dst, op, stream); break;
-      case DType::i32: launch<std::int32_t>(sources, n, offset, count, dst, op, stream); break;
-      case DType::i64: launch<std::int64_t>(sources, n, offset, count, dst, op, stream); break;
-      case DType::u8: launch<std::uint8_t>(sources, n, offset, count, dst, op, stream); break;
+      case DType::f32:
+        launch<float>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::f64:
+        launch<double>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::f16:
+        launch<__half>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::bf16:
+        launch<__nv_bfloat16>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::i32:
+        launch<std::int32_t>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::i64:
+        launch<std::int64_t>(sources, n, offset, count, dst, op, stream);
+        break;
+      case DType::u8:
+        launch<std::uint8_t>(sources, n, offset, count, dst, op, stream);
+        break;
     }
-    TP_CUDA_CHECK(cudaGetLastError(), "launching a {} {} reduction of {} elements over {} ranks", name(dtype),
-                  name(op), count, n);
+    TP_CUDA_CHECK(cudaGetLastError(), "launching a {} {} reduction of {} elements over {} ranks", name(dtype), name(op),
+                  count, n);
   }
   void release(Stream stream) override {
     TP_CUDA_CHECK(cudaStreamSynchronize(stream), "waiting for a rank's LocalCommunicator copies to land");
@@ -56,8 +70,8 @@ class CudaLocalMemory final : public LocalMemory {
 
  private:
   template <class T>
-  static void launch(const kernels::Sources& srcs, int n, std::size_t offset, std::size_t count, void* dst,
-                     ReduceOp op, Stream stream) {
+  static void launch(const kernels::Sources& srcs, int n, std::size_t offset, std::size_t count, void* dst, ReduceOp op,
+                     Stream stream) {
     kernels::reduce_sources<T><<<kernels::grid_for(static_cast<long long>(count)), 256, 0, stream>>>(
         srcs, n, offset, count, static_cast<T*>(dst), op);
   }

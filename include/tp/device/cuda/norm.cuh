@@ -36,8 +36,9 @@ __global__ void layer_norm(const T* x, std::int64_t ldx, Shape2 s, const T* gamm
       rstd[r * ldrstd] = store_double<T>(rs);
     }
     TP_THREAD_PER_COL(c, s.cols)
-    y[r * ldy + c] = store_double<T>((static_cast<double>(load(xr[c])) - mu) * rs * static_cast<double>(load(gamma[c])) +
-                                     static_cast<double>(load(beta[c])));
+    y[r * ldy + c] =
+        store_double<T>((static_cast<double>(load(xr[c])) - mu) * rs * static_cast<double>(load(gamma[c])) +
+                        static_cast<double>(load(beta[c])));
   }
 }
 
@@ -97,8 +98,8 @@ template <class T>
 void layer_norm(const Cuda& dev, ConstView<T> x, ConstView<T> gamma, ConstView<T> beta, MatrixView<T> y,
                 MatrixView<T> mean, MatrixView<T> rstd, double eps) {
   kernels::launch(dev, "layer_norm", x.rows, x.cols, kernels::row_grid(x.rows), kernels::kRowThreads,
-                  &kernels::layer_norm<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, gamma.data, beta.data,
-                  y.data, y.ld, mean.data, mean.ld, rstd.data, rstd.ld, eps);
+                  &kernels::layer_norm<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, gamma.data, beta.data, y.data,
+                  y.ld, mean.data, mean.ld, rstd.data, rstd.ld, eps);
 }
 
 /// dgamma and dbeta: one thread per column over the rows in order (deterministic).
