@@ -35,7 +35,7 @@ double cpu_seconds() {
 int main(int argc, char** argv) {
   CLI::App app{"Train a tiny byte-level GPT with tensor parallelism"};
   std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume;
-  int world = 2;
+  int world = 2, timeout = 300;
   std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
   int keep_checkpoints = 2;
   tiny_lm::ModelConfig model;
@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   app.add_option("--backend", backend, "local (ranks as threads), mpi or gloo (start with mpirun -np N)")
       ->capture_default_str();
   app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, gloo) before failing with an error")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -76,7 +79,7 @@ int main(int argc, char** argv) {
 
   try {
     const tiny_lm::TextData data(data_path);
-    tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       tp::Context<> ctx(comm);
       const bool lead = comm->rank() == 0;
       tiny_lm::Trainer<float> trainer(ctx, model, train);
