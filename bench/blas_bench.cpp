@@ -1,11 +1,12 @@
-/// Why tp::Cpu uses OpenBLAS: single-thread sgemm of the shapes the layers run, through CBLAS
-/// (OpenBLAS) and, when the build found it, oneDNN's dnnl_sgemm, side by side in one run.
+/// The measurements behind tp::Cpu's GEMM library rule (tp/device/cpu/cpu.hpp): single-thread sgemm
+/// of the shapes the layers run, through CBLAS (OpenBLAS), oneDNN's dnnl_sgemm when the build has it,
+/// and tp::Cpu::gemm with its automatic choice, side by side in one run.
 ///
 ///   build/bench/tp_bench_blas --benchmark_counters_tabular=true
 
 #include <benchmark/benchmark.h>
 #include <cblas.h>
-#ifdef TP_BENCH_HAVE_DNNL
+#ifdef TP_HAS_DNNL
 #include <dnnl.h>
 #include <omp.h>
 #endif
@@ -16,9 +17,11 @@
 
 namespace {
 
-/// {M, N, K}: C[M, N] = A[M, K] B[K, N]; the MLP's fc1 at 512 and 8 tokens, and a square one.
+/// {M, N, K}: C[M, N] = A[M, K] B[K, N]; the MLP's fc1 at 512 and 8 tokens, a square one, the CPU
+/// attention's score tile (128 queries, 128 keys, head_dim 64), and small ones (call overhead).
 const std::vector<std::vector<std::int64_t>> kShapes = {{2048, 2048, 2048}, {512, 4096, 1024}, {8, 4096, 1024},
-                                                        {512, 1024, 4096}};
+                                                        {512, 1024, 4096},  {128, 128, 64},    {32, 32, 32},
+                                                        {8, 16, 8}};
 
 template <class Gemm>
 void run(benchmark::State& state, Gemm gemm) {
@@ -34,8 +37,8 @@ void run(benchmark::State& state, Gemm gemm) {
 }
 
 void openblas(benchmark::State& state) {
-  tp::Cpu cpu;  // one thread, and the warning if OpenBLAS picked AVX2 kernels on an AVX-512 CPU
-  state.SetLabel(tp::Cpu::blas_name());
+  tp::Cpu cpu;  // one thread
+  state.SetLabel(tp::Cpu::blas_name(tp::CpuGemm::openblas));
   run(state, [](int m, int n, int k, const float* a, const float* b, float* c) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.f, a, k, b, n, 0.f, c, n);
   });
@@ -44,9 +47,10 @@ BENCHMARK(openblas)->Apply([](auto* b) {
   for (const auto& s : kShapes) b->Args(s);
 })->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
 
-#ifdef TP_BENCH_HAVE_DNNL
+#ifdef TP_HAS_DNNL
 void onednn(benchmark::State& state) {
   omp_set_num_threads(1);  // oneDNN threads through OpenMP; one thread, like tp::Cpu
+  (void)tp::Cpu{};         // and OpenBLAS one thread too
   state.SetLabel("oneDNN dnnl_sgemm");
   run(state, [](int m, int n, int k, const float* a, const float* b, float* c) {
     dnnl_sgemm('N', 'N', m, n, k, 1.f, a, k, b, n, 0.f, c, n);
@@ -56,6 +60,19 @@ BENCHMARK(onednn)->Apply([](auto* b) {
   for (const auto& s : kShapes) b->Args(s);
 })->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
 #endif
+
+/// What the layers get: Cpu::gemm with the automatic choice (the label says which library).
+void tp_cpu(benchmark::State& state) {
+  const tp::Cpu cpu;
+  state.SetLabel(tp::Cpu::blas_name());
+  run(state, [&](int m, int n, int k, const float* a, const float* b, float* c) {
+    cpu.gemm<float>(tp::Op::n, tp::Op::n, 1.f, tp::ConstView<float>(a, m, k), tp::ConstView<float>(b, k, n), 0.f,
+                    tp::MatrixView<float>(c, m, n));
+  });
+}
+BENCHMARK(tp_cpu)->Apply([](auto* b) {
+  for (const auto& s : kShapes) b->Args(s);
+})->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

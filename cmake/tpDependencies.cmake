@@ -9,7 +9,8 @@ find_dependency(fmt)
 find_package(Threads REQUIRED)
 
 # tp_find_component_dependencies(<component>...): finds the libraries of the named components
-# (blas mpi io cuda nccl gloo) and sets tp_<component>_DEPENDENCY (what it needs, for messages)
+# (blas mpi io cuda nccl gloo; blas also looks for oneDNN: tp_blas_DNNL_FOUND) and sets
+# tp_<component>_DEPENDENCY (what it needs, for messages)
 # and tp_<component>_DEPENDENCY_FOUND. Set tp_find_dependencies_quietly to pass QUIET. A macro,
 # so that the packages' variables land in the caller's scope.
 macro(tp_find_component_dependencies)
@@ -23,6 +24,22 @@ macro(tp_find_component_dependencies)
       set(tp_blas_DEPENDENCY "OpenBLAS")
       find_package(OpenBLAS ${_tp_quiet})
       set(tp_blas_DEPENDENCY_FOUND ${OpenBLAS_FOUND})
+      # oneDNN, optional: Cpu runs float GEMMs on it where OpenBLAS's kernels are narrower than the
+      # CPU (tp/device/cpu/cpu.hpp). Debian's libdnnl threads through OpenMP. TP_WITH_DNNL=OFF skips it.
+      set(tp_blas_DNNL_FOUND FALSE)
+      if(OpenBLAS_FOUND AND (NOT DEFINED TP_WITH_DNNL OR TP_WITH_DNNL))
+        find_package(dnnl CONFIG QUIET)
+        find_package(OpenMP COMPONENTS CXX QUIET)
+        if(TARGET DNNL::dnnl AND TARGET OpenMP::OpenMP_CXX)
+          set(tp_blas_DNNL_FOUND TRUE)
+        endif()
+      endif()
+      if(tp_blas_needs_dnnl)  # an installed tp::blas built with oneDNN links it
+        set(tp_blas_DEPENDENCY "OpenBLAS and oneDNN (libdnnl-dev) with OpenMP")
+        if(NOT tp_blas_DNNL_FOUND)
+          set(tp_blas_DEPENDENCY_FOUND FALSE)
+        endif()
+      endif()
     elseif(_tp_component STREQUAL "mpi")
       set(tp_mpi_DEPENDENCY "MPI (C API)")
       set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only

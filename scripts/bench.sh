@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs tp's benchmark suites for every backend (local threads, MPI, Gloo) at world sizes 1, 2 and 4,
-# the PyTorch gloo peer on the MLP shapes when python3-torch is there, and writes BENCHMARKS.md
+# the PyTorch gloo peer (bench/peers/) on the MLP shapes under PyTorch 2.x from PyPI (a venv made
+# once) and Debian's python3-torch, whichever are there, and writes BENCHMARKS.md
 # with tables and PNG plots (docs/bench/). About 10 minutes on a 2-core machine; --quick is a
 # smoke test of the whole path in about 2.
 #
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build=${1#*=} ;;
     --skip-build) skip_build=1 ;;
     --no-peer) peer=0 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -29,8 +30,8 @@ done
 py=/usr/bin/python3  # Debian's python: python3-torch and python3-matplotlib live there
 [ -x $py ] || py=python3
 
-# Open MPI as root / oversubscribed and OpenBLAS's core type come from common.sh, as for the
-# other scripts; what follows is only for benchmarking.
+# Open MPI as root / oversubscribed come from common.sh, as for the other scripts; what follows is
+# only for benchmarking. OPENBLAS_CORETYPE is left as the environment has it: tp::Cpu copes.
 source "$root/scripts/common.sh"
 # Open MPI spins while it waits; on two vCPUs that share a core, a spinning rank takes the FPU from
 # the rank still computing (measured: MLP step at 1 token, 2 ranks, 86 ms spinning vs 22 ms yielding).
@@ -100,27 +101,38 @@ for backend in "${backends[@]}"; do
   done
 done
 
-# The PyTorch peer: same MLP (hidden 1024, ffn 4096, no biases, exact GELU), one thread per rank.
-peer_script=${TP_PEERS_DIR:-$root/../shared/peers}/torch_gloo_tp.py
-# a git worktree under wt/ sits one level deeper than the main checkout
-[ -f "$peer_script" ] || [ -n "${TP_PEERS_DIR:-}" ] || peer_script=$root/../../shared/peers/torch_gloo_tp.py
+# The PyTorch peer (bench/peers/torch_mlp_peer.py): same MLP (hidden 1024, ffn 4096, no biases,
+# exact GELU), gloo, one process per rank with one intra-op thread, under each PyTorch available:
+# 2.x from PyPI in a venv this script makes once and reuses (when pip can fetch it), and Debian's
+# python3-torch. Each line of peer.txt names the build (source=pypi|debian) and version that ran.
+peer_script=$root/bench/peers/torch_mlp_peer.py
+venv=${TP_TORCH_VENV:-$HOME/.cache/tp/torch-venv}
 peer_out=$results/peer.txt
 : >"$peer_out"
-if [ $peer -eq 1 ] && [ -f "$peer_script" ] && $py -c "import torch" 2>/dev/null; then
+pythons=()
+if [ $peer -eq 1 ]; then
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    echo "bench.sh: making $venv with PyTorch 2.x from PyPI (once; a few GB)" >&2
+    { $py -m venv "$venv" && "$venv/bin/pip" install -q "torch>=2,<3" numpy; } >"$results/peer-venv.txt" 2>&1 ||
+      echo "bench.sh: pip could not install PyTorch 2.x (see $results/peer-venv.txt); the PyPI peer is skipped" >&2
+  fi
+  "$venv/bin/python" -c "import torch" 2>/dev/null && pythons+=("$venv/bin/python")
+  $py -c "import torch" 2>/dev/null && pythons+=("$py")
+  [ ${#pythons[@]} -eq 0 ] && echo "bench.sh: PyTorch peer skipped (neither PyPI's nor Debian's torch)" >&2
+fi
+for peer_py in "${pythons[@]}"; do
+  echo "== peer: $("$peer_py" -c 'import torch; print("torch", torch.__version__, "from", torch.__file__)')" >&2
   for world in 1 2; do
     for t in "${peer_tokens[@]}"; do
       iters=20
       [ "$t" -ge 512 ] && iters=5
       [ "$t" -ge 2048 ] && iters=3
       [ $quick -eq 1 ] && iters=3
-      echo "== peer world $world tokens $t" >&2
-      OMP_NUM_THREADS=1 timeout 600 $py "$peer_script" "$world" "$t" 1024 "$iters" >>"$peer_out" 2>"$results/peer-err.txt" ||
-        echo "bench.sh: peer world $world tokens $t failed" >&2
+      OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 600 "$peer_py" "$peer_script" "$world" "$t" 1024 "$iters" \
+        >>"$peer_out" 2>>"$results/peer-err.txt" || echo "bench.sh: peer ($peer_py) world $world tokens $t failed" >&2
     done
   done
-else
-  echo "bench.sh: PyTorch peer skipped (no python3-torch or no $peer_script)" >&2
-fi
+done
 
 elapsed=$(( $(date +%s) - start ))
 $py "$root/scripts/bench_report.py" --results "$results" --out "$root/BENCHMARKS.md" --plots "$root/docs/bench" \
@@ -135,6 +147,12 @@ for world in 1 2 4; do
     --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none --benchmark_color=false 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
     echo "bench.sh: blocks at world $world failed" >&2
 done
+# Long-sequence attention on one rank: 4096 tokens, hidden 512 = 8 heads of 64 (2 kv heads), causal;
+# the CPU's flash attention keeps no seq^2 probabilities (the old scheme held 2 x 512 MiB here).
+long_log="$results/attention-long.txt"
+"$build/bench/tp_bench_layers" --backend=local --world=1 --layers=attention --tokens=4096 --hidden=512 --sgemm=none \
+  --benchmark_min_time=0.05 --benchmark_color=false 2>/dev/null | grep -E "^attention" >"$long_log" ||
+  echo "bench.sh: long-sequence attention failed" >&2
 {
   echo
   echo "## Transformer blocks (MPI, 512 tokens, hidden 1024)"
@@ -146,19 +164,28 @@ done
   echo '```'
   cat "$blocks_log"
   echo '```'
+  echo
+  echo "Causal attention over one sequence of 4096 tokens, 8 heads of 64 (2 kv heads), one rank; GFLOP/s"
+  echo "count the whole layer, scores as if not causal (the causal half above the diagonal is skipped)."
+  echo
+  echo '```'
+  cat "$long_log"
+  echo '```'
 } >>"$root/BENCHMARKS.md"
 
-# The BLAS choice (tp::Cpu uses OpenBLAS): single-thread sgemm beside oneDNN's on the layers' shapes.
+# The measurements behind tp::Cpu's GEMM library rule: single-thread sgemm, OpenBLAS beside oneDNN
+# and beside what tp::Cpu picked, on the layers' shapes.
 if [ -x "$build/bench/tp_bench_blas" ]; then
   {
     echo
-    echo "## The BLAS: single-thread sgemm, OpenBLAS beside oneDNN"
+    echo "## The BLAS: single-thread sgemm, OpenBLAS beside oneDNN and tp::Cpu's choice"
     echo
-    echo 'Why `tp::Cpu` uses OpenBLAS. `'"build-bench/bench/tp_bench_blas"'`, one thread each, same run'
-    echo "(oneDNN rows appear when Debian's libdnnl-dev is installed). GFLOP/s from CPU time."
+    echo 'How `tp::Cpu` picks the library for float GEMMs (oneDNN where OpenBLAS runs kernels narrower than'
+    echo 'the CPU, else OpenBLAS; see `include/tp/device/cpu/cpu.hpp`). `build-bench/bench/tp_bench_blas`, one'
+    echo "thread each, same run (oneDNN rows appear when Debian's libdnnl-dev is installed). GFLOP/s from CPU time."
     echo
     echo '```'
-    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 --benchmark_color=false 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn)"
+    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 --benchmark_color=false 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn|tp_cpu)"
     echo '```'
   } >>"$root/BENCHMARKS.md"
 fi

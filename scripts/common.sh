@@ -1,5 +1,5 @@
 # Sourced by the project's scripts: paths and environment shared by build, test, demo and bench
-# (the one place that sets Open MPI's and OpenBLAS's environment for them).
+# (the one place that sets Open MPI's environment for them; tp::Cpu picks its GEMM library itself).
 top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${TP_BUILD_DIR:-$top/build}"
 # nvcc is not on PATH by default on these machines; CUDA targets build when it is found.
@@ -8,10 +8,6 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"
 set -a
 source "$top/scripts/mpirun.env"
 set +a
-# OpenBLAS 0.3.21 runs AVX2 kernels on AVX-512 CPUs it does not know (Zen 4/5): half the speed.
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
-  export OPENBLAS_CORETYPE=SkylakeX
-fi
 
 tp_build() {  # configure and build the given targets (all when none)
   "$top/scripts/install-deps.sh"

@@ -5,7 +5,8 @@
 # fuzz.safetensors ctest entry skips itself without them.
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config libfmt-dev libopenblas-dev libopenmpi-dev openmpi-bin
-          libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libgloo-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libgloo-dev
+          libdnnl-dev)  # oneDNN: optional for tp (Cpu's sgemm where OpenBLAS lacks the CPU's kernels)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

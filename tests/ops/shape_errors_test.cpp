@@ -17,7 +17,7 @@ TEST(OpErrors, BadShapesNameTheSizes) {
   using Dev = test::TestDevice;
   TP_REQUIRE_DEVICE();
   auto dev = std::make_shared<Dev>();
-  Tensor<float, Dev> a(dev, 4, 6), b(dev, 4, 4), probs(dev, 8, 4);
+  Tensor<float, Dev> a(dev, 4, 6), b(dev, 4, 4), lse(dev, 8, 4);
   try {
     tp::ops::swiglu<float>(*dev, a.view(), b.view());
     ADD_FAILURE() << "swiglu accepted a 4x6 gate_up for a 4x4 output";
@@ -25,16 +25,16 @@ TEST(OpErrors, BadShapesNameTheSizes) {
     EXPECT_THAT(e.what(), HasSubstr("swiglu: gate_up is 4x6, expected 4x8 for 4x4"));
   }
   try {
-    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 3, 2, true, probs.view(), b.view());
+    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 3, 2, true, lse.view(), b.view());
     ADD_FAILURE() << "attention_forward accepted 4 tokens as sequences of 3";
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("do not hold whole sequences of 3 tokens and heads of 2"));
   }
   try {
-    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 2, 2, true, probs.view(), b.view());
-    ADD_FAILURE() << "attention_forward accepted an 8x4 probs for 2 sequences of 2 heads";
+    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 2, 2, true, lse.view(), b.view());
+    ADD_FAILURE() << "attention_forward accepted an 8x4 lse for 2 sequences of 2 heads";
   } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("probs 8x4 (expected 8x2)"));
+    EXPECT_THAT(e.what(), HasSubstr("lse 8x4 (expected 4x2)"));
   }
   Tensor<float, Dev> mean(dev, 3, 1);
   EXPECT_THROW(tp::ops::layer_norm<float>(*dev, b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1),

@@ -2,6 +2,7 @@
 /// Shape checks and shape records that the devices and the ops share.
 
 #include <cstdint>
+#include <type_traits>
 
 #include "tp/core/error.hpp"
 #include "tp/core/tensor.hpp"
@@ -23,5 +24,10 @@ namespace tp::detail {
 struct AttentionGeometry {
   std::int64_t batch, hq, hk, group;
 };
+
+/// The type of attention's saved per-row log-sum-exp: float for the 16- and 32-bit types (a 16-bit
+/// one would round the probabilities rebuilt from it by about 1%), double for double.
+template <class T>
+using attention_stat_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 }  // namespace tp::detail

@@ -5,8 +5,9 @@
 ///
 /// Input [tokens, hidden] with tokens = batch * seq_len: sequence b is rows [b * seq_len, (b + 1) *
 /// seq_len), and attention never crosses sequences. Causal (a token sees itself and earlier ones) or
-/// not. Scores are scaled by 1 / sqrt(head_dim). The softmax of every (sequence, head) is kept for
-/// backward: batch * heads_r * seq_len^2 elements per rank (no flash-style recomputation yet).
+/// not. Scores are scaled by 1 / sqrt(head_dim). Backward rebuilds the softmax from q, k and the
+/// per-row log-sum-exp forward saves (batch * heads_r * seq_len numbers per rank), as flash
+/// attention does, so no seq_len^2 probabilities are kept (tp::ops::attention_forward).
 ///
 /// Grouped-query attention: `heads` query heads share `kv_heads` key/value heads, query head h
 /// reading kv head h / (heads / kv_heads) (kv_heads = heads is multi-head, 1 is multi-query).
@@ -115,11 +116,11 @@ class ParallelAttention {
     dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
     if (options_.bias) tp::ops::add_bias(dev, qkv, bias_.view());
     const std::int64_t batch = tokens / seq_len;
-    MatrixView<T> probs = detail::ensure(probs_, ctx_, batch * q_heads_.size() * seq_len, seq_len);
+    const auto lse = detail::ensure(lse_, ctx_, batch * q_heads_.size(), seq_len);
     MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
     tp::ops::attention_forward(
         dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
-        ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, probs, out);
+        ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, lse, out);
     return dense_.forward(out);
   }
 
@@ -133,10 +134,9 @@ class ParallelAttention {
     MatrixView<T> dqkv = detail::ensure(grad_qkv_, ctx_, tokens, weight_.rows());
     const ConstView<T> qkv = qkv_.view();
     tp::ops::attention_backward(dev, qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
-                                qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(),
-                                seq_len_, head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()),
-                                dqkv.cols_range(0, q_width_), dqkv.cols_range(q_width_, kv_width_),
-                                dqkv.cols_range(q_width_ + kv_width_, kv_width_));
+                                qkv.cols_range(q_width_ + kv_width_, kv_width_), context_.view(), lse_.view(),
+                                d_context.view(), seq_len_, head_dim_, options_.causal, dqkv.cols_range(0, q_width_),
+                                dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
 
     // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
     const ConstView<T> dq = dqkv.cols_range(0, q_width_), dkv = dqkv.cols_range(q_width_, 2 * kv_width_);
@@ -265,8 +265,8 @@ class ParallelAttention {
   std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0, seq_len_ = 0;
   std::shared_ptr<Communicator> kv_comm_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
-  Tensor<T, Device> input_, qkv_, probs_, context_, grad_qkv_, d_scores_, kv_grad_, kv_bias_grad_, grad_input_,
-      grad_full_;
+  Tensor<T, Device> input_, qkv_, context_, grad_qkv_, kv_grad_, kv_bias_grad_, grad_input_, grad_full_;
+  Tensor<tp::ops::AttentionStat<T>, Device> lse_;  // attention_forward's per-row log-sum-exp
 };
 
 }  // namespace tp

@@ -1,16 +1,33 @@
 #pragma once
-/// The host device: memory from the C++ heap and GEMM through CBLAS, the members of the `Device`
-/// concept. The ops (tp::ops::gelu(cpu, ...)) run as loops in tp/device/cpu/<family>.hpp.
+/// The host device: memory from the C++ heap and GEMM through CBLAS (OpenBLAS) or oneDNN, the
+/// members of the `Device` concept. The ops (tp::ops::gelu(cpu, ...)) run as loops in
+/// tp/device/cpu/<family>.hpp.
 ///
-/// BLAS: OpenBLAS, chosen by measurement (BENCHMARKS.md). Its runtime dispatch (0.3.21) does not
-/// know AMD Zen 4/5 and falls back to AVX2 kernels on CPUs with AVX-512, which halves sgemm speed;
-/// `Cpu` warns on stderr when that happens, and the project's scripts set OPENBLAS_CORETYPE.
+/// Which library runs float GEMMs is chosen once per process by a rule derived from measurements
+/// (tp_bench_blas, BENCHMARKS.md), not by timing at start-up: a start-up micro-benchmark costs
+/// every process time, is noisy on shared machines, and could pick differently from run to run,
+/// so that the same program would round differently. Single-thread sgemm at 2048^3, GFLOP/s:
+///   Zen 5 (AVX-512): OpenBLAS 0.3.21 114 (it does not know the CPU and runs Haswell kernels),
+///                    oneDNN 2.6 202, OpenBLAS with OPENBLAS_CORETYPE=SkylakeX 206;
+///   Xeon (AVX-512):  OpenBLAS detects SkylakeX and matches oneDNN;
+///   EPYC (AVX2):     OpenBLAS 92, oneDNN 89.
+/// oneDNN picks its kernels from the CPU's ISA at run time, so it wins exactly where OpenBLAS's
+/// kernels are narrower than the CPU (AVX2 kernels on an AVX-512 CPU) and ties or loses elsewhere:
+/// the rule is that test, on OpenBLAS's own core name. Doubles, one or two rows (GEMV, bound by
+/// memory bandwidth, not the ISA) and GEMMs under 32^3 multiply-adds (where oneDNN's call costs
+/// more than the wider kernels save: 7 against 19 GFLOP/s at 8x16x8, 104 against 77 at 32^3, on
+/// Haswell kernels) always go to OpenBLAS. oneDNN is optional (TP_HAS_DNNL, set by the
+/// tp::blas component when Debian's libdnnl-dev is found); without it everything runs on OpenBLAS.
 
 #ifndef TP_HAS_BLAS
 #error "tp/device/cpu/cpu.hpp needs the tp::blas CMake component: target_link_libraries(... tp::blas)"
 #endif
 
 #include <cblas.h>
+#ifdef TP_HAS_DNNL
+#include <dnnl.h>
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -39,30 +56,55 @@ void scale_host(MatrixView<T> x, T factor) {
     for (std::int64_t c = 0; c < x.cols; ++c) x(r, c) = factor == T(0) ? T(0) : x(r, c) * factor;
 }
 
-/// Warns once per process if OpenBLAS runs AVX2 kernels on a CPU with AVX-512.
-inline void check_blas_kernels() {
+/// True when OpenBLAS runs AVX2 (or older) kernels on a CPU with AVX-512: its 0.3.21 dispatch does
+/// not know AMD Zen 4/5, and OPENBLAS_CORETYPE may name an older core; about half the sgemm rate.
+inline bool blas_kernels_narrower_than_cpu() {
 #if defined(OPENBLAS_VERSION) && defined(__x86_64__)
-  static const bool warned = [] {
+  static const bool narrower = [] {
     const std::string_view core = openblas_get_corename();
-    const bool avx2_kernels = core == "Haswell" || core == "Zen" || core == "Sandybridge";
-    if (avx2_kernels && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      std::fprintf(stderr,
-                   "tp: warning: OpenBLAS picked its %s (AVX2) kernels on a CPU with AVX-512, about half the sgemm "
-                   "speed; set OPENBLAS_CORETYPE=SkylakeX before starting the program\n",
-                   std::string(core).c_str());
-    return true;
+    const bool avx2_kernels = core == "Haswell" || core == "Zen" || core == "Sandybridge" || core == "Nehalem" ||
+                              core == "Prescott" || core == "Core2" || core == "Penryn" || core == "Dunnington" ||
+                              core == "Bulldozer" || core == "Piledriver" || core == "Steamroller" ||
+                              core == "Excavator" || core == "Atom";
+    return avx2_kernels && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   }();
-  (void)warned;
+  return narrower;
+#else
+  return false;
 #endif
 }
 
+}  // namespace detail
+
+/// The library that runs Cpu's float GEMMs (see the top of this file for the rule).
+enum class CpuGemm {
+  automatic,  ///< oneDNN where OpenBLAS's kernels are narrower than the CPU, else OpenBLAS
+  openblas,   ///< CBLAS always
+  onednn,     ///< oneDNN's dnnl_sgemm for float (needs TP_HAS_DNNL)
+};
+
+namespace detail {
+inline constexpr bool has_dnnl =
+#ifdef TP_HAS_DNNL
+    true;
+#else
+    false;
+#endif
+
+/// What CpuGemm::automatic resolves to in this process.
+inline CpuGemm automatic_cpu_gemm() {
+  return has_dnnl && blas_kernels_narrower_than_cpu() ? CpuGemm::onednn : CpuGemm::openblas;
+}
 }  // namespace detail
 
 struct CpuOptions {
   /// BLAS threads. One per rank is right when ranks are pinned to cores, as under mpirun here.
   /// OpenBLAS keeps this setting process-wide.
   int threads = 1;
+  /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
+  /// benchmarks and tests that compare the two.
+  CpuGemm gemm = CpuGemm::automatic;
 };
 
 class Cpu {
@@ -73,10 +115,12 @@ class Cpu {
   Cpu() : Cpu(Options{}) {}
   explicit Cpu(Options options) : options_(options) {
     TP_CHECK(options.threads > 0, "Cpu: threads must be positive, got {}", options.threads);
+    TP_CHECK(options.gemm != CpuGemm::onednn || detail::has_dnnl,
+             "Cpu: CpuGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
 #ifdef OPENBLAS_VERSION
     openblas_set_num_threads(options.threads);
 #endif
-    detail::check_blas_kernels();
+    if (options_.gemm == CpuGemm::automatic) options_.gemm = detail::automatic_cpu_gemm();
   }
 
   /// The process-wide instance host tensors use when given no device.
@@ -85,15 +129,35 @@ class Cpu {
     return instance;
   }
 
-  /// "OpenBLAS 0.3.21 (Zen kernels, 1 thread)", for benchmark labels.
-  static std::string blas_name() {
+  /// The library running float GEMMs in this process by default (CpuGemm::automatic) and why, for
+  /// banners and benchmark labels: "OpenBLAS 0.3.21 (SkylakeX kernels, 1 thread(s))" or
+  /// "oneDNN 2.6.3 sgemm (OpenBLAS 0.3.21 has Haswell kernels only for this AVX-512 CPU), 1 thread(s)".
+  static std::string blas_name() { return blas_name(detail::automatic_cpu_gemm()); }
+  static std::string blas_name(CpuGemm gemm) {
 #ifdef OPENBLAS_VERSION
-    return fmt::format("OpenBLAS {} ({} kernels, {} thread(s))", std::string_view(OPENBLAS_VERSION).substr(10, 6),
-                       openblas_get_corename(), openblas_get_num_threads());
+    const std::string openblas = fmt::format("OpenBLAS {}", std::string_view(OPENBLAS_VERSION).substr(10, 6));
+    const std::string core = openblas_get_corename();
+    const int threads = openblas_get_num_threads();
 #else
-    return "CBLAS";
+    const std::string openblas = "CBLAS", core = "?";
+    const int threads = 1;
 #endif
+#ifdef TP_HAS_DNNL
+    if (gemm == CpuGemm::automatic) gemm = detail::automatic_cpu_gemm();
+    if (gemm == CpuGemm::onednn) {
+      const dnnl_version_t* v = dnnl_version();
+      return fmt::format("oneDNN {}.{}.{} sgemm ({} has {} kernels only{}), {} thread(s)", v->major, v->minor,
+                         v->patch, openblas, core,
+                         detail::blas_kernels_narrower_than_cpu() ? " for this AVX-512 CPU" : ": forced", threads);
+    }
+#else
+    (void)gemm;
+#endif
+    return fmt::format("{} ({} kernels, {} thread(s))", openblas, core, threads);
   }
+
+  /// The library this instance's float GEMMs run on (never `automatic`).
+  CpuGemm gemm_library() const { return options_.gemm; }
 
   Stream stream() const { return nullptr; }
   void synchronize() const {}
@@ -165,6 +229,11 @@ class Cpu {
       }
       return;
     }
+#ifdef TP_HAS_DNNL
+    if constexpr (std::is_same_v<T, float>)
+      if (options_.gemm == CpuGemm::onednn && m * n * k >= kMinDnnlGemm)
+        return dnnl_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
+#endif
     if constexpr (std::is_same_v<T, float>)
       cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
                   lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
@@ -174,6 +243,22 @@ class Cpu {
   }
 
  private:
+  /// Multiply-adds from which float GEMMs go to oneDNN when it is chosen (see the top of the file).
+  static constexpr std::int64_t kMinDnnlGemm = 32 * 32 * 32;
+#ifdef TP_HAS_DNNL
+  /// oneDNN threads through OpenMP, whose thread count is per calling thread (ranks run as threads
+  /// in tests); each call sets the caller's to options_.threads, as openblas_set_num_threads does.
+  void dnnl_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<float> a,
+                 ConstView<float> b, float beta, MatrixView<float> c) const {
+    if (omp_get_max_threads() != options_.threads) omp_set_num_threads(options_.threads);
+    const dnnl_status_t status =
+        dnnl_sgemm(op_a == Op::n ? 'N' : 'T', op_b == Op::n ? 'N' : 'T', m, n, k, alpha, a.data,
+                   std::max<std::int64_t>(a.ld, 1), b.data, std::max<std::int64_t>(b.ld, 1), beta, c.data, c.ld);
+    TP_CHECK(status == dnnl_success, "gemm: dnnl_sgemm {}x{}x{} failed with status {}", m, n, k,
+             static_cast<int>(status));
+  }
+#endif
+
   Options options_;
 };
 static_assert(Device<Cpu>);

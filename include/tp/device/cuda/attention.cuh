@@ -1,6 +1,9 @@
 #pragma once
 /// The CUDA side of tp/ops/attention.hpp: one cuBLASLt GEMM per (sequence, head) for the scores
-/// and one for the output, with a single softmax kernel over all heads between them.
+/// and one for the output, with a single softmax kernel over all heads between them. The
+/// probabilities live in scratch for the call only: forward saves their log-sum-exp and backward
+/// rebuilds them from the recomputed scores (not tiled here: the scratch is batch * heads *
+/// seq_len^2 for the duration of one call).
 
 #include <cmath>
 #include <cstdint>
@@ -13,12 +16,20 @@
 
 namespace tp::kernels {
 
+/// Row r = (b hq + h) seq_len + i of the probabilities holds query i of block (b, h); its
+/// log-sum-exp is lse[(b hq + h) lse_ld + i].
+template <class S>
+__device__ S& lse_at(S* lse, std::int64_t lse_ld, std::int64_t r, std::int64_t seq_len) {
+  return lse[r / seq_len * lse_ld + r % seq_len];
+}
+
 /// In place on the scaled scores: each row i of block (b, h) (row r = (b hq + h) seq_len + i)
-/// becomes softmax over its first i + 1 columns (causal) or all, zeros after; one block per row.
-/// The sum is in double, as on the CPU; the exponentials are recomputed rather than stored
-/// rounded, so 16-bit probabilities are rounded once.
-template <class T>
-__global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len, bool causal) {
+/// becomes softmax over its first i + 1 columns (causal) or all, zeros after, and its log-sum-exp
+/// goes to lse; one block per row. The sum is in double, as on the CPU; the exponentials are
+/// recomputed rather than stored rounded, so 16-bit probabilities are rounded once.
+template <class T, class S>
+__global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len, bool causal,
+                                  S* lse, std::int64_t lse_ld) {
   using A = accum_t<T>;
   __shared__ A scratch[kRowThreads];
   __shared__ double wide[kRowThreads];
@@ -33,8 +44,23 @@ __global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, 
     m = block_max(m, scratch);
     double sum = 0;
     TP_THREAD_PER_COL(j, visible) sum += static_cast<double>(exp(load(row[j]) - m));
-    const A inv = static_cast<A>(1.0 / block_sum(sum, wide));
+    const double total = block_sum(sum, wide);
+    const A inv = static_cast<A>(1.0 / total);
     TP_THREAD_PER_COL(j, seq_len) row[j] = store<T>(j < visible ? exp(load(row[j]) - m) * inv : A(0));
+    if (threadIdx.x == 0) lse_at(lse, lse_ld, r, seq_len) = static_cast<S>(static_cast<double>(m) + ::log(total));
+  }
+}
+
+/// In place on recomputed scaled scores: p = exp(s - lse) over the visible columns, zeros after.
+template <class T, class S>
+__global__ void attention_probs_from_lse(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len,
+                                         bool causal, const S* lse, std::int64_t lse_ld) {
+  using A = accum_t<T>;
+  TP_BLOCK_PER_ROW(r, rows) {
+    T* row = probs + r * ld;
+    const std::int64_t visible = causal ? r % seq_len + 1 : seq_len;
+    const A l = static_cast<A>(lse_at(lse, lse_ld, r, seq_len));
+    TP_THREAD_PER_COL(j, seq_len) row[j] = store<T>(j < visible ? exp(load(row[j]) - l) : A(0));
   }
 }
 
@@ -60,9 +86,12 @@ namespace tp::impl {
 
 template <class T>
 void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
-                       ConstView<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal, MatrixView<T> probs,
-                       MatrixView<T> out) {
+                       ConstView<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
+                       MatrixView<detail::attention_stat_t<T>> lse, MatrixView<T> out) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const std::int64_t rows = g.batch * g.hq * seq_len;
+  const Cuda::Scratch<T> scratch(dev, rows * seq_len);
+  const MatrixView<T> probs(scratch.data, rows, seq_len);
   for (std::int64_t b = 0; b < g.batch; ++b)
     for (std::int64_t h = 0; h < g.hq; ++h) {
       const std::int64_t kv = h / g.group, r0 = b * seq_len;
@@ -71,7 +100,8 @@ void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, Cons
                      probs.rows_range((b * g.hq + h) * seq_len, seq_len));
     }
   kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows), kernels::kRowThreads,
-                  &kernels::attention_softmax<T>, probs.data, probs.ld, probs.rows, seq_len, causal);
+                  &kernels::attention_softmax<T, detail::attention_stat_t<T>>, probs.data, probs.ld, probs.rows,
+                  seq_len, causal, lse.data, lse.ld);
   for (std::int64_t b = 0; b < g.batch; ++b)
     for (std::int64_t h = 0; h < g.hq; ++h) {
       const std::int64_t kv = h / g.group, r0 = b * seq_len;
@@ -81,31 +111,46 @@ void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, Cons
     }
 }
 
-/// `d_scores` holds every head's score gradient, so one kernel does the softmax backward of all
-/// heads.
+/// The probabilities are rebuilt for every head at once (scores GEMMs, then one kernel), and every
+/// head's score gradient is held at once, so one kernel does the softmax backward of all heads.
+/// `out` is not needed: the kernel takes rowsum(p dp) from the rebuilt probabilities.
 template <class T>
 void attention_backward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
-                        ConstView<T> v, ConstView<T> probs, ConstView<T> dout, std::int64_t seq_len,
-                        std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
-                        MatrixView<T> dv) {
+                        ConstView<T> v, ConstView<T> /*out*/, ConstView<detail::attention_stat_t<T>> lse,
+                        ConstView<T> dout, std::int64_t seq_len, std::int64_t head_dim, bool causal, MatrixView<T> dq,
+                        MatrixView<T> dk, MatrixView<T> dv) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const std::int64_t rows = g.batch * g.hq * seq_len;
+  const Cuda::Scratch<T> scratch(dev, 2 * rows * seq_len);
+  const MatrixView<T> probs(scratch.data, rows, seq_len), d_scores(scratch.data + rows * seq_len, rows, seq_len);
   dev.fill<T>(dk, T(0));
   dev.fill<T>(dv, T(0));
   const auto head = [&](ConstView<T> m, std::int64_t b, std::int64_t h) {
     return m.rows_range((b * g.hq + h) * seq_len, seq_len);
   };
+  for (std::int64_t b = 0; b < g.batch; ++b)
+    for (std::int64_t h = 0; h < g.hq; ++h) {
+      const std::int64_t kv = h / g.group, r0 = b * seq_len;
+      dev.gemm_ex<T>(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
+                     k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     probs.rows_range((b * g.hq + h) * seq_len, seq_len));
+    }
+  kernels::launch(dev, "attention_probs_from_lse", probs.rows, probs.cols, kernels::row_grid(probs.rows),
+                  kernels::kRowThreads, &kernels::attention_probs_from_lse<T, detail::attention_stat_t<T>>,
+                  probs.data, probs.ld, probs.rows, seq_len, causal, lse.data, lse.ld);
   // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
   for (std::int64_t b = 0; b < g.batch; ++b)
     for (std::int64_t h = 0; h < g.hq; ++h) {
       const std::int64_t kv = h / g.group, r0 = b * seq_len;
       const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
-      dev.gemm_ex<T>(Op::t, Op::n, 1.0, head(probs, b, h), d_o, 1.0, dv.block(r0, kv * head_dim, seq_len, head_dim));
+      dev.gemm_ex<T>(Op::t, Op::n, 1.0, head(ConstView<T>(probs), b, h), d_o, 1.0,
+                     dv.block(r0, kv * head_dim, seq_len, head_dim));
       dev.gemm_ex<T>(Op::n, Op::t, 1.0, d_o, v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
                      d_scores.rows_range((b * g.hq + h) * seq_len, seq_len));
     }
   kernels::launch(dev, "attention_softmax_backward", probs.rows, probs.cols, kernels::row_grid(probs.rows),
                   kernels::kRowThreads, &kernels::attention_softmax_backward<T>, probs.data, probs.ld, d_scores.data,
-                  d_scores.ld, probs.rows, seq_len,
-                  static_cast<kernels::accum_t<T>>(1.0 / std::sqrt(static_cast<double>(head_dim))));
+                  d_scores.ld, probs.rows, seq_len, static_cast<kernels::accum_t<T>>(scale));
   for (std::int64_t b = 0; b < g.batch; ++b)
     for (std::int64_t h = 0; h < g.hq; ++h) {
       const std::int64_t kv = h / g.group, r0 = b * seq_len;
