@@ -78,7 +78,8 @@ gpus=${gpus:-0}
 if [ "$gpus" -gt 0 ]; then
   note "- GPUs: $gpus x $(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2> /dev/null | head -1)"
 else
-  note "- GPUs: none (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1 || true)); GPU tests will report skipped"
+  why=$(command -v nvidia-smi > /dev/null && nvidia-smi -L 2>&1 | head -1 || echo "nvidia-smi not found")
+  note "- GPUs: none ($why); GPU tests will report skipped"
 fi
 note "- nvcc: $(nvcc --version 2> /dev/null | tail -1 || echo 'not found')"
 note "- $(cmake --version 2> /dev/null | head -1), $(nproc) cores"
@@ -112,8 +113,10 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DTP_BUILD_BENCH=OFF -DTP_BUILD_GPU_BENCH=ON -DTP_BUILD_EXAMPLES=OFF -DTP_INSTALL=OFF ||
     { rm -f "$build/CMakeCache.txt"; tail -30 "$buildlog"; finish "configuring tp failed (build.log)" 2; }
 fi
-nccl=$(grep -E '^-- tp: NCCL' "$buildlog" | tail -1 | sed 's/^-- tp: //')
-note "- ${nccl:-NCCL: see build.log}"
+# What configure said about NCCL, kept beside the build (a warm machine skips configuring).
+grep -hE '^-- tp: NCCL' "$buildlog" 2> /dev/null | tail -1 | sed 's/^-- tp: //' > "$work/nccl.txt.new"
+[ -s "$work/nccl.txt.new" ] && mv "$work/nccl.txt.new" "$work/nccl.txt"
+note "- $(cat "$work/nccl.txt" 2> /dev/null || echo 'NCCL: not reported by configure')"
 
 # --- which targets this configuration has ---
 # Test binaries are the executables named tp_cuda*_tests / tp_nccl*_tests (Ninja knows which targets
@@ -227,13 +230,13 @@ l=$(left)
 bench_time=$((l - torch_share))
 if [ $bench_time -gt 10 ]; then
   echo "== $(date -u +%T) tp_bench_gpu_layers (at most $bench_time s)" | tee -a "$log"
-  timeout -k 5 "$bench_time" "${stdbuf[@]}" "$e" --benchmark_out="$out/gpu_layers.json" --benchmark_out_format=json \
+  TP_BENCH_DEADLINE_S=$((bench_time - 20)) timeout -k 5 "$bench_time" "${stdbuf[@]}" "$e" --benchmark_out="$out/gpu_layers.json" --benchmark_out_format=json \
     --benchmark_min_time="${TP_BENCH_MIN_TIME:-0.3}" --benchmark_filter="${TP_BENCH_FILTER:-.}" >> "$log" 2>&1
   rc=$?
   bench_rc=$rc
   case $rc in
     0) note "- tp_bench_gpu_layers: done" ;;
-    124 | 137) note "- tp_bench_gpu_layers: stopped at $bench_time s; its rows are in bench.log (no JSON)" ;;
+    124 | 137) note "- tp_bench_gpu_layers: killed at $bench_time s; its rows are in bench.log (no JSON)" ;;
     *) note "- tp_bench_gpu_layers: exit $rc (bench.log)" ;;
   esac
 else

@@ -18,7 +18,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -184,10 +186,29 @@ void time_gpu(benchmark::State& state, cudaStream_t stream, double flops, F&& bo
   if (stop) cudaEventDestroy(stop);
 }
 
+/// TP_BENCH_DEADLINE_S (seconds from the start): benchmarks that would start later report an
+/// error instead of running, so a run with a time budget still ends by itself and writes its JSON.
+bool past_deadline() {
+  static const auto deadline = [] {
+    const char* s = std::getenv("TP_BENCH_DEADLINE_S");
+    const double seconds = s != nullptr ? std::atof(s) : 0.0;
+    return seconds > 0 ? std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                 std::chrono::duration<double>(seconds))
+                       : std::chrono::steady_clock::time_point::max();
+  }();
+  return std::chrono::steady_clock::now() > deadline;
+}
+
 bool skip_without_device(benchmark::State& state) {
-  if (no_device_reason().empty()) return false;
-  state.SkipWithError(("no CUDA device: " + no_device_reason()).c_str());
-  return true;
+  if (!no_device_reason().empty()) {
+    state.SkipWithError(("no CUDA device: " + no_device_reason()).c_str());
+    return true;
+  }
+  if (past_deadline()) {
+    state.SkipWithError("not run: TP_BENCH_DEADLINE_S passed");
+    return true;
+  }
+  return false;
 }
 
 /// Runs a benchmark's setup; an exception ends that benchmark with the message.
@@ -469,6 +490,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  past_deadline();  // starts the clock
   register_all();
   benchmark::Initialize(&argc, argv);
   std::string why;

@@ -65,9 +65,14 @@ def main():
         for size, r in nccl:
             print(f"| {size} | {1e3 * r['ms']:.1f} | {size / (r['ms'] * 1e6):.1f} |")
     if ERRORS:
+        by_message = {}
+        for e in ERRORS:
+            name, _, message = e.partition(": ")
+            by_message.setdefault(message, []).append(name)
         print(f"\n{len(ERRORS)} benchmark(s) reported an error:\n")
-        for e in ERRORS[:20]:
-            print(f"- {e}")
+        for message, names in by_message.items():
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            print(f"- {len(names)} x \"{message}\": {', '.join(names[:3])}{more}")
     mlp, gemm = tp.get("bf16/mlp_forward/4096/8192"), tp.get("bf16/gemm/4096/8192")
     mlp_b = tp.get("bf16/mlp_backward/4096/8192")
     if mlp and gemm:
