@@ -1,9 +1,10 @@
 # Finds NCCL (header nccl.h, library libnccl); defines NCCL::NCCL, NCCL_VERSION and NCCL_ROOT_FOUND
 # (the folder both came from). Where it looks, in this order:
 #   1. NCCL_ROOT (CMake or environment variable): <root>/include, <root>/lib or lib64;
-#   2. the CUDA toolkit's folders and the system's;
+#   2. the CUDA toolkit's folders (when find_package(CUDAToolkit) ran first);
 #   3. the NCCL that pip installed with PyTorch (the nvidia-nccl-cu12 / -cu13 wheels): <site-packages>/nvidia/nccl,
-#      found through python3's sys.path and a few usual virtual-environment and system folders.
+#      found through python3's sys.path and a few usual virtual-environment and system folders;
+#   4. CMake's usual search paths (a distribution's libnccl-dev), header and library found apart.
 # The library may be present only under its versioned name, libnccl.so.2, as in those wheels; the
 # executables then record that folder in their RPATH. Header and library come from the same place
 # whenever one place has both, so that their versions match.
@@ -39,7 +40,6 @@ if(NOT (NCCL_INCLUDE_DIR AND NCCL_LIBRARY))
   if(CUDAToolkit_LIBRARY_ROOT)
     list(APPEND _nccl_roots "${CUDAToolkit_LIBRARY_ROOT}")
   endif()
-  list(APPEND _nccl_roots /usr/local/cuda /usr /usr/local)
 
   # pip's wheels: ask every python3 on the PATH where its packages are, then try the usual folders.
   find_program(_nccl_python NAMES python3 python NO_CACHE)
