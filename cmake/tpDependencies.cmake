@@ -1,17 +1,64 @@
-# Finds what tp's components link to. Used by the build tree and, installed, by tp-config.cmake,
-# so a consumer of the installed package gets the same imported targets.
+# Finds what tp links to. tp::tp's own libraries ({fmt}, threads) always; each optional
+# component's library only through tp_find_component_dependencies(), so that the installed
+# tp-config.cmake looks for the libraries of the components a consumer names in
+# find_package(tp COMPONENTS ...) and no others. The build tree asks for every component (one whose
+# library is missing is simply not built). Used by both, so a consumer of the installed package
+# gets the same imported targets as the build.
 include(CMakeFindDependencyMacro)
 find_dependency(fmt)
-find_package(OpenBLAS)
-set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
-find_package(MPI COMPONENTS CXX)
-find_package(Gloo)
 find_package(Threads REQUIRED)
-find_package(nlohmann_json 3.10)  # tp::io: the safetensors header parser
-# CUDA components (tp::cuda, tp::nccl): the toolkit's imported targets, unless TP_CUDA is OFF.
-if(NOT TP_CUDA STREQUAL "OFF")
-  find_package(CUDAToolkit QUIET)
-  if(CUDAToolkit_FOUND)
-    find_package(NCCL QUIET)
+
+# tp_find_component_dependencies(<component>...): finds the libraries of the named components
+# (blas mpi io cuda nccl gloo) and sets tp_<component>_DEPENDENCY (what it needs, for messages)
+# and tp_<component>_DEPENDENCY_FOUND. Set tp_find_dependencies_quietly to pass QUIET. A macro,
+# so that the packages' variables land in the caller's scope.
+macro(tp_find_component_dependencies)
+  set(_tp_quiet)
+  if(tp_find_dependencies_quietly)
+    set(_tp_quiet QUIET)
   endif()
-endif()
+  foreach(_tp_component IN ITEMS ${ARGN})
+    set(tp_${_tp_component}_DEPENDENCY_FOUND FALSE)
+    if(_tp_component STREQUAL "blas")
+      set(tp_blas_DEPENDENCY "OpenBLAS")
+      find_package(OpenBLAS ${_tp_quiet})
+      set(tp_blas_DEPENDENCY_FOUND ${OpenBLAS_FOUND})
+    elseif(_tp_component STREQUAL "mpi")
+      set(tp_mpi_DEPENDENCY "MPI (C API)")
+      set(MPI_CXX_SKIP_MPICXX ON)  # tp uses the C API only
+      find_package(MPI COMPONENTS CXX ${_tp_quiet})
+      set(tp_mpi_DEPENDENCY_FOUND ${MPI_CXX_FOUND})
+    elseif(_tp_component STREQUAL "io")
+      set(tp_io_DEPENDENCY "nlohmann_json 3.10 (the safetensors header parser)")
+      find_package(nlohmann_json 3.10 ${_tp_quiet})
+      set(tp_io_DEPENDENCY_FOUND ${nlohmann_json_FOUND})
+    elseif(_tp_component STREQUAL "cuda" OR _tp_component STREQUAL "nccl")
+      # The toolkit's imported targets, unless TP_CUDA is OFF.
+      set(tp_cuda_DEPENDENCY "the CUDA toolkit (cudart, cublasLt)")
+      if(NOT TP_CUDA STREQUAL "OFF" AND NOT CUDAToolkit_FOUND)
+        find_package(CUDAToolkit QUIET)
+      endif()
+      set(tp_cuda_DEPENDENCY_FOUND FALSE)
+      if(TARGET CUDA::cudart AND TARGET CUDA::cublasLt)
+        set(tp_cuda_DEPENDENCY_FOUND TRUE)
+      endif()
+      if(_tp_component STREQUAL "nccl")
+        set(tp_nccl_DEPENDENCY "NCCL and the CUDA toolkit")
+        if(tp_cuda_DEPENDENCY_FOUND AND NOT TARGET NCCL::NCCL)
+          find_package(NCCL QUIET)
+        endif()
+        if(tp_cuda_DEPENDENCY_FOUND AND TARGET NCCL::NCCL)
+          set(tp_nccl_DEPENDENCY_FOUND TRUE)
+        endif()
+      endif()
+    elseif(_tp_component STREQUAL "gloo")
+      set(tp_gloo_DEPENDENCY "Gloo")
+      find_package(Gloo ${_tp_quiet})
+      set(tp_gloo_DEPENDENCY_FOUND ${Gloo_FOUND})
+    else()
+      set(tp_${_tp_component}_DEPENDENCY "nothing: tp has no component '${_tp_component}'")
+    endif()
+  endforeach()
+  unset(_tp_quiet)
+  unset(_tp_component)
+endmacro()

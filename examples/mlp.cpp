@@ -5,12 +5,12 @@
 ///   mlp --backend local --world 3
 
 #include <CLI/CLI.hpp>
+#include <tp/comm/launch.hpp>
 #include <tp/tp.hpp>
 
 #include <chrono>
 #include <cmath>
 
-#include "common/launch.hpp"
 
 namespace {
 
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   std::int64_t tokens = 64, hidden = 512;
   std::uint64_t seed = 1;
   app.add_option("--backend", backend, "local, mpi or gloo")->check(CLI::IsMember({"local", "mpi", "gloo"}));
-  app.add_option("--world", world, "ranks for the local backend")->check(CLI::PositiveNumber);
+  app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber);
   app.add_option("--tokens", tokens, "rows of the input")->check(CLI::PositiveNumber);
   app.add_option("--hidden", hidden, "model width h; the MLP is h -> 4h -> h")->check(CLI::PositiveNumber);
   app.add_option("--iters", iters, "timed iterations")->check(CLI::PositiveNumber);
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   const std::int64_t ffn = 4 * hidden;
   bool ok = true;
   try {
-    tp::examples::launch(backend, world, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       tp::Context<> ctx(comm);
       const tp::Cpu& dev = *ctx.device;
       tp::ColumnParallelLinear<float> fc1(ctx, hidden, ffn, {.name = "fc1", .seed = seed});

@@ -6,11 +6,11 @@
 ///   seed_matmul --backend local --world 2
 
 #include <CLI/CLI.hpp>
+#include <tp/comm/launch.hpp>
 #include <tp/tp.hpp>
 
 #include <array>
 
-#include "common/launch.hpp"
 
 namespace {
 
@@ -31,12 +31,12 @@ int main(int argc, char** argv) {
   std::string backend = "mpi";
   int world = 2;
   app.add_option("--backend", backend, "local, mpi or gloo")->check(CLI::IsMember({"local", "mpi", "gloo"}));
-  app.add_option("--world", world, "ranks for the local backend")->check(CLI::Range(1, 2));
+  app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::Range(1, 2));
   CLI11_PARSE(app, argc, argv);
 
   bool ok = true;
   try {
-    tp::examples::launch(backend, world, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       tp::Tensor<float, tp::Cpu> x(2, 4), a_t(2, 4);  // layers store the weight as A^T: [out, in]
       for (int r = 0; r < 2; ++r)
         for (int c = 0; c < 4; ++c) {

@@ -29,15 +29,12 @@ done
 py=/usr/bin/python3  # Debian's python: python3-torch and python3-matplotlib live there
 [ -x $py ] || py=python3
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
+# Open MPI as root / oversubscribed and OpenBLAS's core type come from common.sh, as for the
+# other scripts; what follows is only for benchmarking.
+source "$root/scripts/common.sh"
 # Open MPI spins while it waits; on two vCPUs that share a core, a spinning rank takes the FPU from
 # the rank still computing (measured: MLP step at 1 token, 2 ranks, 86 ms spinning vs 22 ms yielding).
 export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
-# OpenBLAS 0.3.21 runs AVX2 kernels on AVX-512 Zen CPUs unless told (see tp/device/cpu.hpp).
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo; then
-  export OPENBLAS_CORETYPE=SkylakeX
-fi
 export OPENBLAS_NUM_THREADS=1
 
 if [ $skip_build -eq 0 ]; then

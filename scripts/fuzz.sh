@@ -24,7 +24,7 @@ if ! "$cxx" -fsanitize=fuzzer "$probe" -o "$out/probe" 2>/dev/null; then
 fi
 bin="$out/safetensors_fuzz"
 src="$root/tests/fuzz/safetensors_fuzz.cpp"
-if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ "$root/include/tp/io/safetensors.hpp" -nt "$bin" ]; then
+if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ "$root/include/tp/io/safetensors_header.hpp" -nt "$bin" ]; then
   "$cxx" -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -DTP_HAS_IO=1 -I"$root/include" "$src" -lfmt -o "$bin"
 fi

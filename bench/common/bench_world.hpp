@@ -1,7 +1,7 @@
 #pragma once
 /// What both benchmark binaries share: picking the backend from the command line, starting the
-/// ranks (in-process threads, or the processes of an mpirun job), and running Google Benchmark on
-/// rank 0 while the other ranks follow.
+/// ranks (tp::Launch: in-process threads, or the processes of an mpirun job), and running Google
+/// Benchmark on rank 0 while the other ranks follow.
 ///
 /// Rank 0 alone runs Google Benchmark and reports. Before each run of a benchmark it broadcasts
 /// which case to run and how many iterations Google Benchmark asked for; every rank then runs that
@@ -13,7 +13,6 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,14 +20,12 @@
 #include <thread>
 #include <vector>
 
-#include "tp/comm/local_communicator.hpp"
+#include "tp/comm/launch.hpp"
 #include "tp/device/cpu.hpp"
 #ifdef TP_HAS_MPI
 #include "tp/comm/mpi_communicator.hpp"
 #endif
 #ifdef TP_HAS_GLOO
-#include <gloo/rendezvous/hash_store.h>
-
 #include "tp/comm/gloo_communicator.hpp"
 #endif
 
@@ -64,8 +61,6 @@ double seconds(F&& f) {
   f();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-
-inline bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr; }
 
 class World {
  public:
@@ -133,48 +128,15 @@ inline int main(int argc, char** argv, CLI::App& app, Options& options,
   }
   options.extra = app.remaining();
 
-  const bool mpirun = under_mpirun();
-  std::vector<std::shared_ptr<Communicator>> comms;  // comms[0] is this process's leader or follower
-#ifdef TP_HAS_MPI
-  std::unique_ptr<MpiEnvironment> env;
-  std::shared_ptr<MpiCommunicator> mpi;
-  if (mpirun && options.backend != "local") {
-    env = std::make_unique<MpiEnvironment>(argc, argv);
-    mpi = std::make_shared<MpiCommunicator>();
-  }
-#endif
-  const auto long_wait = std::chrono::minutes(30);  // a follower waits for the leader between runs
-  if (options.backend == "local") {
-    TP_CHECK(!mpirun, "--backend=local runs its ranks as threads; start it without mpirun and give --world");
-    comms = LocalCommunicator::create(options.world, {.timeout = long_wait});
-  } else if (options.backend == "mpi") {
-#ifdef TP_HAS_MPI
-    TP_CHECK(mpirun, "--backend=mpi needs mpirun");
-    comms = {mpi};
-#else
-    TP_THROW(InvalidArgument, "this build has no MPI (tp::mpi component)");
-#endif
-  } else {
-#ifdef TP_HAS_GLOO
-    const GlooOptions gloo{.timeout = long_wait};
-    if (mpirun) {
-#ifdef TP_HAS_MPI
-      comms = {std::make_shared<GlooCommunicator>(*mpi, gloo)};
-#else
-      comms = {GlooCommunicator::from_env(gloo)};
-#endif
-    } else {
-      ::gloo::rendezvous::HashStore store;
-      comms.resize(options.world);
-      std::vector<std::thread> threads;
-      for (int r = 0; r < options.world; ++r)
-        threads.emplace_back([&, r] { comms[r] = std::make_shared<GlooCommunicator>(store, r, options.world, gloo); });
-      for (auto& t : threads) t.join();
-    }
-#else
-    TP_THROW(InvalidArgument, "this build has no Gloo (tp::gloo component)");
-#endif
-  }
+  // Ranks are started as the examples start theirs (tp/comm/launch.hpp); a follower waits for
+  // the leader between runs, hence the long timeout.
+  const bool mpirun = started_by_launcher();
+  TP_CHECK(options.backend != "local" || !mpirun,
+           "--backend=local runs its ranks as threads; start it without mpirun and give --world");
+  TP_CHECK(options.backend != "mpi" || mpirun, "--backend=mpi needs mpirun");
+  const Launch launch({.backend = options.backend, .world = options.world, .timeout = std::chrono::minutes(30)}, argc,
+                      argv);
+  const auto& comms = launch.ranks();  // comms[0] is this process's leader or follower
   const int world_size = comms[0]->size();
   const World world(make_cases(options, world_size));
 
@@ -226,7 +188,6 @@ inline int main(int argc, char** argv, CLI::App& app, Options& options,
     World::stop(comms[0]);
   }
   for (auto& t : followers) t.join();
-  comms.clear();
   return status;
 }
 

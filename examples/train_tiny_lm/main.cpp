@@ -8,13 +8,13 @@
 ///   train_tiny_lm --steps 600 --resume ck                       # continue from step 300
 
 #include <CLI/CLI.hpp>
+#include <tp/comm/launch.hpp>
 #include <tp/tp.hpp>
 
 #include <chrono>
 #include <ctime>
 #include <optional>
 
-#include "common/launch.hpp"
 #include "train_tiny_lm/model.hpp"
 
 #ifndef TP_TINY_LM_DATA
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   // Not restricted here: launch() knows which backends this build has and names them if wrong.
   app.add_option("--backend", backend, "local (ranks as threads), mpi or gloo (start with mpirun -np N)")
       ->capture_default_str();
-  app.add_option("--world", world, "ranks for the local backend")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
 
   try {
     const tiny_lm::TextData data(data_path);
-    tp::examples::launch(backend, world, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       tp::Context<> ctx(comm);
       const bool lead = comm->rank() == 0;
       tiny_lm::Trainer<float> trainer(ctx, model, train);

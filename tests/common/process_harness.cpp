@@ -39,11 +39,11 @@ void on_ranks(const RankBody& body) {
   }
 }
 
-int run_process_tests(int& argc, char** argv, std::string backend,
-                             const std::function<std::shared_ptr<Communicator>()>& make_world) {
+int run_process_tests(int& argc, char**& argv, const LaunchOptions& options) {
+  const Launch launch(options, argc, argv);
   ::testing::InitGoogleTest(&argc, argv);
-  world_backend = std::move(backend);
-  world_comm = make_world();
+  world_backend = options.backend;
+  world_comm = launch.ranks()[0];  // one rank per process: --world is left at 1
   if (world_comm->rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

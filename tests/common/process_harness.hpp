@@ -4,17 +4,13 @@
 /// print their failures tagged with the rank, and any failing rank makes mpirun exit non-zero.
 /// Link process_harness.cpp and call run_process_tests from main().
 
-#include <functional>
-#include <memory>
-#include <string>
-
 #include "common/harness.hpp"
+#include "tp/comm/launch.hpp"
 
 namespace tp::test {
 
-/// Runs every test on the communicator `make_world` returns (called after gtest has read its flags);
-/// `backend` is what harness_backend() reports.
-int run_process_tests(int& argc, char** argv, std::string backend,
-                      const std::function<std::shared_ptr<Communicator>()>& make_world);
+/// Starts this process's rank as `options` say (tp::Launch, which initialises MPI before gtest reads
+/// its flags) and runs every test on it; `options.backend` is what harness_backend() reports.
+int run_process_tests(int& argc, char**& argv, const LaunchOptions& options);
 
 }  // namespace tp::test

@@ -1,14 +1,18 @@
-/// libFuzzer target over the safetensors header parser: the input is a whole file (8-byte length,
+/// libFuzzer target over the safetensors header parser (tp/io/safetensors_header.hpp: bytes in,
+/// parsed header out, no file touched): the input is a whole file (8-byte length,
 /// header, data). The parser must either accept it, with every invariant the loaders rely on
 /// holding, or throw tp::IoError; any other exception, crash, sanitizer report or timeout is a bug.
 /// Built and run by scripts/fuzz.sh (clang with -fsanitize=fuzzer,address,undefined).
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <span>
+#include <utility>
+#include <vector>
 
-#include "tp/io/safetensors.hpp"
+#include "tp/io/safetensors_header.hpp"
 
 namespace {
 void check(bool cond, const char* what) {

@@ -6,14 +6,16 @@
 ///   - a gloo store the caller gives (gloo::rendezvous::HashStore in one process, FileStore on a
 ///     shared directory, RedisStore, ...): `GlooCommunicator(store, rank, size)`;
 ///   - a directory and the rank and world size from the environment: `GlooCommunicator::from_env()`
-///     (TP_RANK / TP_WORLD_SIZE / TP_GLOO_STORE, or Open MPI's OMPI_COMM_WORLD_RANK / _SIZE);
+///     (TP_RANK / TP_WORLD_SIZE / TP_GLOO_STORE, or Open MPI's OMPI_COMM_WORLD_RANK / _SIZE, or
+///     PMI_RANK / PMI_SIZE: tp/comm/detail/process_env.hpp);
 ///   - any tp communicator that already connects the same ranks, such as an MpiCommunicator under
 ///     mpirun: `GlooCommunicator(mpi)`. This is how "rendezvous through MPI" works without this
 ///     header including mpi.h, and how `split` builds its sub-groups (over the parent).
 ///
-/// Every collective and the rendezvous itself give up after `timeout` and throw CommError; after a
-/// timeout or a lost connection the communicator refuses further collectives, since gloo leaves
-/// the pairs in an unknown state.
+/// This file holds the collectives; the rendezvous and the mesh it builds are in
+/// tp/comm/detail/gloo_rendezvous.hpp. Every collective and the rendezvous itself give up after
+/// `timeout` and throw CommError; after a timeout or a lost connection the communicator refuses
+/// further collectives, since gloo leaves the pairs in an unknown state.
 
 #ifndef TP_HAS_GLOO
 #error "tp/comm/gloo_communicator.hpp needs the tp::gloo CMake component: target_link_libraries(... tp::gloo)"
@@ -31,20 +33,19 @@
 #include <gloo/math.h>
 #include <gloo/rendezvous/file_store.h>
 #include <gloo/rendezvous/store.h>
-#include <gloo/transport/context.h>
-#include <gloo/transport/tcp/device.h>
+#include <gloo/transport/device.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
+#include "tp/comm/detail/gloo_rendezvous.hpp"
+#include "tp/comm/detail/process_env.hpp"
 #include "tp/detail/host_reduce.hpp"
 
 namespace tp {
@@ -64,47 +65,6 @@ struct GlooOptions {
 };
 
 namespace detail {
-
-inline std::string env_or(const char* name, std::string fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::string(v) : std::move(fallback);
-}
-
-/// Every rank's bytes, in rank order, given this rank's: the one collective a mesh needs.
-using GlooExchange = std::function<std::vector<std::vector<char>>(const std::vector<char>&)>;
-
-/// A gloo context whose pairs are connected from addresses exchanged by any means (gloo's own
-/// rendezvous::Context insists on a Store).
-class GlooMeshContext final : public ::gloo::Context {
- public:
-  GlooMeshContext(int rank, int size, std::chrono::milliseconds timeout) : ::gloo::Context(rank, size) {
-    setTimeout(timeout);
-  }
-
-  void connect(const std::shared_ptr<::gloo::transport::Device>& device, const GlooExchange& exchange) {
-    auto transport = device->createContext(rank, size);
-    transport->setTimeout(getTimeout());
-    // My blob: the address of my end of every pair, in peer order, skipping myself.
-    std::vector<char> mine;
-    for (int peer = 0; peer < size; ++peer) {
-      if (peer == rank) continue;
-      const auto bytes = transport->createPair(peer)->address().bytes();
-      mine.insert(mine.end(), bytes.begin(), bytes.end());
-    }
-    const auto all = exchange(mine);
-    for (int peer = 0; peer < size; ++peer) {
-      if (peer == rank) continue;
-      const auto& blob = all[peer];
-      TP_CHECK(size > 1 && blob.size() % (size - 1) == 0 && !blob.empty(),
-               "Gloo rendezvous: rank {} sent {} address bytes, not a multiple of {} pairs", peer, blob.size(),
-               size - 1);
-      const std::size_t width = blob.size() / (size - 1), slot = rank < peer ? rank : rank - 1;
-      transport->getPair(peer)->connect(std::vector<char>(blob.begin() + slot * width, blob.begin() + (slot + 1) * width));
-    }
-    device_ = device;
-    transportContext_ = std::move(transport);
-  }
-};
 
 template <class T>
 ::gloo::AllreduceOptions::Func gloo_reduce_fn(ReduceOp op) {
@@ -128,13 +88,14 @@ class GlooCommunicator final : public Communicator {
   /// Rendezvous through a gloo store shared by all ranks: each rank publishes its addresses under
   /// "<prefix>/<rank>" and waits (at most `timeout`) for everyone else's.
   GlooCommunicator(::gloo::rendezvous::Store& store, int rank, int size, Options options = {})
-      : GlooCommunicator(rank, size, make_device(options), options, store_exchange(store, rank, size, options)) {}
+      : GlooCommunicator(rank, size, detail::make_gloo_device(options.hostname, options.iface), options,
+                         detail::store_exchange(store, rank, size, options.prefix, options.timeout)) {}
 
   /// Rendezvous over a tp communicator that already connects these ranks (an MpiCommunicator under
   /// mpirun, a LocalCommunicator in one process): ranks and size are taken from it.
   explicit GlooCommunicator(Communicator& bootstrap, Options options = {})
-      : GlooCommunicator(bootstrap.rank(), bootstrap.size(), make_device(options), options,
-                         communicator_exchange(bootstrap)) {}
+      : GlooCommunicator(bootstrap.rank(), bootstrap.size(), detail::make_gloo_device(options.hostname, options.iface),
+                         options, detail::communicator_exchange(bootstrap)) {}
 
   /// Rendezvous through gloo's FileStore in `directory` (created if missing; it must be shared
   /// by all ranks and free of files from an earlier job with the same prefix).
@@ -152,19 +113,7 @@ class GlooCommunicator final : public Communicator {
   /// key prefix is TP_GLOO_PREFIX, else one made from Open MPI's job id (PMIX_NAMESPACE) when there is
   /// one, so that files left by an earlier mpirun job are never read.
   static std::shared_ptr<GlooCommunicator> from_env(Options options = {}) {
-    const auto number = [](std::initializer_list<const char*> names, const char* what) {
-      for (const char* name : names)
-        if (const char* v = std::getenv(name); v != nullptr && *v != '\0') {
-          char* end = nullptr;
-          const long value = std::strtol(v, &end, 10);
-          TP_CHECK(*end == '\0' && value >= 0, "GlooCommunicator::from_env: {}='{}' is not a {}", name, v, what);
-          return static_cast<int>(value);
-        }
-      TP_THROW(InvalidArgument, "GlooCommunicator::from_env: none of {} is set; cannot tell the {}",
-               std::vector<std::string>(names.begin(), names.end()), what);
-    };
-    const int rank = number({"TP_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"}, "rank");
-    const int size = number({"TP_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, "world size");
+    const auto [rank, size] = detail::world_from_env("GlooCommunicator::from_env");
     const std::string dir = detail::env_or("TP_GLOO_STORE", "");
     TP_CHECK(!dir.empty(), "GlooCommunicator::from_env: TP_GLOO_STORE must name a directory shared by all {} ranks",
              size);
@@ -202,7 +151,7 @@ class GlooCommunicator final : public Communicator {
     // Every rank takes part in one exchange over this communicator, each sending its own group's
     // addresses; a rank left out (negative color) sends nothing.
     const Exchange over_parent = [this, members](const std::vector<char>& bytes) {
-      const auto everyone = communicator_exchange(*this)(bytes);
+      const auto everyone = detail::communicator_exchange(*this)(bytes);
       std::vector<std::vector<char>> group;
       for (int r : members) group.push_back(everyone[r]);
       return group;
@@ -318,66 +267,6 @@ class GlooCommunicator final : public Communicator {
     // A rank's pairs can be connected on its side while a peer still finishes its handshakes; a
     // rank that closed its pairs right away would break the peer's rendezvous.
     barrier();
-  }
-
-  static std::shared_ptr<::gloo::transport::Device> make_device(const Options& options) {
-    ::gloo::transport::tcp::attr attr;
-    attr.iface = options.iface.empty() ? detail::env_or("TP_GLOO_IFACE", "") : options.iface;
-    if (attr.iface.empty())
-      attr.hostname = options.hostname.empty() ? detail::env_or("TP_GLOO_HOSTNAME", "127.0.0.1") : options.hostname;
-    try {
-      return ::gloo::transport::tcp::CreateDevice(attr);
-    } catch (const std::exception& e) {
-      TP_THROW(CommError, "GlooCommunicator: cannot open a TCP device on {} '{}': {}",
-               attr.iface.empty() ? "host" : "interface", attr.iface.empty() ? attr.hostname : attr.iface, e.what());
-    }
-  }
-
-  /// Publishes my bytes under "<prefix>/<rank>", then waits for every other rank's key; on a
-  /// timeout, names the ranks whose keys never appeared.
-  static Exchange store_exchange(::gloo::rendezvous::Store& store, int rank, int size, const Options& options) {
-    return [&store, rank, size, options](const std::vector<char>& mine) {
-      const auto key = [&](int r) { return fmt::format("{}/{}", options.prefix, r); };
-      store.set(key(rank), mine);
-      std::vector<std::string> keys;
-      for (int r = 0; r < size; ++r) keys.push_back(key(r));
-      try {
-        store.wait(keys, options.timeout);
-      } catch (const std::exception& e) {
-        std::vector<int> missing;
-        for (int r = 0; r < size; ++r) try {
-            store.wait({key(r)}, std::chrono::milliseconds(1));
-          } catch (const std::exception&) {
-            missing.push_back(r);
-          }
-        TP_THROW(CommError,
-                 "GlooCommunicator rendezvous: rank {} waited {} ms in the store for keys '{}/*'; ranks {} of {} "
-                 "never arrived ({})",
-                 rank, options.timeout.count(), options.prefix, missing, size, e.what());
-      }
-      std::vector<std::vector<char>> all(size);
-      for (int r = 0; r < size; ++r) all[r] = r == rank ? mine : store.get(key(r));
-      return all;
-    };
-  }
-
-  /// An all-gather of byte strings of any lengths over a tp communicator.
-  static Exchange communicator_exchange(Communicator& comm) {
-    return [&comm](const std::vector<char>& mine) {
-      const int n = comm.size();
-      std::vector<std::int64_t> lengths(n);
-      const std::int64_t my_length = static_cast<std::int64_t>(mine.size());
-      comm.all_gather(&my_length, lengths.data(), 1, DType::i64);
-      std::vector<std::size_t> counts(lengths.begin(), lengths.end());
-      const auto displs = displacements(counts);
-      std::vector<char> flat(displs.back() + counts.back());
-      comm.all_gather_v(mine.data(), flat.data(), counts, DType::u8);
-      std::vector<std::vector<char>> all(n);
-      for (int r = 0; r < n; ++r)
-        all[r].assign(flat.begin() + static_cast<std::ptrdiff_t>(displs[r]),
-                      flat.begin() + static_cast<std::ptrdiff_t>(displs[r] + counts[r]));
-      return all;
-    };
   }
 
   template <class F>
