@@ -74,8 +74,8 @@ struct Env {
       LocalCommunicator::create(1, {.memory = std::make_shared<CudaLocalMemory>()}).front();
 };
 Env& env() {
-  static Env e;
-  return e;
+  static Env* e = new Env;  // never destroyed: no CUDA teardown after the runtime has shut down
+  return *e;
 }
 
 /// What a bare cuBLASLt call fuses after the product (cuBLASLt's own terms: column-major, so a
@@ -245,8 +245,8 @@ struct TpLayers {
 };
 template <class T>
 TpLayers<T>& tp_layers(std::int64_t h) {
-  static std::map<std::int64_t, std::unique_ptr<TpLayers<T>>> cache;  // lives until exit, like env()
-  auto& slot = cache[h];
+  static auto* cache = new std::map<std::int64_t, std::unique_ptr<TpLayers<T>>>();  // never destroyed, like env()
+  auto& slot = (*cache)[h];
   if (!slot) slot = std::make_unique<TpLayers<T>>(h);
   return *slot;
 }
