@@ -431,7 +431,8 @@ void BM_BareMlp(benchmark::State& state) {
 template <class T>
 void BM_NcclAllReduce(benchmark::State& state) {
   if (skip_without_device(state)) return;
-  static std::shared_ptr<NcclCommunicator> nccl;  // one per process: creating one costs more than the benchmark
+  // One per process (creating one costs more than the benchmark), never destroyed, like env().
+  static auto& nccl = *new std::shared_ptr<NcclCommunicator>();
   auto& dev = *env().dev;
   const std::int64_t n = state.range(0) / static_cast<std::int64_t>(sizeof(T));
   state.SetLabel(fmt::format("{}/nccl_all_reduce/{}", type_name<T>(), state.range(0)));
