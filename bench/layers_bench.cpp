@@ -96,12 +96,12 @@ class LayerRunner : public Runner {
       } else {
         const auto& h = column_->forward(x_.view());
         act_.resize(h.rows(), h.cols());
-        dev.gelu(h.view(), act_.view(), Gelu::exact);
+        tp::ops::gelu(dev, h.view(), act_.view(), Gelu::exact);
         row_->forward(act_.view());
         if (backward_) {
           const auto& dact = row_->backward(dy_.view());
           dh_.resize(h.rows(), h.cols());
-          dev.gelu_backward(h.view(), dact.view(), dh_.view(), Gelu::exact);
+          tp::ops::gelu_backward(dev, h.view(), dact.view(), dh_.view(), Gelu::exact);
           column_->backward(dh_.view());
         }
       }

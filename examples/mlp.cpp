@@ -71,12 +71,12 @@ int main(int argc, char** argv) {
       const tp::Tensor<float, tp::Cpu>* pre = nullptr;  // fc1's output, kept for the GELU backward
       auto forward = [&]() -> const tp::Tensor<float, tp::Cpu>& {
         pre = &fc1.forward(x);
-        dev.gelu(pre->view(), h.view(), tp::Gelu::exact);
+        tp::ops::gelu(dev, pre->view(), h.view(), tp::Gelu::exact);
         return fc2.forward(h);
       };
       auto backward = [&]() -> const tp::Tensor<float, tp::Cpu>& {
         const auto& dact = fc2.backward(dy);
-        dev.gelu_backward(pre->view(), dact.view(), dh.view(), tp::Gelu::exact);
+        tp::ops::gelu_backward(dev, pre->view(), dact.view(), dh.view(), tp::Gelu::exact);
         return fc1.backward(dh);
       };
 
@@ -89,10 +89,10 @@ int main(int argc, char** argv) {
       std::copy_n(dy.data(), dy.size(), dyd.data());
       const tp::Cpu cpu;
       cpu.gemm(tp::Op::n, tp::Op::t, 1.0, xd.view(), w1.view(), 0.0, pre_d.view());
-      cpu.gelu(pre_d.view(), act.view(), tp::Gelu::exact);
+      tp::ops::gelu(cpu, pre_d.view(), act.view(), tp::Gelu::exact);
       cpu.gemm(tp::Op::n, tp::Op::t, 1.0, act.view(), w2.view(), 0.0, yd.view());
       cpu.gemm(tp::Op::n, tp::Op::n, 1.0, dyd.view(), w2.view(), 0.0, dact.view());
-      cpu.gelu_backward(pre_d.view(), dact.view(), dpre.view(), tp::Gelu::exact);
+      tp::ops::gelu_backward(cpu, pre_d.view(), dact.view(), dpre.view(), tp::Gelu::exact);
       cpu.gemm(tp::Op::n, tp::Op::n, 1.0, dpre.view(), w1.view(), 0.0, dxd.view());
       cpu.gemm(tp::Op::t, tp::Op::n, 1.0, dpre.view(), xd.view(), 0.0, dw1.view());
 

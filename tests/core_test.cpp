@@ -117,8 +117,8 @@ TEST(CpuDevice, GeluMatchesReferenceAndDerivative) {
   Tensor<double, Cpu> y(4, 33), dx(4, 33);
   for (bool tanh : {false, true}) {
     const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    Cpu().gelu(xt.view(), y.view(), kind);
-    Cpu().gelu_backward(xt.view(), dyt.view(), dx.view(), kind);
+    tp::ops::gelu(Cpu(), xt.view(), y.view(), kind);
+    tp::ops::gelu_backward(Cpu(), xt.view(), dyt.view(), dx.view(), kind);
     TP_EXPECT_CLOSE(double, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
     ref::Matrix want_dx = dy;
     for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
@@ -136,8 +136,8 @@ TEST(CpuDevice, FloatGeluMatchesReferenceAndDerivative) {
   Tensor<float, Cpu> y(7, 301), dx(7, 301);
   for (bool tanh : {false, true}) {
     const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    Cpu().gelu(xt.view(), y.view(), kind);
-    Cpu().gelu_backward(xt.view(), dyt.view(), dx.view(), kind);
+    tp::ops::gelu(Cpu(), xt.view(), y.view(), kind);
+    tp::ops::gelu_backward(Cpu(), xt.view(), dyt.view(), dx.view(), kind);
     TP_EXPECT_CLOSE(float, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
     ref::Matrix want_dx = dy;
     for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);

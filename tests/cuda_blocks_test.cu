@@ -130,8 +130,8 @@ TEST(CudaBlocksErrors, EmbeddingIdOutsideTheVocabulary) {
       EXPECT_THAT(e.what(), HasSubstr("token id 9 at position 3 (row 1, column 0 of the 2x3 ids) is outside the "
                                       "vocabulary [0, 9)"));
     }
-    EXPECT_EQ(dev->first_outside(ids.view(), -4, 9, 9), -1);
-    EXPECT_EQ(dev->first_outside(ids.view(), 0, 9, 9), 5);
+    EXPECT_EQ(tp::ops::first_outside(*dev, ids.view(), -4, 9, 9), -1);
+    EXPECT_EQ(tp::ops::first_outside(*dev, ids.view(), 0, 9, 9), 5);
   });
 }
 
@@ -411,8 +411,8 @@ TYPED_TEST(CudaBlocks, GradNormAndClipMatchReference) {
     const ref::Matrix mine = g.rows_range(rr.begin, rr.size());
     double want_local = 0;
     for (double v : mine.data) want_local += v * v;
-    EXPECT_NEAR(dev->sum_squares<T>(g_d.view()), want_local, 1e-12 * want_local);
-    EXPECT_NEAR(dev->sum_squares<T>(g_d.view().cols_range(1, 0)), 0.0, 0.0);
+    EXPECT_NEAR(tp::ops::sum_squares<T>(*dev, g_d.view()), want_local, 1e-12 * want_local);
+    EXPECT_NEAR(tp::ops::sum_squares<T>(*dev, g_d.view().cols_range(1, 0)), 0.0, 0.0);
     const Context<Cuda> ctx(comm, dev);
     const std::vector<Parameter<T>> ps{{"w", g_d.view(), g_d.view(), rows, cols, rr, {0, cols}},
                                        {"b", b_d.view(), b_d.view(), 1, cols, {0, 1}, {0, cols}}};
@@ -430,26 +430,26 @@ TEST(CudaBlocksErrors, BadShapesNameTheSizes) {
   auto dev = std::make_shared<Cuda>();
   Tensor<float, Cuda> a(dev, 4, 6), b(dev, 4, 4), probs(dev, 8, 4);
   try {
-    dev->swiglu<float>(a.view(), b.view());
+    tp::ops::swiglu<float>(*dev, a.view(), b.view());
     ADD_FAILURE() << "swiglu accepted a 4x6 gate_up for a 4x4 output";
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("swiglu: gate_up is 4x6, expected 4x8 for 4x4"));
   }
   try {
-    dev->attention_forward<float>(b.view(), b.view(), b.view(), 3, 2, true, probs.view(), b.view());
+    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 3, 2, true, probs.view(), b.view());
     ADD_FAILURE() << "attention_forward accepted 4 tokens as sequences of 3";
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("do not hold whole sequences of 3 tokens and heads of 2"));
   }
   try {
-    dev->attention_forward<float>(b.view(), b.view(), b.view(), 2, 2, true, probs.view(), b.view());
+    tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 2, 2, true, probs.view(), b.view());
     ADD_FAILURE() << "attention_forward accepted an 8x4 probs for 2 sequences of 2 heads";
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("probs 8x4 (expected 8x2)"));
   }
   Tensor<float, Cuda> mean(dev, 3, 1);
-  EXPECT_THROW(dev->layer_norm<float>(b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1), b.view(),
-                                      mean.view(), mean.view(), 1e-5),
+  EXPECT_THROW(tp::ops::layer_norm<float>(*dev, b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1),
+                                          b.view(), mean.view(), mean.view(), 1e-5),
                InvalidArgument);
 }
 

@@ -140,10 +140,10 @@ TYPED_TEST(CudaParallelLinear, ColumnGeluRowPairMatchesReference) {
       const auto x_d = upload<T>(dev, x), dy_d = upload<T>(dev, dy);
       const auto& h_r = fc1.forward(x_d.view());
       Tensor<T, Cuda> a_r(dev, h_r.rows(), h_r.cols()), da_r(dev, h_r.rows(), h_r.cols());
-      dev->gelu(h_r.view(), a_r.view(), kind);
+      tp::ops::gelu(*dev, h_r.view(), a_r.view(), kind);
       TP_EXPECT_CLOSE(T, download(*dev, fc2.forward(a_r.view())), second.y);
       const auto& dga = fc2.backward(dy_d.view());
-      dev->gelu_backward(h_r.view(), dga.view(), da_r.view(), kind);
+      tp::ops::gelu_backward(*dev, h_r.view(), dga.view(), da_r.view(), kind);
       TP_EXPECT_CLOSE(T, download(*dev, fc1.backward(da_r.view())), first.dx);
       const Range c = fc1.output_range();
       TP_EXPECT_CLOSE(T, download(*dev, fc1.weight_grad()), first.dw.rows_range(c.begin, c.size()));
@@ -170,11 +170,11 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   Tensor<T, Cuda> y(dev, tokens, out), pre(dev, tokens, out), dpre(dev, tokens, out), db(dev, 1, out);
 
   const auto h = ref::add_bias(ref::matmul(x, false, w, true), b);
-  dev->gemm_bias<T>(Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(), b_d.view());
+  tp::ops::gemm_bias<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(), b_d.view());
   TP_EXPECT_CLOSE(T, download(*dev, y), h);
 
-  dev->gemm_epilogue<T>(Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
-                        {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
+  tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::t, T(1), x_d.view(), w_d.view(), T(0), y.view(),
+                            {.kind = Epilogue::gelu_aux_bias, .bias = b_d.data(), .aux = pre.view()});
   TP_EXPECT_CLOSE(T, download(*dev, pre), h);
   TP_EXPECT_CLOSE(T, download(*dev, y), ref::map(h, [](double v) { return ref::gelu(v, true); }));
 
@@ -183,8 +183,8 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
   ref::Matrix eye(n, n);
   for (std::int64_t i = 0; i < n; ++i) eye(i, i) = 1.0;
   const auto eye_d = upload<T>(dev, eye);
-  dev->gemm_epilogue<T>(Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
-                        {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
+  tp::ops::gemm_epilogue<T>(*dev, Op::n, Op::n, T(1), g_d.view(), eye_d.view(), T(0), dpre.view(),
+                            {.kind = Epilogue::dgelu_bgrad, .bias_grad = db.data(), .aux = pre.view()});
   const auto pre_h = download(*dev, pre);
   ref::Matrix want_dpre = g;
   for (std::size_t i = 0; i < want_dpre.data.size(); ++i) want_dpre.data[i] *= ref::gelu_slope(pre_h.data[i], true);
@@ -193,8 +193,8 @@ TYPED_TEST(CudaParallelLinear, EpiloguesMatchReference) {
 
   // dW = g^T x with the bias gradient (column sums of g) from the same GEMM.
   Tensor<T, Cuda> dw(dev, out, in);
-  dev->gemm_epilogue<T>(Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
-                        {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
+  tp::ops::gemm_epilogue<T>(*dev, Op::t, Op::n, T(1), g_d.view(), x_d.view(), T(0), dw.view(),
+                            {.kind = Epilogue::bgrad_a, .bias_grad = db.data()});
   TP_EXPECT_CLOSE(T, download(*dev, dw), ref::matmul(g, true, x, false));
   TP_EXPECT_CLOSE(T, download(*dev, db), ref::column_sums(g));
 }
@@ -210,9 +210,9 @@ TEST(CudaDevice, StridedCopiesAndElementwiseOps) {
   for (int r = 0; r < 7; ++r)
     for (int c = 0; c < 4; ++c) want(r, 5 + c) = a(r, 2 + c);
   TP_EXPECT_CLOSE(float, download(*dev, b_d), want);
-  dev->add<float>(a_d.view(), b_d.view());
+  tp::ops::add<float>(*dev, a_d.view(), b_d.view());
   TP_EXPECT_CLOSE(float, download(*dev, b_d), ref::add(want, a));
-  dev->scale<float>(b_d.view().cols_range(0, 3), 0.0f);
+  tp::ops::scale<float>(*dev, b_d.view().cols_range(0, 3), 0.0f);
   const auto scaled = download(*dev, b_d);
   for (int r = 0; r < 7; ++r) EXPECT_EQ(scaled(r, 0), 0.0);
   dev->fill<float>(b_d.view(), 2.5f);
@@ -252,7 +252,7 @@ TEST(CudaDevice, BadShapesNameTheSizes) {
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("op(a) is 3x4, op(b) is 3x4, c is 3x5"));
   }
-  EXPECT_THROW(dev.add<float>(a.view(), c.view()), InvalidArgument);
+  EXPECT_THROW(tp::ops::add<float>(dev, a.view(), c.view()), InvalidArgument);
 }
 
 /// Without a GPU this is the test that runs: the driver's failure becomes a CudaError that says

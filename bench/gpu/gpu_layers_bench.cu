@@ -360,12 +360,12 @@ void BM_Mlp(benchmark::State& state) {
   const Tensor<T, Cuda>* hidden = nullptr;  // fc1's output, valid until its next forward
   auto forward = [&] {
     hidden = &fc1.forward(x.view());
-    dev.gelu(hidden->view(), a.view(), Gelu::tanh);
+    tp::ops::gelu(dev, hidden->view(), a.view(), Gelu::tanh);
     fc2.forward(a.view());
   };
   auto backward_pass = [&] {
     const auto& dga = fc2.backward(dy.view());
-    dev.gelu_backward(hidden->view(), dga.view(), da.view(), Gelu::tanh);
+    tp::ops::gelu_backward(dev, hidden->view(), dga.view(), da.view(), Gelu::tanh);
     fc1.backward(da.view());
   };
   if (!setup(state, forward)) return;

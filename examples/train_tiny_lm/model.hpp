@@ -199,10 +199,10 @@ class TinyLm {
     dev.from_host(targets, targets_.view());
 
     dev.copy(wte_.forward(ids_.view()).view(), x_.view());
-    dev.add(wpe_.forward(positions_.view()).view(), x_.view());
+    tp::ops::add(dev, wpe_.forward(positions_.view()).view(), x_.view());
     for (auto& b : blocks_) {
-      dev.add(b->attn.forward(b->ln_1.forward(x_.view()).view(), seq).view(), x_.view());
-      dev.add(b->mlp.forward(b->ln_2.forward(x_.view()).view()).view(), x_.view());
+      tp::ops::add(dev, b->attn.forward(b->ln_1.forward(x_.view()).view(), seq).view(), x_.view());
+      tp::ops::add(dev, b->mlp.forward(b->ln_2.forward(x_.view()).view()).view(), x_.view());
     }
     const auto& logits = lm_head_.forward(ln_f_.forward(x_.view()).view());
     const auto& loss = loss_fn_.forward(logits.view(), targets_.view());
@@ -215,8 +215,8 @@ class TinyLm {
     dev.copy(ln_f_.backward(lm_head_.backward(dlogits.view()).view()).view(), dx_.view());
     for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
       auto& b = **it;
-      dev.add(b.ln_2.backward(b.mlp.backward(dx_.view()).view()).view(), dx_.view());
-      dev.add(b.ln_1.backward(b.attn.backward(dx_.view()).view()).view(), dx_.view());
+      tp::ops::add(dev, b.ln_2.backward(b.mlp.backward(dx_.view()).view()).view(), dx_.view());
+      tp::ops::add(dev, b.ln_1.backward(b.attn.backward(dx_.view()).view()).view(), dx_.view());
     }
     wte_.backward(dx_.view());
     wpe_.backward(dx_.view());

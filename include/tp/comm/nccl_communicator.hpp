@@ -36,7 +36,7 @@
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
-#include "tp/device/cuda_error.hpp"
+#include "tp/device/cuda/error.hpp"
 
 namespace tp {
 

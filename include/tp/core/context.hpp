@@ -8,7 +8,7 @@
 
 namespace tp {
 
-class Cpu;  // the default device; defined in tp/device/cpu.hpp
+class Cpu;  // the default device; defined in tp/device/cpu/cpu.hpp
 
 template <class Device = Cpu>
 struct Context {

@@ -9,6 +9,7 @@
 #include "tp/core/ops.hpp"
 #include "tp/core/partition.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/ops/linear.hpp"
 
 namespace tp::detail {
 
@@ -20,18 +21,14 @@ MatrixView<T> ensure(Tensor<T, Device>& t, const Context<Device>& ctx, std::int6
   return t.view();
 }
 
-/// y = x w^T + bias (bias may be empty): one fused GEMM where the device offers a bias epilogue
-/// (tp::Cuda's cuBLASLt), a GEMM then add_bias elsewhere. Same result, one pass over y fewer.
+/// y = x w^T + bias (bias may be empty): ops::gemm_bias fuses the bias into the GEMM where the
+/// device can (tp::Cuda's cuBLASLt epilogue), one pass over y fewer.
 template <class T, class Device>
 void linear_forward(const Device& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
-  if (bias.data == nullptr) {
+  if (bias.data == nullptr)
     dev.gemm(Op::n, Op::t, T(1), x, w, T(0), y);
-  } else if constexpr (requires { dev.gemm_bias(Op::n, Op::t, T(1), x, w, T(0), y, bias); }) {
-    dev.gemm_bias(Op::n, Op::t, T(1), x, w, T(0), y, bias);
-  } else {
-    dev.gemm(Op::n, Op::t, T(1), x, w, T(0), y);
-    dev.add_bias(y, bias);
-  }
+  else
+    ops::gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
 }
 
 /// Sums a contiguous matrix over the group, in place.

@@ -105,7 +105,7 @@ class ColumnParallelLinear {
     MatrixView<T> dx = detail::ensure(options_.sequence_parallel ? grad_full_ : grad_input_, ctx_, tokens, in_);
     dev.gemm(Op::n, Op::n, T(1), g, weight_.view(), T(0), dx);
     dev.gemm(Op::t, Op::n, T(1), g, input_.view(), T(1), weight_grad_.view());
-    if (options_.bias) dev.add_bias_grad(g, bias_grad_.view());
+    if (options_.bias) tp::ops::add_bias_grad(dev, g, bias_grad_.view());
     if (!options_.sequence_parallel) {
       detail::all_reduce_sum(ctx_, dx);
       return grad_input_;

@@ -16,6 +16,7 @@
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/detail/layer_support.hpp"
+#include "tp/ops/norm.hpp"
 
 namespace tp {
 
@@ -49,8 +50,8 @@ class LayerNorm {
              x.cols, hidden_);
     const Device& dev = *ctx_.device;
     dev.copy(x, detail::ensure(input_, ctx_, x.rows, hidden_));
-    dev.layer_norm(x, weight_.view(), bias_.view(), detail::ensure(output_, ctx_, x.rows, hidden_),
-                   detail::ensure(mean_, ctx_, x.rows, 1), detail::ensure(rstd_, ctx_, x.rows, 1), options_.eps);
+    tp::ops::layer_norm(dev, x, weight_.view(), bias_.view(), detail::ensure(output_, ctx_, x.rows, hidden_),
+                        detail::ensure(mean_, ctx_, x.rows, 1), detail::ensure(rstd_, ctx_, x.rows, 1), options_.eps);
     return output_;
   }
 
@@ -60,9 +61,9 @@ class LayerNorm {
     TP_CHECK(grad_output.rows == input_.rows() && grad_output.cols == hidden_,
              "{}: output gradient is {}x{}, expected {}x{}", options_.name, grad_output.rows, grad_output.cols,
              input_.rows(), hidden_);
-    ctx_.device->layer_norm_backward(input_.view(), weight_.view(), mean_.view(), rstd_.view(), grad_output,
-                                     detail::ensure(grad_input_, ctx_, input_.rows(), hidden_), weight_grad_.view(),
-                                     bias_grad_.view());
+    tp::ops::layer_norm_backward(*ctx_.device, input_.view(), weight_.view(), mean_.view(), rstd_.view(), grad_output,
+                                 detail::ensure(grad_input_, ctx_, input_.rows(), hidden_), weight_grad_.view(),
+                                 bias_grad_.view());
     return grad_input_;
   }
 

@@ -35,6 +35,8 @@
 #include "tp/core/parameter.hpp"
 #include "tp/detail/layer_support.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#include "tp/ops/attention.hpp"
+#include "tp/ops/reduce.hpp"
 
 namespace tp {
 
@@ -111,13 +113,13 @@ class ParallelAttention {
       dev.copy(x, input);
     MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
     dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
-    if (options_.bias) dev.add_bias(qkv, bias_.view());
+    if (options_.bias) tp::ops::add_bias(dev, qkv, bias_.view());
     const std::int64_t batch = tokens / seq_len;
     MatrixView<T> probs = detail::ensure(probs_, ctx_, batch * q_heads_.size() * seq_len, seq_len);
     MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
-    dev.attention_forward(ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
-                          ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_,
-                          options_.causal, probs, out);
+    tp::ops::attention_forward(
+        dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
+        ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, probs, out);
     return dense_.forward(out);
   }
 
@@ -130,19 +132,20 @@ class ParallelAttention {
     const std::int64_t tokens = qkv_.rows();
     MatrixView<T> dqkv = detail::ensure(grad_qkv_, ctx_, tokens, weight_.rows());
     const ConstView<T> qkv = qkv_.view();
-    dev.attention_backward(qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
-                           qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(), seq_len_,
-                           head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()), dqkv.cols_range(0, q_width_),
-                           dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
+    tp::ops::attention_backward(dev, qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
+                                qkv.cols_range(q_width_ + kv_width_, kv_width_), probs_.view(), d_context.view(),
+                                seq_len_, head_dim_, detail::ensure(d_scores_, ctx_, probs_.rows(), probs_.cols()),
+                                dqkv.cols_range(0, q_width_), dqkv.cols_range(q_width_, kv_width_),
+                                dqkv.cols_range(q_width_ + kv_width_, kv_width_));
 
     // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
     const ConstView<T> dq = dqkv.cols_range(0, q_width_), dkv = dqkv.cols_range(q_width_, 2 * kv_width_);
     dev.gemm(Op::t, Op::n, T(1), dq, input_.view(), T(1), weight_grad_.view().rows_range(0, q_width_));
-    if (options_.bias) dev.add_bias_grad(dq, bias_grad_.view().cols_range(0, q_width_));
+    if (options_.bias) tp::ops::add_bias_grad(dev, dq, bias_grad_.view().cols_range(0, q_width_));
     MatrixView<T> dw_kv = weight_grad_.view().rows_range(q_width_, 2 * kv_width_);
     if (replicas_ == 1) {
       dev.gemm(Op::t, Op::n, T(1), dkv, input_.view(), T(1), dw_kv);
-      if (options_.bias) dev.add_bias_grad(dkv, bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
+      if (options_.bias) tp::ops::add_bias_grad(dev, dkv, bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
     } else {
       // The bias gradient rides in an extra row of the same buffer when it fits, so one all-reduce
       // carries both.
@@ -156,15 +159,15 @@ class ParallelAttention {
         step_b = packed ? step.block(2 * kv_width_, 0, 1, 2 * kv_width_)
                         : detail::ensure(kv_bias_grad_, ctx_, 1, 2 * kv_width_);
         if (!packed) dev.fill(step_b, T(0));
-        dev.add_bias_grad(dkv, step_b);
+        tp::ops::add_bias_grad(dev, dkv, step_b);
       }
       kv_comm_->all_reduce(step.data, step.data, static_cast<std::size_t>(step.size()), dtype_of<T>, ReduceOp::sum,
                            ctx_.stream());
       if (options_.bias && !packed)
         kv_comm_->all_reduce(step_b.data, step_b.data, static_cast<std::size_t>(step_b.size()), dtype_of<T>,
                              ReduceOp::sum, ctx_.stream());
-      dev.add(ConstView<T>(step_w), dw_kv);
-      if (options_.bias) dev.add(ConstView<T>(step_b), bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
+      tp::ops::add(dev, ConstView<T>(step_w), dw_kv);
+      if (options_.bias) tp::ops::add(dev, ConstView<T>(step_b), bias_grad_.view().cols_range(q_width_, 2 * kv_width_));
     }
 
     // Input gradient: summed over ranks (f), or reduce-scattered along tokens.

@@ -20,6 +20,7 @@
 #include "tp/core/ops.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
+#include "tp/ops/activation.hpp"
 
 namespace tp {
 
@@ -58,9 +59,15 @@ class ParallelMLP {
     forwarded_ = true;
     MatrixView<T> a = detail::ensure(act_, ctx_, h.rows(), fc2_.input_range().size());
     switch (options_.activation) {
-      case Activation::gelu_exact: dev.gelu(h.view(), a, Gelu::exact); break;
-      case Activation::gelu_tanh: dev.gelu(h.view(), a, Gelu::tanh); break;
-      case Activation::swiglu: dev.swiglu(h.view(), a); break;
+      case Activation::gelu_exact:
+        tp::ops::gelu(dev, h.view(), a, Gelu::exact);
+        break;
+      case Activation::gelu_tanh:
+        tp::ops::gelu(dev, h.view(), a, Gelu::tanh);
+        break;
+      case Activation::swiglu:
+        tp::ops::swiglu(dev, h.view(), a);
+        break;
     }
     return fc2_.forward(a);
   }
@@ -74,9 +81,15 @@ class ParallelMLP {
     const Tensor<T, Device>& h = fc1_.output();
     MatrixView<T> dh = detail::ensure(grad_h_, ctx_, h.rows(), h.cols());
     switch (options_.activation) {
-      case Activation::gelu_exact: dev.gelu_backward(h.view(), da.view(), dh, Gelu::exact); break;
-      case Activation::gelu_tanh: dev.gelu_backward(h.view(), da.view(), dh, Gelu::tanh); break;
-      case Activation::swiglu: dev.swiglu_backward(h.view(), da.view(), dh); break;
+      case Activation::gelu_exact:
+        tp::ops::gelu_backward(dev, h.view(), da.view(), dh, Gelu::exact);
+        break;
+      case Activation::gelu_tanh:
+        tp::ops::gelu_backward(dev, h.view(), da.view(), dh, Gelu::tanh);
+        break;
+      case Activation::swiglu:
+        tp::ops::swiglu_backward(dev, h.view(), da.view(), dh);
+        break;
     }
     return fc1_.backward(dh);
   }

@@ -75,7 +75,7 @@ class RowParallelLinear {
     } else {
       detail::all_reduce_sum(ctx_, y);
     }
-    if (options_.bias && !options_.skip_bias_add) dev.add_bias(y, bias_.view());
+    if (options_.bias && !options_.skip_bias_add) tp::ops::add_bias(dev, y, bias_.view());
     return output_;
   }
 
@@ -97,7 +97,7 @@ class RowParallelLinear {
     MatrixView<T> dx = detail::ensure(grad_shard_, ctx_, tokens, range_.size());
     dev.gemm(Op::n, Op::n, T(1), grad_output, weight_.view(), T(0), dx);
     dev.gemm(Op::t, Op::n, T(1), grad_output, input_.view(), T(1), weight_grad_.view());
-    if (options_.bias) dev.add_bias_grad(grad_output, bias_grad_.view());
+    if (options_.bias) tp::ops::add_bias_grad(dev, grad_output, bias_grad_.view());
     if (options_.input_is_parallel) return grad_shard_;
     detail::gather_columns(ctx_, ConstView<T>(dx), in_, gather_scratch_, detail::ensure(grad_full_, ctx_, tokens, in_));
     return grad_full_;

@@ -21,6 +21,7 @@
 
 #include "tp/core/context.hpp"
 #include "tp/detail/layer_support.hpp"
+#include "tp/ops/cross_entropy.hpp"
 
 namespace tp {
 
@@ -64,15 +65,17 @@ class VocabParallelCrossEntropy {
     MatrixView<T> x = detail::ensure(logits_, ctx_, tokens, range_.size());
     dev.copy(logits, x);
     MatrixView<T> max = detail::ensure(max_, ctx_, tokens, 1);
-    dev.row_max(ConstView<T>(x), max);
+    tp::ops::row_max(dev, ConstView<T>(x), max);
     if (ctx_.world() > 1)
       ctx_.comm->all_reduce(max.data, max.data, static_cast<std::size_t>(tokens), dtype_of<T>, ReduceOp::max,
                             ctx_.stream());
     MatrixView<double> stats = detail::ensure(stats_, ctx_, tokens, 3);
-    dev.template cross_entropy_stats<T>(ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin, ConstView<T>(max), stats);
+    tp::ops::cross_entropy_stats<T>(dev, ConstView<T>(x), ConstView<std::int64_t>(saved), range_.begin,
+                                    ConstView<T>(max), stats);
     detail::all_reduce_sum(ctx_, stats);
-    dev.cross_entropy_loss(ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_, options_.ignore_index,
-                           options_.label_smoothing, detail::ensure(loss_, ctx_, tokens, 1));
+    tp::ops::cross_entropy_loss(dev, ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_,
+                                options_.ignore_index, options_.label_smoothing,
+                                detail::ensure(loss_, ctx_, tokens, 1));
     return loss_;
   }
 
@@ -81,9 +84,9 @@ class VocabParallelCrossEntropy {
     TP_CHECK(!logits_.empty(), "{}: backward called before forward", options_.name);
     TP_CHECK(grad_loss.rows == logits_.rows() && grad_loss.cols == 1, "{}: loss gradient is {}x{}, expected {}x1",
              options_.name, grad_loss.rows, grad_loss.cols, logits_.rows());
-    ctx_.device->cross_entropy_backward(logits_.view(), targets_.view(), range_.begin, max_.view(), stats_.view(),
-                                        grad_loss, vocab_, options_.ignore_index, options_.label_smoothing,
-                                        detail::ensure(grad_logits_, ctx_, logits_.rows(), range_.size()));
+    tp::ops::cross_entropy_backward(*ctx_.device, logits_.view(), targets_.view(), range_.begin, max_.view(),
+                                    stats_.view(), grad_loss, vocab_, options_.ignore_index, options_.label_smoothing,
+                                    detail::ensure(grad_logits_, ctx_, logits_.rows(), range_.size()));
     return grad_logits_;
   }
 
@@ -96,7 +99,7 @@ class VocabParallelCrossEntropy {
   /// A target outside the vocabulary would silently give the loss of a wrong class.
   void check_targets(ConstView<std::int64_t> targets) const {
     const Device& dev = *ctx_.device;
-    const std::int64_t bad = dev.first_outside(targets, 0, vocab_, options_.ignore_index);
+    const std::int64_t bad = tp::ops::first_outside(dev, targets, 0, vocab_, options_.ignore_index);
     if (bad < 0) return;
     std::int64_t value = 0;
     dev.to_host(targets.block(0, bad, 1, 1), MatrixView<std::int64_t>(&value, 1, 1));

@@ -18,6 +18,7 @@
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/detail/layer_support.hpp"
+#include "tp/ops/embedding.hpp"
 
 namespace tp {
 
@@ -54,7 +55,7 @@ class VocabParallelEmbedding {
     const std::int64_t tokens = ids.size();
     TP_CHECK(tokens > 0 && ids.contiguous(), "{}: ids are {}x{} with ld {}; expected a contiguous, non-empty matrix",
              options_.name, ids.rows, ids.cols, ids.ld);
-    if (const std::int64_t bad = dev.first_outside(ids, 0, vocab_, /*allowed=*/0); bad >= 0) {
+    if (const std::int64_t bad = tp::ops::first_outside(dev, ids, 0, vocab_, /*allowed=*/0); bad >= 0) {
       std::int64_t id = 0;
       dev.to_host(ids.block(bad / ids.cols, bad % ids.cols, 1, 1), MatrixView<std::int64_t>(&id, 1, 1));
       TP_THROW(InvalidArgument, "{}: token id {} at position {} (row {}, column {} of the {}x{} ids) is outside the "
@@ -63,7 +64,7 @@ class VocabParallelEmbedding {
     MatrixView<std::int64_t> saved = detail::ensure(ids_, ctx_, 1, tokens);
     dev.copy(ConstView<std::int64_t>(ids.data, 1, tokens), saved);
     MatrixView<T> local = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, tokens, hidden_);
-    dev.embedding_forward(ConstView<std::int64_t>(saved), weight_.view(), range_.begin, local);
+    tp::ops::embedding_forward(dev, ConstView<std::int64_t>(saved), weight_.view(), range_.begin, local);
     if (!options_.sequence_parallel) {
       detail::all_reduce_sum(ctx_, local);
       return output_;
@@ -87,7 +88,7 @@ class VocabParallelEmbedding {
       detail::gather_rows(ctx_, grad_output, full);
       grad_output = full;
     }
-    ctx_.device->embedding_backward(ids_.view(), grad_output, range_.begin, weight_grad_.view());
+    tp::ops::embedding_backward(*ctx_.device, ids_.view(), grad_output, range_.begin, weight_grad_.view());
   }
 
   void zero_grad() { ctx_.device->fill(weight_grad_.view(), T(0)); }

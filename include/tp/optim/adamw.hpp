@@ -21,6 +21,7 @@
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/ops/adamw.hpp"
 
 namespace tp {
 
@@ -63,8 +64,9 @@ class AdamW {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Parameter<T>& p = params_[i];
       const bool decay = options_.decay_vectors || p.full_rows > 1;
-      ctx_.device->adamw_step(p.value, ConstView<T>(p.grad), exp_avg_[i].view(), exp_avg_sq_[i].view(), options_.lr,
-                              options_.beta1, options_.beta2, options_.eps, decay ? options_.weight_decay : 0.0, step_);
+      tp::ops::adamw_step(*ctx_.device, p.value, ConstView<T>(p.grad), exp_avg_[i].view(), exp_avg_sq_[i].view(),
+                          options_.lr, options_.beta1, options_.beta2, options_.eps,
+                          decay ? options_.weight_decay : 0.0, step_);
     }
   }
 

@@ -11,6 +11,7 @@
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/ops/reduce.hpp"
 
 namespace tp {
 
@@ -19,7 +20,8 @@ template <class T, class Device>
 double grad_norm(const Context<Device>& ctx, std::span<const Parameter<T>> params) {
   double local = 0;
   for (const auto& p : params)
-    if (p.sharded() ? p.copy == 0 : ctx.rank() == 0) local += ctx.device->template sum_squares<T>(ConstView<T>(p.grad));
+    if (p.sharded() ? p.copy == 0 : ctx.rank() == 0)
+      local += tp::ops::sum_squares<T>(*ctx.device, ConstView<T>(p.grad));
   if (ctx.world() > 1) {
     if constexpr (Device::on_host) {
       ctx.comm->all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
@@ -42,7 +44,7 @@ double clip_grad_norm(const Context<Device>& ctx, std::span<const Parameter<T>> 
   const double norm = grad_norm(ctx, params);
   if (std::isfinite(norm) && norm > max_norm) {
     const T factor = static_cast<T>(max_norm / (norm + 1e-6));
-    for (const auto& p : params) ctx.device->scale(p.grad, factor);
+    for (const auto& p : params) tp::ops::scale(*ctx.device, p.grad, factor);
   }
   return norm;
 }

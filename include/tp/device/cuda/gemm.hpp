@@ -25,30 +25,9 @@
 
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
-#include "tp/device/cuda_error.hpp"
+#include "tp/device/cuda/error.hpp"
 
 namespace tp {
-
-/// What cuBLASLt applies to the product before it is stored (row-major terms; see above).
-enum class Epilogue : std::uint8_t {
-  none,
-  bias,           ///< C = alpha op(A) op(B) + beta C + bias[0, :]
-  gelu,           ///< C = gelu_tanh(...)
-  gelu_bias,      ///< C = gelu_tanh(... + bias)
-  gelu_aux_bias,  ///< C = gelu_tanh(... + bias), and aux = the pre-activation (... + bias)
-  dgelu,          ///< C = (...) * gelu_tanh'(aux)
-  dgelu_bgrad,    ///< C = (...) * gelu_tanh'(aux), and bias_grad[0, :] = column sums of C
-  bgrad_a,        ///< bias_grad[0, :m] = row sums of op(A) over k (the bias gradient of dW = dY^T X)
-};
-
-/// Extra operands of an epilogue. `bias` is read (bias epilogues) or written (gradient ones).
-template <class T>
-struct EpilogueArgs {
-  Epilogue kind = Epilogue::none;
-  const void* bias = nullptr;
-  T* bias_grad = nullptr;
-  MatrixView<T> aux{};  ///< [m, n] like C; cuBLASLt wants its ld to be a multiple of 8
-};
 
 namespace detail {
 

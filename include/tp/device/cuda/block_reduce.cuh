@@ -3,6 +3,8 @@
 /// inputs and block size give the same bits on every run (reproducible training), which atomics
 /// would not.
 
+#include "tp/device/cuda/launch.cuh"
+
 namespace tp::kernels {
 
 /// Threads per block of the row kernels (one block per row); a power of two for the tree.
@@ -37,11 +39,6 @@ __device__ A block_max(A value, A* scratch) {
   const A total = scratch[0];
   __syncthreads();
   return total;
-}
-
-/// Rows handled by one launch of a one-block-per-row kernel (blocks stride over the rest).
-inline unsigned row_grid(long long rows) {
-  return static_cast<unsigned>(rows < 1 ? 1 : (rows > 65535 * 8 ? 65535 * 8 : rows));
 }
 
 }  // namespace tp::kernels

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "tp/core/dtype.hpp"
-#include "tp/device/kernels/convert.cuh"
+#include "tp/device/cuda/launch.cuh"
 
 namespace tp::kernels {
 
@@ -26,10 +26,18 @@ __global__ void reduce_sources(Sources srcs, int n, std::size_t offset, std::siz
     for (int q = 1; q < n; ++q) {
       const accum_t<T> v = load(static_cast<const T*>(srcs.ptr[q])[offset + i]);
       switch (op) {
-        case ReduceOp::sum: acc = acc + v; break;
-        case ReduceOp::prod: acc = acc * v; break;
-        case ReduceOp::min: acc = v < acc ? v : acc; break;
-        case ReduceOp::max: acc = acc < v ? v : acc; break;
+        case ReduceOp::sum:
+          acc = acc + v;
+          break;
+        case ReduceOp::prod:
+          acc = acc * v;
+          break;
+        case ReduceOp::min:
+          acc = v < acc ? v : acc;
+          break;
+        case ReduceOp::max:
+          acc = acc < v ? v : acc;
+          break;
       }
     }
     dst[i] = store<T>(acc);

@@ -1,46 +1,17 @@
 #pragma once
-/// The kernels of tp::Cuda's training members: the AdamW update, LayerNorm forward and backward
-/// and the sum of squares behind gradient norms. They mirror the tp::Cpu members of the same
-/// names; what the CPU sums in double is summed in double, in a fixed order (no atomics), so the
-/// results are reproducible bit for bit.
+/// The CUDA side of tp/ops/norm.hpp: what the CPU sums in double is summed in double here too, in
+/// a fixed order (no atomics), so the results are reproducible bit for bit.
 
+#include <cmath>
 #include <cstdint>
 
-#include "tp/device/kernels/block_reduce.cuh"
-#include "tp/device/kernels/convert.cuh"
-#include "tp/device/kernels/elementwise.cuh"
+#include "tp/detail/math.hpp"
+#include "tp/detail/shape_checks.hpp"
+#include "tp/device/cuda/block_reduce.cuh"
+#include "tp/device/cuda/cuda.hpp"
+#include "tp/device/cuda/launch.cuh"
 
 namespace tp::kernels {
-
-#define TP_GRID_STRIDE(i, n)                                                                                   \
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < (n);           \
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-#define TP_BLOCK_PER_ROW(r, rows) for (std::int64_t r = blockIdx.x; r < (rows); r += gridDim.x)
-#define TP_THREAD_PER_COL(c, cols) for (std::int64_t c = threadIdx.x; c < (cols); c += blockDim.x)
-
-/// The constants of one AdamW step, computed on the host in double (as tp::Cpu does) and rounded
-/// to the accumulation type.
-template <class A>
-struct AdamWConstants {
-  A decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, inv_sqrt_bc2, eps;
-};
-
-template <class T>
-__global__ void adamw_step(T* p, std::int64_t ldp, const T* g, std::int64_t ldg, T* m, std::int64_t ldm, T* v,
-                           std::int64_t ldv, Shape2 s, AdamWConstants<accum_t<T>> k) {
-  using A = accum_t<T>;
-  TP_GRID_STRIDE(i, s.rows * s.cols) {
-    const std::int64_t r = i / s.cols, c = i % s.cols;
-    const A grad = load(g[r * ldg + c]);
-    const A mi = k.beta1 * load(m[r * ldm + c]) + k.one_minus_beta1 * grad;
-    const A vi = k.beta2 * load(v[r * ldv + c]) + k.one_minus_beta2 * grad * grad;
-    m[r * ldm + c] = store<T>(mi);
-    v[r * ldv + c] = store<T>(vi);
-    // The moments as stored (rounded to T), as the CPU reads them back.
-    const A mr = load(m[r * ldm + c]), vr = load(v[r * ldv + c]);
-    p[r * ldp + c] = store<T>(load(p[r * ldp + c]) * k.decay - k.step_size * mr / (sqrt(vr) * k.inv_sqrt_bc2 + k.eps));
-  }
-}
 
 /// One block per row: mean and biased variance in double (two passes, as on the CPU), mean and
 /// rstd saved in T, y = (x - mean) rstd gamma + beta evaluated in double.
@@ -59,14 +30,15 @@ __global__ void layer_norm(const T* x, std::int64_t ldx, Shape2 s, const T* gamm
       const double d = static_cast<double>(load(xr[c])) - mu;
       sq += d * d;
     }
-    const double rs = 1.0 / sqrt(block_sum(sq, scratch) / n + eps);
+    const double rs = math::layer_norm_rstd(block_sum(sq, scratch), n, eps);
     if (threadIdx.x == 0) {
       mean[r * ldmean] = store_double<T>(mu);
       rstd[r * ldrstd] = store_double<T>(rs);
     }
     TP_THREAD_PER_COL(c, s.cols)
-    y[r * ldy + c] = store_double<T>((static_cast<double>(load(xr[c])) - mu) * rs * static_cast<double>(load(gamma[c])) +
-                                     static_cast<double>(load(beta[c])));
+    y[r * ldy + c] =
+        store_double<T>((static_cast<double>(load(xr[c])) - mu) * rs * static_cast<double>(load(gamma[c])) +
+                        static_cast<double>(load(beta[c])));
   }
 }
 
@@ -92,7 +64,7 @@ __global__ void layer_norm_backward_dx(const T* x, std::int64_t ldx, Shape2 s, c
     TP_THREAD_PER_COL(c, s.cols) {
       const double xhat = (static_cast<double>(load(x[r * ldx + c])) - mu) * rs;
       const double d = static_cast<double>(load(dy[r * lddy + c])) * static_cast<double>(load(gamma[c]));
-      dx[r * lddx + c] = store_double<T>(rs * (d - sum_d / n - xhat * sum_dx / n));
+      dx[r * lddx + c] = store_double<T>(math::layer_norm_dx(rs, d, xhat, sum_d, sum_dx, n));
     }
   }
 }
@@ -118,32 +90,28 @@ __global__ void layer_norm_backward_params(const T* x, std::int64_t ldx, Shape2 
   }
 }
 
-/// First pass of sum_squares: block b writes the double sum of squares of its grid-stride share
-/// to partial[b]. The grid size is fixed by the caller, so the split (and the result) is too.
-template <class T>
-__global__ void sum_squares_partial(const T* x, std::int64_t ld, Shape2 s, double* partial) {
-  __shared__ double scratch[kRowThreads];
-  double acc = 0;
-  TP_GRID_STRIDE(i, s.rows * s.cols) {
-    const double v = static_cast<double>(load(x[(i / s.cols) * ld + i % s.cols]));
-    acc += v * v;
-  }
-  acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
-}
-
-/// Second pass: one block sums the partials in a fixed order into partial[0].
-template <class A>
-__global__ void sum_partials(A* partial, int count) {
-  __shared__ A scratch[kRowThreads];
-  A acc = 0;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
-  acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partial[0] = acc;
-}
-
-#undef TP_GRID_STRIDE
-#undef TP_BLOCK_PER_ROW
-#undef TP_THREAD_PER_COL
-
 }  // namespace tp::kernels
+
+namespace tp::impl {
+
+template <class T>
+void layer_norm(const Cuda& dev, ConstView<T> x, ConstView<T> gamma, ConstView<T> beta, MatrixView<T> y,
+                MatrixView<T> mean, MatrixView<T> rstd, double eps) {
+  kernels::launch(dev, "layer_norm", x.rows, x.cols, kernels::row_grid(x.rows), kernels::kRowThreads,
+                  &kernels::layer_norm<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, gamma.data, beta.data, y.data,
+                  y.ld, mean.data, mean.ld, rstd.data, rstd.ld, eps);
+}
+
+/// dgamma and dbeta: one thread per column over the rows in order (deterministic).
+template <class T>
+void layer_norm_backward(const Cuda& dev, ConstView<T> x, ConstView<T> gamma, ConstView<T> mean, ConstView<T> rstd,
+                         ConstView<T> dy, MatrixView<T> dx, MatrixView<T> dgamma, MatrixView<T> dbeta) {
+  kernels::launch(dev, "layer_norm_backward_dx", x.rows, x.cols, kernels::row_grid(x.rows), kernels::kRowThreads,
+                  &kernels::layer_norm_backward_dx<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, gamma.data,
+                  mean.data, mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dx.data, dx.ld);
+  kernels::launch(dev, "layer_norm_backward_params", x.rows, x.cols, kernels::grid_for(x.cols), kernels::kThreads,
+                  &kernels::layer_norm_backward_params<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, mean.data,
+                  mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dgamma.data, dbeta.data);
+}
+
+}  // namespace tp::impl

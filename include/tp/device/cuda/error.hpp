@@ -3,7 +3,7 @@
 /// doing (shapes, bytes), so that a failure on a GPU reads like any other tp error.
 
 #ifndef TP_HAS_CUDA
-#error "tp/device/cuda_error.hpp needs the tp::cuda CMake component: target_link_libraries(... tp::cuda)"
+#error "tp/device/cuda/error.hpp needs the tp::cuda CMake component: target_link_libraries(... tp::cuda)"
 #endif
 
 #include <cublasLt.h>

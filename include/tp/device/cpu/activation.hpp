@@ -1,0 +1,75 @@
+#pragma once
+/// The CPU loops of tp/ops/activation.hpp (GELU, SwiGLU). Arguments are checked by the op.
+
+#include <cstdint>
+#include <type_traits>
+
+#include "tp/detail/math.hpp"
+#include "tp/device/cpu/cpu.hpp"
+#include "tp/device/cpu/fast_math.hpp"
+
+namespace tp::impl {
+
+/// float uses branch-free erf/exp approximations that vectorize; double uses libm. The kind is
+/// hoisted out of the loop so that each loop body is branch-free.
+template <class T>
+void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* xr = x.row(r);
+    T* yr = y.row(r);
+    if constexpr (std::is_same_v<T, float>) {
+      if (kind == Gelu::exact)
+        for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::exact);
+      else
+        for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::tanh);
+    } else {
+      for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = static_cast<T>(math::gelu_value<double>(xr[c], kind));
+    }
+  }
+}
+
+template <class T>
+void gelu_backward(const Cpu&, ConstView<T> x, ConstView<T> dy, MatrixView<T> dx, Gelu kind) {
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T *xr = x.row(r), *gr = dy.row(r);
+    T* out = dx.row(r);
+    if constexpr (std::is_same_v<T, float>) {
+      if (kind == Gelu::exact)
+        for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::exact);
+      else
+        for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::tanh);
+    } else {
+      for (std::int64_t c = 0; c < x.cols; ++c) out[c] = static_cast<T>(gr[c] * math::gelu_slope<double>(xr[c], kind));
+    }
+  }
+}
+
+/// SwiGLU in double whatever T, rounded once.
+template <class T>
+void swiglu(const Cpu&, ConstView<T> gate_up, MatrixView<T> y) {
+  const std::int64_t n = y.cols;
+  for (std::int64_t r = 0; r < y.rows; ++r) {
+    const T* g = gate_up.row(r);
+    T* yr = y.row(r);
+    for (std::int64_t c = 0; c < n; ++c)
+      yr[c] = static_cast<T>(math::swiglu_value<double>(static_cast<double>(g[c]), static_cast<double>(g[n + c])));
+  }
+}
+
+template <class T>
+void swiglu_backward(const Cpu&, ConstView<T> gate_up, ConstView<T> dy, MatrixView<T> d_gate_up) {
+  const std::int64_t n = dy.cols;
+  for (std::int64_t r = 0; r < dy.rows; ++r) {
+    const T* g = gate_up.row(r);
+    const T* d = dy.row(r);
+    T* o = d_gate_up.row(r);
+    for (std::int64_t c = 0; c < n; ++c) {
+      double d_gate = 0, d_up = 0;
+      math::swiglu_grad<double>(g[c], g[n + c], d[c], d_gate, d_up);
+      o[c] = static_cast<T>(d_gate);
+      o[n + c] = static_cast<T>(d_up);
+    }
+  }
+}
+
+}  // namespace tp::impl

@@ -1,0 +1,77 @@
+#pragma once
+/// The CPU side of tp/ops/linear.hpp: bias add and its gradient, and the fused-GEMM epilogues as a
+/// Cpu::gemm followed by the element-wise step (the GELU ones are the tanh approximation, as in
+/// cuBLASLt).
+
+#include <cstdint>
+
+#include "tp/detail/math.hpp"
+#include "tp/device/cpu/cpu.hpp"
+
+namespace tp::impl {
+
+template <class T>
+void add_bias(const Cpu&, MatrixView<T> y, ConstView<T> bias) {
+  for (std::int64_t r = 0; r < y.rows; ++r) {
+    T* yr = y.row(r);
+    for (std::int64_t c = 0; c < y.cols; ++c) yr[c] += bias.data[c];
+  }
+}
+
+template <class T>
+void add_bias_grad(const Cpu&, ConstView<T> dy, MatrixView<T> db) {
+  for (std::int64_t r = 0; r < dy.rows; ++r) {
+    const T* g = dy.row(r);
+    for (std::int64_t c = 0; c < dy.cols; ++c) db.data[c] += g[c];
+  }
+}
+
+template <class T>
+void gemm_bias(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstView<T> b, T beta, MatrixView<T> c,
+               ConstView<T> bias) {
+  dev.gemm<T>(op_a, op_b, alpha, a, b, beta, c);
+  add_bias(dev, c, bias);
+}
+
+template <class T>
+void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, ConstView<T> b, T beta, MatrixView<T> c,
+                   const EpilogueArgs<T>& e) {
+  dev.gemm<T>(op_a, op_b, alpha, a, b, beta, c);
+  const ConstView<T> bias(static_cast<const T*>(e.bias), 1, c.cols);
+  switch (e.kind) {
+    case Epilogue::none:
+      return;
+    case Epilogue::bias:
+      return add_bias(dev, c, bias);
+    case Epilogue::gelu:
+    case Epilogue::gelu_bias:
+    case Epilogue::gelu_aux_bias:
+      if (e.kind != Epilogue::gelu) add_bias(dev, c, bias);
+      if (e.kind == Epilogue::gelu_aux_bias) dev.copy<T>(c, e.aux);
+      for (std::int64_t r = 0; r < c.rows; ++r)
+        for (std::int64_t j = 0; j < c.cols; ++j)
+          c(r, j) = static_cast<T>(math::gelu_value<double>(c(r, j), Gelu::tanh));
+      return;
+    case Epilogue::dgelu:
+    case Epilogue::dgelu_bgrad:
+      for (std::int64_t r = 0; r < c.rows; ++r)
+        for (std::int64_t j = 0; j < c.cols; ++j)
+          c(r, j) = static_cast<T>(c(r, j) * math::gelu_slope<double>(e.aux(r, j), Gelu::tanh));
+      if (e.kind == Epilogue::dgelu_bgrad) {
+        for (std::int64_t j = 0; j < c.cols; ++j) e.bias_grad[j] = T(0);
+        add_bias_grad(dev, ConstView<T>(c), MatrixView<T>(e.bias_grad, 1, c.cols));
+      }
+      return;
+    case Epilogue::bgrad_a: {
+      const std::int64_t m = c.rows, k = op_a == Op::n ? a.cols : a.rows;
+      for (std::int64_t i = 0; i < m; ++i) {
+        T sum = T(0);
+        for (std::int64_t j = 0; j < k; ++j) sum += op_a == Op::n ? a(i, j) : a(j, i);
+        e.bias_grad[i] = sum;
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace tp::impl

@@ -1,0 +1,53 @@
+#pragma once
+/// The CPU loops of tp/ops/norm.hpp (LayerNorm). Statistics in double, two passes.
+
+#include <cstdint>
+
+#include "tp/detail/math.hpp"
+#include "tp/device/cpu/cpu.hpp"
+
+namespace tp::impl {
+
+template <class T>
+void layer_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> beta, MatrixView<T> y, MatrixView<T> mean,
+                MatrixView<T> rstd, double eps) {
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* xr = x.row(r);
+    double sum = 0, sq = 0;
+    for (std::int64_t c = 0; c < x.cols; ++c) sum += xr[c];
+    const double mu = sum / static_cast<double>(x.cols);
+    for (std::int64_t c = 0; c < x.cols; ++c) sq += (xr[c] - mu) * (xr[c] - mu);
+    const double rs = math::layer_norm_rstd(sq, static_cast<double>(x.cols), eps);
+    mean(r, 0) = static_cast<T>(mu);
+    rstd(r, 0) = static_cast<T>(rs);
+    T* yr = y.row(r);
+    for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = static_cast<T>((xr[c] - mu) * rs * gamma.data[c] + beta.data[c]);
+  }
+}
+
+/// dgamma and dbeta are accumulated row by row in T.
+template <class T>
+void layer_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> mean, ConstView<T> rstd,
+                         ConstView<T> dy, MatrixView<T> dx, MatrixView<T> dgamma, MatrixView<T> dbeta) {
+  const double n = static_cast<double>(x.cols);
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* xr = x.row(r);
+    const T* g = dy.row(r);
+    const double mu = mean(r, 0), rs = rstd(r, 0);
+    double sum_d = 0, sum_dx = 0;
+    for (std::int64_t c = 0; c < x.cols; ++c) {
+      const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+      sum_d += d;
+      sum_dx += d * xhat;
+      dgamma.data[c] += static_cast<T>(g[c] * xhat);
+      dbeta.data[c] += g[c];
+    }
+    T* out = dx.row(r);
+    for (std::int64_t c = 0; c < x.cols; ++c) {
+      const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+      out[c] = static_cast<T>(math::layer_norm_dx(rs, d, xhat, sum_d, sum_dx, n));
+    }
+  }
+}
+
+}  // namespace tp::impl

@@ -1,0 +1,120 @@
+#pragma once
+/// The CUDA side of tp/ops/attention.hpp: one cuBLASLt GEMM per (sequence, head) for the scores
+/// and one for the output, with a single softmax kernel over all heads between them.
+
+#include <cmath>
+#include <cstdint>
+
+#include "tp/detail/math.hpp"
+#include "tp/detail/shape_checks.hpp"
+#include "tp/device/cuda/block_reduce.cuh"
+#include "tp/device/cuda/cuda.hpp"
+#include "tp/device/cuda/launch.cuh"
+
+namespace tp::kernels {
+
+/// In place on the scaled scores: each row i of block (b, h) (row r = (b hq + h) seq_len + i)
+/// becomes softmax over its first i + 1 columns (causal) or all, zeros after; one block per row.
+/// The sum is in double, as on the CPU; the exponentials are recomputed rather than stored
+/// rounded, so 16-bit probabilities are rounded once.
+template <class T>
+__global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len, bool causal) {
+  using A = accum_t<T>;
+  __shared__ A scratch[kRowThreads];
+  __shared__ double wide[kRowThreads];
+  TP_BLOCK_PER_ROW(r, rows) {
+    T* row = probs + r * ld;
+    const std::int64_t visible = causal ? r % seq_len + 1 : seq_len;
+    A m = load(row[0]);
+    TP_THREAD_PER_COL(j, visible) {
+      const A v = load(row[j]);
+      if (m < v) m = v;
+    }
+    m = block_max(m, scratch);
+    double sum = 0;
+    TP_THREAD_PER_COL(j, visible) sum += static_cast<double>(exp(load(row[j]) - m));
+    const A inv = static_cast<A>(1.0 / block_sum(sum, wide));
+    TP_THREAD_PER_COL(j, seq_len) row[j] = store<T>(j < visible ? exp(load(row[j]) - m) * inv : A(0));
+  }
+}
+
+/// ds = p (dp - rowsum(p dp)) scale in place on dp, one block per row; rowsum in double.
+template <class T>
+__global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* ds, std::int64_t ldd, std::int64_t rows,
+                                           std::int64_t seq_len, accum_t<T> scale) {
+  using A = accum_t<T>;
+  __shared__ double wide[kRowThreads];
+  TP_BLOCK_PER_ROW(r, rows) {
+    const T* p = probs + r * ldp;
+    T* d = ds + r * ldd;
+    double dot = 0;
+    TP_THREAD_PER_COL(j, seq_len) dot += static_cast<double>(load(p[j])) * static_cast<double>(load(d[j]));
+    const A row_dot = static_cast<A>(block_sum(dot, wide));
+    TP_THREAD_PER_COL(j, seq_len) d[j] = store<T>(load(p[j]) * (load(d[j]) - row_dot) * scale);
+  }
+}
+
+}  // namespace tp::kernels
+
+namespace tp::impl {
+
+template <class T>
+void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+                       ConstView<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal, MatrixView<T> probs,
+                       MatrixView<T> out) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  for (std::int64_t b = 0; b < g.batch; ++b)
+    for (std::int64_t h = 0; h < g.hq; ++h) {
+      const std::int64_t kv = h / g.group, r0 = b * seq_len;
+      dev.gemm_ex<T>(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
+                     k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     probs.rows_range((b * g.hq + h) * seq_len, seq_len));
+    }
+  kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows), kernels::kRowThreads,
+                  &kernels::attention_softmax<T>, probs.data, probs.ld, probs.rows, seq_len, causal);
+  for (std::int64_t b = 0; b < g.batch; ++b)
+    for (std::int64_t h = 0; h < g.hq; ++h) {
+      const std::int64_t kv = h / g.group, r0 = b * seq_len;
+      dev.gemm_ex<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range((b * g.hq + h) * seq_len, seq_len)),
+                     v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     out.block(r0, h * head_dim, seq_len, head_dim));
+    }
+}
+
+/// `d_scores` holds every head's score gradient, so one kernel does the softmax backward of all
+/// heads.
+template <class T>
+void attention_backward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+                        ConstView<T> v, ConstView<T> probs, ConstView<T> dout, std::int64_t seq_len,
+                        std::int64_t head_dim, MatrixView<T> d_scores, MatrixView<T> dq, MatrixView<T> dk,
+                        MatrixView<T> dv) {
+  dev.fill<T>(dk, T(0));
+  dev.fill<T>(dv, T(0));
+  const auto head = [&](ConstView<T> m, std::int64_t b, std::int64_t h) {
+    return m.rows_range((b * g.hq + h) * seq_len, seq_len);
+  };
+  // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
+  for (std::int64_t b = 0; b < g.batch; ++b)
+    for (std::int64_t h = 0; h < g.hq; ++h) {
+      const std::int64_t kv = h / g.group, r0 = b * seq_len;
+      const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
+      dev.gemm_ex<T>(Op::t, Op::n, 1.0, head(probs, b, h), d_o, 1.0, dv.block(r0, kv * head_dim, seq_len, head_dim));
+      dev.gemm_ex<T>(Op::n, Op::t, 1.0, d_o, v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     d_scores.rows_range((b * g.hq + h) * seq_len, seq_len));
+    }
+  kernels::launch(dev, "attention_softmax_backward", probs.rows, probs.cols, kernels::row_grid(probs.rows),
+                  kernels::kRowThreads, &kernels::attention_softmax_backward<T>, probs.data, probs.ld, d_scores.data,
+                  d_scores.ld, probs.rows, seq_len,
+                  static_cast<kernels::accum_t<T>>(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  for (std::int64_t b = 0; b < g.batch; ++b)
+    for (std::int64_t h = 0; h < g.hq; ++h) {
+      const std::int64_t kv = h / g.group, r0 = b * seq_len;
+      const ConstView<T> ds = head(ConstView<T>(d_scores), b, h);
+      dev.gemm_ex<T>(Op::n, Op::n, 1.0, ds, k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
+                     dq.block(r0, h * head_dim, seq_len, head_dim));
+      dev.gemm_ex<T>(Op::t, Op::n, 1.0, ds, q.block(r0, h * head_dim, seq_len, head_dim), 1.0,
+                     dk.block(r0, kv * head_dim, seq_len, head_dim));
+    }
+}
+
+}  // namespace tp::impl
