@@ -113,10 +113,15 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DTP_BUILD_BENCH=OFF -DTP_BUILD_GPU_BENCH=ON -DTP_BUILD_EXAMPLES=OFF -DTP_INSTALL=OFF ||
     { rm -f "$build/CMakeCache.txt"; tail -30 "$buildlog"; finish "configuring tp failed (build.log)" 2; }
 fi
-# What configure said about NCCL, kept beside the build (a warm machine skips configuring).
-grep -hE '^-- tp: NCCL' "$buildlog" 2> /dev/null | tail -1 | sed 's/^-- tp: //' > "$work/nccl.txt.new"
-[ -s "$work/nccl.txt.new" ] && mv "$work/nccl.txt.new" "$work/nccl.txt"
-note "- $(cat "$work/nccl.txt" 2> /dev/null || echo 'NCCL: not reported by configure')"
+# Which NCCL configure found (cmake/FindNCCL.cmake), read from the cache: a warm machine skips configuring.
+cache_var() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt" | head -1; }
+nccl_lib=$(cache_var NCCL_LIBRARY) nccl_inc=$(cache_var NCCL_INCLUDE_DIR)
+if [ -f "$nccl_inc/nccl.h" ] && [ -e "$nccl_lib" ]; then
+  nccl_version=$(sed -nE 's/^#define NCCL_(MAJOR|MINOR|PATCH) ([0-9]+).*/\2/p' "$nccl_inc/nccl.h" | head -3 | paste -sd.)
+  note "- NCCL $nccl_version: $nccl_lib (headers $nccl_inc)"
+else
+  note "- NCCL: not found (looked in: $(cache_var NCCL_SEARCHED)); set NCCL_ROOT to use one"
+fi
 
 # --- which targets this configuration has ---
 # Test binaries are the executables named tp_cuda*_tests / tp_nccl*_tests (Ninja knows which targets
