@@ -27,6 +27,7 @@
 # 90), TP_BENCH_FILTER (--benchmark_filter regex over names like bf16/mlp_forward/4096/8192),
 # TP_BENCH_MIN_TIME (seconds per benchmark, 0.3), TP_GPU_BUILD_DIR (build-gpu).
 set -uo pipefail
+{  # the whole script is one compound command, parsed before it runs: editing the file mid-run is safe
 mode=${1:-}
 case "$mode" in
   tests | bench) ;;
@@ -260,3 +261,4 @@ note ""
 python3 bench/gpu/summarize.py "$out/gpu_layers.json" "$out/torch_layers.json" 2>&1 | tee -a "$summary"
 [ "$bench_rc" = 0 ] && finish "benchmarks done" 0
 finish "the benchmark did not finish (bench.log)" 1
+}
