@@ -22,10 +22,10 @@ struct RowBlocks {
   std::int64_t rows_each = 1;  ///< rows per block (the last may have fewer)
 };
 
-/// About 512 blocks (a few waves on a large GPU), with at least 64 rows a block so that the
+/// About 512 blocks (a few waves on a large GPU), with at least 16 rows a block so that the
 /// partials stay few.
 inline RowBlocks row_blocks(std::int64_t rows, std::int64_t cols) {
-  constexpr std::int64_t kTargetBlocks = 512, kMinRows = 64;
+  constexpr std::int64_t kTargetBlocks = 512, kMinRows = 16;
   RowBlocks b;
   b.col_tiles = std::max<std::int64_t>(1, (cols + kThreads - 1) / kThreads);
   const std::int64_t most = std::max<std::int64_t>(1, rows / kMinRows);
