@@ -1,7 +1,7 @@
 #pragma once
 /// A small GPT-style byte-level language model built from tp's layers, with its optimizer, data
-/// and checkpoints: what examples/train_tiny_lm/main.cpp trains and tests/train_tiny_lm_test.cpp
-/// drives.
+/// and checkpoints: what examples/train_tiny_lm/main.cpp trains and
+/// tests/examples/train_tiny_lm_test.cpp drives.
 ///
 ///   ids -> wte (VocabParallelEmbedding) + wpe (learned positions, also a VocabParallelEmbedding
 ///   over positions) -> layers x [x += attn(ln_1(x)); x += mlp(ln_2(x))] -> ln_f -> lm_head

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/devices.hpp"
 #include "common/reference.hpp"
 #include "tp/core/parameter.hpp"
 
@@ -191,32 +192,10 @@ inline std::vector<std::int64_t> random_ids(std::int64_t count, std::int64_t n, 
 
 namespace tp::test {
 
-/// Each parameter's gradient equals its part of the full gradient named after it. A parameter
-/// reported as several records (stacked or fused weights) is compared as one normwise whole, as
-/// any other shard is: a block can be zero in exact arithmetic (the key bias's gradient, since
-/// softmax ignores a shift shared by all keys), where a relative error of the block alone means nothing.
+/// test::expect_grads (common/devices.hpp) for host gradients.
 template <class T>
 void expect_grads(const std::vector<Parameter<T>>& ps, const std::map<std::string, const ref::Matrix*>& full) {
-  std::map<std::string, std::pair<ref::Matrix, ref::Matrix>> got_want;  // concatenated, as one row
-  for (const auto& p : ps) {
-    const auto it = full.find(p.name);
-    ASSERT_NE(it, full.end()) << "no reference gradient for " << p.name;
-    ASSERT_EQ(it->second->rows, p.full_rows) << p.name;
-    ASSERT_EQ(it->second->cols, p.full_cols) << p.name;
-    const ref::Matrix got = as_matrix<T>(ConstView<T>(p.grad));
-    const ref::Matrix want = it->second->block(p.rows.begin, p.cols.begin, p.rows.size(), p.cols.size());
-    ASSERT_EQ(got.rows, want.rows) << p.name;
-    ASSERT_EQ(got.cols, want.cols) << p.name;
-    auto& [g, w] = got_want[p.name];
-    g.data.insert(g.data.end(), got.data.begin(), got.data.end());
-    w.data.insert(w.data.end(), want.data.begin(), want.data.end());
-    g.rows = w.rows = 1;
-    g.cols = w.cols = static_cast<std::int64_t>(g.data.size());
-  }
-  for (const auto& [name, gw] : got_want) {
-    SCOPED_TRACE(name);
-    TP_EXPECT_CLOSE(T, gw.first, gw.second);
-  }
+  expect_grads<T>(Cpu(), ps, full);
 }
 
 /// ids as a host int64 tensor of the given shape (rows * cols == ids.size()).

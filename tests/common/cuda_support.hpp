@@ -1,7 +1,7 @@
 #pragma once
 /// What the CUDA test harnesses and tests share: the skip rule (no device: skipped, with the
-/// reason), managed test buffers, a communicator wrapper that waits for each collective so that
-/// host-side test bodies can read the result, and host <-> device conversions for the reference.
+/// reason), managed test buffers, and a communicator wrapper that waits for each collective so that
+/// host-side test bodies can read the result. Host <-> device matrices: common/devices.hpp.
 
 #include <gtest/gtest.h>
 
@@ -101,53 +101,6 @@ class SyncedCommunicator final : public Communicator {
 
 inline void sync_stream(Stream stream) {
   TP_CUDA_CHECK(cudaStreamSynchronize(stream), "waiting for a collective in a test");
-}
-
-/// `m` rounded through T, as a layer holding T sees it.
-template <class T>
-ref::Matrix rounded(ref::Matrix m) {
-  for (auto& v : m.data) v = detail::to_double(static_cast<T>(v));
-  return m;
-}
-
-/// Standard-normal entries rounded through T (ref::random_matrix for the 16-bit types).
-template <class T>
-ref::Matrix random_matrix(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
-  return rounded<T>(ref::random_matrix<double>(rows, cols, seed));
-}
-
-template <class T>
-std::vector<T> to_host_elements(const ref::Matrix& m) {
-  std::vector<T> host(m.data.size());
-  for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<T>(m.data[i]);
-  return host;
-}
-
-/// A device tensor holding `m` (rounded to T).
-template <class T>
-Tensor<T, Cuda> upload(const std::shared_ptr<Cuda>& dev, const ref::Matrix& m) {
-  Tensor<T, Cuda> t(dev, m.rows, m.cols);
-  const auto host = to_host_elements<T>(m);
-  dev->from_host(ConstView<T>(host.data(), m.rows, m.cols), t.view());
-  return t;
-}
-
-/// A device view read back as a double matrix.
-template <class T>
-ref::Matrix download(const Cuda& dev, ConstView<T> v) {
-  std::vector<T> host(static_cast<std::size_t>(v.size()));
-  dev.to_host(v, MatrixView<T>(host.data(), v.rows, v.cols));
-  ref::Matrix m(v.rows, v.cols);
-  for (std::size_t i = 0; i < host.size(); ++i) m.data[i] = detail::to_double(host[i]);
-  return m;
-}
-template <class T>
-ref::Matrix download(const Cuda& dev, const Tensor<T, Cuda>& t) {
-  return download<T>(dev, t.view());
-}
-template <class T>
-ref::Matrix download(const Cuda& dev, MatrixView<T> v) {
-  return download<T>(dev, ConstView<T>(v));
 }
 
 }  // namespace tp::test

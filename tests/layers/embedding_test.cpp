@@ -1,27 +1,31 @@
 /// VocabParallelEmbedding against the unsharded lookup: odd vocabularies over every world size
 /// (7 over 3, 50257 over 4), a [batch, seq] id matrix, sequence parallelism on and off, ids out
-/// of range.
+/// of range; the lookup and its gradient on every device (common/devices.hpp).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/blocks_reference.hpp"
+#include "common/devices.hpp"
 #include "common/harness.hpp"
 #include "tp/tp.hpp"
 
 namespace tp {
 namespace {
 
-using ::testing::HasSubstr;
+using test::download;
 using test::on_ranks;
+using test::upload;
+using ::testing::HasSubstr;
 
 template <class T>
 class Embedding : public ::testing::Test {};
-using Floats = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(Embedding, Floats);
+TYPED_TEST_SUITE(Embedding, test::BlockFloats);
 
 TYPED_TEST(Embedding, MatchesReference) {
   using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
   struct Case {
     std::int64_t vocab, hidden, batch, seq;
   };
@@ -33,27 +37,31 @@ TYPED_TEST(Embedding, MatchesReference) {
     ids[0] = s.vocab - 1;  // both ends of the vocabulary, and a repeated id (its gradients add up)
     ids[1] = 0;
     ids[tokens - 1] = ids[2];
-    const auto table = ref::random_matrix<T>(s.vocab, s.hidden, ref::test_seed(2));
-    const auto dy = ref::random_matrix<T>(tokens, s.hidden, ref::test_seed(3));
+    const auto table = test::random_matrix<T>(s.vocab, s.hidden, ref::test_seed(2));
+    const auto dy = test::random_matrix<T>(tokens, s.hidden, ref::test_seed(3));
     const auto y = ref::embedding(ids, table);
     const auto dtable = ref::embedding_grad(ids, dy, s.vocab);
-    const auto table_t = ref::to_tensor<T>(table);
-    const auto ids_t = test::to_ids(ids, s.batch, s.seq);
+    const test::HostMatrix<T> table_h(table);
     on_ranks([&](std::shared_ptr<Communicator> comm) {
       SCOPED_TRACE(trace);  // traces are per thread
+      auto dev = std::make_shared<Dev>();
       const Range mine = partition(tokens, comm->size(), comm->rank());
+      const auto ids_d = test::upload_ids(dev, ids, s.batch, s.seq);
       for (const bool sp : {false, true}) {
         SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
-        VocabParallelEmbedding<T> emb(Context<>(comm), s.vocab, s.hidden, {.sequence_parallel = sp});
+        VocabParallelEmbedding<T, Dev> emb(Context<Dev>(comm, dev), s.vocab, s.hidden, {.sequence_parallel = sp});
         EXPECT_EQ(emb.vocab_range(), partition(s.vocab, comm->size(), comm->rank()));
-        emb.load_full(table_t);
-        TP_EXPECT_CLOSE(T, emb.forward(ids_t), sp ? y.rows_range(mine.begin, mine.size()) : y);
-        emb.backward(ref::to_tensor<T>(sp ? dy.rows_range(mine.begin, mine.size()) : dy));
-        test::expect_grads<T>(emb.parameters(), {{"embedding.weight", &dtable}});
+        emb.load_full(table_h.view());
+        TP_EXPECT_CLOSE(T, download(*dev, emb.forward(ids_d.view())), sp ? y.rows_range(mine.begin, mine.size()) : y);
+        const auto dy_d = upload<T>(dev, sp ? dy.rows_range(mine.begin, mine.size()) : dy);
+        emb.backward(dy_d.view());
+        test::expect_grads<T>(*dev, emb.parameters(), {{"embedding.weight", &dtable}});
       }
     });
   }
 }
+
+#ifndef TP_TEST_CUDA  // device-independent checks: once, in the host binaries
 
 /// The initial table is a function of (seed, name, full index): the same at every world size.
 TEST(EmbeddingInit, SameTableAtEveryWorldSize) {
@@ -83,13 +91,16 @@ TEST(EmbeddingErrors, IdsOutOfRangeNameTheIdAndPosition) {
         ADD_FAILURE() << "id " << bad << " accepted";
       } catch (const InvalidArgument& e) {
         EXPECT_THAT(e.what(), HasSubstr(fmt::format("wte: token id {} at position 4 (row 1, column 1 of the 2x3 ids) "
-                                                    "is outside the vocabulary [0, 7)", bad)));
+                                                    "is outside the vocabulary [0, 7)",
+                                                    bad)));
       }
     }
     EXPECT_THROW(emb.backward(Tensor<float, Cpu>(6, 4)), InvalidArgument);  // before any forward
     if (comm->size() > 2) EXPECT_THROW(VocabParallelEmbedding<float>(Context<>(comm), 2, 4), InvalidArgument);
   });
 }
+
+#endif  // TP_TEST_CUDA
 
 }  // namespace
 }  // namespace tp

@@ -1,0 +1,64 @@
+/// The LayerNorm op pair on every device and dtype (common/devices.hpp): the forward with its saved
+/// statistics (mean, 1 / sqrt(var + eps)) and the backward that accumulates the parameter
+/// gradients, against the double-precision reference.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "common/devices.hpp"
+#include "common/reference.hpp"
+#include "common/reference_train.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using test::download;
+using test::upload;
+
+template <class T>
+class NormOps : public ::testing::Test {};
+TYPED_TEST_SUITE(NormOps, test::BlockFloats);
+
+TYPED_TEST(NormOps, LayerNormStatisticsAndAccumulatedGradients) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t rows = 6, hidden = 37;
+  const double eps = 1e-5;
+  const auto x = ref::map(test::random_matrix<T>(rows, hidden, ref::test_seed(1)),
+                          [](double v) { return test::to_double(static_cast<T>(3 * v + 1.5)); });
+  const auto gamma = test::random_matrix<T>(1, hidden, ref::test_seed(2));
+  const auto beta = test::random_matrix<T>(1, hidden, ref::test_seed(3));
+  const auto dy = test::random_matrix<T>(rows, hidden, ref::test_seed(4));
+  const auto dgamma0 = test::random_matrix<T>(1, hidden, ref::test_seed(5));
+  const auto dbeta0 = test::random_matrix<T>(1, hidden, ref::test_seed(6));
+  const auto want = ref::layer_norm(x, gamma, beta, dy, eps);
+  ref::Matrix want_mean(rows, 1), want_rstd(rows, 1);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double sum = 0, sq = 0;
+    for (std::int64_t c = 0; c < hidden; ++c) sum += x(r, c);
+    want_mean(r, 0) = sum / hidden;
+    for (std::int64_t c = 0; c < hidden; ++c) sq += (x(r, c) - want_mean(r, 0)) * (x(r, c) - want_mean(r, 0));
+    want_rstd(r, 0) = 1 / std::sqrt(sq / hidden + eps);
+  }
+
+  auto dev = std::make_shared<Dev>();
+  const auto x_d = upload<T>(dev, x), gamma_d = upload<T>(dev, gamma), beta_d = upload<T>(dev, beta);
+  const auto dy_d = upload<T>(dev, dy);
+  Tensor<T, Dev> y(dev, rows, hidden), mean(dev, rows, 1), rstd(dev, rows, 1), dx(dev, rows, hidden);
+  auto dgamma = upload<T>(dev, dgamma0), dbeta = upload<T>(dev, dbeta0);
+  tp::ops::layer_norm(*dev, x_d.view(), gamma_d.view(), beta_d.view(), y.view(), mean.view(), rstd.view(), eps);
+  TP_EXPECT_CLOSE(T, download(*dev, y), want.y);
+  TP_EXPECT_CLOSE(T, download(*dev, mean), want_mean);
+  TP_EXPECT_CLOSE(T, download(*dev, rstd), want_rstd);
+  tp::ops::layer_norm_backward(*dev, x_d.view(), gamma_d.view(), mean.view(), rstd.view(), dy_d.view(), dx.view(),
+                               dgamma.view(), dbeta.view());
+  TP_EXPECT_CLOSE(T, download(*dev, dx), want.dx);
+  TP_EXPECT_CLOSE(T, download(*dev, dgamma), ref::add(dgamma0, want.dgamma));  // accumulated
+  TP_EXPECT_CLOSE(T, download(*dev, dbeta), ref::add(dbeta0, want.dbeta));
+}
+
+}  // namespace
+}  // namespace tp
