@@ -96,7 +96,7 @@ if command -v ccache > /dev/null; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 fi
 
-# --- googletest, OpenBLAS, configure (once per machine; a warm machine skips them) ---
+# --- googletest and OpenBLAS (once per machine; a warm machine skips them), configure ---
 prefix=$work/prefix
 if [ ! -f "$prefix/.gtest-done" ]; then
   step "googletest" "$buildlog" bash -c "cmake -S '$deps/src/googletest' -B '$work/gtest' -G '$generator' \
@@ -106,15 +106,14 @@ if [ ! -f "$prefix/.gtest-done" ]; then
 fi
 gtest_dir=$(dirname "$(find "$prefix" -name GTestConfig.cmake | head -1)")
 [ -d "$work/openblas" ] || tar -xJf "$deps/openblas.tar.xz" -C "$work"
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  step "configure (CUDA architectures $arch)" "$buildlog" cmake -S . -B "$build" -G "$generator" \
+# Configured on every call (seconds when nothing changed), so the target list below is current.
+step "configure (CUDA architectures $arch)" "$buildlog" cmake -S . -B "$build" -G "$generator" \
     -DCMAKE_BUILD_TYPE=Release -DTP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" "${launcher[@]}" \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_PREFIX_PATH="$work/openblas" -DGTest_DIR="$gtest_dir" \
     -Dfmt_DIR="$deps/fmt/lib/cmake/fmt" -Dbenchmark_DIR="$deps/benchmark/lib/x86_64-linux-gnu/cmake/benchmark" \
     -DTP_BUILD_BENCH=OFF -DTP_BUILD_GPU_BENCH=ON -DTP_BUILD_EXAMPLES=OFF -DTP_INSTALL=OFF ||
-    { rm -f "$build/CMakeCache.txt"; tail -30 "$buildlog"; finish "configuring tp failed (build.log)" 2; }
-fi
-# Which NCCL configure found (cmake/FindNCCL.cmake), read from the cache: a warm machine skips configuring.
+  { tail -30 "$buildlog"; finish "configuring tp failed (build.log)" 2; }
+# Which NCCL configure found (cmake/FindNCCL.cmake), read from the cache (a re-configure prints nothing).
 cache_var() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt" | head -1; }
 nccl_lib=$(cache_var NCCL_LIBRARY) nccl_inc=$(cache_var NCCL_INCLUDE_DIR)
 if [ -f "$nccl_inc/nccl.h" ] && [ -e "$nccl_lib" ]; then
