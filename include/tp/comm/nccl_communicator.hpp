@@ -145,6 +145,7 @@ class NcclCommunicator final : public Communicator {
     cudaSetDevice(device_);
     release_comm();
     if (scratch_) cudaFree(scratch_);
+    if (signatures_) cudaFree(signatures_);
     if (side_) cudaStreamDestroy(side_);
   }
 
@@ -162,9 +163,33 @@ class NcclCommunicator final : public Communicator {
     wait_stream(stream, "the caller's stream", timeout, /*abort_on_timeout=*/false);
   }
 
+  bool aborted() const { return aborted_; }
+  const Options& options() const { return options_; }
+
+  /// The all-reduce runs on the communicator's side stream once `stream` has produced its input,
+  /// so work queued on `stream` afterwards (the next GEMM) overlaps it. `wait()` on the result
+  /// orders the reduced data before whatever is queued on `stream` next; `wait_host()` blocks the
+  /// host, with the timeout. Every rank must issue its collectives in the same order, as always.
+  std::unique_ptr<AsyncWork> all_reduce_async_nccl(const void* send, void* recv, std::size_t count, DType dtype,
+                                                   ReduceOp op, Stream stream) {
+    activate();
+    cudaEvent_t ready = nullptr;
+    TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
+    cudaError_t status = cudaEventRecord(ready, stream);
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
+    cudaEventDestroy(ready);  // released once the wait has consumed it
+    TP_CUDA_CHECK(status, "ordering an asynchronous all_reduce of {} x {} after the caller's stream on rank {}", count,
+                  name(dtype), rank_);
+    enqueue("all_reduce_async", count, dtype, [&] {
+      return ncclAllReduce(send, recv, count, detail::nccl_type(dtype), detail::nccl_op(op), comm_, side_);
+    });
+    return record(side_, stream);
+  }
+
+ protected:
   /// An all-reduce of one int on the side stream, waited for with the communicator's timeout: a
   /// rank that never arrives aborts the communicator.
-  void barrier() override {
+  void do_barrier() override {
     activate();
     enqueue("barrier", 1, DType::i32, [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, side_); });
     wait_stream(side_, "the barrier", options_.timeout, /*abort_on_timeout=*/true);
@@ -177,7 +202,7 @@ class NcclCommunicator final : public Communicator {
   /// job's error on the parent, after which the parent refuses every call); a split that does not
   /// finish within the timeout (a rank never called it) can only be cancelled by aborting this
   /// communicator, which NCCL propagates to the pending child.
-  std::shared_ptr<Communicator> split(int color, int key) override {
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
     activate();
     if (aborted_) TP_THROW(CommError, "NcclCommunicator rank {} of {}: split on an aborted communicator", rank_, world_);
     ncclConfig_t config = make_config();
@@ -207,30 +232,26 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
-  bool aborted() const { return aborted_; }
-  const Options& options() const { return options_; }
-
-  /// The all-reduce runs on the communicator's side stream once `stream` has produced its input,
-  /// so work queued on `stream` afterwards (the next GEMM) overlaps it. `wait()` on the result
-  /// orders the reduced data before whatever is queued on `stream` next; `wait_host()` blocks the
-  /// host, with the timeout. Every rank must issue its collectives in the same order, as always.
-  std::unique_ptr<AsyncWork> all_reduce_async_nccl(const void* send, void* recv, std::size_t count, DType dtype,
-                                                   ReduceOp op, Stream stream) {
+  /// Collective verification: the signatures travel through device memory on the side stream
+  /// (NCCL moves nothing else), and the host waits for them, with the timeout.
+  void do_exchange_signatures(const std::int64_t* mine, std::int64_t* all) override {
     activate();
-    cudaEvent_t ready = nullptr;
-    TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
-    cudaError_t status = cudaEventRecord(ready, stream);
-    if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
-    cudaEventDestroy(ready);  // released once the wait has consumed it
-    TP_CUDA_CHECK(status, "ordering an asynchronous all_reduce of {} x {} after the caller's stream on rank {}", count,
-                  name(dtype), rank_);
-    enqueue("all_reduce_async", count, dtype, [&] {
-      return ncclAllReduce(send, recv, count, detail::nccl_type(dtype), detail::nccl_op(op), comm_, side_);
-    });
-    return record(side_, stream);
+    constexpr std::size_t words = detail::CallSignature::words;
+    const std::size_t bytes = words * sizeof(std::int64_t);
+    if (signatures_ == nullptr)
+      TP_CUDA_CHECK(cudaMalloc(&signatures_, bytes * static_cast<std::size_t>(world_)),
+                    "allocating NCCL rank {}'s {} call signatures", rank_, world_);
+    std::int64_t* slot = signatures_ + static_cast<std::size_t>(rank_) * words;
+    TP_CUDA_CHECK(cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, side_),
+                  "copying NCCL rank {}'s call signature to the device", rank_);
+    enqueue("call signature exchange", words, DType::i64,
+            [&] { return ncclAllGather(slot, signatures_, words, ncclInt64, comm_, side_); });
+    TP_CUDA_CHECK(cudaMemcpyAsync(all, signatures_, bytes * static_cast<std::size_t>(world_), cudaMemcpyDeviceToHost,
+                                  side_),
+                  "copying the call signatures to the host on NCCL rank {}", rank_);
+    wait_stream(side_, "the call signature exchange", options_.timeout, /*abort_on_timeout=*/true);
   }
 
- protected:
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
                      Stream stream) override {
     activate();
@@ -502,6 +523,7 @@ class NcclCommunicator final : public Communicator {
   bool aborted_ = false;
   cudaStream_t side_ = nullptr;
   int* scratch_ = nullptr;
+  std::int64_t* signatures_ = nullptr;
 };
 
 }  // namespace tp
