@@ -10,8 +10,9 @@
 #   .deps/src/googletest     /usr/src/googletest (Debian's googletest sources; built on the GPU machine)
 #   .deps/benchmark          Google Benchmark as Debian ships it (libbenchmark.so 1.7.1, headers, CMake files)
 #   .deps/fmt                {fmt} headers and a CMake package making fmt::fmt header-only
-#   .deps/openblas.tar.xz    a static OpenBLAS (only the members tp's CBLAS calls pull in) and its
-#                            headers: tests/common/reference.hpp stages host data through tp::Cpu
+#   .deps/openblas.tar.xz    a static OpenBLAS (only the members the project's cblas_* / openblas_* calls
+#                            pull in, read from the sources) and its headers: the CUDA tests' references run
+#                            on tp::Cpu (GEMM and GEMV)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps=$PWD/.deps
@@ -58,24 +59,46 @@ CMAKE
 echo "openblas <- Debian's static libopenblas, trimmed to the members tp links"
 archive=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.a
 headers=/usr/include/x86_64-linux-gnu/openblas-pthread
+# Every CBLAS / OpenBLAS function the project calls (tp::Cpu's GEMM and GEMV, the thread controls),
+# read from the sources so that a new call cannot be left out of the trimmed archive: each one is
+# referenced from syms.c, which pulls its archive member (and what that needs) into the link map.
+symbols=$(grep -rhoE '\b(cblas|openblas)_[a-z0-9_]+ *\(' include tests bench examples | sed 's/ *($//' | sort -u)
+[ -n "$symbols" ] || { echo "found no cblas_/openblas_ calls in the sources" >&2; exit 1; }
+echo "  functions: $(echo $symbols)"
+{
+  for s in $symbols; do echo "extern void $s(void);"; done
+  echo "void (*const tp_blas_symbols[])(void) = {"
+  for s in $symbols; do echo "  $s,"; done
+  echo "};"
+} > "$tmp/syms.c"
 cat > "$tmp/use.c" <<'C'
 #include <cblas.h>
+extern void (*const tp_blas_symbols[])(void);
 int main(void) {
-  float a[4] = {1, 2, 3, 4}, c[4];
-  double d[4] = {1, 2, 3, 4}, e[4];
+  float a[4] = {1, 2, 3, 4}, c[4], x[2] = {1, 1}, y[2];
+  double d[4] = {1, 2, 3, 4}, e[4], u[2] = {1, 1}, v[2];
   openblas_set_num_threads(1);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 2, 2, 2, 1.f, a, 2, a, 2, 0.f, c, 2);
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 2, 2, 2, 1.0, d, 2, d, 2, 0.0, e, 2);
-  return (c[0] == 5.f && e[0] == 5.0 && openblas_get_num_threads() == 1 && openblas_get_corename()[0]) ? 0 : 1;
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, 2, 2, 1.f, a, 2, x, 1, 0.f, y, 1);
+  cblas_dgemv(CblasRowMajor, CblasNoTrans, 2, 2, 1.0, d, 2, u, 1, 0.0, v, 1);
+  return (c[0] == 5.f && e[0] == 5.0 && y[1] == 7.f && v[1] == 7.0 && openblas_get_num_threads() == 1 &&
+          openblas_get_corename()[0] && tp_blas_symbols[0] != 0) ? 0 : 1;
 }
 C
-gcc -I"$headers" "$tmp/use.c" "$archive" -lpthread -lm -Wl,-Map="$tmp/map.txt" -o "$tmp/use"
+gcc -I"$headers" "$tmp/use.c" "$tmp/syms.c" "$archive" -lpthread -lm -Wl,-Map="$tmp/map.txt" -o "$tmp/use"
 grep -oE 'libopenblas[^ /]*\.a\([^)]+\)' "$tmp/map.txt" | sed -E 's/.*\((.*)\)/\1/' | sort -u > "$tmp/members.txt"
 mkdir -p "$tmp/obj" "$tmp/openblas/lib" "$tmp/openblas/include"
 (cd "$tmp/obj" && xargs ar x "$archive" < "$tmp/members.txt" && ar rcs "$tmp/openblas/lib/libopenblas.a" ./*.o)
 strip --strip-debug "$tmp/openblas/lib/libopenblas.a"
 cp "$headers"/cblas.h "$headers"/openblas_config.h "$tmp/openblas/include/"
-gcc -I"$tmp/openblas/include" "$tmp/use.c" "$tmp/openblas/lib/libopenblas.a" -lpthread -lm -o "$tmp/use2" && "$tmp/use2"
+# The trimmed archive alone must satisfy every function (a missing member is an undefined reference here).
+gcc -I"$tmp/openblas/include" "$tmp/use.c" "$tmp/syms.c" "$tmp/openblas/lib/libopenblas.a" -lpthread -lm -o "$tmp/use2"
+"$tmp/use2" || { echo "the trimmed OpenBLAS computes wrong results" >&2; exit 1; }
+nm -g --defined-only "$tmp/openblas/lib/libopenblas.a" 2> /dev/null > "$tmp/defined.txt" || true
+for s in $symbols; do
+  grep -qE " T $s\$" "$tmp/defined.txt" || { echo "the trimmed OpenBLAS lacks $s" >&2; exit 1; }
+done
 tar -C "$tmp" -cJf "$deps/openblas.tar.xz" openblas
 
 du -sh "$deps"

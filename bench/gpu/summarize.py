@@ -1,20 +1,31 @@
 #!/usr/bin/env python3
 """Pairs tp_bench_gpu_layers' JSON (Google Benchmark) with torch_layers.py's JSON and writes the
 markdown table for BENCHMARKS.md: per dtype, shape and operation, tp's time, the bare cuBLASLt
-time (tp / bare: goal <= 1.05) and PyTorch eager's (tp / torch: goal <= 1.0), plus the headline
-bf16 MLP TFLOP/s against the bare bf16 GEMM.
+time (the same GEMMs with the bias, its gradient and the MLP's GELU fused as cuBLASLt epilogues;
+tp / bare: goal <= 1.05) and PyTorch eager's (bias included; tp / torch: goal <= 1.0), plus the
+headline bf16 MLP TFLOP/s against the bare bf16 GEMM. Benchmarks that failed are listed with
+their message rather than dropped silently.
 
   python3 bench/gpu/summarize.py gpu_layers.json torch_layers.json > summary.md
 """
 import json
 import sys
 
+ERRORS = []
+
 
 def load_tp(path):
-    data = json.load(open(path))
+    try:
+        data = json.load(open(path))
+    except (OSError, ValueError) as e:
+        ERRORS.append(f"{path}: not readable ({e})")
+        return "unknown GPU", {}
     rows = {}
     for b in data.get("benchmarks", []):
-        if b.get("error_occurred") or "label" not in b:
+        if b.get("error_occurred"):
+            ERRORS.append(f"{b.get('name')}: {b.get('error_message', '')}")
+            continue
+        if "label" not in b:
             continue
         ms = b["real_time"] * {"ms": 1.0, "us": 1e-3, "ns": 1e-6, "s": 1e3}[b.get("time_unit", "ms")]
         rows[b["label"]] = {"ms": ms, "tflops": b.get("TFLOP/s", 0.0)}
@@ -53,6 +64,15 @@ def main():
         print("\n| NCCL all-reduce, world 1, bytes | time us | algbw GB/s |\n|---:|---:|---:|")
         for size, r in nccl:
             print(f"| {size} | {1e3 * r['ms']:.1f} | {size / (r['ms'] * 1e6):.1f} |")
+    if ERRORS:
+        by_message = {}
+        for e in ERRORS:
+            name, _, message = e.partition(": ")
+            by_message.setdefault(message, []).append(name)
+        print(f"\n{len(ERRORS)} benchmark(s) reported an error:\n")
+        for message, names in by_message.items():
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            print(f"- {len(names)} x \"{message}\": {', '.join(names[:3])}{more}")
     mlp, gemm = tp.get("bf16/mlp_forward/4096/8192"), tp.get("bf16/gemm/4096/8192")
     mlp_b = tp.get("bf16/mlp_backward/4096/8192")
     if mlp and gemm:

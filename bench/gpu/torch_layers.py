@@ -4,11 +4,15 @@ hidden -> 4 hidden, Row is 4 hidden -> hidden) and the MLP (linear, GELU tanh, l
 backward, timed with CUDA events. Backward computes the same gradients as tp (dx, dw, db) through
 torch.autograd.grad on a retained graph, so the forward is not timed with it.
 
-  python3 bench/gpu/torch_layers.py --out torch_layers.json
+  python3 bench/gpu/torch_layers.py --out torch_layers.json [--max-seconds 90]
+
+Each result is printed as it is measured and the JSON rewritten after every shape, so a run that
+is stopped (or that stops itself at --max-seconds) still leaves what it measured.
 """
 import argparse
 import json
 import sys
+import time
 
 try:
     import torch
@@ -48,6 +52,8 @@ def run(name, tokens, hidden):
 
     def record(what, ms, flops):
         results.append({"name": f"torch/{name}/{what}/{tokens}/{hidden}", "ms": ms, "tflops": flops / ms / 1e9})
+        r = results[-1]
+        print(f"{r['name']:<40} {r['ms']:9.3f} ms {r['tflops']:8.1f} TFLOP/s", flush=True)
 
     x = rand(tokens, hidden, dtype=dtype)
     w = rand(ffn, hidden, dtype=dtype)
@@ -80,22 +86,25 @@ def run(name, tokens, hidden):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--max-seconds", type=float, default=0, help="start no new shape after this many seconds")
     args = parser.parse_args()
+    start = time.monotonic()
     if not torch.cuda.is_available():
         print("torch_layers.py: no CUDA device; nothing to measure", file=sys.stderr)
         return 0
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows compare with tp's TF32 option
     gpu = torch.cuda.get_device_name()
+    print(f"PyTorch {torch.__version__} eager on {gpu}", flush=True)
     results = []
     for name, shapes in SHAPES.items():
         for tokens, hidden in shapes:
+            if args.max_seconds and time.monotonic() - start > args.max_seconds:
+                print(f"torch_layers.py: stopping at {args.max_seconds:.0f} s before {name} {tokens}x{hidden}", flush=True)
+                return 0
             results += run(name, tokens, hidden)
-    print(f"PyTorch {torch.__version__} eager on {gpu}")
-    for r in results:
-        print(f"{r['name']:<40} {r['ms']:9.3f} ms {r['tflops']:8.1f} TFLOP/s")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"gpu": gpu, "torch": torch.__version__, "results": results}, f, indent=1)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump({"gpu": gpu, "torch": torch.__version__, "results": results}, f, indent=1)
     return 0
 
 

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "common/cuda_support.hpp"
 #include "tp/comm/local_communicator.hpp"
 #include "tp/comm/nccl_communicator.hpp"
@@ -55,6 +57,37 @@ TEST(NcclCommunicator, BootstrapSplitBarrierAndAsyncWait) {
     for (int i = 0; i < 4; ++i) EXPECT_EQ(data[i], 1.5f * i);
     cudaFree(data);
   });
+}
+
+/// synchronize(stream) waits for everything on the stream, here a host function that sleeps: its
+/// own deadline (stream_timeout) passing throws, and the communicator stays usable, since a busy
+/// stream says nothing about the peers.
+TEST(NcclCommunicator, StreamDeadlineLeavesTheCommunicatorUsable) {
+  TP_REQUIRE_CUDA();
+  auto nccl = NcclCommunicator::create_single({.timeout = 30s, .stream_timeout = 200ms});
+  cudaStream_t stream = nullptr;
+  TP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "test stream");
+  TP_CUDA_CHECK(cudaLaunchHostFunc(stream, [](void*) { std::this_thread::sleep_for(1500ms); }, nullptr), "host function");
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    nccl->synchronize(stream);
+    ADD_FAILURE() << "synchronize returned while the stream was busy for 1.5 s (stream_timeout 200 ms)";
+  } catch (const CommError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("not aborted"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1400ms);
+  EXPECT_FALSE(nccl->aborted());
+  nccl->synchronize(stream, 30s);
+  float* data = nullptr;
+  TP_CUDA_CHECK(cudaMallocManaged(&data, 2 * sizeof(float)), "test buffer");
+  data[0] = 2.f, data[1] = 3.f;
+  nccl->all_reduce(data, data, 2, DType::f32, ReduceOp::sum, stream);
+  nccl->synchronize(stream);
+  nccl->barrier();
+  EXPECT_EQ(data[0], 2.f);
+  EXPECT_EQ(data[1], 3.f);
+  cudaFree(data);
+  cudaStreamDestroy(stream);
 }
 
 /// Rank 1 of 2 never joins: initialization must not hang, it must time out with a CommError.

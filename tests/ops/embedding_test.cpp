@@ -51,5 +51,26 @@ TYPED_TEST(EmbeddingOps, ShardLookupAndGradient) {
   TP_EXPECT_CLOSE(T, download(*dev, d_table), want_d);
 }
 
+/// The gradient with many table rows and repeated ids: on CUDA blocks cover groups of table rows
+/// as well as column tiles (each (row, column) still summed by one thread, in token order); a
+/// 20-row shard and 300 columns is 20 groups and two column tiles there.
+TYPED_TEST(EmbeddingOps, GradientOverRowGroups) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t tokens = 48, vocab = 30, hidden = 300, first = 5, shard = 20;
+  const std::vector<std::int64_t> ids = ref::random_ids(tokens, vocab, ref::test_seed(1));
+  const auto dy = test::random_matrix<T>(tokens, hidden, ref::test_seed(2));
+  const auto d0 = test::random_matrix<T>(shard, hidden, ref::test_seed(3));
+  const auto want_d = ref::add(d0, ref::embedding_grad(ids, dy, vocab).rows_range(first, shard));
+
+  auto dev = std::make_shared<Dev>();
+  const auto ids_d = test::upload_ids(dev, ids, 6, 8);
+  const auto dy_d = upload<T>(dev, dy);
+  auto d_table = upload<T>(dev, d0);
+  tp::ops::embedding_backward(*dev, ids_d.view(), dy_d.view(), first, d_table.view());
+  TP_EXPECT_CLOSE(T, download(*dev, d_table), want_d);
+}
+
 }  // namespace
 }  // namespace tp

@@ -60,5 +60,35 @@ TYPED_TEST(NormOps, LayerNormStatisticsAndAccumulatedGradients) {
   TP_EXPECT_CLOSE(T, download(*dev, dbeta), ref::add(dbeta0, want.dbeta));
 }
 
+/// The parameter gradients over more rows: on CUDA dgamma and dbeta are summed in row blocks in
+/// parallel, then added in block order (device/cuda/column_reduce.cuh); 48 rows by 300 columns is
+/// three row blocks and two column tiles there.
+TYPED_TEST(NormOps, LayerNormParameterGradientsOverRowBlocks) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t rows = 48, hidden = 300;
+  const double eps = 1e-5;
+  const auto x = test::random_matrix<T>(rows, hidden, ref::test_seed(1));
+  const auto gamma = test::random_matrix<T>(1, hidden, ref::test_seed(2));
+  const auto beta = test::random_matrix<T>(1, hidden, ref::test_seed(3));
+  const auto dy = test::random_matrix<T>(rows, hidden, ref::test_seed(4));
+  const auto dgamma0 = test::random_matrix<T>(1, hidden, ref::test_seed(5));
+  const auto dbeta0 = test::random_matrix<T>(1, hidden, ref::test_seed(6));
+  const auto want = ref::layer_norm(x, gamma, beta, dy, eps);
+
+  auto dev = std::make_shared<Dev>();
+  const auto x_d = upload<T>(dev, x), gamma_d = upload<T>(dev, gamma), beta_d = upload<T>(dev, beta);
+  const auto dy_d = upload<T>(dev, dy);
+  Tensor<T, Dev> y(dev, rows, hidden), mean(dev, rows, 1), rstd(dev, rows, 1), dx(dev, rows, hidden);
+  auto dgamma = upload<T>(dev, dgamma0), dbeta = upload<T>(dev, dbeta0);
+  tp::ops::layer_norm(*dev, x_d.view(), gamma_d.view(), beta_d.view(), y.view(), mean.view(), rstd.view(), eps);
+  tp::ops::layer_norm_backward(*dev, x_d.view(), gamma_d.view(), mean.view(), rstd.view(), dy_d.view(), dx.view(),
+                               dgamma.view(), dbeta.view());
+  TP_EXPECT_CLOSE(T, download(*dev, dx), want.dx);
+  TP_EXPECT_CLOSE(T, download(*dev, dgamma), ref::add(dgamma0, want.dgamma));
+  TP_EXPECT_CLOSE(T, download(*dev, dbeta), ref::add(dbeta0, want.dbeta));
+}
+
 }  // namespace
 }  // namespace tp

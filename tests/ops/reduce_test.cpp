@@ -72,5 +72,22 @@ TYPED_TEST(ElementwiseOps, AddBiasAndItsGradient) {
   TP_EXPECT_CLOSE(T, download(*dev, db_d), ref::add(db0, ref::column_sums(download(*dev, y_d))));
 }
 
+/// The bias gradient over more rows, of a strided view: on CUDA the rows are cut into blocks that
+/// are summed in parallel and then added in block order (device/cuda/column_reduce.cuh); 48 rows
+/// by 300 columns is three row blocks and two column tiles there. Still the column sums.
+TYPED_TEST(ElementwiseOps, BiasGradientOverRowBlocks) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  auto dev = std::make_shared<Dev>();
+  const std::int64_t rows = 48, cols = 300;
+  const auto dy = test::random_matrix<T>(rows, cols + 5, ref::test_seed(1));
+  const auto db0 = test::random_matrix<T>(1, cols, ref::test_seed(2));
+  const auto dy_d = upload<T>(dev, dy);
+  auto db_d = upload<T>(dev, db0);
+  tp::ops::add_bias_grad(*dev, ConstView<T>(dy_d.view().cols_range(3, cols)), db_d.view());
+  TP_EXPECT_CLOSE(T, download(*dev, db_d), ref::add(db0, ref::column_sums(dy.cols_range(3, cols))));
+}
+
 }  // namespace
 }  // namespace tp

@@ -7,8 +7,12 @@
 /// Communicators are non-blocking NCCL communicators, so that no NCCL call can hang the host: each
 /// call that reports ncclInProgress is polled with ncclCommGetAsyncError until it completes, fails
 /// or the timeout passes; host waits (`synchronize`, `barrier`, async `Work::wait_host`) poll the
-/// same way. On a timeout or an asynchronous error (a peer died) the communicator is aborted with
-/// ncclCommAbort and the call throws tp::CommError; the communicator cannot be used afterwards.
+/// same way. On a timeout of a collective or an asynchronous error (a peer died) the communicator
+/// is aborted with ncclCommAbort and the call throws tp::CommError; the communicator cannot be used
+/// afterwards. Two waits abort less: a failed `split` aborts only the new communicator (the parent
+/// stays usable), and `synchronize(stream)` waits for whatever the caller queued on the stream (a
+/// whole training step, not only collectives) under its own deadline, `stream_timeout`, whose
+/// passing throws without aborting anything.
 ///
 /// Uneven all_gather_v / reduce_scatter_v: when the counts are equal they map to ncclAllGather /
 /// ncclReduceScatter; otherwise to one group of ncclBroadcast (root q sends block q) or ncclReduce
@@ -37,9 +41,13 @@
 namespace tp {
 
 struct NcclOptions {
-  /// How long any host-side wait (creation, an enqueue, synchronize, barrier) may take before the
-  /// communicator is aborted and CommError thrown.
+  /// How long a host-side wait on NCCL itself (creation, split, an enqueue, barrier, an async
+  /// collective's wait_host) may take before the communicator is aborted and CommError thrown.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  /// How long synchronize(stream) waits for the caller's stream. The stream carries the caller's
+  /// own kernels too, so passing this deadline says nothing about the peers: CommError is thrown
+  /// and the communicator stays usable (it is aborted only if NCCL itself reports an error).
+  std::chrono::milliseconds stream_timeout = std::chrono::minutes(30);
   /// Device ordinal; -1 takes the calling thread's current device.
   int device = -1;
 };
@@ -95,7 +103,7 @@ class NcclCommunicator final : public Communicator {
       TP_CUDA_CHECK(cudaStreamWaitEvent(caller_, done_, 0), "ordering an NCCL collective on the caller's stream");
     }
     /// Blocks the host until the collective has finished, with the communicator's timeout.
-    void wait_host() { comm_.wait_event(done_, "an asynchronous collective"); }
+    void wait_host() { comm_.wait_event(done_, "an asynchronous collective", comm_.options_.timeout, true); }
 
    private:
     NcclCommunicator& comm_;
@@ -147,23 +155,16 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t native() const { return comm_; }
   int device() const { return device_; }
 
-  /// Blocks until everything queued on `stream` is done, with the timeout; a failure of the
-  /// communicator meanwhile (a dead peer) aborts it and throws CommError.
-  void synchronize(Stream stream) {
-    activate();
-    cudaEvent_t event = nullptr;
-    TP_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "creating an event");
-    const cudaError_t recorded = cudaEventRecord(event, stream);
-    if (recorded != cudaSuccess) cudaEventDestroy(event);
-    TP_CUDA_CHECK(recorded, "recording an event on the stream of rank {}", rank_);
-    try {
-      wait_event(event, "a stream");
-    } catch (...) {
-      cudaEventDestroy(event);
-      throw;
-    }
-    cudaEventDestroy(event);
+  /// Blocks until everything queued on `stream` is done, for at most options().stream_timeout. An
+  /// asynchronous NCCL error meanwhile (a dead peer) aborts the communicator and throws CommError;
+  /// the deadline passing throws CommError and leaves the communicator as it was.
+  void synchronize(Stream stream) { synchronize(stream, options_.stream_timeout); }
+  void synchronize(Stream stream, std::chrono::milliseconds timeout) {
+    wait_stream(stream, "the caller's stream", timeout, /*abort_on_timeout=*/false);
   }
+
+  bool aborted() const { return aborted_; }
+  const Options& options() const { return options_; }
 
   /// The all-reduce runs on the communicator's side stream once `stream` has produced its input,
   /// so work queued on `stream` afterwards (the next GEMM) overlaps it. `wait()` on the result
@@ -186,24 +187,49 @@ class NcclCommunicator final : public Communicator {
   }
 
  protected:
-  /// An all-reduce of one int on the side stream, waited for with the timeout.
+  /// An all-reduce of one int on the side stream, waited for with the communicator's timeout: a
+  /// rank that never arrives aborts the communicator.
   void do_barrier() override {
     activate();
     enqueue("barrier", 1, DType::i32, [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, side_); });
-    synchronize(side_);
+    wait_stream(side_, "the barrier", options_.timeout, /*abort_on_timeout=*/true);
   }
 
+  /// Like MPI_Comm_split; a negative color returns nullptr. NCCL runs a non-blocking split as a
+  /// job of this (the parent) communicator and hands out the child only when the job is done, so:
+  /// a split NCCL refuses at once (arguments, state) aborts nothing; a child that comes up broken is
+  /// aborted, and this communicator too only if NCCL reports the failure on it (it records the
+  /// job's error on the parent, after which the parent refuses every call); a split that does not
+  /// finish within the timeout (a rank never called it) can only be cancelled by aborting this
+  /// communicator, which NCCL propagates to the pending child.
   std::shared_ptr<Communicator> do_split(int color, int key) override {
     activate();
+    if (aborted_) TP_THROW(CommError, "NcclCommunicator rank {} of {}: split on an aborted communicator", rank_, world_);
     ncclConfig_t config = make_config();
     ncclComm_t sub = nullptr;
-    call("ncclCommSplit", [&] { return ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config); });
+    const std::string what = fmt::format("ncclCommSplit(color {}, key {})", color, key);
+    const ncclResult_t r = ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config);
+    if (r == ncclInProgress) {
+      wait_pending(what.c_str());  // aborts this communicator on a timeout: the only way to cancel the job
+      ncclResult_t state = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &state);
+      if (state != ncclSuccess) split_failed(sub, fmt::format("{} failed: {}", what, detail::nccl_status(state, comm_)));
+    } else if (r != ncclSuccess) {
+      split_failed(sub, fmt::format("{} failed: {}", what, detail::nccl_status(r, comm_)));
+    }
     if (sub == nullptr) return nullptr;  // negative color, like MPI_UNDEFINED
-    wait_ready(sub, "ncclCommSplit");
     int sub_rank = 0, sub_world = 0;
-    check(ncclCommUserRank(sub, &sub_rank), "ncclCommUserRank");
-    check(ncclCommCount(sub, &sub_world), "ncclCommCount");
-    return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(sub, sub_rank, sub_world, device_, options_));
+    ncclResult_t info = ncclCommUserRank(sub, &sub_rank);
+    if (info == ncclSuccess) info = ncclCommCount(sub, &sub_world);
+    if (info != ncclSuccess)
+      split_failed(sub, fmt::format("reading the rank and size of the communicator {} made: {}", what,
+                                    detail::nccl_status(info, sub)));
+    try {
+      return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(sub, sub_rank, sub_world, device_, options_));
+    } catch (...) {
+      ncclCommAbort(sub);  // the constructor threw before the new object owned `sub`
+      throw;
+    }
   }
 
   /// Collective verification: the signatures travel through device memory on the side stream
@@ -223,7 +249,7 @@ class NcclCommunicator final : public Communicator {
     TP_CUDA_CHECK(cudaMemcpyAsync(all, signatures_, bytes * static_cast<std::size_t>(world_), cudaMemcpyDeviceToHost,
                                   side_),
                   "copying the call signatures to the host on NCCL rank {}", rank_);
-    synchronize(side_);
+    wait_stream(side_, "the call signature exchange", options_.timeout, /*abort_on_timeout=*/true);
   }
 
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
@@ -369,6 +395,18 @@ class NcclCommunicator final : public Communicator {
     TP_CUDA_CHECK(cudaSetDevice(device_), "selecting device {} for NCCL rank {}", device_, rank_);
   }
 
+  /// A split that did not produce a working communicator: abort the child, and this communicator
+  /// only if NCCL reports an error on it as well.
+  [[noreturn]] void split_failed(ncclComm_t sub, const std::string& what) {
+    if (sub != nullptr) ncclCommAbort(sub);
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t q = ncclCommGetAsyncError(comm_, &state);
+    if (q != ncclSuccess || (state != ncclSuccess && state != ncclInProgress))
+      fail(fmt::format("{}; NCCL recorded the failure on this communicator as well", what));
+    TP_THROW(CommError, "NcclCommunicator rank {} of {}: {}; nothing was created and this communicator is still usable",
+             rank_, world_, what);
+  }
+
   [[noreturn]] void fail(const std::string& what) {
     if (comm_ != nullptr && !aborted_) {
       ncclCommAbort(comm_);
@@ -379,6 +417,20 @@ class NcclCommunicator final : public Communicator {
 
   void check(ncclResult_t r, const char* call) {
     if (r != ncclSuccess) fail(fmt::format("{} failed: {}", call, detail::nccl_status(r, comm_)));
+  }
+
+  /// Polls this communicator until its pending operation is no longer in progress (success or an
+  /// error, which the caller reads); aborts it when the timeout passes.
+  void wait_pending(const char* call) {
+    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    for (;;) {
+      ncclResult_t state = ncclSuccess;
+      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state != ncclInProgress) return;
+      if (std::chrono::steady_clock::now() > deadline)
+        fail(fmt::format("{} did not complete within {} ms (are all {} ranks calling it?)", call,
+                         options_.timeout.count(), world_));
+      std::this_thread::yield();
+    }
   }
 
   /// Polls a non-blocking communicator until its pending operation is done.
@@ -403,14 +455,6 @@ class NcclCommunicator final : public Communicator {
   }
 
   template <class F>
-  void call(const char* what, F&& f) {
-    if (aborted_) TP_THROW(CommError, "NcclCommunicator rank {} of {}: {} on an aborted communicator", rank_, world_, what);
-    const ncclResult_t r = f();
-    if (r == ncclInProgress) return wait_ready(comm_, what);
-    check(r, what);
-  }
-
-  template <class F>
   void enqueue(const char* op, std::size_t count, DType dtype, F&& f) {
     if (aborted_) TP_THROW(CommError, "NcclCommunicator rank {} of {}: {} on an aborted communicator", rank_, world_, op);
     const ncclResult_t r = f();
@@ -429,21 +473,46 @@ class NcclCommunicator final : public Communicator {
     return std::make_unique<AsyncWork>(*this, caller, done);
   }
 
-  /// Polls `event` and the communicator's asynchronous error until the event completes.
-  void wait_event(cudaEvent_t event, const char* what) {
+  /// Records an event on `stream` and waits for it (wait_event).
+  void wait_stream(Stream stream, const char* what, std::chrono::milliseconds timeout, bool abort_on_timeout) {
     activate();
-    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    cudaEvent_t event = nullptr;
+    TP_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "creating an event");
+    const cudaError_t recorded = cudaEventRecord(event, stream);
+    if (recorded != cudaSuccess) cudaEventDestroy(event);
+    TP_CUDA_CHECK(recorded, "recording an event on the stream of rank {}", rank_);
+    try {
+      wait_event(event, what, timeout, abort_on_timeout);
+    } catch (...) {
+      cudaEventDestroy(event);
+      throw;
+    }
+    cudaEventDestroy(event);
+  }
+
+  /// Polls `event` and the communicator's asynchronous error until the event completes. An NCCL
+  /// error aborts the communicator; the deadline passing aborts it only when the wait was for
+  /// NCCL's own work (`abort_on_timeout`), since a late stream may just be busy with the caller's kernels.
+  void wait_event(cudaEvent_t event, const char* what, std::chrono::milliseconds timeout, bool abort_on_timeout) {
+    activate();
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       const cudaError_t q = cudaEventQuery(event);
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) TP_CUDA_CHECK(q, "waiting for {} on NCCL rank {} of {}", what, rank_, world_);
       ncclResult_t state = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &state);
+      if (!aborted_) ncclCommGetAsyncError(comm_, &state);
       if (state != ncclSuccess && state != ncclInProgress)
         fail(fmt::format("waiting for {}: asynchronous error {}", what, detail::nccl_status(state, comm_)));
-      if (std::chrono::steady_clock::now() > deadline)
-        fail(fmt::format("waiting for {} timed out after {} ms (a peer died or stopped calling collectives?)", what,
-                         options_.timeout.count()));
+      if (std::chrono::steady_clock::now() > deadline) {
+        if (abort_on_timeout)
+          fail(fmt::format("waiting for {} timed out after {} ms (a peer died or stopped calling collectives?)", what,
+                           timeout.count()));
+        TP_THROW(CommError,
+                 "NcclCommunicator rank {} of {}: {} was not done after {} ms (stream_timeout; the stream also holds "
+                 "the caller's own work); NCCL reports no error and the communicator was not aborted",
+                 rank_, world_, what, timeout.count());
+      }
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }

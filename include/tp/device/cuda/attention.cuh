@@ -84,6 +84,10 @@ __global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* 
 
 namespace tp::impl {
 
+/// Every GEMM below runs once per head, batched over the sequences (strided-batched cuBLASLt: the
+/// sequences of one head sit at a fixed row stride in q, k, v, probs and out), so a pass costs
+/// 2 x heads GEMM calls instead of 2 x sequences x heads. With grouped-query attention head h
+/// reads kv head h / group, still at a fixed stride.
 template <class T>
 void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
                        ConstView<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
@@ -92,28 +96,29 @@ void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, Cons
   const std::int64_t rows = g.batch * g.hq * seq_len;
   const Cuda::Scratch<T> scratch(dev, rows * seq_len);
   const MatrixView<T> probs(scratch.data, rows, seq_len);
-  for (std::int64_t b = 0; b < g.batch; ++b)
-    for (std::int64_t h = 0; h < g.hq; ++h) {
-      const std::int64_t kv = h / g.group, r0 = b * seq_len;
-      dev.gemm_ex<T>(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
-                     k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
-                     probs.rows_range((b * g.hq + h) * seq_len, seq_len));
-    }
+  const auto seqs = static_cast<std::int32_t>(g.batch);
+  const std::int64_t probs_stride = g.hq * seq_len * probs.ld;
+  for (std::int64_t h = 0; h < g.hq; ++h) {
+    const std::int64_t kv = h / g.group;
+    dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(0, h * head_dim, seq_len, head_dim),
+                        k.block(0, kv * head_dim, seq_len, head_dim), 0.0, probs.rows_range(h * seq_len, seq_len),
+                        {seqs, seq_len * q.ld, seq_len * k.ld, probs_stride});
+  }
   kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows), kernels::kRowThreads,
                   &kernels::attention_softmax<T, detail::attention_stat_t<T>>, probs.data, probs.ld, probs.rows,
                   seq_len, causal, lse.data, lse.ld);
-  for (std::int64_t b = 0; b < g.batch; ++b)
-    for (std::int64_t h = 0; h < g.hq; ++h) {
-      const std::int64_t kv = h / g.group, r0 = b * seq_len;
-      dev.gemm_ex<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range((b * g.hq + h) * seq_len, seq_len)),
-                     v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
-                     out.block(r0, h * head_dim, seq_len, head_dim));
-    }
+  for (std::int64_t h = 0; h < g.hq; ++h) {
+    const std::int64_t kv = h / g.group;
+    dev.gemm_batched<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range(h * seq_len, seq_len)),
+                        v.block(0, kv * head_dim, seq_len, head_dim), 0.0, out.block(0, h * head_dim, seq_len, head_dim),
+                        {seqs, probs_stride, seq_len * v.ld, seq_len * out.ld});
+  }
 }
 
 /// The probabilities are rebuilt for every head at once (scores GEMMs, then one kernel), and every
 /// head's score gradient is held at once, so one kernel does the softmax backward of all heads.
-/// `out` is not needed: the kernel takes rowsum(p dp) from the rebuilt probabilities.
+/// `out` is not needed: the kernel takes rowsum(p dp) from the rebuilt probabilities. dk and dv add
+/// up the query heads of each group: those GEMMs accumulate (beta 1), one head after the other.
 template <class T>
 void attention_backward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
                         ConstView<T> v, ConstView<T> /*out*/, ConstView<detail::attention_stat_t<T>> lse,
@@ -125,41 +130,38 @@ void attention_backward(const Cuda& dev, const detail::AttentionGeometry& g, Con
   const MatrixView<T> probs(scratch.data, rows, seq_len), d_scores(scratch.data + rows * seq_len, rows, seq_len);
   dev.fill<T>(dk, T(0));
   dev.fill<T>(dv, T(0));
-  const auto head = [&](ConstView<T> m, std::int64_t b, std::int64_t h) {
-    return m.rows_range((b * g.hq + h) * seq_len, seq_len);
-  };
-  for (std::int64_t b = 0; b < g.batch; ++b)
-    for (std::int64_t h = 0; h < g.hq; ++h) {
-      const std::int64_t kv = h / g.group, r0 = b * seq_len;
-      dev.gemm_ex<T>(Op::n, Op::t, scale, q.block(r0, h * head_dim, seq_len, head_dim),
-                     k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
-                     probs.rows_range((b * g.hq + h) * seq_len, seq_len));
-    }
+  const auto seqs = static_cast<std::int32_t>(g.batch);
+  const std::int64_t probs_stride = g.hq * seq_len * probs.ld, ds_stride = g.hq * seq_len * d_scores.ld;
+  for (std::int64_t h = 0; h < g.hq; ++h) {
+    const std::int64_t kv = h / g.group;
+    dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(0, h * head_dim, seq_len, head_dim),
+                        k.block(0, kv * head_dim, seq_len, head_dim), 0.0, probs.rows_range(h * seq_len, seq_len),
+                        {seqs, seq_len * q.ld, seq_len * k.ld, probs_stride});
+  }
   kernels::launch(dev, "attention_probs_from_lse", probs.rows, probs.cols, kernels::row_grid(probs.rows),
                   kernels::kRowThreads, &kernels::attention_probs_from_lse<T, detail::attention_stat_t<T>>,
                   probs.data, probs.ld, probs.rows, seq_len, causal, lse.data, lse.ld);
   // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
-  for (std::int64_t b = 0; b < g.batch; ++b)
-    for (std::int64_t h = 0; h < g.hq; ++h) {
-      const std::int64_t kv = h / g.group, r0 = b * seq_len;
-      const ConstView<T> d_o = dout.block(r0, h * head_dim, seq_len, head_dim);
-      dev.gemm_ex<T>(Op::t, Op::n, 1.0, head(ConstView<T>(probs), b, h), d_o, 1.0,
-                     dv.block(r0, kv * head_dim, seq_len, head_dim));
-      dev.gemm_ex<T>(Op::n, Op::t, 1.0, d_o, v.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
-                     d_scores.rows_range((b * g.hq + h) * seq_len, seq_len));
-    }
+  for (std::int64_t h = 0; h < g.hq; ++h) {
+    const std::int64_t kv = h / g.group;
+    const ConstView<T> d_o = dout.block(0, h * head_dim, seq_len, head_dim);
+    dev.gemm_batched<T>(Op::t, Op::n, 1.0, ConstView<T>(probs.rows_range(h * seq_len, seq_len)), d_o, 1.0,
+                        dv.block(0, kv * head_dim, seq_len, head_dim),
+                        {seqs, probs_stride, seq_len * dout.ld, seq_len * dv.ld});
+    dev.gemm_batched<T>(Op::n, Op::t, 1.0, d_o, v.block(0, kv * head_dim, seq_len, head_dim), 0.0,
+                        d_scores.rows_range(h * seq_len, seq_len), {seqs, seq_len * dout.ld, seq_len * v.ld, ds_stride});
+  }
   kernels::launch(dev, "attention_softmax_backward", probs.rows, probs.cols, kernels::row_grid(probs.rows),
                   kernels::kRowThreads, &kernels::attention_softmax_backward<T>, probs.data, probs.ld, d_scores.data,
                   d_scores.ld, probs.rows, seq_len, static_cast<kernels::accum_t<T>>(scale));
-  for (std::int64_t b = 0; b < g.batch; ++b)
-    for (std::int64_t h = 0; h < g.hq; ++h) {
-      const std::int64_t kv = h / g.group, r0 = b * seq_len;
-      const ConstView<T> ds = head(ConstView<T>(d_scores), b, h);
-      dev.gemm_ex<T>(Op::n, Op::n, 1.0, ds, k.block(r0, kv * head_dim, seq_len, head_dim), 0.0,
-                     dq.block(r0, h * head_dim, seq_len, head_dim));
-      dev.gemm_ex<T>(Op::t, Op::n, 1.0, ds, q.block(r0, h * head_dim, seq_len, head_dim), 1.0,
-                     dk.block(r0, kv * head_dim, seq_len, head_dim));
-    }
+  for (std::int64_t h = 0; h < g.hq; ++h) {
+    const std::int64_t kv = h / g.group;
+    const ConstView<T> ds = ConstView<T>(d_scores).rows_range(h * seq_len, seq_len);
+    dev.gemm_batched<T>(Op::n, Op::n, 1.0, ds, k.block(0, kv * head_dim, seq_len, head_dim), 0.0,
+                        dq.block(0, h * head_dim, seq_len, head_dim), {seqs, ds_stride, seq_len * k.ld, seq_len * dq.ld});
+    dev.gemm_batched<T>(Op::t, Op::n, 1.0, ds, q.block(0, h * head_dim, seq_len, head_dim), 1.0,
+                        dk.block(0, kv * head_dim, seq_len, head_dim), {seqs, ds_stride, seq_len * q.ld, seq_len * dk.ld});
+  }
 }
 
 }  // namespace tp::impl

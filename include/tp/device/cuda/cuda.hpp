@@ -119,6 +119,7 @@ class Cuda {
       owns_stream_ = true;
     }
     try {
+      configure_pool(count);
       gemm_ = std::make_unique<detail::LtGemm>(stream_, options.workspace_bytes);
     } catch (...) {
       if (owns_stream_) cudaStreamDestroy(stream_);
@@ -217,6 +218,24 @@ class Cuda {
     gemm_->run<T>(stream_, options_.tf32, op_a, op_b, m, n, k, alpha, a, b, beta, c, epilogue);
   }
 
+  /// `batch.count` GEMMs in one cuBLASLt call: c_i = alpha op(a_i) op(b_i) + beta c_i, where a_i is
+  /// the view `a` moved by i * batch.stride_a elements (likewise b_i, c_i); the views are the first
+  /// matrices. What attention's per-sequence products use instead of one call per sequence.
+  template <class T>
+  void gemm_batched(Op op_a, Op op_b, double alpha, In<T> a, In<T> b, double beta, MatrixView<T> c,
+                    const detail::GemmBatch& batch) const {
+    TP_CHECK(batch.count >= 1, "gemm_batched: batch count {} must be positive", batch.count);
+    if (batch.count == 1) return gemm_ex<T>(op_a, op_b, alpha, a, b, beta, c);
+    const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
+    const std::int64_t kb = op_b == Op::n ? b.rows : b.cols, n = op_b == Op::n ? b.cols : b.rows;
+    TP_CHECK(k == kb && c.rows == m && c.cols == n && k > 0,
+             "gemm_batched: op(a) is {}x{}, op(b) is {}x{}, c is {}x{} ({} matrices)", m, k, kb, n, c.rows, c.cols,
+             batch.count);
+    if (m == 0 || n == 0) return;
+    activate();
+    gemm_->run_batch<T>(stream_, options_.tf32, op_a, op_b, m, n, k, alpha, a, b, beta, c, EpilogueArgs<T>{}, batch);
+  }
+
   template <class T>
   void fill(MatrixView<T> x, std::type_identity_t<T> value) const {
     static_assert(detail::compiled_by_nvcc<T>, "tp::Cuda::fill launches a kernel: compile this file with nvcc (.cu)");
@@ -246,6 +265,30 @@ class Cuda {
   };
 
  private:
+  /// The device's default memory pool, which allocate() draws from: it keeps what it holds when
+  /// the stream synchronizes (the default release threshold, 0, hands all free memory back to the
+  /// driver at every synchronization, and each step then maps it again), and, on a machine with
+  /// several GPUs, lets every peer that can reach this one read and write it: a LocalCommunicator
+  /// over device memory (CudaLocalMemory) reduces straight from the other ranks' buffers, and pool
+  /// allocations are visible to other devices only when granted (peer access is not enough).
+  void configure_pool(int device_count) const {
+    cudaMemPool_t pool = nullptr;
+    TP_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_), "reading the memory pool of device {}", device_);
+    std::uint64_t keep = UINT64_MAX;
+    TP_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+                  "setting the release threshold of device {}'s memory pool", device_);
+    for (int peer = 0; peer < device_count; ++peer) {
+      int can = 0;
+      if (peer == device_ || cudaDeviceCanAccessPeer(&can, peer, device_) != cudaSuccess || can == 0) continue;
+      cudaMemAccessDesc access{};
+      access.location.type = cudaMemLocationTypeDevice;
+      access.location.id = peer;
+      access.flags = cudaMemAccessFlagsProtReadWrite;
+      TP_CUDA_CHECK(cudaMemPoolSetAccess(pool, &access, 1), "granting device {} access to device {}'s memory pool",
+                    peer, device_);
+    }
+  }
+
   template <class T>
   void copy_2d(ConstView<T> src, MatrixView<T> dst, const char* op) const {
     detail::check_same_shape<T>(src, dst, op);

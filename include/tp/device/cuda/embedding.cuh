@@ -2,6 +2,7 @@
 /// The CUDA side of tp/ops/embedding.hpp. No atomics on values: the gradient adds repeated ids in
 /// token order, as on the CPU, so results are bitwise reproducible.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -33,19 +34,30 @@ __global__ void embedding_forward(const std::int64_t* ids, const T* table, std::
   }
 }
 
-/// d_table[ids[i] - first, c] += dy[i, c]. One thread per column walks the tokens in order, so
-/// repeated ids add up in token order, as on the CPU, with no atomics: deterministic, and parallel
-/// over the hidden size (thousands of columns in real models). s = {tokens, hidden}.
+/// d_table[ids[t] - first, c] += dy[t, c], parallel over columns and over groups of table rows:
+/// block b covers column tile b % col_tiles and the rows with row % groups == b / col_tiles. Each
+/// (row, column) is still summed by one thread, in token order, as on the CPU: no atomics, the same
+/// bits as one thread per column walking every token, but hidden 8192 runs 32 x groups blocks
+/// instead of 32. The ids pass through shared memory a tile at a time. s = {tokens, hidden}.
 template <class T>
 __global__ void embedding_backward(const std::int64_t* ids, const T* dy, std::int64_t lddy, std::int64_t first,
-                                   T* d_table, std::int64_t ldd, std::int64_t table_rows, Shape2 s) {
-  TP_GRID_STRIDE(c, s.cols) {
-    for (std::int64_t t = 0; t < s.rows; ++t) {
-      const std::int64_t row = ids[t] - first;
-      if (row < 0 || row >= table_rows) continue;
-      T& d = d_table[row * ldd + c];
-      d = store<T>(load(d) + load(dy[t * lddy + c]));
-    }
+                                   T* d_table, std::int64_t ldd, std::int64_t table_rows, Shape2 s,
+                                   std::int64_t col_tiles, std::int64_t groups) {
+  __shared__ std::int64_t tile[kThreads];
+  const std::int64_t group = blockIdx.x / col_tiles;
+  const std::int64_t c = (blockIdx.x % col_tiles) * blockDim.x + threadIdx.x;
+  for (std::int64_t t0 = 0; t0 < s.rows; t0 += blockDim.x) {
+    const std::int64_t n = s.rows - t0 < blockDim.x ? s.rows - t0 : blockDim.x;
+    if (threadIdx.x < n) tile[threadIdx.x] = ids[t0 + threadIdx.x] - first;
+    __syncthreads();
+    if (c < s.cols)
+      for (std::int64_t j = 0; j < n; ++j) {
+        const std::int64_t row = tile[j];  // the same for the whole block: no divergence
+        if (row < 0 || row >= table_rows || row % groups != group) continue;
+        T& d = d_table[row * ldd + c];
+        d = store<T>(load(d) + load(dy[(t0 + j) * lddy + c]));
+      }
+    __syncthreads();
   }
 }
 
@@ -80,9 +92,13 @@ void embedding_forward(const Cuda& dev, ConstView<std::int64_t> ids, ConstView<T
 template <class T>
 void embedding_backward(const Cuda& dev, ConstView<std::int64_t> ids, ConstView<T> dy, std::int64_t first,
                         MatrixView<T> d_table) {
-  kernels::launch(dev, "embedding_backward", dy.rows, dy.cols, kernels::grid_for(dy.cols), kernels::kThreads,
-                  &kernels::embedding_backward<T>, ids.data, dy.data, dy.ld, first, d_table.data, d_table.ld,
-                  d_table.rows, kernels::Shape2{dy.rows, dy.cols});
+  if (dy.rows == 0 || dy.cols == 0) return;
+  // About 512 blocks; each reads every id, so more groups cost id reads (cheap, from shared memory).
+  const std::int64_t col_tiles = (dy.cols + kernels::kThreads - 1) / kernels::kThreads;
+  const std::int64_t groups = std::clamp<std::int64_t>(512 / col_tiles, 1, std::max<std::int64_t>(1, d_table.rows));
+  kernels::launch(dev, "embedding_backward", dy.rows, dy.cols, static_cast<unsigned>(col_tiles * groups),
+                  kernels::kThreads, &kernels::embedding_backward<T>, ids.data, dy.data, dy.ld, first, d_table.data,
+                  d_table.ld, d_table.rows, kernels::Shape2{dy.rows, dy.cols}, col_tiles, groups);
 }
 
 }  // namespace tp::impl

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "tp/device/cuda/column_reduce.cuh"
 #include "tp/device/cuda/cuda.hpp"
 #include "tp/device/cuda/launch.cuh"
 
@@ -19,15 +20,15 @@ __global__ void add_bias(T* y, std::int64_t ld, Shape2 s, const T* bias) {
   }
 }
 
-/// db[c] += sum_r dy[r, c]: one thread per column, so a warp reads consecutive columns of a row
-/// (coalesced) and every sum is in row order (deterministic).
+/// Pass 1 of db[c] += sum_r dy[r, c] (see column_reduce.cuh): partial[block, c] = the sum of
+/// this row block's dy[r, c], in row order; a warp reads consecutive columns of a row (coalesced).
 template <class T>
-__global__ void add_bias_grad(const T* dy, std::int64_t ld, Shape2 s, T* db) {
-  TP_GRID_STRIDE(c, s.cols) {
-    accum_t<T> acc = 0;
-    for (std::int64_t r = 0; r < s.rows; ++r) acc += load(dy[r * ld + c]);
-    db[c] = store<T>(load(db[c]) + acc);
-  }
+__global__ void add_bias_grad_partial(const T* dy, std::int64_t ld, Shape2 s, RowBlocks blocks, accum_t<T>* partial) {
+  std::int64_t c, r0, r1;
+  if (!row_block_range(blocks, s.rows, s.cols, c, r0, r1)) return;
+  accum_t<T> acc = 0;
+  for (std::int64_t r = r0; r < r1; ++r) acc += load(dy[r * ld + c]);
+  partial[(blockIdx.x / blocks.col_tiles) * s.cols + c] = acc;
 }
 
 }  // namespace tp::kernels
@@ -40,10 +41,18 @@ void add_bias(const Cuda& dev, MatrixView<T> y, ConstView<T> bias) {
                   &kernels::add_bias<T>, y.data, y.ld, kernels::Shape2{y.rows, y.cols}, bias.data);
 }
 
+/// Row-blocked, two passes (column_reduce.cuh): the rows of dy are summed in parallel too.
 template <class T>
 void add_bias_grad(const Cuda& dev, ConstView<T> dy, MatrixView<T> db) {
-  kernels::launch(dev, "add_bias_grad", dy.rows, dy.cols, kernels::grid_for(dy.cols), kernels::kThreads,
-                  &kernels::add_bias_grad<T>, dy.data, dy.ld, kernels::Shape2{dy.rows, dy.cols}, db.data);
+  if (dy.rows == 0 || dy.cols == 0) return;
+  using A = kernels::accum_t<T>;
+  const auto blocks = kernels::row_blocks(dy.rows, dy.cols);
+  const Cuda::Scratch<A> partial(dev, blocks.count * dy.cols);
+  kernels::launch(dev, "add_bias_grad_partial", dy.rows, dy.cols, static_cast<unsigned>(blocks.col_tiles * blocks.count),
+                  kernels::kThreads, &kernels::add_bias_grad_partial<T>, dy.data, dy.ld,
+                  kernels::Shape2{dy.rows, dy.cols}, blocks, partial.data);
+  kernels::launch(dev, "add_bias_grad_sum", blocks.count, dy.cols, kernels::grid_for(dy.cols), kernels::kThreads,
+                  &kernels::add_column_partials<T, A>, partial.data, blocks.count, dy.cols, db.data);
 }
 
 template <class T>

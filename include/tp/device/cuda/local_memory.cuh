@@ -1,6 +1,6 @@
 #pragma once
 /// LocalCommunicator on device memory: N ranks as threads sharing one GPU (or several with peer
-/// access), the way multi-rank GPU tests run where NCCL refuses two ranks on one device.
+/// access, below), the way multi-rank GPU tests run where NCCL refuses two ranks on one device.
 ///
 ///   auto comms = tp::LocalCommunicator::create(4, {.memory = std::make_shared<tp::CudaLocalMemory>()});
 ///
@@ -9,6 +9,12 @@
 /// before reporting done, so peers never read data still being produced: collectives over this
 /// backend are correct, and as synchronous as the host ones. Buffers may be device, managed or
 /// pinned host memory (UVA); 16-bit floats are reduced in float.
+///
+/// Several GPUs: the reduction kernels read the peers' buffers directly, so each rank's device
+/// must reach the others' memory. tp::Cuda grants every peer that cudaDeviceCanAccessPeer allows
+/// access to its memory pool (cudaMemPoolSetAccess), which is where its tensors live; buffers from
+/// plain cudaMalloc also need cudaDeviceEnablePeerAccess by the caller. Without peer access between
+/// two GPUs, use NCCL. Tested on one GPU only: the GPU machines here have one.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

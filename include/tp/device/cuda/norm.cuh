@@ -9,6 +9,7 @@
 #include "tp/detail/shape_checks.hpp"
 #include "tp/device/cuda/block_reduce.cuh"
 #include "tp/device/cuda/cuda.hpp"
+#include "tp/device/cuda/column_reduce.cuh"
 #include "tp/device/cuda/launch.cuh"
 
 namespace tp::kernels {
@@ -69,25 +70,28 @@ __global__ void layer_norm_backward_dx(const T* x, std::int64_t ldx, Shape2 s, c
   }
 }
 
-/// dgamma[c] += sum_r dy xhat, dbeta[c] += sum_r dy: one thread per column, rows in order, in
-/// double, added to the stored gradient once (the CPU adds row by row in T: at most one rounding
-/// per row more).
+/// Pass 1 of dgamma[c] += sum_r dy xhat and dbeta[c] += sum_r dy (see column_reduce.cuh): this
+/// row block's sums, in row order and in double, into partial_g / partial_b[block, c]. Pass 2 adds
+/// them to the stored gradients, which are rounded once (the CPU adds row by row in T: at most one
+/// rounding per row more).
 template <class T>
-__global__ void layer_norm_backward_params(const T* x, std::int64_t ldx, Shape2 s, const T* mean, std::int64_t ldmean,
-                                           const T* rstd, std::int64_t ldrstd, const T* dy, std::int64_t lddy,
-                                           T* dgamma, T* dbeta) {
-  TP_GRID_STRIDE(c, s.cols) {
-    double dg = 0, db = 0;
-    for (std::int64_t r = 0; r < s.rows; ++r) {
-      const double xhat = (static_cast<double>(load(x[r * ldx + c])) - static_cast<double>(load(mean[r * ldmean]))) *
-                          static_cast<double>(load(rstd[r * ldrstd]));
-      const double g = static_cast<double>(load(dy[r * lddy + c]));
-      dg += g * xhat;
-      db += g;
-    }
-    dgamma[c] = store_double<T>(static_cast<double>(load(dgamma[c])) + dg);
-    dbeta[c] = store_double<T>(static_cast<double>(load(dbeta[c])) + db);
+__global__ void layer_norm_backward_params_partial(const T* x, std::int64_t ldx, Shape2 s, const T* mean,
+                                                   std::int64_t ldmean, const T* rstd, std::int64_t ldrstd,
+                                                   const T* dy, std::int64_t lddy, RowBlocks blocks, double* partial_g,
+                                                   double* partial_b) {
+  std::int64_t c, r0, r1;
+  if (!row_block_range(blocks, s.rows, s.cols, c, r0, r1)) return;
+  double dg = 0, db = 0;
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const double xhat = (static_cast<double>(load(x[r * ldx + c])) - static_cast<double>(load(mean[r * ldmean]))) *
+                        static_cast<double>(load(rstd[r * ldrstd]));
+    const double g = static_cast<double>(load(dy[r * lddy + c]));
+    dg += g * xhat;
+    db += g;
   }
+  const std::int64_t at = (blockIdx.x / blocks.col_tiles) * s.cols + c;
+  partial_g[at] = dg;
+  partial_b[at] = db;
 }
 
 }  // namespace tp::kernels
@@ -102,16 +106,26 @@ void layer_norm(const Cuda& dev, ConstView<T> x, ConstView<T> gamma, ConstView<T
                   y.ld, mean.data, mean.ld, rstd.data, rstd.ld, eps);
 }
 
-/// dgamma and dbeta: one thread per column over the rows in order (deterministic).
+/// dgamma and dbeta: row-blocked, two passes (column_reduce.cuh; deterministic).
 template <class T>
 void layer_norm_backward(const Cuda& dev, ConstView<T> x, ConstView<T> gamma, ConstView<T> mean, ConstView<T> rstd,
                          ConstView<T> dy, MatrixView<T> dx, MatrixView<T> dgamma, MatrixView<T> dbeta) {
   kernels::launch(dev, "layer_norm_backward_dx", x.rows, x.cols, kernels::row_grid(x.rows), kernels::kRowThreads,
                   &kernels::layer_norm_backward_dx<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, gamma.data,
                   mean.data, mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dx.data, dx.ld);
-  kernels::launch(dev, "layer_norm_backward_params", x.rows, x.cols, kernels::grid_for(x.cols), kernels::kThreads,
-                  &kernels::layer_norm_backward_params<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols}, mean.data,
-                  mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, dgamma.data, dbeta.data);
+  if (x.rows == 0 || x.cols == 0) return;
+  const auto blocks = kernels::row_blocks(x.rows, x.cols);
+  const Cuda::Scratch<double> partial(dev, 2 * blocks.count * x.cols);
+  double* const partial_g = partial.data;
+  double* const partial_b = partial.data + blocks.count * x.cols;
+  kernels::launch(dev, "layer_norm_backward_params_partial", x.rows, x.cols,
+                  static_cast<unsigned>(blocks.col_tiles * blocks.count), kernels::kThreads,
+                  &kernels::layer_norm_backward_params_partial<T>, x.data, x.ld, kernels::Shape2{x.rows, x.cols},
+                  mean.data, mean.ld, rstd.data, rstd.ld, dy.data, dy.ld, blocks, partial_g, partial_b);
+  kernels::launch(dev, "layer_norm_backward_dgamma", blocks.count, x.cols, kernels::grid_for(x.cols), kernels::kThreads,
+                  &kernels::add_column_partials<T, double>, partial_g, blocks.count, x.cols, dgamma.data);
+  kernels::launch(dev, "layer_norm_backward_dbeta", blocks.count, x.cols, kernels::grid_for(x.cols), kernels::kThreads,
+                  &kernels::add_column_partials<T, double>, partial_b, blocks.count, x.cols, dbeta.data);
 }
 
 }  // namespace tp::impl
