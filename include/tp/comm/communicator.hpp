@@ -50,15 +50,18 @@ class Communicator {
   /// recv = op over ranks of send; send == recv is in place.
   void all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op = ReduceOp::sum,
                   Stream stream = nullptr) {
+    check_enums(dtype, op, "all_reduce");
     do_all_reduce(send, recv, count, dtype, op, stream);
   }
   std::unique_ptr<Work> all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype,
                                          ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
+    check_enums(dtype, op, "all_reduce_async");
     return do_all_reduce_async(send, recv, count, dtype, op, stream);
   }
 
   /// recv holds size() blocks of `count` elements, rank r's send in block r.
   void all_gather(const void* send, void* recv, std::size_t count, DType dtype, Stream stream = nullptr) {
+    check_enums(dtype, ReduceOp::sum, "all_gather");
     const std::vector<std::size_t> counts(size(), count);
     do_all_gather_v(send, recv, counts, dtype, stream);
   }
@@ -66,12 +69,14 @@ class Communicator {
   void all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                     Stream stream = nullptr) {
     check_counts(counts, "all_gather_v");
+    check_enums(dtype, ReduceOp::sum, "all_gather_v");
     do_all_gather_v(send, recv, counts, dtype, stream);
   }
 
   /// send holds size() blocks of `count`; rank r receives block r reduced over ranks.
   void reduce_scatter(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op = ReduceOp::sum,
                       Stream stream = nullptr) {
+    check_enums(dtype, op, "reduce_scatter");
     const std::vector<std::size_t> counts(size(), count);
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
   }
@@ -79,11 +84,13 @@ class Communicator {
   void reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                         ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
     check_counts(counts, "reduce_scatter_v");
+    check_enums(dtype, op, "reduce_scatter_v");
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
   }
 
   void broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream = nullptr) {
     TP_CHECK(root >= 0 && root < size(), "broadcast root {} is outside world size {}", root, size());
+    check_enums(dtype, ReduceOp::sum, "broadcast");
     do_broadcast(buffer, count, dtype, root, stream);
   }
 
@@ -144,6 +151,11 @@ class Communicator {
   virtual void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream) = 0;
 
  private:
+  /// A DType or ReduceOp cast from an out-of-range integer would fall through the backends' switches.
+  static void check_enums(DType dtype, ReduceOp op, const char* what) {
+    TP_CHECK(valid(dtype), "{}: dtype {} is not a tp::DType", what, static_cast<unsigned>(dtype));
+    TP_CHECK(valid(op), "{}: reduce op {} is not a tp::ReduceOp", what, static_cast<unsigned>(op));
+  }
   void check_counts(std::span<const std::size_t> counts, const char* op) const {
     TP_CHECK(counts.size() == static_cast<std::size_t>(size()), "{}: {} counts given for world size {}", op,
              counts.size(), size());

@@ -60,9 +60,12 @@ inline void check_blas_kernels() {
 }  // namespace detail
 
 struct CpuOptions {
-  /// BLAS threads. One per rank is right when ranks are pinned to cores, as under mpirun here.
-  /// OpenBLAS keeps this setting process-wide.
-  int threads = 1;
+  /// BLAS threads; 0 leaves the process's setting alone (OPENBLAS_NUM_THREADS, or what an earlier
+  /// call set). OpenBLAS keeps one setting for the whole process, so only a caller that asks
+  /// changes it: a default Cpu, such as the one host tensors share, never does. One thread per rank
+  /// is right when ranks are pinned to cores, as under mpirun (the scripts export
+  /// OPENBLAS_NUM_THREADS=1).
+  int threads = 0;
 };
 
 class Cpu {
@@ -72,9 +75,10 @@ class Cpu {
 
   Cpu() : Cpu(Options{}) {}
   explicit Cpu(Options options) : options_(options) {
-    TP_CHECK(options.threads > 0, "Cpu: threads must be positive, got {}", options.threads);
+    TP_CHECK(options.threads >= 0, "Cpu: threads must be positive (or 0: leave the BLAS setting alone), got {}",
+             options.threads);
 #ifdef OPENBLAS_VERSION
-    openblas_set_num_threads(options.threads);
+    if (options.threads > 0) openblas_set_num_threads(options.threads);
 #endif
     detail::check_blas_kernels();
   }
@@ -111,6 +115,7 @@ class Cpu {
   template <class T>
   void copy(In<T> src, MatrixView<T> dst) const {
     detail::check_same_shape<T>(src, dst, "copy");
+    if (src.empty()) return;  // memcpy from a null pointer is undefined even for 0 bytes
     if (src.contiguous() && dst.contiguous()) {
       if (src.data != dst.data) std::memcpy(dst.data, src.data, static_cast<std::size_t>(src.size()) * sizeof(T));
       return;
@@ -136,6 +141,8 @@ class Cpu {
   void gemm(Op op_a, Op op_b, std::type_identity_t<T> alpha, In<T> a, In<T> b, std::type_identity_t<T> beta,
             MatrixView<T> c) const {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Cpu::gemm supports float and double");
+    TP_CHECK(valid(op_a) && valid(op_b), "gemm: op_a {} and op_b {} must be tp::Op::n or tp::Op::t",
+             static_cast<unsigned>(op_a), static_cast<unsigned>(op_b));
     const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
     const std::int64_t kb = op_b == Op::n ? b.rows : b.cols, n = op_b == Op::n ? b.cols : b.rows;
     TP_CHECK(k == kb && c.rows == m && c.cols == n, "gemm: op(a) is {}x{}, op(b) is {}x{}, c is {}x{}", m, k, kb, n,
