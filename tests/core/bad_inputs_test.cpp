@@ -25,6 +25,8 @@ std::string error_of(F&& f) {
     f();
   } catch (const Error& e) {
     return e.what();
+  } catch (const std::exception& e) {
+    return std::string("(not a tp::Error: ") + e.what() + ")";
   }
   return "(no tp::Error thrown)";
 }
