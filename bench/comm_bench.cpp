@@ -5,6 +5,10 @@
 /// busbw = algbw * 2(n-1)/n for all_reduce and (n-1)/n for the other two; `wrong` counts elements
 /// that differ from the expected result in a check run after the timed loop.
 ///
+/// The `tp_unverified` rows call tp with collective verification off (the signature exchange
+/// before each collective, Communicator::set_verify_collectives); their `tp_over_raw` is the price
+/// of verification: time with it over time without, measured alternately as for the raw rows.
+///
 ///   tp_bench_comm --backend=local --world=2
 ///   mpirun -np 2 tp_bench_comm --backend=mpi --benchmark_format=json
 #include <cstring>
@@ -88,12 +92,15 @@ class CollRunner : public Runner {
 
  private:
   void op(const std::string& impl) {
-    if (impl == "tp") {
+    if (impl == "tp" || impl == "tp_unverified") {
+      comm_->set_verify_collectives(impl == "tp");  // every rank runs the same row in step
       switch (coll_) {
-        case Coll::all_reduce: comm_->all_reduce(send_.data(), recv_.data(), n_, DType::f32); return;
-        case Coll::all_gather: comm_->all_gather(send_.data(), recv_.data(), block_, DType::f32); return;
-        case Coll::reduce_scatter: comm_->reduce_scatter(send_.data(), recv_.data(), block_, DType::f32); return;
+        case Coll::all_reduce: comm_->all_reduce(send_.data(), recv_.data(), n_, DType::f32); break;
+        case Coll::all_gather: comm_->all_gather(send_.data(), recv_.data(), block_, DType::f32); break;
+        case Coll::reduce_scatter: comm_->reduce_scatter(send_.data(), recv_.data(), block_, DType::f32); break;
       }
+      comm_->set_verify_collectives(true);
+      return;
     }
 #ifdef TP_HAS_MPI
     if (impl == "mpi") {
@@ -165,7 +172,7 @@ int main(int argc, char** argv) {
       for (const auto& c : colls) {
         const Coll coll = c == "all_reduce" ? Coll::all_reduce : c == "all_gather" ? Coll::all_gather : Coll::reduce_scatter;
         TP_CHECK(c == coll_name(coll), "unknown collective '{}'", c);
-        std::vector<std::string> impls{"tp"};
+        std::vector<std::string> impls{"tp", "tp_unverified"};
         if (o.raw && o.backend == "mpi") impls.push_back("mpi");
         if (o.raw && o.backend == "gloo" && coll != Coll::reduce_scatter) impls.push_back("gloo");  // gloo has no reduce-scatter of its own
         for (std::size_t bytes = min_bytes; bytes <= max_bytes; bytes *= static_cast<std::size_t>(factor)) {

@@ -4,8 +4,8 @@
 ///
 ///   mpirun -np 2 train_tiny_lm                                  # 2 MPI ranks, the defaults
 ///   train_tiny_lm --backend local --world 4 --steps 100
-///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/
-///   train_tiny_lm --steps 600 --resume ck                       # continue from step 300
+///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/step-000300/
+///   train_tiny_lm --steps 600 --resume ck                       # continue from ck's latest step
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
@@ -35,8 +35,9 @@ double cpu_seconds() {
 int main(int argc, char** argv) {
   CLI::App app{"Train a tiny byte-level GPT with tensor parallelism"};
   std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume;
-  int world = 2;
+  int world = 2, timeout = 300;
   std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
+  int keep_checkpoints = 2;
   tiny_lm::ModelConfig model;
   tiny_lm::TrainConfig train;
   // A repeated option takes its last value, so scripts/demo.sh's defaults can be overridden after `--`.
@@ -45,15 +46,22 @@ int main(int argc, char** argv) {
   app.add_option("--backend", backend, "local (ranks as threads), mpi or gloo (start with mpirun -np N)")
       ->capture_default_str();
   app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, gloo) before failing with an error")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--stop-after", stop_after, "stop (and checkpoint) after this step, before --steps; 0: run to --steps");
   app.add_option("--seed", model.seed, "weights and data seed")->capture_default_str();
   app.add_option("--data", data_path, "training text (bytes)")->capture_default_str();
-  app.add_option("--checkpoint", checkpoint, "directory for model.safetensors and resume.safetensors, written at the end");
-  app.add_option("--checkpoint-every", checkpoint_every, "also write the checkpoint every K steps");
-  app.add_option("--resume", resume, "resume.safetensors (or its directory) to continue from, at any world size");
+  app.add_option("--checkpoint", checkpoint,
+                 "directory of checkpoints: DIR/step-NNNNNN/{model,resume}.safetensors, each step written as one unit, at the end");
+  app.add_option("--checkpoint-every", checkpoint_every, "also write a checkpoint every K steps");
+  app.add_option("--keep-checkpoints", keep_checkpoints, "newest checkpoints kept under --checkpoint (0: all)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--resume", resume,
+                 "checkpoint directory (its latest complete step), a step directory or a resume.safetensors to continue from, at any world size");
   app.add_option("--log-every", log_every, "print every N steps")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--hidden", model.hidden, "model width")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--heads", model.heads, "attention heads (a multiple of the world size)")->capture_default_str();
@@ -71,7 +79,7 @@ int main(int argc, char** argv) {
 
   try {
     const tiny_lm::TextData data(data_path);
-    tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       // One BLAS thread per rank, asked for explicitly: the ranks already share the cores.
       tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));
       const bool lead = comm->rank() == 0;
@@ -109,13 +117,13 @@ int main(int argc, char** argv) {
           since = 0;
         }
         if (!checkpoint.empty() && checkpoint_every > 0 && s % checkpoint_every == 0 && s != last) {
-          trainer.save(checkpoint);
-          if (lead) fmt::print("  saved {} at step {}\n", checkpoint, s);
+          const auto saved = trainer.save(checkpoint, keep_checkpoints);
+          if (lead) fmt::print("  saved {} at step {}\n", saved.string(), s);
         }
       }
       if (!checkpoint.empty()) {
-        trainer.save(checkpoint);
-        if (lead) fmt::print("  saved {} at step {}\n", checkpoint, trainer.steps_done());
+        const auto saved = trainer.save(checkpoint, keep_checkpoints);
+        if (lead) fmt::print("  saved {} at step {}\n", saved.string(), trainer.steps_done());
       }
       if (lead)
         fmt::print("done: {} steps, final loss {:.4f}, {:.1f} s\n", trainer.steps_done(), r.loss,

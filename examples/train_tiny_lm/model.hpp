@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "tp/io/checkpoint.hpp"
 #include "tp/io/resume.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
@@ -305,23 +306,42 @@ class Trainer {
   tp::AdamW<T, Device>& optimizer() { return opt_; }
   const TrainConfig& train_config() const { return train_; }
 
-  /// Writes `<dir>/model.safetensors` (the full weights, loadable at any TP degree) and
-  /// `<dir>/resume.safetensors` (weights, AdamW moments, step count and the model's description).
+  /// Writes this step's checkpoint under `root` as one unit (tp/io/checkpoint.hpp):
+  /// `<root>/step-NNNNNN/model.safetensors` (the full weights, loadable at any TP degree) and
+  /// `<root>/step-NNNNNN/resume.safetensors` (weights, AdamW moments, step count and the model's
+  /// description), keeping the newest `keep` steps (0: all). Returns the step's directory.
   /// Collective over the group.
-  void save(const std::filesystem::path& dir) {
+  std::filesystem::path save(const std::filesystem::path& root, int keep = 0) {
     const tp::Context<Device>& ctx = model_.context();
-    if (ctx.rank() == 0) std::filesystem::create_directories(dir);
-    ctx.comm->barrier();
     const tp::SafetensorsMetadata meta{{"tiny_lm.config", model_.config().describe()},
                                        {"tiny_lm.step", std::to_string(step_)}};
-    tp::save_safetensors<T>(*ctx.comm, *ctx.device, params_, dir / "model.safetensors", meta);
-    tp::save_resume(opt_, dir / "resume.safetensors", meta);
+    return tp::save_checkpoint(
+        *ctx.comm, root, step_,
+        [&](const std::filesystem::path& dir) {
+          tp::save_safetensors<T>(*ctx.comm, *ctx.device, params_, dir / "model.safetensors", meta);
+          tp::save_resume(opt_, dir / "resume.safetensors", meta);
+        },
+        {.keep = keep});
   }
 
-  /// Loads a resume file (or a directory holding resume.safetensors) written by save(), at any TP
-  /// degree, and continues from its step. Throws InvalidArgument when it belongs to another model.
+  /// Loads a checkpoint written by save(), at any TP degree, and continues from its step: `path`
+  /// is a checkpoint root (its latest complete step is taken), a step directory, or a
+  /// resume.safetensors file. Rank 0 picks the step and tells the others, so that every rank
+  /// loads the same one. Throws IoError when there is none, InvalidArgument when it belongs to
+  /// another model.
   void load(std::filesystem::path path) {
-    if (std::filesystem::is_directory(path)) path /= "resume.safetensors";
+    const tp::Context<Device>& ctx = model_.context();
+    std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
+    if (ctx.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))
+      if (const auto latest = tp::latest_checkpoint(path)) step = *tp::checkpoint_step(latest->filename().string());
+    ctx.comm->broadcast(std::span<std::int64_t>(&step, 1), 0);
+    if (step >= 0) path /= tp::checkpoint_name(step);
+    if (std::filesystem::is_directory(path)) {
+      if (!std::filesystem::exists(path / "resume.safetensors") && !tp::checkpoint_step(path.filename().string()))
+        TP_THROW(tp::IoError, "{}: no complete checkpoint in it (a step-NNNNNN directory holding resume.safetensors)",
+                 path.string());
+      path /= "resume.safetensors";
+    }
     const tp::SafetensorsMetadata meta = tp::load_resume(opt_, path);
     const auto config = meta.find("tiny_lm.config");
     const std::string mine = model_.config().describe();

@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "common/harness.hpp"
@@ -193,6 +195,82 @@ TEST(Communicator, TypedFormsRejectMismatchedBuffers) {
     const std::vector<std::size_t> counts(comm->size() + 1, 1);
     EXPECT_THROW(comm->all_gather_v(send.data(), recv.data(), counts, DType::f32), InvalidArgument);
     EXPECT_THROW(comm->broadcast(std::span<float>(send), comm->size()), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace tp
+
+namespace tp {
+namespace {
+
+/// The last rank makes `odd`, every other rank `usual`: every rank must throw a CommError that
+/// names both calls and the odd rank, and the communicator must still work afterwards.
+void expect_disagreement(Communicator& comm, const std::function<void(Communicator&)>& usual,
+                         const std::function<void(Communicator&)>& odd, const std::string& usual_call,
+                         const std::string& odd_call) {
+  const int last = comm.size() - 1;
+  try {
+    (comm.rank() == last ? odd : usual)(comm);
+    ADD_FAILURE() << "no CommError when rank " << last << " called " << odd_call << " and the others " << usual_call;
+  } catch (const CommError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("called " + usual_call)) << "rank " << comm.rank();
+    EXPECT_THAT(e.what(), ::testing::HasSubstr(fmt::format("rank {} called {}", last, odd_call)))
+        << "rank " << comm.rank();
+  }
+  test::Buffer<std::int64_t> one(1, 1);
+  comm.all_reduce(std::span<std::int64_t>(one));
+  EXPECT_EQ(one[0], comm.size()) << "after " << odd_call;
+}
+
+TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), last = world - 1;
+    if (world == 1) return;  // one rank cannot disagree with itself
+    test::Buffer<float> f(8, 1.f), gathered(2 * static_cast<std::size_t>(world));
+    test::Buffer<std::int32_t> i(8, 1);
+    const auto reduce = [&](std::size_t n, ReduceOp op) {
+      return [&, n, op](Communicator& c) { c.all_reduce(f.data(), f.data(), n, DType::f32, op); };
+    };
+    // Another collective, another count, another element type, another reduction, another root.
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), [&](Communicator& c) { c.broadcast(std::span<float>(f), 0); },
+                        "all_reduce(8 x float32, sum)", "broadcast(8 x float32, root 0)");
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce(7, ReduceOp::sum), "all_reduce(8 x float32, sum)",
+                        "all_reduce(7 x float32, sum)");
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), [&](Communicator& c) { c.all_reduce(std::span<std::int32_t>(i)); },
+                        "all_reduce(8 x float32, sum)", "all_reduce(8 x int32, sum)");
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce(8, ReduceOp::max), "all_reduce(8 x float32, sum)",
+                        "all_reduce(8 x float32, max)");
+    expect_disagreement(*comm, [&](Communicator& c) { c.broadcast(std::span<float>(f), 0); },
+                        [&](Communicator& c) { c.broadcast(std::span<float>(f), last); },
+                        "broadcast(8 x float32, root 0)", fmt::format("broadcast(8 x float32, root {})", last));
+    // Uneven gathers whose ranks were given different counts; a barrier against a collective.
+    const auto gather = [&](std::size_t each) {
+      return [&, each](Communicator& c) {
+        const std::vector<std::size_t> counts(world, each);
+        c.all_gather_v(f.data(), gathered.data(), counts, DType::f32);
+      };
+    };
+    expect_disagreement(*comm, gather(1), gather(2), fmt::format("all_gather_v({} x float32 in all", world),
+                        fmt::format("all_gather_v({} x float32 in all", 2 * world));
+    expect_disagreement(*comm, [](Communicator& c) { c.barrier(); }, reduce(8, ReduceOp::sum), "barrier()",
+                        "all_reduce(8 x float32, sum)");
+  });
+}
+
+TEST(CollectiveVerification, CanBeSwitchedOffAndSplitsInheritIt) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    comm->set_verify_collectives(false);
+    test::Buffer<std::int64_t> v(3, comm->rank() + 1);
+    comm->all_reduce(std::span<std::int64_t>(v));
+    EXPECT_EQ(v[2], comm->size() * (comm->size() + 1) / 2);
+    comm->barrier();
+    auto sub = comm->split(0, comm->rank());
+    ASSERT_NE(sub, nullptr);
+    EXPECT_FALSE(sub->verify_collectives());
+    sub->barrier();
+    comm->set_verify_collectives(true);
+    comm->barrier();
   });
 }
 

@@ -90,14 +90,14 @@ TEST(TrainTinyLm, ResumeContinuesTheSameRun) {
   fs::remove_all(dir);
   const auto full = train(2, 0, kSteps);
   const auto head = train(2, 0, 2, {}, dir);
-  ASSERT_TRUE(fs::exists(dir / "model.safetensors"));
-  ASSERT_TRUE(fs::exists(dir / "resume.safetensors"));
+  ASSERT_TRUE(fs::exists(dir / "step-000002" / "model.safetensors"));  // the step's checkpoint, one directory
+  ASSERT_TRUE(fs::exists(dir / "step-000002" / "resume.safetensors"));
   // Same TP degree: the same arithmetic on the same state, so bitwise the same losses.
   EXPECT_EQ(head, std::vector<double>(full.begin(), full.begin() + 2));
   EXPECT_EQ(train(2, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()));
   // Another TP degree resumes the same run, to rounding.
   expect_close(train(4, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 4");
-  expect_close(train(1, 2, kSteps, dir / "resume.safetensors"), std::vector<double>(full.begin() + 2, full.end()),
+  expect_close(train(1, 2, kSteps, dir / "step-000002" / "resume.safetensors"), std::vector<double>(full.begin() + 2, full.end()),
                "resumed at TP 1");
 
   // A checkpoint of another model is refused, naming the file and both configurations.

@@ -15,7 +15,9 @@
 /// This file holds the collectives; the rendezvous and the mesh it builds are in
 /// tp/comm/detail/gloo_rendezvous.hpp. Every collective and the rendezvous itself give up after
 /// `timeout` and throw CommError; after a timeout or a lost connection the communicator refuses
-/// further collectives, since gloo leaves the pairs in an unknown state.
+/// further collectives, since gloo leaves the pairs in an unknown state. A peer that dies makes
+/// gloo's writes fail with EPIPE: SIGPIPE is blocked on the threads that write (gloo's I/O thread
+/// and the caller's, during a collective), so that is a CommError, never a killed process.
 
 #ifndef TP_HAS_GLOO
 #error "tp/comm/gloo_communicator.hpp needs the tp::gloo CMake component: target_link_libraries(... tp::gloo)"
@@ -129,7 +131,8 @@ class GlooCommunicator final : public Communicator {
   /// The gloo context, for calling gloo's algorithms directly (null at world size 1).
   const std::shared_ptr<::gloo::Context>& native() const { return context_; }
 
-  void barrier() override {
+ protected:
+  void do_barrier() override {
     check_usable("barrier");
     if (size_ == 1) return;
     run("barrier", [&] {
@@ -139,7 +142,7 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
-  std::shared_ptr<Communicator> split(int color, int key) override {
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
     check_usable("split");
     // Everyone's (color, key), then the members of my color ordered by (key, rank).
     std::vector<std::int64_t> mine{color, key}, all(2 * static_cast<std::size_t>(size_));
@@ -166,7 +169,6 @@ class GlooCommunicator final : public Communicator {
         new GlooCommunicator(new_rank, static_cast<int>(members.size()), device_, options_, over_parent));
   }
 
- protected:
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
     TP_CHECK(dtype != DType::f16 && dtype != DType::bf16, "GlooCommunicator all_reduce: cannot reduce {} buffers",
              name(dtype));
@@ -304,6 +306,7 @@ class GlooCommunicator final : public Communicator {
       TP_THROW(CommError, "{}", message);
     };
     try {
+      const detail::SigpipeBlock no_sigpipe;  // a peer that died makes our writes fail, not kill us
       f();
     } catch (const ::gloo::IoException& e) {
       fail("timeout or lost connection", e.what(), true);

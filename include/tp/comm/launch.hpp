@@ -47,6 +47,9 @@ struct LaunchOptions {
   int world = 1;
   /// How long a rank waits for its peers (local and gloo; MPI has no timeout).
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  /// Whether every collective first checks that all ranks made the same call
+  /// (Communicator::set_verify_collectives); off only for benchmarks of the bare collectives.
+  bool verify_collectives = true;
 };
 
 /// Whether mpirun (or a PMI launcher such as srun) started this process.
@@ -78,18 +81,21 @@ class Launch {
     TP_CHECK(options_.world > 0, "launch: --world must be positive, got {}", options_.world);
     if (backend == "local") {
       ranks_ = LocalCommunicator::create(options_.world, {.timeout = options_.timeout});
+      apply_options();
       return;
     }
 #ifdef TP_HAS_MPI
     if (backend == "mpi") {
       mpi_ = std::make_unique<MpiEnvironment>(argc, argv);
       ranks_ = {std::make_shared<MpiCommunicator>()};
+      apply_options();
       return;
     }
 #endif
 #ifdef TP_HAS_GLOO
     if (backend == "gloo") {
       start_gloo(argc, argv);
+      apply_options();
       return;
     }
 #endif
@@ -111,9 +117,19 @@ class Launch {
   /// Runs `body` on every rank of this process: on the calling thread when there is one (MPI
   /// wants its calls there), else on one thread per rank. If a rank throws, in-process local
   /// peers are woken with a CommError (Gloo peers time out), and the first exception is rethrown
-  /// once every rank has returned.
+  /// once every rank has returned; MPI is then not finalized (that would wait for the peer that
+  /// failed), and the launcher ends the job once this process exits non-zero.
   void run(const Body& body) const {
-    if (ranks_.size() == 1) return body(ranks_[0]);
+    if (ranks_.size() == 1) {
+      try {
+        return body(ranks_[0]);
+      } catch (...) {
+#ifdef TP_HAS_MPI
+        if (mpi_) mpi_->mark_failed();
+#endif
+        throw;
+      }
+    }
     std::mutex mutex;
     std::exception_ptr first;
     std::vector<std::thread> threads;
@@ -135,6 +151,10 @@ class Launch {
   }
 
  private:
+  void apply_options() {
+    for (auto& rank : ranks_) rank->set_verify_collectives(options_.verify_collectives);
+  }
+
 #ifdef TP_HAS_GLOO
   void start_gloo(int& argc, char**& argv) {
     const GlooOptions gloo{.timeout = options_.timeout};

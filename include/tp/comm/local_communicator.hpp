@@ -1,14 +1,18 @@
 #pragma once
 /// N ranks as threads in one process, sharing memory: the backend for tests and for one process
 /// driving several devices. Each collective is a rendezvous: every rank posts its buffers, then
-/// computes its own share of the result straight from its peers' buffers, then waits until all are
-/// done reading. Every wait has a timeout, and a rank that throws inside `run_local` wakes its
-/// peers with a CommError instead of leaving them blocked.
+/// computes its own share of the result straight from its peers' buffers (the data phase), then
+/// waits until all are done. The wait for peers to arrive has a timeout, and a rank that throws
+/// inside `run_local` wakes its peers with a CommError instead of leaving them blocked. The wait
+/// at the end of the data phase has none, and is kept even when a rank throws: once every rank has
+/// arrived, peers read and write this rank's buffers, and leaving before they are done would let
+/// them write into freed memory; they are doing local copies, not waiting for anyone.
 ///
 /// Where the buffers live is a pluggable `LocalMemory`: host memory by default; device memory
 /// with `tp::CudaLocalMemory` (tp/device/cuda_local_memory.cuh), so that N ranks as threads can
 /// share one GPU, which NCCL refuses.
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -17,7 +21,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <span>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
@@ -73,7 +79,9 @@ class LocalGroup {
   };
 
   LocalGroup(int size, std::chrono::milliseconds timeout, std::shared_ptr<LocalMemory> memory)
-      : size_(size), timeout_(timeout), memory_(std::move(memory)), posts_(size), arrived_(size, false), splits_(size) {}
+      : size_(size), timeout_(timeout), memory_(std::move(memory)), posts_(size), arrived_(size, false), splits_(size) {
+    TP_CHECK(timeout.count() > 0, "LocalCommunicator: the timeout must be positive, got {} ms", timeout.count());
+  }
 
   int size() const { return size_; }
   LocalMemory& memory() const { return *memory_; }
@@ -104,7 +112,28 @@ class LocalGroup {
       TP_THROW(CommError, "LocalCommunicator {}: rank {} waited {} ms; ranks {} of {} never arrived", op, rank,
                timeout_.count(), missing, size_);
     }
-    throw_if_aborted(rank, op);
+    // Everyone arrived: go on even if an abort came after, since the peers go on too.
+    if (generation_ == gen) throw_if_aborted(rank, op);
+  }
+
+  /// The end of a data phase, which every rank that passed `arrive_and_wait` into one must call
+  /// (through DataPhase), `failure` empty when it did its part. Returns once every rank has
+  /// called it, with the failures of all: no timeout and no abort, because until then peers may
+  /// still write into this rank's buffers.
+  std::string leave_data_phase(const std::string& failure) {
+    std::unique_lock lock(mutex_);
+    if (!failure.empty()) phase_failures_ += (phase_failures_.empty() ? "" : "; ") + failure;
+    const std::uint64_t gen = phase_generation_;
+    if (++left_ == size_) {
+      left_ = 0;
+      ++phase_generation_;
+      last_failures_ = std::exchange(phase_failures_, {});
+      cv_.notify_all();
+      return last_failures_;
+    }
+    // The next phase cannot end before this rank has left it too, so last_failures_ is this one's.
+    cv_.wait(lock, [&] { return phase_generation_ != gen; });
+    return last_failures_;
   }
 
   /// Wakes every waiting rank (and those of groups split from this one) with a CommError.
@@ -140,16 +169,49 @@ class LocalGroup {
   std::uint64_t generation_ = 0;
   int count_ = 0;
   std::vector<bool> arrived_;
+  int left_ = 0;
+  std::uint64_t phase_generation_ = 0;
+  std::string phase_failures_, last_failures_;
   bool aborted_ = false;
   std::string reason_;
   std::vector<std::shared_ptr<LocalGroup>> splits_;
   std::vector<std::weak_ptr<LocalGroup>> children_;
 };
 
+/// A rank's part in a data phase: `complete()` at the end of the normal path; if the rank throws
+/// first, the destructor still waits for its peers (see LocalGroup::leave_data_phase).
+class DataPhase {
+ public:
+  DataPhase(LocalGroup& group, int rank, std::string_view op) : group_(group), rank_(rank), op_(op) {}
+  DataPhase(const DataPhase&) = delete;
+  DataPhase& operator=(const DataPhase&) = delete;
+  ~DataPhase() {
+    if (done_) return;
+    try {
+      group_.leave_data_phase(fmt::format("rank {} failed in {}", rank_, op_));
+    } catch (...) {  // only an allocation can throw here; the wait itself has happened
+    }
+  }
+  /// Waits for the peers; throws CommError if one of them failed in this phase, since this
+  /// rank's result then lacks that peer's part.
+  void complete() {
+    done_ = true;
+    const std::string failures = group_.leave_data_phase({});
+    if (!failures.empty())
+      TP_THROW(CommError, "LocalCommunicator {}: rank {} has an incomplete result: {}", op_, rank_, failures);
+  }
+
+ private:
+  LocalGroup& group_;
+  int rank_;
+  std::string_view op_;
+  bool done_ = false;
+};
+
 }  // namespace detail
 
 struct LocalOptions {
-  /// How long a rank waits for its peers at any collective before throwing CommError.
+  /// How long a rank waits for its peers at any collective before throwing CommError; positive.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
   /// Where the ranks' buffers live; null means host memory.
   std::shared_ptr<LocalMemory> memory = nullptr;
@@ -162,6 +224,8 @@ class LocalCommunicator final : public Communicator {
   /// One communicator per rank, all in one group; hand communicator r to thread r.
   static std::vector<std::shared_ptr<Communicator>> create(int world, Options options = {}) {
     TP_CHECK(world > 0, "LocalCommunicator needs a positive world size, got {}", world);
+    TP_CHECK(options.timeout.count() > 0, "LocalCommunicator: the timeout must be positive, got {} ms",
+             options.timeout.count());
     auto memory = options.memory ? std::move(options.memory) : std::make_shared<HostMemory>();
     auto group = std::make_shared<detail::LocalGroup>(world, options.timeout, std::move(memory));
     std::vector<std::shared_ptr<Communicator>> comms;
@@ -175,13 +239,14 @@ class LocalCommunicator final : public Communicator {
   int size() const override { return group_->size(); }
   std::string_view backend() const override { return "local"; }
 
-  void barrier() override {
-    rendezvous({.op = "barrier"});
-    group_->arrive_and_wait(rank_, "barrier");
-  }
+  /// Wakes every rank of this group with a CommError (used when one rank fails).
+  void abort(const std::string& reason) { group_->abort(reason); }
 
-  std::shared_ptr<Communicator> split(int color, int key) override {
-    rendezvous({.op = "split", .color = color, .key = key});
+ protected:
+  void do_barrier() override { rendezvous({.op = "barrier"})->complete(); }
+
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    auto phase = rendezvous({.op = "split", .color = color, .key = key});
     // Members of my color, ordered by (key, rank); the first one creates the new group.
     std::vector<int> members;
     for (int r = 0; r < size(); ++r)
@@ -203,16 +268,14 @@ class LocalCommunicator final : public Communicator {
     }
     group_->arrive_and_wait(rank_, "split");  // the slots may be reused once everyone has read them
     group_->split_slot(rank_).reset();
+    phase->complete();
     return result;  // null for a negative color, like MPI_UNDEFINED
   }
 
-  /// Wakes every rank of this group with a CommError (used when one rank fails).
-  void abort(const std::string& reason) { group_->abort(reason); }
-
- protected:
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
                      Stream stream) override {
-    rendezvous({.op = "all_reduce", .send = send, .recv = recv, .count = count, .dtype = dtype, .reduce = op}, stream);
+    auto phase =
+        rendezvous({.op = "all_reduce", .send = send, .recv = recv, .count = count, .dtype = dtype, .reduce = op}, stream);
     // Rank r reduces chunk r of every input into its own output, then copies it to every other
     // output: chunk r is read and written by rank r alone, so in-place buffers are safe.
     const Range chunk = partition(static_cast<std::int64_t>(count), size(), rank_);
@@ -227,12 +290,12 @@ class LocalCommunicator final : public Communicator {
       for (int q = 0; q < size(); ++q)
         if (q != rank_) memory.copy(static_cast<std::byte*>(group_->post(q).recv) + begin * elem, mine, bytes, stream);
     memory.release(stream);
-    group_->arrive_and_wait(rank_, "all_reduce");
+    phase->complete();
   }
 
   void do_all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                        Stream stream) override {
-    rendezvous({.op = "all_gather", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
+    auto phase = rendezvous({.op = "all_gather", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
                 .dtype = dtype},
                stream);
     const auto displs = displacements(counts);
@@ -243,12 +306,12 @@ class LocalCommunicator final : public Communicator {
       if (dst != group_->post(q).send && counts[q] > 0) memory.copy(dst, group_->post(q).send, counts[q] * elem, stream);
     }
     memory.release(stream);
-    group_->arrive_and_wait(rank_, "all_gather");
+    phase->complete();
   }
 
   void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                            ReduceOp op, Stream stream) override {
-    rendezvous({.op = "reduce_scatter", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
+    auto phase = rendezvous({.op = "reduce_scatter", .send = send, .recv = recv, .count = counts[rank_], .counts = counts.data(),
                 .dtype = dtype, .reduce = op},
                stream);
     const auto displs = displacements(counts);
@@ -257,36 +320,61 @@ class LocalCommunicator final : public Communicator {
     LocalMemory& memory = group_->memory();
     memory.reduce(dtype, op, srcs.data(), size(), displs[rank_], counts[rank_], recv, stream);
     memory.release(stream);
-    group_->arrive_and_wait(rank_, "reduce_scatter");
+    phase->complete();
   }
 
   void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream) override {
-    rendezvous({.op = "broadcast", .recv = buffer, .count = count, .dtype = dtype, .root = root}, stream);
+    auto phase = rendezvous({.op = "broadcast", .recv = buffer, .count = count, .dtype = dtype, .root = root}, stream);
     LocalMemory& memory = group_->memory();
     if (rank_ != root && count > 0) memory.copy(buffer, group_->post(root).recv, count * size_of(dtype), stream);
     memory.release(stream);
-    group_->arrive_and_wait(rank_, "broadcast");
+    phase->complete();
+  }
+
+  /// Host memory whatever LocalMemory the group uses: each rank reads its peers' signatures.
+  void do_exchange_signatures(const std::int64_t* mine, std::int64_t* all) override {
+    constexpr std::size_t words = detail::CallSignature::words;
+    auto phase = rendezvous({.op = "verify", .send = mine, .count = words, .dtype = DType::i64}, nullptr, false);
+    for (int q = 0; q < size(); ++q)
+      std::memcpy(all + static_cast<std::size_t>(q) * words, group_->post(q).send, words * sizeof(std::int64_t));
+    phase->complete();
   }
 
  private:
-  /// Posts this rank's arguments, waits for all ranks, and checks that they agree.
-  void rendezvous(const detail::LocalGroup::Post& post, Stream stream = nullptr) {
-    group_->memory().acquire(stream);
+  /// Posts this rank's arguments, waits for all ranks, and checks that they agree (a check that
+  /// stays when collective verification is off, since peers would otherwise read past buffers).
+  /// From here on peers touch this rank's buffers: the returned phase must end before they go.
+  [[nodiscard]] std::unique_ptr<detail::DataPhase> rendezvous(const detail::LocalGroup::Post& post,
+                                                              Stream stream = nullptr, bool device = true) {
+    if (device) group_->memory().acquire(stream);
     group_->post(rank_) = post;
     group_->arrive_and_wait(rank_, post.op);
-    const auto& first = group_->post(0);
-    for (int q = 1; q < size(); ++q) {
+    auto phase = std::make_unique<detail::DataPhase>(*group_, rank_, post.op);
+    for (int q = 0; q < size(); ++q) {
+      const auto& first = group_->post(0);
       const auto& other = group_->post(q);
       // The _v forms post per-rank counts, which must agree; the others post one count.
       const bool sizes_agree = first.counts != nullptr && other.counts != nullptr
                                    ? std::equal(first.counts, first.counts + size(), other.counts)
-                                   : other.count == first.count;
+                                   : first.counts == other.counts && other.count == first.count;
       if (other.op != first.op || other.dtype != first.dtype || other.reduce != first.reduce ||
           other.root != first.root || !sizes_agree)
-        TP_THROW(CommError,
-                 "LocalCommunicator: ranks disagree: rank 0 called {} with {} x {}, rank {} called {} with {} x {}",
-                 first.op, first.count, name(first.dtype), q, other.op, other.count, name(other.dtype));
+        TP_THROW(CommError, "LocalCommunicator: ranks disagree: rank 0 called {}, rank {} called {} (rank {} of {})",
+                 describe(first), q, describe(other), rank_, size());
     }
+    return phase;
+  }
+
+  /// "all_reduce(1000 x float32, sum)", "all_gather_v(counts [3, 4])", "broadcast(8 x int64, root 1)".
+  std::string describe(const detail::LocalGroup::Post& p) const {
+    if (p.op == "barrier" || p.op == "split") return fmt::format("{}()", p.op);
+    const std::string size = p.counts != nullptr
+                                 ? fmt::format("counts {}", std::span<const std::size_t>(p.counts, this->size()))
+                                 : fmt::format("{}", p.count);
+    if (p.op == "broadcast") return fmt::format("{}({} x {}, root {})", p.op, size, name(p.dtype), p.root);
+    if (p.op == "all_reduce" || p.op == "reduce_scatter")
+      return fmt::format("{}({} x {}, {})", p.op, size, name(p.dtype), name(p.reduce));
+    return fmt::format("{}({} x {})", p.op, size, name(p.dtype));
   }
 
   std::shared_ptr<detail::LocalGroup> group_;

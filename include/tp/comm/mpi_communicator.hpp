@@ -3,8 +3,14 @@
 /// communicator works on a duplicate of the one it is given, so tp's traffic never matches the
 /// caller's own messages, and switches it to MPI_ERRORS_RETURN so that failures become CommError.
 ///
-/// MPI has no timeouts of its own: a peer that dies is reported by the launcher (mpirun aborts the
-/// job), not by this class.
+/// MPI has no timeouts of its own: by default a peer that dies is reported by the launcher (mpirun
+/// aborts the job), and a peer that stops (hangs, is suspended, is stuck in other work) blocks its
+/// peers forever. With `MpiOptions::timeout` set, every collective runs as its non-blocking form
+/// (MPI_Iallreduce, ...) polled until it completes or the deadline passes, and then throws
+/// CommError. MPI cannot cancel a collective, so after a timeout the request is abandoned (MPI may
+/// still write its receive buffer if the peer comes back), the communicator refuses further
+/// collectives, and the job should end: MpiEnvironment does not wait in MPI_Finalize while an
+/// exception is in flight.
 
 #ifndef TP_HAS_MPI
 #error "tp/comm/mpi_communicator.hpp needs the tp::mpi CMake component: target_link_libraries(... tp::mpi)"
@@ -12,8 +18,12 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
+#include <exception>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
@@ -53,6 +63,28 @@ inline MPI_Op mpi_op(ReduceOp op) {
   return MPI_OP_NULL;
 }
 
+/// Completes `request`: MPI_Wait without a timeout (zero); else polls it, and past the deadline
+/// abandons it (MPI cannot cancel a collective) and throws CommError.
+inline void mpi_wait(MPI_Request& request, const char* op, int rank, int size, std::chrono::milliseconds timeout) {
+  if (request == MPI_REQUEST_NULL) return;
+  if (timeout.count() == 0) return mpi_check(MPI_Wait(&request, MPI_STATUS_IGNORE), op, rank);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    mpi_check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op, rank);
+    if (done) return;
+    if (std::chrono::steady_clock::now() > deadline) {
+      request = MPI_REQUEST_NULL;
+      TP_THROW(CommError,
+               "MpiCommunicator {}: rank {} of {} waited {} ms for its peers (one stopped, died or called something "
+               "else); the communicator can no longer be used and the job should end",
+               op, rank, size, timeout.count());
+    }
+    // Spin first (the common case completes in microseconds), then back off to spare the core.
+    if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(polls > 10000 ? 500 : 20));
+  }
+}
+
 inline int mpi_count(std::size_t n, const char* op) {
   TP_CHECK(n <= static_cast<std::size_t>(INT_MAX), "MPI {}: {} elements exceed MPI's int count limit", op, n);
   return static_cast<int>(n);
@@ -62,6 +94,11 @@ inline int mpi_count(std::size_t n, const char* op) {
 
 /// Initializes MPI for its lifetime (MPI_THREAD_MULTIPLE where the library offers it) and finalizes
 /// it on destruction. Create one in main() before any MpiCommunicator.
+///
+/// Destroyed while an exception is in flight (a CommError from a dead or stopped peer unwinding
+/// out of main's work), it does not call MPI_Finalize, which waits for every rank and would hang
+/// on the peer that failed: the process goes on to report the error and exit non-zero, and the
+/// launcher (mpirun) then ends the job, as it does for any rank that exits without finalizing.
 class MpiEnvironment {
  public:
   MpiEnvironment(int& argc, char**& argv) {
@@ -75,16 +112,29 @@ class MpiEnvironment {
   MpiEnvironment(const MpiEnvironment&) = delete;
   MpiEnvironment& operator=(const MpiEnvironment&) = delete;
   ~MpiEnvironment() {
-    if (owner_) MPI_Finalize();
+    if (owner_ && !failed_ && std::uncaught_exceptions() == 0) MPI_Finalize();
   }
+  /// Marks the job as failed: the destructor leaves MPI_Finalize out, as with an exception in
+  /// flight (for a caller that caught the exception before this object goes away).
+  void mark_failed() { failed_ = true; }
 
  private:
-  bool owner_ = false;
+  bool owner_ = false, failed_ = false;
+};
+
+struct MpiOptions {
+  /// How long a rank waits for its peers in any collective before throwing CommError; zero waits
+  /// as MPI does, forever, with MPI's blocking calls. Positive: non-blocking calls polled with this
+  /// deadline, which costs a few microseconds of polling latency per collective.
+  std::chrono::milliseconds timeout{0};
 };
 
 class MpiCommunicator final : public Communicator {
  public:
-  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD) : MpiCommunicator(duplicate(comm), true) {}
+  using Options = MpiOptions;
+
+  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD, Options options = {})
+      : MpiCommunicator(Adopt{}, duplicate(comm), options) {}
 
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -98,28 +148,38 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string_view backend() const override { return "mpi"; }
   MPI_Comm native() const { return comm_; }
+  std::chrono::milliseconds timeout() const { return options_.timeout; }
 
-  void barrier() override { detail::mpi_check(MPI_Barrier(comm_), "MPI_Barrier", rank_); }
+ protected:
+  void do_barrier() override {
+    collective("barrier", [&](MPI_Request* r) { return r ? MPI_Ibarrier(comm_, r) : MPI_Barrier(comm_); });
+  }
 
-  std::shared_ptr<Communicator> split(int color, int key) override {
+  /// MPI_Comm_split has no non-blocking form, so the timeout does not cover it; with collective
+  /// verification on, the signature exchange before it does.
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    check_usable("split");
     MPI_Comm sub = MPI_COMM_NULL;
     detail::mpi_check(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), "MPI_Comm_split", rank_);
     if (sub == MPI_COMM_NULL) return nullptr;
-    return std::shared_ptr<Communicator>(new MpiCommunicator(sub, true));
+    return std::shared_ptr<Communicator>(new MpiCommunicator(Adopt{}, sub, options_));
   }
 
- protected:
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
     check_reducible(dtype, "all_reduce");
-    detail::mpi_check(MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, detail::mpi_count(count, "all_reduce"),
-                                    detail::mpi_type(dtype), detail::mpi_op(op), comm_),
-                      "MPI_Allreduce", rank_);
+    const int n = detail::mpi_count(count, "all_reduce");
+    const void* in = send == recv ? MPI_IN_PLACE : send;
+    collective("all_reduce", [&](MPI_Request* r) {
+      return r ? MPI_Iallreduce(in, recv, n, detail::mpi_type(dtype), detail::mpi_op(op), comm_, r)
+               : MPI_Allreduce(in, recv, n, detail::mpi_type(dtype), detail::mpi_op(op), comm_);
+    });
   }
 
   std::unique_ptr<Work> do_all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
                                             Stream) override {
     check_reducible(dtype, "all_reduce");
-    auto work = std::make_unique<Request>(rank_);
+    check_usable("all_reduce");
+    auto work = std::make_unique<Request>(rank_, size_, options_.timeout);
     detail::mpi_check(MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv,
                                      detail::mpi_count(count, "all_reduce"), detail::mpi_type(dtype),
                                      detail::mpi_op(op), comm_, &work->request),
@@ -131,39 +191,80 @@ class MpiCommunicator final : public Communicator {
                        Stream) override {
     const auto [ints, displs] = int_counts(counts, "all_gather_v");
     const bool in_place = send == static_cast<const std::byte*>(recv) + displs[rank_] * size_of(dtype);
-    detail::mpi_check(MPI_Allgatherv(in_place ? MPI_IN_PLACE : send, ints[rank_], detail::mpi_type(dtype), recv,
-                                     ints.data(), displs.data(), detail::mpi_type(dtype), comm_),
-                      "MPI_Allgatherv", rank_);
+    const void* in = in_place ? MPI_IN_PLACE : send;
+    const MPI_Datatype type = detail::mpi_type(dtype);
+    collective("all_gather", [&](MPI_Request* r) {
+      return r ? MPI_Iallgatherv(in, ints[rank_], type, recv, ints.data(), displs.data(), type, comm_, r)
+               : MPI_Allgatherv(in, ints[rank_], type, recv, ints.data(), displs.data(), type, comm_);
+    });
   }
 
   void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                            ReduceOp op, Stream) override {
     check_reducible(dtype, "reduce_scatter");
     const auto [ints, displs] = int_counts(counts, "reduce_scatter_v");
-    detail::mpi_check(MPI_Reduce_scatter(send, recv, ints.data(), detail::mpi_type(dtype), detail::mpi_op(op), comm_),
-                      "MPI_Reduce_scatter", rank_);
+    const MPI_Datatype type = detail::mpi_type(dtype);
+    collective("reduce_scatter", [&](MPI_Request* r) {
+      return r ? MPI_Ireduce_scatter(send, recv, ints.data(), type, detail::mpi_op(op), comm_, r)
+               : MPI_Reduce_scatter(send, recv, ints.data(), type, detail::mpi_op(op), comm_);
+    });
   }
 
   void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream) override {
-    detail::mpi_check(MPI_Bcast(buffer, detail::mpi_count(count, "broadcast"), detail::mpi_type(dtype), root, comm_),
-                      "MPI_Bcast", rank_);
+    const int n = detail::mpi_count(count, "broadcast");
+    collective("broadcast", [&](MPI_Request* r) {
+      return r ? MPI_Ibcast(buffer, n, detail::mpi_type(dtype), root, comm_, r)
+               : MPI_Bcast(buffer, n, detail::mpi_type(dtype), root, comm_);
+    });
   }
 
  private:
   struct Request final : Work {
-    explicit Request(int r) : rank(r) {}
+    Request(int r, int n, std::chrono::milliseconds t) : rank(r), size(n), timeout(t) {}
+    /// Unwaited: complete it here, within the deadline when there is one (then abandon it).
     ~Request() override {
-      if (request != MPI_REQUEST_NULL) MPI_Wait(&request, MPI_STATUS_IGNORE);
+      try {
+        if (request != MPI_REQUEST_NULL) wait();
+      } catch (const std::exception&) {
+      }
     }
-    void wait() override { detail::mpi_check(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait", rank); }
+    void wait() override { detail::mpi_wait(request, "all_reduce (async)", rank, size, timeout); }
     MPI_Request request = MPI_REQUEST_NULL;
-    int rank;
+    int rank, size;
+    std::chrono::milliseconds timeout;
   };
 
-  MpiCommunicator(MPI_Comm owned, bool) : comm_(owned) {
+  struct Adopt {};  ///< the communicator given is ours to free
+  MpiCommunicator(Adopt, MPI_Comm owned, Options options) : comm_(owned), options_(options) {
+    if (options_.timeout.count() < 0) {
+      MPI_Comm_free(&comm_);
+      TP_THROW(InvalidArgument, "MpiCommunicator: the timeout must be zero (none) or positive, got {} ms",
+               options_.timeout.count());
+    }
     detail::mpi_check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", -1);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+  }
+
+  /// Runs one collective: `start(nullptr)` calls the blocking form; `start(&request)` the
+  /// non-blocking one, then polled against the deadline.
+  template <class F>
+  void collective(const char* op, F&& start) {
+    check_usable(op);
+    if (options_.timeout.count() == 0) return detail::mpi_check(start(nullptr), op, rank_);
+    MPI_Request request = MPI_REQUEST_NULL;
+    detail::mpi_check(start(&request), op, rank_);
+    try {
+      detail::mpi_wait(request, op, rank_, size_, options_.timeout);
+    } catch (const CommError&) {
+      broken_ = fmt::format("rank {} gave up on {} after {} ms", rank_, op, options_.timeout.count());
+      throw;
+    }
+  }
+
+  void check_usable(const char* op) const {
+    if (!broken_.empty())
+      TP_THROW(CommError, "MpiCommunicator {}: rank {} of {} can no longer communicate: {}", op, rank_, size_, broken_);
   }
 
   static MPI_Comm duplicate(MPI_Comm comm) {
@@ -192,7 +293,9 @@ class MpiCommunicator final : public Communicator {
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
+  Options options_;
   int rank_ = 0, size_ = 1;
+  std::string broken_;
 };
 
 }  // namespace tp

@@ -137,6 +137,7 @@ class NcclCommunicator final : public Communicator {
     cudaSetDevice(device_);
     release_comm();
     if (scratch_) cudaFree(scratch_);
+    if (signatures_) cudaFree(signatures_);
     if (side_) cudaStreamDestroy(side_);
   }
 
@@ -164,26 +165,6 @@ class NcclCommunicator final : public Communicator {
     cudaEventDestroy(event);
   }
 
-  /// An all-reduce of one int on the side stream, waited for with the timeout.
-  void barrier() override {
-    activate();
-    enqueue("barrier", 1, DType::i32, [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, side_); });
-    synchronize(side_);
-  }
-
-  std::shared_ptr<Communicator> split(int color, int key) override {
-    activate();
-    ncclConfig_t config = make_config();
-    ncclComm_t sub = nullptr;
-    call("ncclCommSplit", [&] { return ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config); });
-    if (sub == nullptr) return nullptr;  // negative color, like MPI_UNDEFINED
-    wait_ready(sub, "ncclCommSplit");
-    int sub_rank = 0, sub_world = 0;
-    check(ncclCommUserRank(sub, &sub_rank), "ncclCommUserRank");
-    check(ncclCommCount(sub, &sub_world), "ncclCommCount");
-    return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(sub, sub_rank, sub_world, device_, options_));
-  }
-
   /// The all-reduce runs on the communicator's side stream once `stream` has produced its input,
   /// so work queued on `stream` afterwards (the next GEMM) overlaps it. `wait()` on the result
   /// orders the reduced data before whatever is queued on `stream` next; `wait_host()` blocks the
@@ -205,6 +186,46 @@ class NcclCommunicator final : public Communicator {
   }
 
  protected:
+  /// An all-reduce of one int on the side stream, waited for with the timeout.
+  void do_barrier() override {
+    activate();
+    enqueue("barrier", 1, DType::i32, [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, side_); });
+    synchronize(side_);
+  }
+
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    activate();
+    ncclConfig_t config = make_config();
+    ncclComm_t sub = nullptr;
+    call("ncclCommSplit", [&] { return ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config); });
+    if (sub == nullptr) return nullptr;  // negative color, like MPI_UNDEFINED
+    wait_ready(sub, "ncclCommSplit");
+    int sub_rank = 0, sub_world = 0;
+    check(ncclCommUserRank(sub, &sub_rank), "ncclCommUserRank");
+    check(ncclCommCount(sub, &sub_world), "ncclCommCount");
+    return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(sub, sub_rank, sub_world, device_, options_));
+  }
+
+  /// Collective verification: the signatures travel through device memory on the side stream
+  /// (NCCL moves nothing else), and the host waits for them, with the timeout.
+  void do_exchange_signatures(const std::int64_t* mine, std::int64_t* all) override {
+    activate();
+    constexpr std::size_t words = detail::CallSignature::words;
+    const std::size_t bytes = words * sizeof(std::int64_t);
+    if (signatures_ == nullptr)
+      TP_CUDA_CHECK(cudaMalloc(&signatures_, bytes * static_cast<std::size_t>(world_)),
+                    "allocating NCCL rank {}'s {} call signatures", rank_, world_);
+    std::int64_t* slot = signatures_ + static_cast<std::size_t>(rank_) * words;
+    TP_CUDA_CHECK(cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, side_),
+                  "copying NCCL rank {}'s call signature to the device", rank_);
+    enqueue("call signature exchange", words, DType::i64,
+            [&] { return ncclAllGather(slot, signatures_, words, ncclInt64, comm_, side_); });
+    TP_CUDA_CHECK(cudaMemcpyAsync(all, signatures_, bytes * static_cast<std::size_t>(world_), cudaMemcpyDeviceToHost,
+                                  side_),
+                  "copying the call signatures to the host on NCCL rank {}", rank_);
+    synchronize(side_);
+  }
+
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
                      Stream stream) override {
     activate();
@@ -433,6 +454,7 @@ class NcclCommunicator final : public Communicator {
   bool aborted_ = false;
   cudaStream_t side_ = nullptr;
   int* scratch_ = nullptr;
+  std::int64_t* signatures_ = nullptr;
 };
 
 }  // namespace tp

@@ -11,7 +11,12 @@
 /// every rank builds the same header from its parameter list, rank 0 writes it and sizes the file,
 /// and every rank writes its own block with `pwrite` (a replicated parameter by rank 0 only). The
 /// ranks must therefore see one file system (one machine, or a shared one). The file appears
-/// under its name only when complete (written as `<path>.tmp`, renamed by rank 0).
+/// under its name only when complete: rank 0 creates `<path>.tmp-<random hex>` exclusively (a file
+/// or symbolic link already at that name is never followed or overwritten; tp/io/file.hpp), every
+/// rank writes and fsyncs its blocks there, then rank 0 renames it to `<path>` and fsyncs the
+/// directory. A save that fails removes its temporary file; one killed mid-way leaves it, under a
+/// name no reader opens. Several files that must change together (weights and optimizer state)
+/// belong in one step directory: tp/io/checkpoint.hpp.
 ///
 /// Every header is validated before any data is read; a bad file throws tp::IoError naming the
 /// file and the tensor, a tensor whose shape does not fit the layer tp::InvalidArgument.
@@ -25,8 +30,11 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <type_traits>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -67,12 +75,33 @@ inline float half_to_float(std::uint16_t h) {
 
 inline float bfloat16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
 
-/// Converts `n` little-endian elements of a file dtype into T.
+/// Whether `v` converts to the integer type T without leaving its range (NaN never does).
+template <class T, class V>
+bool fits_integer(V v) {
+  if constexpr (std::is_integral_v<V>) {
+    return std::in_range<T>(v);
+  } else {
+    const double d = static_cast<double>(v);
+    return d >= static_cast<double>(std::numeric_limits<T>::min()) &&
+           d < std::ldexp(1.0, std::numeric_limits<T>::digits);
+  }
+}
+
+/// Converts `n` little-endian elements of a file dtype into T. Into an integer T, a value outside
+/// T's range throws (a float-to-integer cast out of range is undefined behaviour, a narrowing
+/// integer cast silently wraps).
 template <class T>
 void convert_from(std::string_view dtype, const unsigned char* src, T* dst, std::int64_t n, std::string_view file,
                   std::string_view name) {
   auto each = [&](auto load) {
-    for (std::int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(load(i));
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto v = load(i);
+      if constexpr (std::is_integral_v<T>) {
+        if (!fits_integer<T>(v))
+          TP_THROW(IoError, "{}: tensor '{}' holds {}, outside the range of {}", file, name, v, tp::name(dtype_of<T>));
+      }
+      dst[i] = static_cast<T>(v);
+    }
   };
   auto raw = [&](auto tag, std::int64_t i) {
     decltype(tag) v;
@@ -86,16 +115,35 @@ void convert_from(std::string_view dtype, const unsigned char* src, T* dst, std:
   else if (dtype == "I32") each([&](std::int64_t i) { return raw(std::int32_t{}, i); });
   else if (dtype == "I64") each([&](std::int64_t i) { return raw(std::int64_t{}, i); });
   else if (dtype == "U8") each([&](std::int64_t i) { return raw(std::uint8_t{}, i); });
+  else if (dtype == "I8") each([&](std::int64_t i) { return raw(std::int8_t{}, i); });
+  else if (dtype == "I16") each([&](std::int64_t i) { return raw(std::int16_t{}, i); });
+  else if (dtype == "U16") each([&](std::int64_t i) { return raw(std::uint16_t{}, i); });
+  else if (dtype == "U32") each([&](std::int64_t i) { return raw(std::uint32_t{}, i); });
+  else if (dtype == "U64") each([&](std::int64_t i) { return raw(std::uint64_t{}, i); });
+  else if (dtype == "BOOL") each([&](std::int64_t i) { return raw(std::uint8_t{}, i) != 0 ? 1 : 0; });
   else TP_THROW(IoError, "{}: tensor '{}' has dtype {}, which tp cannot convert to {}", file, name, dtype, tp::name(dtype_of<T>));
 }
 
+/// Whether a safetensors dtype holds integers (BOOL included) rather than floating-point numbers.
+inline bool safetensors_integer_dtype(std::string_view dtype) {
+  return dtype == "BOOL" || (!dtype.empty() && (dtype.front() == 'I' || dtype.front() == 'U'));
+}
+
 }  // namespace detail
+
+/// How the readers convert a file's dtype into the caller's element type.
+struct SafetensorsReadOptions {
+  /// Integer tensors (I64, I32, U8, BOOL, ...) load into floating-point weights, and floating-point
+  /// tensors into integer ones, only when the caller asks: a token-id, mask or quantized tensor
+  /// under a weight's name is far more often a mistake than an intended conversion.
+  bool allow_integer_conversion = false;
+};
 
 /// One safetensors file opened for reading: the header is read and validated on construction,
 /// tensor data only by `read_block`.
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::filesystem::path& path) : fd_(path.string(), O_RDONLY) {
+  explicit SafetensorsFile(const std::filesystem::path& path) : fd_(detail::Fd::open_regular(path.string())) {
     const std::uint64_t size = fd_.size();
     std::vector<unsigned char> prefix(std::min<std::uint64_t>(size, 8));
     fd_.read_at(prefix.data(), prefix.size(), 0, "the header length");
@@ -124,10 +172,18 @@ class SafetensorsFile {
 
   /// Reads the block of `out.rows` x `out.cols` elements at (r0, c0) of tensor `name` (seen as a
   /// matrix, SafetensorsTensor::rows/cols) into host memory, converting the file's dtype to T.
-  /// Whole rows are one read; a column block is one read per row.
+  /// Whole rows are one read; a column block is one read per row. An integer tensor into a
+  /// floating-point T (or the reverse) throws IoError unless `options` allows it.
   template <class T>
-  void read_block(std::string_view name, std::int64_t r0, std::int64_t c0, MatrixView<T> out) const {
+  void read_block(std::string_view name, std::int64_t r0, std::int64_t c0, MatrixView<T> out,
+                  const SafetensorsReadOptions& options = {}) const {
     const SafetensorsTensor& t = tensor(name);
+    constexpr bool integer_t = dtype_of<T> == DType::i32 || dtype_of<T> == DType::i64 || dtype_of<T> == DType::u8;
+    if (detail::safetensors_integer_dtype(t.dtype) != integer_t && !options.allow_integer_conversion)
+      TP_THROW(IoError,
+               "{}: tensor '{}' is {}, {} dtype, and the caller reads {}; pass SafetensorsReadOptions"
+               "{{.allow_integer_conversion = true}} to convert",
+               path(), name, t.dtype, integer_t ? "a floating-point" : "an integer", tp::name(dtype_of<T>));
     const std::int64_t rows = t.rows(), cols = t.cols();
     TP_CHECK(r0 >= 0 && c0 >= 0 && r0 + out.rows <= rows && c0 + out.cols <= cols,
              "{}: block [{}:{}, {}:{}] is outside tensor '{}' of {}x{}", path(), r0, r0 + out.rows, c0, c0 + out.cols,
@@ -170,27 +226,15 @@ class SafetensorsCheckpoint {
     }
     std::string text;
     {
-      detail::Fd fd(path.string(), O_RDONLY);
+      const detail::Fd fd = detail::Fd::open_regular(path.string());
       const std::uint64_t size = fd.size();
       if (size > detail::max_safetensors_header)
         TP_THROW(IoError, "{}: index of {} bytes is over the limit of {}", path_, size, detail::max_safetensors_header);
       text.resize(size);
       fd.read_at(text.data(), size, 0, "the index");
     }
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      TP_THROW(IoError, "{}: index is not valid JSON: {}", path_, e.what());
-    }
-    const auto map = index.is_object() ? index.find("weight_map") : index.end();
-    if (map == index.end() || !map->is_object()) TP_THROW(IoError, "{}: index has no weight_map object", path_);
     std::map<std::string, std::size_t> opened;
-    for (const auto& [name, file] : map->items()) {
-      if (!file.is_string()) TP_THROW(IoError, "{}: weight_map entry for tensor '{}' is not a file name", path_, name);
-      const std::string rel = file.get<std::string>();
-      if (rel.empty() || std::filesystem::path(rel).is_absolute() || rel.find("..") != std::string::npos)
-        TP_THROW(IoError, "{}: weight_map sends tensor '{}' to '{}', not a file beside the index", path_, name, rel);
+    for (const auto& [name, rel] : parse_safetensors_index(text, path_)) {
       auto [it, fresh] = opened.emplace(rel, files_.size());
       if (fresh) files_.push_back(std::make_unique<SafetensorsFile>(path.parent_path() / rel));
       if (!files_[it->second]->contains(name))
@@ -228,7 +272,8 @@ class SafetensorsCheckpoint {
 /// Reads this rank's block of `p` from the checkpoint into the parameter. The stored tensor must
 /// have the parameter's full shape ([rows, cols]; a [cols] vector also fits a [1, cols] parameter).
 template <class T, class Device>
-void load_parameter(const Device& device, const Parameter<T>& p, const SafetensorsCheckpoint& checkpoint) {
+void load_parameter(const Device& device, const Parameter<T>& p, const SafetensorsCheckpoint& checkpoint,
+                    const SafetensorsReadOptions& options = {}) {
   const SafetensorsFile& file = checkpoint.file_of(p.name);
   const SafetensorsTensor& t = file.tensor(p.name);
   const bool fits = (t.shape.size() == 2 && t.shape[0] == p.full_rows && t.shape[1] == p.full_cols) ||
@@ -238,21 +283,22 @@ void load_parameter(const Device& device, const Parameter<T>& p, const Safetenso
            fmt::join(t.shape, ", "), p.full_rows, p.full_cols);
   if constexpr (Device::on_host) {
     if (p.value.contiguous() || p.value.rows == 1) {
-      file.read_block(p.name, p.rows.begin, p.cols.begin, p.value);
+      file.read_block(p.name, p.rows.begin, p.cols.begin, p.value, options);
       return;
     }
   }
   std::vector<T> host(static_cast<std::size_t>(p.rows.size() * p.cols.size()));
   const MatrixView<T> view(host.data(), p.rows.size(), p.cols.size());
-  file.read_block(p.name, p.rows.begin, p.cols.begin, view);
+  file.read_block(p.name, p.rows.begin, p.cols.begin, view, options);
   device.from_host(ConstView<T>(view), p.value);
 }
 
 /// Loads every parameter's block from a .safetensors file or an index .json.
 template <class T, class Device>
-void load_safetensors(const Device& device, std::span<const Parameter<T>> params, const std::filesystem::path& path) {
+void load_safetensors(const Device& device, std::span<const Parameter<T>> params, const std::filesystem::path& path,
+                      const SafetensorsReadOptions& options = {}) {
   const SafetensorsCheckpoint checkpoint(path);
-  for (const auto& p : params) load_parameter(device, p, checkpoint);
+  for (const auto& p : params) load_parameter(device, p, checkpoint, options);
 }
 
 /// Writes the parameters as one full safetensors file at `path`. Collective over `comm`: every
@@ -262,7 +308,7 @@ void load_safetensors(const Device& device, std::span<const Parameter<T>> params
 template <class T, class Device>
 void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
                       const std::filesystem::path& path, const SafetensorsMetadata& metadata = {}) {
-  const std::string file = path.string(), tmp = file + ".tmp";
+  const std::string file = path.string();
   // The header, identical on every rank.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -295,29 +341,33 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, comm.rank(),
              comm.size());
 
-  // Rank 0 creates the file with its header and full size; the others wait for its verdict.
+  // Rank 0 creates the temporary file with its header and full size; the others wait for its
+  // verdict and the random suffix that names the file.
   std::int32_t failed = 0;
+  std::int64_t created[2] = {0, 0};  // {failed, suffix}
   std::string error;
   if (comm.rank() == 0) {
     try {
-      detail::Fd fd(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+      auto [fd, suffix] = detail::create_temp_file(path);
+      created[1] = static_cast<std::int64_t>(suffix);
       const std::uint64_t len = text.size();
       fd.write_at(&len, 8, 0, "the header length");
       fd.write_at(text.data(), text.size(), 8, "the header");
       fd.resize(data_start + data_size);
       fd.close();
     } catch (const Error& e) {
-      failed = 1;
+      created[0] = 1;
       error = e.what();
     }
   }
-  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
-  if (failed)
+  comm.broadcast(std::span<std::int64_t>(created, 2), 0);
+  if (created[0])
     TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not create the file");
+  const std::string tmp = detail::temp_name(path, static_cast<std::uint64_t>(created[1])).string();
 
   // Each rank writes its blocks; replicated parameters are written by rank 0 alone.
   try {
-    detail::Fd fd(tmp, O_WRONLY);
+    detail::Fd fd = detail::Fd::open_for_writing(tmp);
     std::vector<T> host;
     for (std::size_t i = 0; i < params.size(); ++i) {
       const Parameter<T>& p = params[i];
@@ -344,11 +394,22 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
   std::int32_t any = failed;
   comm.all_reduce(std::span<std::int32_t>(&any, 1), ReduceOp::max);
   if (any) {
-    if (comm.rank() == 0) std::filesystem::remove(tmp);
+    std::error_code ignored;
+    if (comm.rank() == 0) std::filesystem::remove(tmp, ignored);
     TP_THROW(IoError, "{}: {}", file, failed ? error : "another rank failed to write its blocks");
   }
   if (comm.rank() == 0) {
     error = detail::rename_file(tmp, path);
+    if (error.empty()) {
+      try {
+        detail::sync_directory(path.parent_path());
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    } else {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+    }
     failed = error.empty() ? 0 : 1;
   }
   comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);

@@ -16,6 +16,9 @@
 #include <gloo/transport/device.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -29,6 +32,40 @@
 #include "tp/core/error.hpp"
 
 namespace tp::detail {
+
+/// Blocks SIGPIPE on the calling thread for its lifetime, and discards one raised meanwhile.
+/// gloo writes to its sockets with writev, which cannot pass MSG_NOSIGNAL: when a peer has died,
+/// the write raises SIGPIPE, whose default action kills the process before gloo can report EPIPE.
+/// Blocking it per thread leaves the process's own disposition (and the caller's pipes) alone;
+/// threads started meanwhile (gloo's I/O loop, created with the device) inherit the block.
+class SigpipeBlock {
+ public:
+  SigpipeBlock() { pthread_sigmask(SIG_BLOCK, &pipe_set(), &old_); }
+  SigpipeBlock(const SigpipeBlock&) = delete;
+  SigpipeBlock& operator=(const SigpipeBlock&) = delete;
+  ~SigpipeBlock() {
+    if (sigismember(&old_, SIGPIPE)) return;  // the caller had it blocked: leave what is pending to it
+    sigset_t pending;
+    sigemptyset(&pending);
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+      const timespec now{};
+      sigtimedwait(&pipe_set(), nullptr, &now);
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  static const sigset_t& pipe_set() {
+    static const sigset_t set = [] {
+      sigset_t s;
+      sigemptyset(&s);
+      sigaddset(&s, SIGPIPE);
+      return s;
+    }();
+    return set;
+  }
+  sigset_t old_{};
+};
 
 /// Every rank's bytes, in rank order, given this rank's: the one collective a mesh needs.
 using GlooExchange = std::function<std::vector<std::vector<char>>(const std::vector<char>&)>;
@@ -74,6 +111,7 @@ inline std::shared_ptr<::gloo::transport::Device> make_gloo_device(const std::st
   if (attr.iface.empty())
     attr.hostname = hostname.empty() ? env_or("TP_GLOO_HOSTNAME", "127.0.0.1") : hostname;
   try {
+    const SigpipeBlock inherited_by_the_io_thread;
     return ::gloo::transport::tcp::CreateDevice(attr);
   } catch (const std::exception& e) {
     TP_THROW(CommError, "GlooCommunicator: cannot open a TCP device on {} '{}': {}",
