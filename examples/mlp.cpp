@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   bool ok = true;
   try {
     tp::launch({.backend = backend, .world = world}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
-      tp::Context<> ctx(comm);
+      tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));  // one BLAS thread per rank
       const tp::Cpu& dev = *ctx.device;
       tp::ColumnParallelLinear<float> fc1(ctx, hidden, ffn, {.name = "fc1", .seed = seed});
       tp::RowParallelLinear<float> fc2(ctx, ffn, hidden, {.name = "fc2", .seed = seed});

@@ -80,7 +80,8 @@ int main(int argc, char** argv) {
   try {
     const tiny_lm::TextData data(data_path);
     tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
-      tp::Context<> ctx(comm);
+      // One BLAS thread per rank, asked for explicitly: the ranks already share the cores.
+      tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));
       const bool lead = comm->rank() == 0;
       tiny_lm::Trainer<float> trainer(ctx, model, train);
       if (!resume.empty()) trainer.load(resume);

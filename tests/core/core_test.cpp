@@ -71,8 +71,14 @@ TEST(CpuDevice, GemmAgreesWithReferenceForEveryTransposeAndStride) {
   const ConstView<double> av = big_a.view().block(1, 2, 6, 5), bv = big_b.view().block(0, 1, 5, 7);
   cpu.gemm(Op::n, Op::n, 1.0, av, bv, 0.0, c.view());
   TP_EXPECT_CLOSE(double, c, want);
-  cpu.gemm(Op::t, Op::t, 2.0, ConstView<double>(at), ConstView<double>(bt), -1.0, c.view());  // 2AB - AB
-  TP_EXPECT_CLOSE(double, c, want);
+  // alpha and beta against a C unrelated to AB, so that a GEMM ignoring either gives another result
+  // (with C = AB, 2AB - C = AB passes whatever alpha and beta do).
+  const auto c0 = ref::random_matrix<double>(6, 7, ref::test_seed(3));
+  ref::Matrix want_ab = want;
+  for (std::size_t i = 0; i < want_ab.data.size(); ++i) want_ab.data[i] = 2 * want.data[i] - 0.5 * c0.data[i];
+  auto c1 = ref::to_tensor<double>(c0);
+  cpu.gemm(Op::t, Op::t, 2.0, ConstView<double>(at), ConstView<double>(bt), -0.5, c1.view());
+  TP_EXPECT_CLOSE(double, c1, want_ab);
   try {
     cpu.gemm(Op::n, Op::t, 1.0, av, bv, 0.0, c.view());
     FAIL();

@@ -112,6 +112,35 @@ TEST(TrainTinyLm, ResumeContinuesTheSameRun) {
   fs::remove_all(dir);
 }
 
+/// TP 3 with an odd vocabulary: the byte vocabulary plus one unused id (257: 86, 86, 85 columns of
+/// the LM head and rows of the embedding per rank), an ffn of 100 (34, 33, 33), 6 query heads and
+/// 3 kv heads (two and one per rank); the losses agree with TP 1 as at TP 2 and 4.
+TEST(TrainTinyLm, LossesAgreeAtTp3WithAnOddVocabulary) {
+  const ModelConfig model{.vocab = 257,
+                          .hidden = 30,
+                          .heads = 6,
+                          .kv_heads = 3,
+                          .layers = 2,
+                          .ffn = 100,
+                          .seq_len = 16,
+                          .batch = 4,
+                          .seed = 7};
+  auto run = [&](int world) {
+    std::vector<std::vector<double>> losses(static_cast<std::size_t>(world));
+    tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
+      Trainer<float> trainer(tp::Context<>(comm), model, tiny_train());
+      while (trainer.steps_done() < kSteps) losses[comm->rank()].push_back(trainer.step(text()).loss);
+    });
+    for (int r = 1; r < world; ++r) EXPECT_EQ(losses[r], losses[0]) << "rank " << r << " of " << world;
+    return losses[0];
+  };
+  const auto tp1 = run(1);
+  ASSERT_EQ(tp1.size(), std::size_t{kSteps});
+  EXPECT_GT(tp1.front(), 5.0);  // near ln(257)
+  EXPECT_LT(tp1.back(), tp1.front() - 0.5);
+  expect_close(run(3), tp1, "TP 3 vs TP 1, vocab 257");
+}
+
 TEST(TrainTinyLm, BatchesDependOnSeedAndStepOnly) {
   tp::Tensor<std::int64_t, tp::Cpu> a(4, 16), ta(4, 16), b(4, 16), tb(4, 16);
   text().batch(7, 3, a.view(), ta.view());

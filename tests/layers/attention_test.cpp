@@ -88,6 +88,41 @@ TYPED_TEST(Attention, MatchesReference) {
       }
 }
 
+/// Replicated kv heads whose two kv widths exceed hidden (head_dim 3: 6 > 4 at world 4), so the kv
+/// bias gradient cannot ride in the weight's all-reduce and takes its own.
+TYPED_TEST(Attention, ReplicatedKvBiasWiderThanHidden) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t hidden = 4, heads = 4, kv_heads = 2, d = 3, seq = 3, tokens = 2 * seq;
+  const std::int64_t qkv_rows = (heads + 2 * kv_heads) * d;
+  const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+  const auto w_qkv =
+      test::rounded<T>(ref::random_scaled<double>(qkv_rows, hidden, ref::test_seed(2), 1 / std::sqrt(double(hidden))));
+  const auto b_qkv = test::random_matrix<T>(1, qkv_rows, ref::test_seed(3));
+  const auto w_o = test::rounded<T>(
+      ref::random_scaled<double>(hidden, heads * d, ref::test_seed(4), 1 / std::sqrt(double(heads * d))));
+  const auto b_o = test::random_matrix<T>(1, hidden, ref::test_seed(5));
+  const auto dy = test::random_matrix<T>(tokens, hidden, ref::test_seed(6));
+  const auto want = ref::attention(x, w_qkv, b_qkv, w_o, b_o, dy, heads, kv_heads, d, seq, true, true);
+  const test::HostMatrix<T> w_qkv_h(w_qkv), b_qkv_h(b_qkv), w_o_h(w_o), b_o_h(b_o);
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    if (!splittable(heads, kv_heads, comm->size())) return;
+    auto dev = std::make_shared<Dev>();
+    ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads, {.head_dim = d});
+    EXPECT_EQ(attn.kv_replicas(), comm->size() > kv_heads ? comm->size() / kv_heads : 1);
+    attn.load_full(w_qkv_h.view(), b_qkv_h.view(), w_o_h.view(), b_o_h.view());
+    const auto x_d = upload<T>(dev, x), dy_d = upload<T>(dev, dy);
+    TP_EXPECT_CLOSE(T, download(*dev, attn.forward(x_d.view(), seq)), want.y);
+    TP_EXPECT_CLOSE(T, download(*dev, attn.backward(dy_d.view())), want.dx);
+    test::expect_grads<T>(*dev, attn.parameters(),
+                          {{"attention.qkv.weight", &want.dw_qkv},
+                           {"attention.qkv.bias", &want.db_qkv},
+                           {"attention.dense.weight", &want.dw_o},
+                           {"attention.dense.bias", &want.db_o}});
+  });
+}
+
 /// Two steps accumulate, also for replicated kv heads (whose step gradient is summed over replicas).
 TYPED_TEST(Attention, GradientsAccumulateAcrossSteps) {
   using T = TypeParam;

@@ -82,7 +82,8 @@ TYPED_TEST(AdamWTyped, ShardedUpdatesMatchTheReferenceLoopAtEveryWorldSize) {
                 Tensor<T, Dev>(dev, r.size(), c.size()),
                 {}};
         dev->fill(o.grad.view(), T(0));
-        o.p = {std::move(name), o.value.view(), o.grad.view(), full.rows, full.cols, r, c};
+        // The vector is flagged like a bias: no decay unless decay_vectors.
+        o.p = {std::move(name), o.value.view(), o.grad.view(), full.rows, full.cols, r, c, 0, full.rows > 1};
         return o;
       };
       Owned by_rows = make("a", w0, rr, {0, cols}), by_cols = make("b", w0, {0, rows}, cr),

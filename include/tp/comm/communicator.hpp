@@ -64,17 +64,20 @@ class Communicator {
   /// recv = op over ranks of send; send == recv is in place.
   void all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op = ReduceOp::sum,
                   Stream stream = nullptr) {
+    check_enums(dtype, op, "all_reduce");
     verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count});
     do_all_reduce(send, recv, count, dtype, op, stream);
   }
   std::unique_ptr<Work> all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype,
                                          ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
+    check_enums(dtype, op, "all_reduce_async");
     verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count});
     return do_all_reduce_async(send, recv, count, dtype, op, stream);
   }
 
   /// recv holds size() blocks of `count` elements, rank r's send in block r.
   void all_gather(const void* send, void* recv, std::size_t count, DType dtype, Stream stream = nullptr) {
+    check_enums(dtype, ReduceOp::sum, "all_gather");
     verify({.op = Collective::all_gather, .dtype = dtype, .count = count});
     const std::vector<std::size_t> counts(size(), count);
     do_all_gather_v(send, recv, counts, dtype, stream);
@@ -83,6 +86,7 @@ class Communicator {
   void all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                     Stream stream = nullptr) {
     check_counts(counts, "all_gather_v");
+    check_enums(dtype, ReduceOp::sum, "all_gather_v");
     verify({.op = Collective::all_gather_v, .dtype = dtype, .count = total(counts),
             .counts_hash = detail::hash_counts(counts)});
     do_all_gather_v(send, recv, counts, dtype, stream);
@@ -91,6 +95,7 @@ class Communicator {
   /// send holds size() blocks of `count`; rank r receives block r reduced over ranks.
   void reduce_scatter(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op = ReduceOp::sum,
                       Stream stream = nullptr) {
+    check_enums(dtype, op, "reduce_scatter");
     verify({.op = Collective::reduce_scatter, .dtype = dtype, .reduce = op, .count = count});
     const std::vector<std::size_t> counts(size(), count);
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
@@ -99,6 +104,7 @@ class Communicator {
   void reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                         ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
     check_counts(counts, "reduce_scatter_v");
+    check_enums(dtype, op, "reduce_scatter_v");
     verify({.op = Collective::reduce_scatter_v, .dtype = dtype, .reduce = op, .count = total(counts),
             .counts_hash = detail::hash_counts(counts)});
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
@@ -106,6 +112,7 @@ class Communicator {
 
   void broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream = nullptr) {
     TP_CHECK(root >= 0 && root < size(), "broadcast root {} is outside world size {}", root, size());
+    check_enums(dtype, ReduceOp::sum, "broadcast");
     verify({.op = Collective::broadcast, .dtype = dtype, .root = root, .count = count});
     do_broadcast(buffer, count, dtype, root, stream);
   }
@@ -186,6 +193,11 @@ class Communicator {
   }
 
  private:
+  /// A DType or ReduceOp cast from an out-of-range integer would fall through the backends' switches.
+  static void check_enums(DType dtype, ReduceOp op, const char* what) {
+    TP_CHECK(valid(dtype), "{}: dtype {} is not a tp::DType", what, static_cast<unsigned>(dtype));
+    TP_CHECK(valid(op), "{}: reduce op {} is not a tp::ReduceOp", what, static_cast<unsigned>(op));
+  }
   /// Exchanges this call's signature and throws CommError on every rank if any rank differs.
   void verify(const detail::CallSignature& call) {
     if (!verify_ || size() <= 1) return;

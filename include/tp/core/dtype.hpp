@@ -12,6 +12,11 @@ enum class DType : std::uint8_t { f32, f64, f16, bf16, i32, i64, u8 };
 
 enum class ReduceOp : std::uint8_t { sum, prod, min, max };
 
+/// Whether the value is one of the named ones: an enum cast from an out-of-range integer is not,
+/// and would fall through every switch below.
+constexpr bool valid(DType t) { return static_cast<unsigned>(t) <= static_cast<unsigned>(DType::u8); }
+constexpr bool valid(ReduceOp op) { return static_cast<unsigned>(op) <= static_cast<unsigned>(ReduceOp::max); }
+
 constexpr std::size_t size_of(DType t) {
   switch (t) {
     case DType::f64:

@@ -14,6 +14,10 @@ enum class Op : std::uint8_t { n, t };
 /// GELU as Megatron offers it: exact (erf) or the tanh approximation.
 enum class Gelu : std::uint8_t { exact, tanh };
 
+/// Whether the value is one of the named ones (an enum cast from an out-of-range integer is not).
+constexpr bool valid(Op op) { return op == Op::n || op == Op::t; }
+constexpr bool valid(Gelu kind) { return kind == Gelu::exact || kind == Gelu::tanh; }
+
 /// What a fused GEMM applies to the product before it is stored, in row-major terms (tp::Cuda runs
 /// them inside cuBLASLt; tp::Cpu runs the GEMM, then the element-wise step).
 enum class Epilogue : std::uint8_t {

@@ -24,6 +24,10 @@ struct Parameter {
   /// replicated over world / kv_heads ranks). Global reductions such as gradient norms count copy
   /// 0 only, so the result does not depend on the TP degree.
   int copy = 0;
+  /// Whether AdamW's weight decay applies: true for weight matrices and embeddings, false for
+  /// biases and norm weights (Megatron's rule). Set by the layer that owns the parameter, never
+  /// guessed from the shape: a [1, in] weight (one output feature) is a matrix all the same.
+  bool weight_decay = true;
 
   bool sharded() const { return rows.size() != full_rows || cols.size() != full_cols; }
 };
@@ -74,6 +78,8 @@ void init_from_index(const Device& device, const Parameter<T>& p, std::uint64_t 
 /// tensor): the same full tensor whatever the world size.
 template <class T, class Device>
 void init_uniform(const Device& device, const Parameter<T>& p, std::uint64_t seed, double bound) {
+  TP_CHECK(std::isfinite(bound) && bound >= 0.0, "{}: init_uniform needs a finite, non-negative bound, got {}", p.name,
+           bound);
   detail::init_from_index(device, p, seed,
                           [&](const Philox& rng, std::uint64_t i) { return (2.0 * rng.uniform(i) - 1.0) * bound; });
 }
@@ -84,7 +90,9 @@ void init_uniform(const Device& device, const Parameter<T>& p, std::uint64_t see
 template <class T, class Device>
 void init_normal(const Device& device, const Parameter<T>& p, std::uint64_t seed, double std = 0.02,
                  double mean = 0.0) {
-  TP_CHECK(std >= 0.0, "{}: init_normal needs a non-negative std, got {}", p.name, std);
+  TP_CHECK(std::isfinite(std) && std >= 0.0 && std::isfinite(mean),
+           "{}: init_normal needs a finite, non-negative std and a finite mean, got std {} and mean {}", p.name, std,
+           mean);
   detail::init_from_index(device, p, seed,
                           [&](const Philox& rng, std::uint64_t i) { return mean + std * double(rng.normal(i)); });
 }
@@ -92,6 +100,7 @@ void init_normal(const Device& device, const Parameter<T>& p, std::uint64_t seed
 /// Megatron's scaled_init_method_normal for output projections: std / sqrt(2 * layers).
 inline double scaled_init_std(double std, std::int64_t num_layers) {
   TP_CHECK(num_layers > 0, "scaled_init_std: num_layers must be positive, got {}", num_layers);
+  TP_CHECK(std::isfinite(std) && std >= 0.0, "scaled_init_std: std must be finite and non-negative, got {}", std);
   return std / std::sqrt(2.0 * static_cast<double>(num_layers));
 }
 

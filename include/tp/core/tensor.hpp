@@ -22,7 +22,17 @@ struct MatrixView {
 
   constexpr MatrixView() = default;
   constexpr MatrixView(T* d, std::int64_t r, std::int64_t c) : MatrixView(d, r, c, c) {}
-  constexpr MatrixView(T* d, std::int64_t r, std::int64_t c, std::int64_t l) : data(d), rows(r), cols(c), ld(l) {}
+  /// Checked: a negative shape, rows that overlap (ld < cols), a shape whose extent overflows
+  /// int64, or no data behind a nonzero shape would let every later op read or write garbage.
+  constexpr MatrixView(T* d, std::int64_t r, std::int64_t c, std::int64_t l) : data(d), rows(r), cols(c), ld(l) {
+    std::int64_t extent = 0;
+    TP_CHECK(r >= 0 && c >= 0, "view shape {}x{} is negative", r, c);
+    TP_CHECK(l >= c || r <= 1, "view of {}x{} has leading dimension {} < {} columns: its rows would overlap", r, c, l,
+             c);
+    TP_CHECK(!__builtin_mul_overflow(r, l > c ? l : c, &extent),
+             "view of {}x{} with leading dimension {} spans more elements than int64 counts", r, c, l);
+    TP_CHECK(d != nullptr || r == 0 || c == 0, "view of {}x{} has no data (a null pointer)", r, c);
+  }
   /// A view of mutable elements converts to a view of const ones.
   template <class U>
     requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
@@ -81,7 +91,10 @@ class Tensor {
   void resize(std::int64_t rows, std::int64_t cols) {
     TP_CHECK(rows >= 0 && cols >= 0, "tensor shape {}x{} is negative", rows, cols);
     TP_CHECK(device_ != nullptr, "tensor of {}x{} has no device", rows, cols);
-    const std::int64_t n = rows * cols;
+    std::int64_t n = 0;
+    TP_CHECK(!__builtin_mul_overflow(rows, cols, &n) &&
+                 static_cast<std::uint64_t>(n) <= static_cast<std::uint64_t>(INT64_MAX) / sizeof(T),
+             "tensor of {}x{} elements of {} bytes is larger than memory can address", rows, cols, sizeof(T));
     if (n > capacity_) {
       release();
       data_ = device_->template allocate<T>(n);
@@ -94,6 +107,9 @@ class Tensor {
   std::int64_t rows() const { return rows_; }
   std::int64_t cols() const { return cols_; }
   std::int64_t size() const { return rows_ * cols_; }
+  /// Elements allocated. A resize within the capacity keeps the memory (views taken before still
+  /// point at it, showing the new contents); one beyond it reallocates, and those views dangle.
+  std::int64_t capacity() const { return capacity_; }
   bool empty() const { return size() == 0; }
   T* data() { return data_; }
   const T* data() const { return data_; }

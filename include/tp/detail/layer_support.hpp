@@ -2,16 +2,54 @@
 /// Pieces the parallel layers share: shape checks, collectives on matrices, column gathers.
 
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tp/core/context.hpp"
+#include "tp/core/grad_mode.hpp"
 #include "tp/core/ops.hpp"
 #include "tp/core/partition.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/ops/linear.hpp"
 
 namespace tp::detail {
+
+/// Counts the forwards a layer's one saved activation has seen since its last backward, so that a
+/// backward never differentiates an input other than the one it belongs to. Forward, forward,
+/// backward (two micro-batches in flight, a layer shared by two places, recomputation run too
+/// early) would otherwise use the second input for both: it throws instead. A forward under
+/// tp::NoGrad replaces the saved input too, and leaves nothing to differentiate. A backward uses
+/// up its forward, also when it throws (a wrong gradient shape): run the forward again.
+class SavedActivation {
+ public:
+  void on_forward() {
+    // Saturates: a forward-only loop (inference) runs any number of forwards.
+    if (!grad_enabled())
+      pending_ = 0;
+    else if (pending_ < std::numeric_limits<int>::max())
+      ++pending_;
+  }
+  void on_backward(const std::string& layer) {
+    const int pending = std::exchange(pending_, 0);
+    TP_CHECK(pending != 0,
+             "{}: backward called before forward: nothing to differentiate (no forward yet, its backward already "
+             "ran, or a forward under tp::NoGrad replaced the saved input)",
+             layer);
+    TP_CHECK(pending == 1,
+             "{}: backward after {} forwards: the layer saves only the last forward's input, so the earlier ones "
+             "cannot be differentiated; run forward and backward in pairs (micro-batches, recomputation), and "
+             "forwards that need no backward under tp::NoGrad",
+             layer, pending);
+  }
+  /// Marks the saved input as used, as a backward does: a composite layer whose own backward
+  /// refused calls this on its parts, which saw the same forwards.
+  void forget() { pending_ = 0; }
+
+ private:
+  int pending_ = 0;
+};
 
 /// Makes `t` a rows x cols tensor on `ctx`'s device, allocating only when it must grow.
 template <class T, class Device>

@@ -86,6 +86,7 @@ class ColumnParallelLinear {
     const bool add_bias = options_.bias && !options_.skip_bias_add;
     detail::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{},
                               y);
+    saved_.on_forward();
     if (!options_.gather_output) return shard_out_;
     detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, tokens, out_));
     return full_out_;
@@ -95,7 +96,7 @@ class ColumnParallelLinear {
   /// gradients, and returns dL/dX [tokens, in], all-reduced over the group (under sequence_parallel:
   /// reduce-scattered, this rank's [partition(tokens).size(), in] rows).
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
-    TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
+    saved_.on_backward(options_.name);
     const std::int64_t tokens = input_.rows(), width = options_.gather_output ? out_ : options_.stacked * range_.size();
     TP_CHECK(grad_output.rows == tokens && grad_output.cols == width,
              "{}: output gradient is {}x{}, expected {}x{} (rank {} of {})", options_.name, grad_output.rows,
@@ -115,6 +116,9 @@ class ColumnParallelLinear {
     return grad_input_;
   }
 
+  /// Marks the saved input as used without a backward: the next backward needs a new forward.
+  void forget_forward() { saved_.forget(); }
+
   void zero_grad() {
     ctx_.device->fill(weight_grad_.view(), T(0));
     if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
@@ -133,8 +137,15 @@ class ColumnParallelLinear {
     if (options_.bias)
       for (std::int64_t i = 0; i < options_.stacked; ++i) {
         const Range cols{i * height + range_.begin, i * height + range_.end};
-        ps.push_back({options_.name + ".bias", bias_.view().cols_range(i * n, n), bias_grad_.view().cols_range(i * n, n),
-                      1, out_, {0, 1}, cols});
+        ps.push_back({options_.name + ".bias",
+                      bias_.view().cols_range(i * n, n),
+                      bias_grad_.view().cols_range(i * n, n),
+                      1,
+                      out_,
+                      {0, 1},
+                      cols,
+                      0,
+                      false});
       }
     return ps;
   }
@@ -165,6 +176,7 @@ class ColumnParallelLinear {
   Range range_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, shard_out_, full_out_, gather_scratch_, grad_input_, grad_full_;
+  detail::SavedActivation saved_;
 };
 
 }  // namespace tp

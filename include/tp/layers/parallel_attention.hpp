@@ -121,13 +121,21 @@ class ParallelAttention {
     tp::ops::attention_forward(
         dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
         ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, lse, out);
-    return dense_.forward(out);
+    const auto& y = dense_.forward(out);
+    saved_.on_forward();
+    return y;
   }
 
   /// dL/dY (shaped as forward's output) -> dL/dX (shaped as forward's input); accumulates every
   /// weight gradient.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
-    TP_CHECK(!qkv_.empty(), "{}: backward called before forward", options_.name);
+    try {
+      saved_.on_backward(options_.name);
+    } catch (...) {
+      // The parts saw the same forwards: without a backward of their own they would still count them.
+      dense_.forget_forward();
+      throw;
+    }
     const Device& dev = *ctx_.device;
     const auto& d_context = dense_.backward(grad_output);
     const std::int64_t tokens = qkv_.rows();
@@ -228,6 +236,8 @@ class ParallelAttention {
     TP_CHECK(kv_heads_ % world == 0 || world % kv_heads_ == 0,
              "{}: kv_heads = {} cannot be split over world size {} nor replicated across it (one must divide the "
              "other)", options_.name, kv_heads_, world);
+    TP_CHECK(options_.head_dim >= 0, "{}: head_dim must be positive (or 0: hidden / heads), got {}", options_.name,
+             options_.head_dim);
     TP_CHECK(options_.head_dim > 0 || hidden_ % heads_ == 0,
              "{}: hidden = {} is not a multiple of heads = {}; pass head_dim", options_.name, hidden_, heads_);
     return options_.head_dim > 0 ? options_.head_dim : hidden_ / heads_;
@@ -250,9 +260,15 @@ class ParallelAttention {
                     {0, hidden_}, copies[i]});
     if (options_.bias)
       for (int i = 0; i < 3; ++i)
-        ps.push_back({options_.name + ".qkv.bias", bias_.view().cols_range(offsets[i], blocks[i].size()),
-                      bias_grad_.view().cols_range(offsets[i], blocks[i].size()), 1, full, {0, 1}, blocks[i],
-                      copies[i]});
+        ps.push_back({options_.name + ".qkv.bias",
+                      bias_.view().cols_range(offsets[i], blocks[i].size()),
+                      bias_grad_.view().cols_range(offsets[i], blocks[i].size()),
+                      1,
+                      full,
+                      {0, 1},
+                      blocks[i],
+                      copies[i],
+                      false});
     return ps;
   }
 
@@ -267,6 +283,7 @@ class ParallelAttention {
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, qkv_, context_, grad_qkv_, kv_grad_, kv_bias_grad_, grad_input_, grad_full_;
   Tensor<tp::ops::AttentionStat<T>, Device> lse_;  // attention_forward's per-row log-sum-exp
+  detail::SavedActivation saved_;
 };
 
 }  // namespace tp

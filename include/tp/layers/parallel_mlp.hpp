@@ -45,18 +45,26 @@ class ParallelMLP {
       : ctx_(ctx),
         options_(std::move(options)),
         fc1_(ctx, hidden, gated() ? 2 * ffn : ffn,
-             {.bias = options_.bias, .name = options_.name + ".fc1", .seed = options_.seed,
-              .sequence_parallel = options_.sequence_parallel, .stacked = gated() ? 2 : 1}),
+             {.bias = options_.bias,
+              .name = options_.name + ".fc1",
+              .seed = options_.seed,
+              .sequence_parallel = options_.sequence_parallel,
+              .stacked = gated() ? 2 : 1}),
         fc2_(ctx, ffn, hidden,
-             {.bias = options_.bias, .name = options_.name + ".fc2", .seed = options_.seed,
-              .sequence_parallel = options_.sequence_parallel}) {}
+             {.bias = options_.bias,
+              .name = options_.name + ".fc2",
+              .seed = options_.seed,
+              .sequence_parallel = options_.sequence_parallel}) {
+    TP_CHECK(options_.activation == Activation::gelu_exact || options_.activation == Activation::gelu_tanh ||
+                 options_.activation == Activation::swiglu,
+             "{}: activation {} is not a tp::Activation", options_.name, static_cast<unsigned>(options_.activation));
+  }
 
   /// [tokens, hidden] -> [tokens, hidden], the same on every rank; under sequence_parallel both are
   /// this rank's rows partition(tokens) and `tokens` is the full count.
   const Tensor<T, Device>& forward(ConstView<T> x, std::int64_t tokens = -1) {
     const Device& dev = *ctx_.device;
     const auto& h = fc1_.forward(x, tokens);
-    forwarded_ = true;
     MatrixView<T> a = detail::ensure(act_, ctx_, h.rows(), fc2_.input_range().size());
     switch (options_.activation) {
       case Activation::gelu_exact:
@@ -69,14 +77,23 @@ class ParallelMLP {
         tp::ops::swiglu(dev, h.view(), a);
         break;
     }
-    return fc2_.forward(a);
+    const auto& y = fc2_.forward(a);
+    saved_.on_forward();
+    return y;
   }
 
   /// dL/dY -> dL/dX (shapes as forward's output and input); accumulates every weight gradient.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    try {
+      saved_.on_backward(options_.name);
+    } catch (...) {
+      // The parts saw the same forwards: without a backward of their own they would still count them.
+      fc1_.forget_forward();
+      fc2_.forget_forward();
+      throw;
+    }
     const Device& dev = *ctx_.device;
     const auto& da = fc2_.backward(grad_output);
-    TP_CHECK(forwarded_, "{}: backward called before forward", options_.name);
     // fc1 keeps its last output, the activation's input, so it needs no copy here.
     const Tensor<T, Device>& h = fc1_.output();
     MatrixView<T> dh = detail::ensure(grad_h_, ctx_, h.rows(), h.cols());
@@ -125,7 +142,7 @@ class ParallelMLP {
   Options options_;
   ColumnParallelLinear<T, Device> fc1_;
   RowParallelLinear<T, Device> fc2_;
-  bool forwarded_ = false;
+  detail::SavedActivation saved_;
   Tensor<T, Device> act_, grad_h_;
 };
 

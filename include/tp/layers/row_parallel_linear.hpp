@@ -64,9 +64,12 @@ class RowParallelLinear {
              options_.name, x.rows, x.cols, width, ctx_.rank(), ctx_.world());
     const ConstView<T> xr = options_.input_is_parallel ? x : x.cols_range(range_.begin, range_.size());
     const Device& dev = *ctx_.device;
-    dev.copy(xr, detail::ensure(input_, ctx_, x.rows, range_.size()));
+    // Multiply the saved copy, never the caller's buffer: x may be this layer's own output (a
+    // square layer applied twice), which the GEMM below overwrites.
+    const MatrixView<T> saved = detail::ensure(input_, ctx_, x.rows, range_.size());
+    dev.copy(xr, saved);
     MatrixView<T> y = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, x.rows, out_);
-    dev.gemm(Op::n, Op::t, T(1), xr, weight_.view(), T(0), y);
+    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(saved), weight_.view(), T(0), y);
     if (options_.sequence_parallel) {
       const Range mine = partition(x.rows, ctx_.world(), ctx_.rank());
       MatrixView<T> shard = detail::ensure(output_, ctx_, mine.size(), out_);
@@ -76,6 +79,7 @@ class RowParallelLinear {
       detail::all_reduce_sum(ctx_, y);
     }
     if (options_.bias && !options_.skip_bias_add) tp::ops::add_bias(dev, y, bias_.view());
+    saved_.on_forward();
     return output_;
   }
 
@@ -83,7 +87,7 @@ class RowParallelLinear {
   /// weight and bias gradients, and returns dL/dX_r [tokens, in_r], or the gathered [tokens, in]
   /// when the layer took the full input.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
-    TP_CHECK(!input_.empty(), "{}: backward called before forward", options_.name);
+    saved_.on_backward(options_.name);
     const std::int64_t tokens = input_.rows();
     const std::int64_t rows = options_.sequence_parallel ? partition(tokens, ctx_.world(), ctx_.rank()).size() : tokens;
     TP_CHECK(grad_output.rows == rows && grad_output.cols == out_, "{}: output gradient is {}x{}, expected {}x{}",
@@ -103,6 +107,9 @@ class RowParallelLinear {
     return grad_full_;
   }
 
+  /// Marks the saved input as used without a backward: the next backward needs a new forward.
+  void forget_forward() { saved_.forget(); }
+
   void zero_grad() {
     ctx_.device->fill(weight_grad_.view(), T(0));
     if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));
@@ -112,7 +119,8 @@ class RowParallelLinear {
   std::vector<Parameter<T>> parameters() {
     std::vector<Parameter<T>> ps{{options_.name + ".weight", weight_.view(), weight_grad_.view(), out_, in_,
                                   {0, out_}, range_}};
-    if (options_.bias) ps.push_back({options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, out_, {0, 1}, {0, out_}});
+    if (options_.bias)
+      ps.push_back({options_.name + ".bias", bias_.view(), bias_grad_.view(), 1, out_, {0, 1}, {0, out_}, 0, false});
     return ps;
   }
 
@@ -141,6 +149,7 @@ class RowParallelLinear {
   Range range_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, output_, full_, grad_shard_, grad_full_, gather_scratch_;
+  detail::SavedActivation saved_;
 };
 
 }  // namespace tp

@@ -6,8 +6,11 @@
 /// exp(x - max), the target logit (from the rank that holds it) and the sum of (x - max), from
 /// which the loss follows. Everything is relative to the max, so logits of 1e4 lose nothing.
 ///
-/// Label smoothing as torch.nn.CrossEntropyLoss(label_smoothing = s): the target distribution is
-/// (1 - s) one_hot + s / vocab, so loss = (1 - s) (lse - x_target) + s (lse - mean_j x_j).
+/// Label smoothing as torch.nn.CrossEntropyLoss(label_smoothing = s) by default: the target
+/// distribution is (1 - s) one_hot + s / vocab (the target keeps 1 - s + s / vocab), so loss =
+/// (1 - s) (lse - x_target) + s (lse - mean_j x_j). With `megatron_label_smoothing`, Megatron's
+/// vocab_parallel_cross_entropy instead: the target keeps exactly 1 - s and the other vocab - 1
+/// classes share s, which is torch's formula with s vocab / (vocab - 1) in place of s.
 /// Tokens whose target is `ignore_index` get loss 0 and gradient 0.
 ///
 /// The loss is per token ([tokens, 1]); the caller reduces it (a mean over the tokens that are not
@@ -28,6 +31,9 @@ namespace tp {
 struct VocabParallelCrossEntropyOptions {
   std::int64_t ignore_index = -100;
   double label_smoothing = 0.0;
+  /// Megatron's convention for label_smoothing (s spread over the vocab - 1 other classes) instead
+  /// of torch's (s spread over all vocab classes).
+  bool megatron_label_smoothing = false;
   std::string name = "cross_entropy";
 };
 
@@ -41,6 +47,12 @@ class VocabParallelCrossEntropy {
     range_ = partition_nonempty(vocab_, ctx_.world(), ctx_.rank(), "vocab");
     TP_CHECK(options_.label_smoothing >= 0.0 && options_.label_smoothing <= 1.0,
              "{}: label_smoothing must be in [0, 1], got {}", options_.name, options_.label_smoothing);
+    TP_CHECK(!options_.megatron_label_smoothing || options_.label_smoothing == 0.0 || vocab_ > 1,
+             "{}: Megatron's label smoothing spreads {} over the other classes, and a vocabulary of {} has none",
+             options_.name, options_.label_smoothing, vocab_);
+    smoothing_ = options_.megatron_label_smoothing && options_.label_smoothing > 0.0
+                     ? options_.label_smoothing * static_cast<double>(vocab_) / static_cast<double>(vocab_ - 1)
+                     : options_.label_smoothing;
     TP_CHECK(options_.ignore_index < 0 || options_.ignore_index >= vocab_,
              "{}: ignore_index {} is a valid token id of the vocabulary [0, {})", options_.name, options_.ignore_index,
              vocab_);
@@ -74,18 +86,18 @@ class VocabParallelCrossEntropy {
                                     ConstView<T>(max), stats);
     detail::all_reduce_sum(ctx_, stats);
     tp::ops::cross_entropy_loss(dev, ConstView<double>(stats), ConstView<std::int64_t>(saved), vocab_,
-                                options_.ignore_index, options_.label_smoothing,
-                                detail::ensure(loss_, ctx_, tokens, 1));
+                                options_.ignore_index, smoothing_, detail::ensure(loss_, ctx_, tokens, 1));
+    saved_.on_forward();
     return loss_;
   }
 
   /// Takes dL/d loss [tokens, 1] and returns dL/d logits [tokens, vocab_r]; no communication.
   const Tensor<T, Device>& backward(ConstView<T> grad_loss) {
-    TP_CHECK(!logits_.empty(), "{}: backward called before forward", options_.name);
+    saved_.on_backward(options_.name);
     TP_CHECK(grad_loss.rows == logits_.rows() && grad_loss.cols == 1, "{}: loss gradient is {}x{}, expected {}x1",
              options_.name, grad_loss.rows, grad_loss.cols, logits_.rows());
     tp::ops::cross_entropy_backward(*ctx_.device, logits_.view(), targets_.view(), range_.begin, max_.view(),
-                                    stats_.view(), grad_loss, vocab_, options_.ignore_index, options_.label_smoothing,
+                                    stats_.view(), grad_loss, vocab_, options_.ignore_index, smoothing_,
                                     detail::ensure(grad_logits_, ctx_, logits_.rows(), range_.size()));
     return grad_logits_;
   }
@@ -111,9 +123,11 @@ class VocabParallelCrossEntropy {
   std::int64_t vocab_;
   Options options_;
   Range range_;
+  double smoothing_ = 0.0;  ///< torch's s for the ops, whichever convention the options name
   Tensor<T, Device> logits_, max_, loss_, grad_logits_;
   Tensor<double, Device> stats_;  ///< double whatever T (see Cpu::cross_entropy_stats)
   Tensor<std::int64_t, Device> targets_;
+  detail::SavedActivation saved_;
 };
 
 }  // namespace tp

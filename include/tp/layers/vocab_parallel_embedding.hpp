@@ -40,6 +40,8 @@ class VocabParallelEmbedding {
   VocabParallelEmbedding(Context<Device> ctx, std::int64_t vocab, std::int64_t hidden, Options options = {})
       : ctx_(std::move(ctx)), vocab_(vocab), hidden_(hidden), options_(std::move(options)) {
     TP_CHECK(hidden_ > 0, "{}: hidden must be positive, got {}", options_.name, hidden_);
+    TP_CHECK(std::isfinite(options_.init_std) && options_.init_std >= 0.0,
+             "{}: init_std must be finite and non-negative, got {}", options_.name, options_.init_std);
     range_ = partition_nonempty(vocab_, ctx_.world(), ctx_.rank(), "vocab");
     weight_ = Tensor<T, Device>(ctx_.device, range_.size(), hidden_);
     weight_grad_ = Tensor<T, Device>(ctx_.device, range_.size(), hidden_);
@@ -65,6 +67,7 @@ class VocabParallelEmbedding {
     dev.copy(ConstView<std::int64_t>(ids.data, 1, tokens), saved);
     MatrixView<T> local = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, tokens, hidden_);
     tp::ops::embedding_forward(dev, ConstView<std::int64_t>(saved), weight_.view(), range_.begin, local);
+    saved_.on_forward();
     if (!options_.sequence_parallel) {
       detail::all_reduce_sum(ctx_, local);
       return output_;
@@ -77,7 +80,7 @@ class VocabParallelEmbedding {
   /// Takes dL/dY ([tokens, hidden], or this rank's rows under sequence_parallel) and accumulates the
   /// table gradient of this rank's rows. Ids have no gradient.
   void backward(ConstView<T> grad_output) {
-    TP_CHECK(!ids_.empty(), "{}: backward called before forward", options_.name);
+    saved_.on_backward(options_.name);
     const std::int64_t tokens = ids_.cols();
     const std::int64_t rows = options_.sequence_parallel ? partition(tokens, ctx_.world(), ctx_.rank()).size() : tokens;
     TP_CHECK(grad_output.rows == rows && grad_output.cols == hidden_,
@@ -126,6 +129,7 @@ class VocabParallelEmbedding {
   Range range_;
   Tensor<T, Device> weight_, weight_grad_, output_, full_;
   Tensor<std::int64_t, Device> ids_;
+  detail::SavedActivation saved_;
 };
 
 }  // namespace tp

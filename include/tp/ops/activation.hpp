@@ -33,6 +33,7 @@ void check_swiglu(ConstView<T> gate_up, std::int64_t rows, std::int64_t cols, co
 template <class T, Device D>
 void gelu(const D& dev, In<T> x, MatrixView<T> y, Gelu kind) {
   tp::detail::check_same_shape<T>(x, y, "gelu");
+  TP_CHECK(valid(kind), "gelu: kind {} is not a tp::Gelu", static_cast<unsigned>(kind));
   if (x.empty()) return;
   TP_OPS_DISPATCH(gelu, dev, x, y, kind);
 }
@@ -42,6 +43,7 @@ template <class T, Device D>
 void gelu_backward(const D& dev, In<T> x, In<T> dy, MatrixView<T> dx, Gelu kind) {
   tp::detail::check_same_shape<T>(x, dx, "gelu_backward");
   tp::detail::check_same_shape<T>(dy, dx, "gelu_backward");
+  TP_CHECK(valid(kind), "gelu_backward: kind {} is not a tp::Gelu", static_cast<unsigned>(kind));
   if (x.empty()) return;
   TP_OPS_DISPATCH(gelu_backward, dev, x, dy, dx, kind);
 }

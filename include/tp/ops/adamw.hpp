@@ -1,6 +1,7 @@
 #pragma once
 /// The AdamW update of a parameter shard.
 
+#include <cmath>
 #include <cstdint>
 
 #include "tp/detail/shape_checks.hpp"
@@ -30,6 +31,11 @@ void adamw_step(const D& dev, MatrixView<T> param, In<T> grad, MatrixView<T> exp
   tp::detail::check_same_shape<T>(exp_avg, param, "adamw_step");
   tp::detail::check_same_shape<T>(exp_avg_sq, param, "adamw_step");
   TP_CHECK(step >= 1, "adamw_step: step must count from 1, got {}", step);
+  TP_CHECK(std::isfinite(lr) && lr >= 0 && std::isfinite(eps) && eps > 0 && std::isfinite(weight_decay) &&
+               weight_decay >= 0 && beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
+           "adamw_step: lr {}, eps {}, weight_decay {} must be finite and non-negative (eps positive), betas ({}, {}) "
+           "in [0, 1)",
+           lr, eps, weight_decay, beta1, beta2);
   if (param.empty()) return;
   TP_OPS_DISPATCH(adamw_step, dev, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step);
 }

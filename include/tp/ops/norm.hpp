@@ -1,6 +1,7 @@
 #pragma once
 /// LayerNorm forward and backward over the rows of a [rows, hidden] matrix.
 
+#include <cmath>
 #include <cstdint>
 
 #include "tp/detail/shape_checks.hpp"
@@ -32,6 +33,7 @@ void layer_norm(const D& dev, In<T> x, In<T> gamma, In<T> beta, MatrixView<T> y,
            "layer_norm: mean is {}x{} and rstd {}x{}, expected {}x1", mean.rows, mean.cols, rstd.rows, rstd.cols,
            x.rows);
   TP_CHECK(x.cols > 0, "layer_norm: input has no columns");
+  TP_CHECK(std::isfinite(eps) && eps > 0, "layer_norm: eps must be finite and positive, got {}", eps);
   if (x.rows == 0) return;
   TP_OPS_DISPATCH(layer_norm, dev, x, gamma, beta, y, mean, rstd, eps);
 }

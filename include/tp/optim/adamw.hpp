@@ -31,8 +31,8 @@ struct AdamWOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.01;
-  /// Apply weight decay to vectors (biases, layer norm weights; full_rows == 1) too. Megatron and
-  /// nanoGPT decay only matrices, the default here.
+  /// Apply weight decay to the parameters whose `weight_decay` flag is false (biases, norm weights)
+  /// too. Megatron and nanoGPT decay only weight matrices and embeddings, the default here.
   bool decay_vectors = false;
 };
 
@@ -43,10 +43,14 @@ class AdamW {
 
   AdamW(Context<Device> ctx, std::vector<Parameter<T>> params, Options options = {})
       : ctx_(std::move(ctx)), params_(std::move(params)), options_(options) {
-    TP_CHECK(options.lr >= 0 && options.eps > 0 && options.weight_decay >= 0 && options.beta1 >= 0 &&
-                 options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
-             "AdamW: lr {}, betas ({}, {}), eps {}, weight_decay {} are out of range", options.lr, options.beta1,
-             options.beta2, options.eps, options.weight_decay);
+    // Each bound written so that NaN fails it too; an infinite lr, eps or weight_decay turns every
+    // parameter into NaN or zero at the first step.
+    TP_CHECK(std::isfinite(options.lr) && options.lr >= 0, "AdamW: lr must be finite and >= 0, got {}", options.lr);
+    TP_CHECK(std::isfinite(options.eps) && options.eps > 0, "AdamW: eps must be finite and > 0, got {}", options.eps);
+    TP_CHECK(std::isfinite(options.weight_decay) && options.weight_decay >= 0,
+             "AdamW: weight_decay must be finite and >= 0, got {}", options.weight_decay);
+    TP_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
+             "AdamW: betas must be in [0, 1), got ({}, {})", options.beta1, options.beta2);
     for (const auto& p : params_) {
       TP_CHECK(p.value.rows == p.grad.rows && p.value.cols == p.grad.cols,
                "AdamW: parameter '{}' is {}x{} but its gradient {}x{}", p.name, p.value.rows, p.value.cols,
@@ -63,7 +67,7 @@ class AdamW {
     ++step_;
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Parameter<T>& p = params_[i];
-      const bool decay = options_.decay_vectors || p.full_rows > 1;
+      const bool decay = options_.decay_vectors || p.weight_decay;
       tp::ops::adamw_step(*ctx_.device, p.value, ConstView<T>(p.grad), exp_avg_[i].view(), exp_avg_sq_[i].view(),
                           options_.lr, options_.beta1, options_.beta2, options_.eps,
                           decay ? options_.weight_decay : 0.0, step_);
@@ -77,7 +81,7 @@ class AdamW {
   /// The learning rate, settable every step for a schedule.
   double lr() const { return options_.lr; }
   void set_lr(double lr) {
-    TP_CHECK(lr >= 0, "AdamW: learning rate {} is negative", lr);
+    TP_CHECK(std::isfinite(lr) && lr >= 0, "AdamW: learning rate must be finite and >= 0, got {}", lr);
     options_.lr = lr;
   }
   /// Steps taken so far; restored by a resume.

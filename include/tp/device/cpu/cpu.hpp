@@ -99,9 +99,12 @@ inline CpuGemm automatic_cpu_gemm() {
 }  // namespace detail
 
 struct CpuOptions {
-  /// BLAS threads. One per rank is right when ranks are pinned to cores, as under mpirun here.
-  /// OpenBLAS keeps this setting process-wide.
-  int threads = 1;
+  /// BLAS threads; 0 leaves the process's setting alone (OPENBLAS_NUM_THREADS, or what an earlier
+  /// call set). OpenBLAS keeps one setting for the whole process, so only a caller that asks
+  /// changes it: a default Cpu, such as the one host tensors share, never does. One thread per rank
+  /// is right when ranks are pinned to cores, as under mpirun (the scripts export
+  /// OPENBLAS_NUM_THREADS=1).
+  int threads = 0;
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
   CpuGemm gemm = CpuGemm::automatic;
@@ -114,11 +117,12 @@ class Cpu {
 
   Cpu() : Cpu(Options{}) {}
   explicit Cpu(Options options) : options_(options) {
-    TP_CHECK(options.threads > 0, "Cpu: threads must be positive, got {}", options.threads);
+    TP_CHECK(options.threads >= 0, "Cpu: threads must be positive (or 0: leave the BLAS setting alone), got {}",
+             options.threads);
     TP_CHECK(options.gemm != CpuGemm::onednn || detail::has_dnnl,
              "Cpu: CpuGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
 #ifdef OPENBLAS_VERSION
-    openblas_set_num_threads(options.threads);
+    if (options.threads > 0) openblas_set_num_threads(options.threads);
 #endif
     if (options_.gemm == CpuGemm::automatic) options_.gemm = detail::automatic_cpu_gemm();
   }
@@ -134,13 +138,12 @@ class Cpu {
   /// "oneDNN 2.6.3 sgemm (OpenBLAS 0.3.21 has Haswell kernels only for this AVX-512 CPU), 1 thread(s)".
   static std::string blas_name() { return blas_name(detail::automatic_cpu_gemm()); }
   static std::string blas_name(CpuGemm gemm) {
+    const int threads = blas_threads();
 #ifdef OPENBLAS_VERSION
     const std::string openblas = fmt::format("OpenBLAS {}", std::string_view(OPENBLAS_VERSION).substr(10, 6));
     const std::string core = openblas_get_corename();
-    const int threads = openblas_get_num_threads();
 #else
     const std::string openblas = "CBLAS", core = "?";
-    const int threads = 1;
 #endif
 #ifdef TP_HAS_DNNL
     if (gemm == CpuGemm::automatic) gemm = detail::automatic_cpu_gemm();
@@ -154,6 +157,15 @@ class Cpu {
     (void)gemm;
 #endif
     return fmt::format("{} ({} kernels, {} thread(s))", openblas, core, threads);
+  }
+
+  /// The process's BLAS thread count (1 where the BLAS cannot say).
+  static int blas_threads() {
+#ifdef OPENBLAS_VERSION
+    return openblas_get_num_threads();
+#else
+    return 1;
+#endif
   }
 
   /// The library this instance's float GEMMs run on (never `automatic`).
@@ -175,6 +187,7 @@ class Cpu {
   template <class T>
   void copy(In<T> src, MatrixView<T> dst) const {
     detail::check_same_shape<T>(src, dst, "copy");
+    if (src.empty()) return;  // memcpy from a null pointer is undefined even for 0 bytes
     if (src.contiguous() && dst.contiguous()) {
       if (src.data != dst.data) std::memcpy(dst.data, src.data, static_cast<std::size_t>(src.size()) * sizeof(T));
       return;
@@ -200,6 +213,8 @@ class Cpu {
   void gemm(Op op_a, Op op_b, std::type_identity_t<T> alpha, In<T> a, In<T> b, std::type_identity_t<T> beta,
             MatrixView<T> c) const {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Cpu::gemm supports float and double");
+    TP_CHECK(valid(op_a) && valid(op_b), "gemm: op_a {} and op_b {} must be tp::Op::n or tp::Op::t",
+             static_cast<unsigned>(op_a), static_cast<unsigned>(op_b));
     const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
     const std::int64_t kb = op_b == Op::n ? b.rows : b.cols, n = op_b == Op::n ? b.cols : b.rows;
     TP_CHECK(k == kb && c.rows == m && c.cols == n, "gemm: op(a) is {}x{}, op(b) is {}x{}, c is {}x{}", m, k, kb, n,
@@ -247,10 +262,12 @@ class Cpu {
   static constexpr std::int64_t kMinDnnlGemm = 32 * 32 * 32;
 #ifdef TP_HAS_DNNL
   /// oneDNN threads through OpenMP, whose thread count is per calling thread (ranks run as threads
-  /// in tests); each call sets the caller's to options_.threads, as openblas_set_num_threads does.
+  /// in tests); each call sets the caller's to options_.threads, as openblas_set_num_threads does,
+  /// or, when the caller left threads at 0, to the process's BLAS setting, so both libraries agree.
   void dnnl_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<float> a,
                  ConstView<float> b, float beta, MatrixView<float> c) const {
-    if (omp_get_max_threads() != options_.threads) omp_set_num_threads(options_.threads);
+    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
+    if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const dnnl_status_t status =
         dnnl_sgemm(op_a == Op::n ? 'N' : 'T', op_b == Op::n ? 'N' : 'T', m, n, k, alpha, a.data,
                    std::max<std::int64_t>(a.ld, 1), b.data, std::max<std::int64_t>(b.ld, 1), beta, c.data, c.ld);

@@ -197,6 +197,8 @@ class Cuda {
   template <class T>
   void gemm_ex(Op op_a, Op op_b, double alpha, In<T> a, In<T> b, double beta, MatrixView<T> c,
                const EpilogueArgs<T>& epilogue = {}) const {
+    TP_CHECK(valid(op_a) && valid(op_b), "gemm: op_a {} and op_b {} must be tp::Op::n or tp::Op::t",
+             static_cast<unsigned>(op_a), static_cast<unsigned>(op_b));
     const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
     const std::int64_t kb = op_b == Op::n ? b.rows : b.cols, n = op_b == Op::n ? b.cols : b.rows;
     TP_CHECK(k == kb && c.rows == m && c.cols == n, "gemm: op(a) is {}x{}, op(b) is {}x{}, c is {}x{}", m, k, kb, n,

@@ -1,0 +1,151 @@
+/// Every op with a backward against central differences of its forward, in double on tp::Cpu
+/// (common/finite_difference.hpp): GELU (exact, tanh), SwiGLU, LayerNorm (input, weight, bias),
+/// attention (q, k, v; causal or not; grouped-query), the embedding lookup, the cross-entropy
+/// loss (smoothing, an ignored token) and the bias add. L = sum(f(x) * dy) for a fixed random dy.
+
+#include "common/finite_difference.hpp"
+
+#include <gtest/gtest.h>
+
+#include "common/reference.hpp"
+#include "tp/tp.hpp"
+
+namespace tp {
+namespace {
+
+using test::numeric_gradient;
+
+ConstView<double> cview(const ref::Matrix& m) { return {m.data.data(), m.rows, m.cols}; }
+MatrixView<double> mview(ref::Matrix& m) { return {m.data.data(), m.rows, m.cols}; }
+
+double dot(const ref::Matrix& y, const ref::Matrix& dy) { return test::dot(cview(y), cview(dy)); }
+
+#define TP_EXPECT_GRAD(analytic, numeric) EXPECT_LE(ref::rel_error(analytic, numeric), test::kFdTolerance) << #analytic
+
+TEST(OpFiniteDifferences, Gelu) {
+  const Cpu cpu;
+  auto x = ref::map(ref::random_matrix<double>(3, 5, ref::test_seed(1)), [](double v) { return 2 * v; });
+  const auto dy = ref::random_matrix<double>(3, 5, ref::test_seed(2));
+  for (const Gelu kind : {Gelu::exact, Gelu::tanh}) {
+    SCOPED_TRACE(kind == Gelu::exact ? "exact" : "tanh");
+    ref::Matrix y(3, 5), dx(3, 5);
+    ops::gelu_backward(cpu, cview(x), cview(dy), mview(dx), kind);
+    TP_EXPECT_GRAD(dx, numeric_gradient(x, [&] {
+                     ops::gelu(cpu, cview(x), mview(y), kind);
+                     return dot(y, dy);
+                   }));
+  }
+}
+
+TEST(OpFiniteDifferences, SwiGlu) {
+  const Cpu cpu;
+  auto gate_up = ref::random_matrix<double>(3, 8, ref::test_seed(3));
+  const auto dy = ref::random_matrix<double>(3, 4, ref::test_seed(4));
+  ref::Matrix y(3, 4), d(3, 8);
+  ops::swiglu_backward(cpu, cview(gate_up), cview(dy), mview(d));
+  TP_EXPECT_GRAD(d, numeric_gradient(gate_up, [&] {
+                   ops::swiglu(cpu, cview(gate_up), mview(y));
+                   return dot(y, dy);
+                 }));
+}
+
+TEST(OpFiniteDifferences, LayerNorm) {
+  const Cpu cpu;
+  const std::int64_t rows = 3, n = 6;
+  auto x = ref::map(ref::random_matrix<double>(rows, n, ref::test_seed(5)), [](double v) { return 2 * v + 1; });
+  auto gamma = ref::random_matrix<double>(1, n, ref::test_seed(6));
+  auto beta = ref::random_matrix<double>(1, n, ref::test_seed(7));
+  const auto dy = ref::random_matrix<double>(rows, n, ref::test_seed(8));
+  ref::Matrix y(rows, n), mean(rows, 1), rstd(rows, 1), dx(rows, n), dgamma(1, n), dbeta(1, n);
+  auto loss = [&] {
+    ops::layer_norm(cpu, cview(x), cview(gamma), cview(beta), mview(y), mview(mean), mview(rstd), 1e-5);
+    return dot(y, dy);
+  };
+  loss();
+  ops::layer_norm_backward(cpu, cview(x), cview(gamma), cview(mean), cview(rstd), cview(dy), mview(dx), mview(dgamma),
+                           mview(dbeta));
+  TP_EXPECT_GRAD(dx, numeric_gradient(x, loss));
+  TP_EXPECT_GRAD(dgamma, numeric_gradient(gamma, loss));
+  TP_EXPECT_GRAD(dbeta, numeric_gradient(beta, loss));
+}
+
+TEST(OpFiniteDifferences, Attention) {
+  const Cpu cpu;
+  const std::int64_t seq = 3, batch = 2, tokens = seq * batch, d = 2;
+  for (const auto& [hq, hk, causal] : {std::tuple{2, 2, true}, {4, 2, true}, {2, 1, false}}) {
+    SCOPED_TRACE(fmt::format("hq {} hk {} causal {}", hq, hk, causal));
+    auto q = ref::random_matrix<double>(tokens, hq * d, ref::test_seed(9));
+    auto k = ref::random_matrix<double>(tokens, hk * d, ref::test_seed(10));
+    auto v = ref::random_matrix<double>(tokens, hk * d, ref::test_seed(11));
+    const auto dout = ref::random_matrix<double>(tokens, hq * d, ref::test_seed(12));
+    ref::Matrix lse(batch * hq, seq), out(tokens, hq * d);
+    ref::Matrix dq(tokens, hq * d), dk(tokens, hk * d), dv(tokens, hk * d);
+    auto loss = [&] {
+      ops::attention_forward(cpu, cview(q), cview(k), cview(v), seq, d, causal, mview(lse), mview(out));
+      return dot(out, dout);
+    };
+    loss();
+    ops::attention_backward(cpu, cview(q), cview(k), cview(v), cview(out), cview(lse), cview(dout), seq, d, causal,
+                            mview(dq), mview(dk), mview(dv));
+    TP_EXPECT_GRAD(dq, numeric_gradient(q, loss));
+    TP_EXPECT_GRAD(dk, numeric_gradient(k, loss));
+    TP_EXPECT_GRAD(dv, numeric_gradient(v, loss));
+  }
+}
+
+TEST(OpFiniteDifferences, EmbeddingShard) {
+  const Cpu cpu;
+  const std::int64_t first = 2, rows = 4, hidden = 3;  // the shard holds ids [2, 6)
+  const std::vector<std::int64_t> ids{3, 0, 5, 3, 7};
+  auto table = ref::random_matrix<double>(rows, hidden, ref::test_seed(13));
+  const auto dy = ref::random_matrix<double>(5, hidden, ref::test_seed(14));
+  const ConstView<std::int64_t> id_view(ids.data(), 1, 5);
+  ref::Matrix out(5, hidden), dtable(rows, hidden);
+  ops::embedding_backward(cpu, id_view, cview(dy), first, mview(dtable));
+  TP_EXPECT_GRAD(dtable, numeric_gradient(table, [&] {
+                   ops::embedding_forward(cpu, id_view, cview(table), first, mview(out));
+                   return dot(out, dy);
+                 }));
+}
+
+TEST(OpFiniteDifferences, CrossEntropy) {
+  const Cpu cpu;
+  const std::int64_t tokens = 4, vocab = 6;
+  const std::vector<std::int64_t> targets{1, -100, 5, 0};
+  const ConstView<std::int64_t> t_view(targets.data(), 1, tokens);
+  auto logits = ref::random_matrix<double>(tokens, vocab, ref::test_seed(15));
+  const auto dloss = ref::random_matrix<double>(tokens, 1, ref::test_seed(16));
+  for (const double s : {0.0, 0.25}) {
+    SCOPED_TRACE(fmt::format("smoothing {}", s));
+    ref::Matrix max(tokens, 1), loss_m(tokens, 1), dlogits(tokens, vocab);
+    std::vector<double> stats(static_cast<std::size_t>(tokens * 3));
+    const MatrixView<double> stats_v(stats.data(), tokens, 3);
+    auto loss = [&] {
+      ops::row_max(cpu, cview(logits), mview(max));
+      ops::cross_entropy_stats<double>(cpu, cview(logits), t_view, 0, cview(max), stats_v);
+      ops::cross_entropy_loss(cpu, ConstView<double>(stats_v), t_view, vocab, -100, s, mview(loss_m));
+      return dot(loss_m, dloss);
+    };
+    loss();
+    ops::cross_entropy_backward(cpu, cview(logits), t_view, 0, cview(max), ConstView<double>(stats_v), cview(dloss),
+                                vocab, -100, s, mview(dlogits));
+    TP_EXPECT_GRAD(dlogits, numeric_gradient(logits, loss));
+  }
+}
+
+TEST(OpFiniteDifferences, BiasAdd) {
+  const Cpu cpu;
+  auto bias = ref::random_matrix<double>(1, 4, ref::test_seed(17));
+  const auto x = ref::random_matrix<double>(3, 4, ref::test_seed(18));
+  const auto dy = ref::random_matrix<double>(3, 4, ref::test_seed(19));
+  ref::Matrix db(1, 4);
+  ops::add_bias_grad(cpu, cview(dy), mview(db));
+  TP_EXPECT_GRAD(db, numeric_gradient(bias, [&] {
+                   ref::Matrix y = x;
+                   ops::add_bias(cpu, mview(y), cview(bias));
+                   return dot(y, dy);
+                 }));
+}
+
+}  // namespace
+}  // namespace tp
