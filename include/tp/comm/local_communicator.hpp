@@ -53,7 +53,9 @@ class LocalMemory {
 class HostMemory final : public LocalMemory {
  public:
   void acquire(Stream) override {}
-  void copy(void* dst, const void* src, std::size_t bytes, Stream) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, std::size_t bytes, Stream) override {
+    if (bytes != 0) std::memcpy(dst, src, bytes);  // memcpy from null is undefined even for 0 bytes
+  }
   void reduce(DType dtype, ReduceOp op, const void* const* srcs, int n, std::size_t offset, std::size_t count,
               void* dst, Stream) override {
     detail::reduce_host(dtype, op, srcs, n, offset, count, dst, "LocalCommunicator");
