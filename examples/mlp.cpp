@@ -117,7 +117,11 @@ int main(int argc, char** argv) {
         }
         return total / iters;
       };
-      const double fwd_ms = time_ms(forward);
+      double fwd_ms = 0;
+      {
+        tp::NoGrad no_grad;  // forwards with no backward after them
+        fwd_ms = time_ms(forward);
+      }
       const double fwdbwd_ms = time_ms([&] {
         forward();
         backward();

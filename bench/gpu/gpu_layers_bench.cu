@@ -10,7 +10,10 @@
 ///   tp_bench_gpu_layers --benchmark_filter=bf16/mlp --benchmark_out=gpu_layers.json
 ///
 /// Labels are "<type>/<what>/<tokens>/<hidden>" (what: gemm, column_forward, bare_column_forward,
-/// ..., mlp_backward), the names torch_layers.py uses, so bench/gpu/summarize.py can pair them.
+/// ..., mlp_fwdbwd), the names torch_layers.py uses, so bench/gpu/summarize.py can pair them.
+/// "fwdbwd" rows time a forward and its backward together: a layer differentiates only the
+/// forward just before its backward (it refuses a second backward), so backward alone is not a
+/// repeatable unit; forward-only rows run under tp::NoGrad.
 /// The headline (issue 4): bf16 MLP at 4096 tokens, hidden 8192, ffn 4 x 8192, against the bare
 /// bf16 GEMM of its first layer (label "bf16/gemm/4096/8192").
 
@@ -26,6 +29,7 @@
 #include <string>
 
 #include "tp/comm/local_communicator.hpp"
+#include "tp/core/grad_mode.hpp"
 #include "tp/device/cuda.hpp"
 #include "tp/device/cuda_local_memory.cuh"
 #include "tp/layers/column_parallel_linear.hpp"
@@ -276,9 +280,9 @@ void BM_Layer(benchmark::State& state) {
   const std::int64_t t = state.range(0), h = state.range(1), f = 4 * h;
   const std::int64_t in = which == Which::column ? h : f, out = which == Which::column ? f : h;
   auto& dev = *env().dev;
-  const double flops = (backward ? 4.0 : 2.0) * t * in * out;
+  const double flops = (backward ? 6.0 : 2.0) * t * in * out;
   state.SetLabel(fmt::format("{}/{}_{}/{}/{}", type_name<T>(), which == Which::column ? "column" : "row",
-                             backward ? "backward" : "forward", t, h));
+                             backward ? "fwdbwd" : "forward", t, h));
   TpLayers<T>* layers = nullptr;
   Tensor<T, Cuda> x, dy;
   if (!setup(state, [&] {
@@ -287,9 +291,17 @@ void BM_Layer(benchmark::State& state) {
       }))
     return;
   auto run = [&](auto& layer) {
-    if (!setup(state, [&] { layer.forward(x.view()); })) return;  // backward needs this token count's input
-    if (backward) time_gpu(state, dev.stream(), flops, [&] { layer.backward(dy.view()); });
-    else time_gpu(state, dev.stream(), flops, [&] { layer.forward(x.view()); });
+    if (backward) {
+      const auto step = [&] {
+        layer.forward(x.view());
+        layer.backward(dy.view());
+      };
+      if (setup(state, step)) time_gpu(state, dev.stream(), flops, step);
+    } else {
+      NoGrad no_grad;
+      const auto step = [&] { layer.forward(x.view()); };
+      if (setup(state, step)) time_gpu(state, dev.stream(), flops, step);
+    }
   };
   if constexpr (which == Which::column) run(layers->column);
   else run(layers->row);
@@ -324,11 +336,14 @@ void BM_BareLayer(benchmark::State& state, Which which) {
   const std::int64_t in = which == Which::column ? h : f, out = which == Which::column ? f : h;
   auto& dev = *env().dev;
   state.SetLabel(fmt::format("{}/bare_{}_{}/{}/{}", type_name<T>(), which == Which::column ? "column" : "row",
-                             backward ? "backward" : "forward", t, h));
+                             backward ? "fwdbwd" : "forward", t, h));
   std::unique_ptr<BareLinear<T>> bare;
   if (!setup(state, [&] { bare = std::make_unique<BareLinear<T>>(t, in, out); })) return;
   if (backward)
-    time_gpu(state, dev.stream(), 4.0 * t * in * out, [&] { bare->backward(dev.stream()); });
+    time_gpu(state, dev.stream(), 6.0 * t * in * out, [&] {
+      bare->forward(dev.stream());
+      bare->backward(dev.stream());
+    });
   else
     time_gpu(state, dev.stream(), 2.0 * t * in * out, [&] { bare->forward(dev.stream()); });
 }
@@ -368,13 +383,17 @@ void BM_Mlp(benchmark::State& state) {
     tp::ops::gelu_backward(dev, hidden->view(), dga.view(), da.view(), Gelu::tanh);
     fc1.backward(da.view());
   };
-  if (!setup(state, forward)) return;
-  state.SetLabel(fmt::format("{}/mlp_{}/{}/{}", type_name<T>(), backward ? "backward" : "forward", t, h));
-  if (backward) {
-    time_gpu(state, dev.stream(), 2.0 * 4.0 * t * h * f, backward_pass);
+  if (!backward) {
+    NoGrad no_grad;
+    if (setup(state, forward)) time_gpu(state, dev.stream(), 2.0 * 2.0 * t * h * f, forward);
   } else {
-    time_gpu(state, dev.stream(), 2.0 * 2.0 * t * h * f, forward);
+    const auto step = [&] {
+      forward();
+      backward_pass();
+    };
+    if (setup(state, step)) time_gpu(state, dev.stream(), 2.0 * 6.0 * t * h * f, step);
   }
+  state.SetLabel(fmt::format("{}/mlp_{}/{}/{}", type_name<T>(), backward ? "fwdbwd" : "forward", t, h));
 }
 
 /// The same MLP through bare cuBLASLt, each element-wise step fused into a GEMM as hand-written
@@ -415,11 +434,14 @@ void BM_BareMlp(benchmark::State& state) {
   if (skip_without_device(state)) return;
   const std::int64_t t = state.range(0), h = state.range(1), f = 4 * h;
   auto& dev = *env().dev;
-  state.SetLabel(fmt::format("{}/bare_mlp_{}/{}/{}", type_name<T>(), backward ? "backward" : "forward", t, h));
+  state.SetLabel(fmt::format("{}/bare_mlp_{}/{}/{}", type_name<T>(), backward ? "fwdbwd" : "forward", t, h));
   std::unique_ptr<BareMlp<T>> bare;
   if (!setup(state, [&] { bare = std::make_unique<BareMlp<T>>(t, h); })) return;
   if (backward)
-    time_gpu(state, dev.stream(), 2.0 * 4.0 * t * h * f, [&] { bare->backward(dev.stream()); });
+    time_gpu(state, dev.stream(), 2.0 * 6.0 * t * h * f, [&] {
+      bare->forward(dev.stream());
+      bare->backward(dev.stream());
+    });
   else
     time_gpu(state, dev.stream(), 2.0 * 2.0 * t * h * f, [&] { bare->forward(dev.stream()); });
 }
@@ -466,16 +488,16 @@ void register_type(bool all_shapes) {
   add("gemm", BM_BareGemm<T>);
   add("column_forward", BM_Layer<T, Which::column, false>);
   add("bare_column_forward", BM_BareColumn<T, false>);
-  add("column_backward", BM_Layer<T, Which::column, true>);
-  add("bare_column_backward", BM_BareColumn<T, true>);
+  add("column_fwdbwd", BM_Layer<T, Which::column, true>);
+  add("bare_column_fwdbwd", BM_BareColumn<T, true>);
   add("row_forward", BM_Layer<T, Which::row, false>);
   add("bare_row_forward", BM_BareRow<T, false>);
-  add("row_backward", BM_Layer<T, Which::row, true>);
-  add("bare_row_backward", BM_BareRow<T, true>);
+  add("row_fwdbwd", BM_Layer<T, Which::row, true>);
+  add("bare_row_fwdbwd", BM_BareRow<T, true>);
   add("mlp_forward", BM_Mlp<T, false>);
   add("bare_mlp_forward", BM_BareMlp<T, false>);
-  add("mlp_backward", BM_Mlp<T, true>);
-  add("bare_mlp_backward", BM_BareMlp<T, true>);
+  add("mlp_fwdbwd", BM_Mlp<T, true>);
+  add("bare_mlp_fwdbwd", BM_BareMlp<T, true>);
 }
 
 void register_all() {

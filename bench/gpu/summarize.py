@@ -74,10 +74,10 @@ def main():
             more = f" and {len(names) - 3} more" if len(names) > 3 else ""
             print(f"- {len(names)} x \"{message}\": {', '.join(names[:3])}{more}")
     mlp, gemm = tp.get("bf16/mlp_forward/4096/8192"), tp.get("bf16/gemm/4096/8192")
-    mlp_b = tp.get("bf16/mlp_backward/4096/8192")
+    mlp_b = tp.get("bf16/mlp_fwdbwd/4096/8192")
     if mlp and gemm:
         print(f"\nHeadline, bf16 MLP, 4096 tokens, hidden 8192, ffn 32768, world 1 on {gpu}: forward "
-              f"{mlp['tflops']:.0f} TFLOP/s, backward {mlp_b['tflops'] if mlp_b else 0:.0f} TFLOP/s; bare bf16 GEMM "
+              f"{mlp['tflops']:.0f} TFLOP/s, forward+backward {mlp_b['tflops'] if mlp_b else 0:.0f} TFLOP/s; bare bf16 GEMM "
               f"[4096x8192]x[8192x32768] {gemm['tflops']:.0f} TFLOP/s "
               f"(forward at {100 * mlp['tflops'] / gemm['tflops']:.0f}% of it).")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch eager on the shapes of tp_bench_gpu_layers: a linear layer y = x w^T + b (tp's Column is
 hidden -> 4 hidden, Row is 4 hidden -> hidden) and the MLP (linear, GELU tanh, linear), forward and
-backward, timed with CUDA events. Backward computes the same gradients as tp (dx, dw, db) through
-torch.autograd.grad on a retained graph, so the forward is not timed with it.
+forward+backward ("fwdbwd"), timed with CUDA events; the backward computes the same gradients as tp
+(dx, dw, db) through torch.autograd.grad.
 
   python3 bench/gpu/torch_layers.py --out torch_layers.json [--max-seconds 90]
 
@@ -66,9 +66,8 @@ def run(name, tokens, hidden):
         dy = rand(tokens, out, dtype=dtype)
         with torch.no_grad():
             record(f"{which}_forward", time_ms(lambda: F.linear(x, w, b)), 2.0 * tokens * inp * out)
-        y = F.linear(x, w, b)
-        record(f"{which}_backward", time_ms(lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)),
-               4.0 * tokens * inp * out)
+        record(f"{which}_fwdbwd", time_ms(lambda: torch.autograd.grad(F.linear(x, w, b), (x, w, b), dy)),
+               6.0 * tokens * inp * out)
 
     x = rand(tokens, hidden, dtype=dtype, grad=True)
     w1, b1 = rand(ffn, hidden, dtype=dtype, grad=True), rand(ffn, dtype=dtype, grad=True)
@@ -77,9 +76,8 @@ def run(name, tokens, hidden):
     mlp = lambda: F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
     with torch.no_grad():
         record("mlp_forward", time_ms(mlp), 4.0 * tokens * hidden * ffn)
-    y = mlp()
-    record("mlp_backward", time_ms(lambda: torch.autograd.grad(y, (x, w1, b1, w2, b2), dy, retain_graph=True)),
-           8.0 * tokens * hidden * ffn)
+    record("mlp_fwdbwd", time_ms(lambda: torch.autograd.grad(mlp(), (x, w1, b1, w2, b2), dy)),
+           12.0 * tokens * hidden * ffn)
     return results
 
 
