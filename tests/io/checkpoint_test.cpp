@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/harness.hpp"
+#include "common/test_files.hpp"
 #include "tp/io/resume.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/tp.hpp"
@@ -26,18 +27,7 @@ namespace fs = std::filesystem;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-/// These tests run their own in-process worlds: under mpirun every process would run them at once.
-#define TP_LOCAL_ONLY() \
-  if (test::harness_backend() != "local") GTEST_SKIP() << "in-process test; runs in tp_tests"
-
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::temp_directory_path() /
-                       fmt::format("tp_{}_{}_{}", test::harness_backend(), info->test_suite_name(), info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test::test_dir;
 
 std::string read_text(const fs::path& path) {
   std::stringstream s;

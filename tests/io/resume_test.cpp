@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "common/harness.hpp"
+#include "common/test_files.hpp"
 #include "common/reference.hpp"
 #include "tp/io/resume.hpp"
 #include "tp/tp.hpp"
@@ -60,12 +61,7 @@ struct Model {
   }
 };
 
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::temp_directory_path() / fmt::format("tp_{}_{}_{}", test::harness_backend(), info->test_suite_name(), info->name());
-  fs::create_directories(dir);
-  return dir;
-}
+using test::test_dir;
 
 TEST(Resume, TrainingSavedAtOneWorldSizeResumesAtAnother) {
   const fs::path dir = test_dir();

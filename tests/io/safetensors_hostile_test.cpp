@@ -17,6 +17,7 @@
 #include <future>
 
 #include "common/harness.hpp"
+#include "common/test_files.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/tp.hpp"
 
@@ -27,18 +28,7 @@ namespace fs = std::filesystem;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-/// These tests work on one process's files: under mpirun every process would run them at once.
-#define TP_LOCAL_ONLY() \
-  if (test::harness_backend() != "local") GTEST_SKIP() << "in-process test; runs in tp_tests"
-
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::temp_directory_path() /
-                       fmt::format("tp_{}_{}_{}", test::harness_backend(), info->test_suite_name(), info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test::test_dir;
 
 /// A whole file in memory: 8-byte length, header, data.
 std::vector<unsigned char> file_bytes(const std::string& header, const std::string& data) {

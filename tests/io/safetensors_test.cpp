@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "common/harness.hpp"
+#include "common/test_files.hpp"
 #include "common/reference.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/tp.hpp"
@@ -31,11 +32,6 @@ fs::path test_dir(int world = 0) {
   fs::create_directories(dir);
   return dir;
 }
-
-/// Tests that run their own in-process worlds (run_local) or work on one process's files: under
-/// mpirun every process would run them at once on the same files, so they run in tp_tests only.
-#define TP_LOCAL_ONLY() \
-  if (test::harness_backend() != "local") GTEST_SKIP() << "in-process test; runs in tp_tests"
 
 /// Writes a file by hand: 8-byte length, header text, then the data bytes.
 void write_raw(const fs::path& path, const std::string& header, const std::string& data,
