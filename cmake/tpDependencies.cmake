@@ -28,7 +28,12 @@ macro(tp_find_component_dependencies)
       # CPU (tp/device/cpu/cpu.hpp). Debian's libdnnl threads through OpenMP. TP_WITH_DNNL=OFF skips it.
       set(tp_blas_DNNL_FOUND FALSE)
       if(OpenBLAS_FOUND AND (NOT DEFINED TP_WITH_DNNL OR TP_WITH_DNNL))
-        find_package(dnnl CONFIG QUIET)
+        # Debian's dnnl-config.cmake calls find_package(OpenCL REQUIRED): without OpenCL's headers
+        # and loader that is a configure error, so look for OpenCL first and go without oneDNN.
+        find_package(OpenCL QUIET)
+        if(OpenCL_FOUND)
+          find_package(dnnl CONFIG QUIET)
+        endif()
         find_package(OpenMP COMPONENTS CXX QUIET)
         if(TARGET DNNL::dnnl AND TARGET OpenMP::OpenMP_CXX)
           set(tp_blas_DNNL_FOUND TRUE)
