@@ -20,8 +20,9 @@ output. For each model, a directory <name>/ with
 
 The float64 results are transformers' modules run in float64, except where transformers computes
 in float32 whatever the model's dtype (Llama/Qwen2's RMSNorm, rotary angles and attention softmax
-"upcast" to float32, which for a float64 model is a downcast): `exact_float64` lets those compute
-in float64 so the double goldens are accurate to ~1e-15. The float32 results use transformers
+"upcast" to float32, and their logits cast with .float() before the loss, which for a float64
+model are downcasts): `exact_float64` lets those compute in float64 so the double goldens are
+accurate to ~1e-15. The float32 results use transformers
 unchanged.
 """
 
@@ -112,6 +113,13 @@ def exact_float64():
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
+    to_float = torch.Tensor.float
+
+    def keep_float64(self, *args, **kwargs):
+        # LlamaForCausalLM and Qwen2ForCausalLM cast the logits with .float() before the loss
+        return self if self.dtype == torch.float64 else to_float(self, *args, **kwargs)
+
+    patch(torch.Tensor, "float", keep_float64)
     patch(torch.nn.functional, "softmax", softmax64)
     # transformers fills masks with finfo(float64).min in tensors of the default dtype (torch 1.13)
     default = torch.get_default_dtype()

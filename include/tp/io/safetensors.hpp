@@ -364,11 +364,13 @@ inline void check_block_cover(const std::string& file, const std::vector<std::st
 /// GQA kv head, a replicated table) is written by the rank whose record has copy 0, a record that
 /// holds the whole tensor by rank 0. The union of the written blocks over all ranks must cover
 /// each tensor exactly once (checked before anything is written). Tensors are stored in T's
-/// dtype, in the order of their names' first records, 2-D [full_rows, full_cols]. `metadata` goes
-/// into `__metadata__`.
+/// dtype, in the order of their names' first records, 2-D [full_rows, full_cols] unless
+/// `stored_shapes` gives a tensor another shape of as many elements (Hugging Face stores biases
+/// and norm weights 1-D). `metadata` goes into `__metadata__`.
 template <class T, class Device>
 void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
-                      const std::filesystem::path& path, const SafetensorsMetadata& metadata = {}) {
+                      const std::filesystem::path& path, const SafetensorsMetadata& metadata = {},
+                      const std::map<std::string, std::vector<std::int64_t>, std::less<>>& stored_shapes = {}) {
   const std::string file = path.string();
   // The header, identical on every rank: one entry per name.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -389,8 +391,17 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     auto [it, fresh] = index.emplace(p.name, names.size());
     if (fresh) {
       const std::uint64_t bytes = static_cast<std::uint64_t>(p.full_rows * p.full_cols) * sizeof(T);
+      std::vector<std::int64_t> shape{p.full_rows, p.full_cols};
+      if (const auto stored = stored_shapes.find(p.name); stored != stored_shapes.end()) {
+        std::int64_t n = 1;
+        for (const std::int64_t d : stored->second) n *= d;
+        TP_CHECK(n == p.full_rows * p.full_cols && std::ranges::all_of(stored->second, [](std::int64_t d) { return d >= 0; }),
+                 "{}: parameter '{}' is {}x{}, which cannot be stored with shape [{}]", file, p.name, p.full_rows,
+                 p.full_cols, fmt::join(stored->second, ", "));
+        shape = stored->second;
+      }
       header[p.name] = {{"dtype", detail::safetensors_dtype_name(dtype_of<T>)},
-                        {"shape", {p.full_rows, p.full_cols}},
+                        {"shape", shape},
                         {"data_offsets", {data_size, data_size + bytes}}};
       names.push_back(p.name);
       shapes.push_back({p.full_rows, p.full_cols});
