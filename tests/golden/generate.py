@@ -17,6 +17,10 @@ output. For each model, a directory <name>/ with
                                    in its layout (tied weights: the sum of both uses)
     prompt [1, p] I64, generated [32] I64   decoders: 32 greedy tokens of model.generate (KV
                                    cache), the same in float64 and float32 (checked here)
+    packed_ids [1, 8] I64, packed_lengths [2] I64, packed_logits [8, vocab] F64
+                                   decoders: sequences of 5 and 3 tokens, each run alone
+    attention_mask [batch, seq] I64, masked_hidden [batch * seq, hidden] F64
+                                   bert: the second sequence's last 3 tokens are padding
 
 The float64 results are transformers' modules run in float64, except where transformers computes
 in float32 whatever the model's dtype (Llama/Qwen2's RMSNorm, rotary angles and attention softmax
@@ -41,6 +45,7 @@ from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
 
 BATCH, SEQ, PROMPT, NEW_TOKENS = 2, 8, 5, 32
+PACKED = [5, 3]  # lengths of the variable-length batch
 
 
 def models():
@@ -218,6 +223,21 @@ def main():
             assert torch.equal(gen64, gen32), f"{name}: float32 and float64 greedy tokens differ; try another seed"
             golden["prompt"], golden["generated"] = prompt, gen64
             print(f"{name}: generated {gen64.tolist()}")
+        # Variable-length batches: decoders run each sequence alone (tp packs them without padding);
+        # BERT pads the second sequence's last 3 tokens (tp's key padding mask).
+        with exact_float64(), torch.no_grad():
+            model.to(torch.float64)
+            if name != "bert":
+                seqs = [torch.randint(0, config.vocab_size, (1, n)) for n in PACKED]
+                golden["packed_ids"] = torch.cat(seqs, dim=1)
+                golden["packed_lengths"] = torch.tensor(PACKED)
+                golden["packed_logits"] = torch.cat([model(s).logits[0] for s in seqs])
+            else:
+                mask = torch.ones(BATCH, SEQ, dtype=torch.int64)
+                mask[1, -3:] = 0
+                golden["attention_mask"] = mask
+                golden["masked_hidden"] = model(input_ids=ids, token_type_ids=inputs["token_type_ids"],
+                                                attention_mask=mask).last_hidden_state.reshape(BATCH * SEQ, -1)
         model.to(torch.float32)
         save_file(golden, os.path.join(directory, "golden.safetensors"),
                   metadata={"generator": "tests/golden/generate.py", "seed": str(args.seed + i),

@@ -237,6 +237,40 @@ TYPED_TEST(Golden, GreedyGenerationMatchesTransformersTokenForToken) {
   }
 }
 
+/// Sequences of different lengths packed without padding (decoders; transformers ran each alone),
+/// and a key padding mask (BERT): positions restart in each sequence, padding keys are ignored.
+TYPED_TEST(Golden, VariableLengthsAndPaddingMatchTransformers) {
+  using T = TypeParam;
+  for (const char* name : golden_models) {
+    const fs::path dir = golden_root / name;
+    const auto config = models::read_hugging_face_config(dir / "config.json");
+    const SafetensorsFile golden(dir / "golden.safetensors");
+    const Full want = read_full(golden, config.decoder() ? "packed_logits" : "masked_hidden");
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      SCOPED_TRACE(fmt::format("{} at world {} rank {}", name, comm->size(), comm->rank()));
+      if (!heads_split(config, comm->size())) return;
+      const Context<Cpu> ctx(comm);
+      auto model = models::open_hugging_face<T>(ctx, dir);
+      Range cols{0, config.hidden};
+      std::vector<double> got;
+      if (config.decoder()) {
+        const auto ids = device_ids<T>(ctx, read_ids(golden, "packed_ids"));
+        got = to_host<T>(ctx, model->forward(ids.view(), AttentionBatch{.lengths = read_ids(golden, "packed_lengths")}).view());
+        cols = model->vocab_range();
+      } else {
+        const auto ids = device_ids<T>(ctx, read_ids(golden, "input_ids"));
+        const auto types = device_ids<T>(ctx, read_ids(golden, "token_type_ids"));
+        const auto mask = read_ids(golden, "attention_mask");
+        AttentionBatch batch = AttentionBatch::uniform(golden.tensor("input_ids").shape[0], golden.tensor("input_ids").shape[1]);
+        batch.key_mask.assign(mask.begin(), mask.end());
+        got = to_host<T>(ctx, model->forward(ids.view(), batch, types.view()).view());
+      }
+      ASSERT_EQ(static_cast<std::int64_t>(got.size()), want.rows * cols.size());
+      EXPECT_LE(relative_error(want, ConstView<double>(got.data(), want.rows, cols.size()), cols.begin), golden_tolerance<T>);
+    });
+  }
+}
+
 /// save_hugging_face writes the tensors transformers saved (names, shapes, values) and a config
 /// that reads back the same; the saved directory loads into the same weights.
 TYPED_TEST(Golden, SavedBackInHuggingFaceLayoutReloadsTheSame) {
