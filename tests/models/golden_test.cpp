@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <limits>
 #include <string>
 #include <vector>
@@ -108,10 +110,17 @@ std::int64_t greedy_token(const Context<Cpu>& ctx, const Tensor<T, Cpu>& logits,
 /// A directory shared by the ranks of one world of one harness for this test.
 fs::path world_dir(int world, const std::string& what) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::temp_directory_path() / fmt::format("tp_{}_{}_{}_w{}_{}", test::harness_backend(),
-                                                               info->test_suite_name(), info->name(), world, what);
+  std::string suite = info->test_suite_name();  // "Golden/0" for a typed test
+  std::replace(suite.begin(), suite.end(), '/', '_');
+  const fs::path dir = fs::temp_directory_path() /
+                       fmt::format("tp_{}_{}_{}_w{}_{}", test::harness_backend(), suite, info->name(), world, what);
   fs::create_directories(dir);
   return dir;
+}
+
+std::string read_json_key(const fs::path& path, const char* key) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in).at(key).get<std::string>();
 }
 
 template <class T>
@@ -288,6 +297,7 @@ TYPED_TEST(Golden, SavedBackInHuggingFaceLayoutReloadsTheSame) {
       models::save_hugging_face(*comm, *model, out);
       const auto again = models::read_hugging_face_config(out / "config.json");
       EXPECT_EQ(hugging_face_config_json(again), hugging_face_config_json(config));
+      EXPECT_EQ(read_json_key(out / "config.json", "torch_dtype"), (std::is_same_v<T, double> ? "float64" : "float32"));
       const SafetensorsFile original(dir / "model.safetensors"), saved(out / "model.safetensors");
       EXPECT_EQ(saved.header().tensors.size(), original.header().tensors.size());
       EXPECT_EQ(saved.metadata().at("format"), "pt");

@@ -253,8 +253,10 @@ inline TransformerConfig read_hugging_face_config(const std::filesystem::path& c
   return t;
 }
 
-/// The config.json Hugging Face's from_pretrained reads for `config`.
-inline nlohmann::ordered_json hugging_face_config_json(const TransformerConfig& t) {
+/// The config.json Hugging Face's from_pretrained reads for `config`; `torch_dtype` names the
+/// dtype of the weights saved beside it ("float32", "float64", "float16", "bfloat16").
+inline nlohmann::ordered_json hugging_face_config_json(const TransformerConfig& t,
+                                                       std::string_view torch_dtype = "float32") {
   t.validate();
   nlohmann::ordered_json j;
   auto act_name = [](Activation a) { return a == Activation::gelu_exact ? "gelu" : "gelu_new"; };
@@ -299,13 +301,14 @@ inline nlohmann::ordered_json hugging_face_config_json(const TransformerConfig& 
            {"attention_probs_dropout_prob", 0.0}};
       break;
   }
-  j["torch_dtype"] = "float32";
+  j["torch_dtype"] = std::string(torch_dtype);
   return j;
 }
 
 /// Writes config.json for `config` (see hugging_face_config_json).
-inline void write_hugging_face_config(const TransformerConfig& config, const std::filesystem::path& config_json) {
-  const std::string text = hugging_face_config_json(config).dump(2) + "\n";
+inline void write_hugging_face_config(const TransformerConfig& config, const std::filesystem::path& config_json,
+                                      std::string_view torch_dtype = "float32") {
+  const std::string text = hugging_face_config_json(config, torch_dtype).dump(2) + "\n";
   std::ofstream out(config_json, std::ios::trunc);
   if (!out) TP_THROW(IoError, "{}: cannot create the config", config_json.string());
   out << text;

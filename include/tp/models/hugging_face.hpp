@@ -319,7 +319,12 @@ void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const 
   if (comm.rank() == 0) {
     try {
       std::filesystem::create_directories(dir);
-      write_hugging_face_config(model.config(), dir / "config.json");
+      constexpr DType dtype = dtype_of<T>;
+      write_hugging_face_config(model.config(), dir / "config.json",
+                                dtype == DType::f64   ? "float64"
+                                : dtype == DType::f16 ? "float16"
+                                : dtype == DType::bf16 ? "bfloat16"
+                                                       : "float32");
     } catch (const std::exception& e) {
       failed = 1;
       error = e.what();
