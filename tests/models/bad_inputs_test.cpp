@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -190,6 +191,41 @@ TEST(HuggingFaceCheckpoint, LoadsThroughAShardedIndex) {
         for (std::int64_t r = 0; r < a[k].value.rows; ++r)
           for (std::int64_t c = 0; c < a[k].value.cols; ++c) ASSERT_EQ(a[k].value(r, c), b[k].value(r, c)) << a[k].name;
     });
+}
+
+/// Bytes this process has read (/proc/self/io's rchar), -1 where there is none.
+std::int64_t bytes_read() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  std::int64_t value = -1;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return -1;
+}
+
+TEST(HuggingFaceCheckpoint, EachRankReadsOnlyItsSlices) {
+  TP_LOCAL_ONLY();
+  if (bytes_read() < 0) GTEST_SKIP() << "no /proc/self/io";
+  // At world 4 every rank reads its blocks (row blocks of q/k/v and gate/up, column blocks of
+  // GPT-2's transposed Conv1D weights), the replicated ones (norms, Llama's kv heads shared by 2
+  // ranks) once per holder, and nothing else but the header and config.json.
+  for (const char* name : {"llama", "gpt2"}) {
+    SCOPED_TRACE(name);
+    const fs::path dir = golden_root / name;
+    const SafetensorsFile file(dir / "model.safetensors");
+    const std::int64_t overhead = static_cast<std::int64_t>(file.header().data_start + fs::file_size(dir / "config.json"));
+    std::atomic<std::int64_t> blocks{0};
+    const std::int64_t before = bytes_read();
+    run_local(4, [&](std::shared_ptr<Communicator> comm) {
+      auto model = models::open_hugging_face<float>(Context<Cpu>(comm), dir);
+      for (const auto& p : model->parameters()) blocks += p.rows.size() * p.cols.size() * 4;  // F32 in the file
+    });
+    const std::int64_t read = bytes_read() - before;
+    EXPECT_GE(read, blocks.load());
+    // the blocks, each rank's header and config, and what reading /proc/self/io costs
+    EXPECT_LE(read, blocks.load() + 4 * overhead + 4096) << "of a file of " << fs::file_size(dir / "model.safetensors");
+    EXPECT_LT(blocks.load(), 2 * static_cast<std::int64_t>(fs::file_size(dir / "model.safetensors")));
+  }
 }
 
 TEST(HuggingFaceCheckpoint, RefusesHeadsThatCannotBeSplitAndPositionsPastTheEnd) {
