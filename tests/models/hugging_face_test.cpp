@@ -1,7 +1,9 @@
-/// Hugging Face configs and checkpoints tp must refuse, each with a tp error naming the file, the
-/// key or tensor and the sizes: another model_type, missing or mistyped keys, configs that
-/// contradict themselves or the tensors, tensors of another architecture, heads that cannot be
-/// split over the group, positions past the cache or the learned positions.
+/// Hugging Face configs and checkpoints apart from the golden numbers: configs read and written
+/// back; a sharded index; each rank reading only its slices; and what tp must refuse, each with a
+/// tp error naming the file, the key or tensor and the sizes: another model_type, missing or
+/// mistyped keys, configs that contradict themselves or the tensors, tensors of another
+/// architecture, heads that cannot be split over the group, positions past the cache or the
+/// learned positions.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
