@@ -135,8 +135,7 @@ TEST(HuggingFaceCheckpoint, RefusesAnotherArchitectureAndShapesThatContradictThe
   auto wide = read_json(golden_root / "llama" / "config.json");
   wide["intermediate_size"] = 48;
   const fs::path mismatched = model_dir(root, "mismatched", wide, "llama");
-  // Qwen2's config says untied, but a tied checkpoint (Llama's) has no lm_head.weight... the
-  // model_type differs only in name, so use Llama's config untied over Llama's tied tensors.
+  // An untied config over a tied checkpoint, which has no lm_head.weight.
   auto untied = read_json(golden_root / "llama" / "config.json");
   untied["tie_word_embeddings"] = false;
   const fs::path no_head = model_dir(root, "no_head", untied, "llama");
