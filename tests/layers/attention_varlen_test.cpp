@@ -138,7 +138,7 @@ TYPED_TEST(AttentionVarlen, PackedEqualsEachSequenceAlone) {
 
 /// Prefill, then one token per step (a sequence that has finished passes 0 new tokens), against one
 /// causal forward over the whole sequences; grouped-query with 1, 2 and 4 kv heads (replicated at
-/// worlds above them), RoPE, a masked prompt token.
+/// worlds above them), RoPE, a masked prompt token, with and without sequence parallelism.
 TYPED_TEST(AttentionVarlen, CacheDecodeMatchesFullForward) {
   using T = TypeParam;
   using Dev = test::TestDevice;
@@ -158,37 +158,44 @@ TYPED_TEST(AttentionVarlen, CacheDecodeMatchesFullForward) {
       SCOPED_TRACE(fmt::format("kv_heads {}", kv_heads));
       if (!splittable(heads, kv_heads, comm->size())) return;
       auto dev = std::make_shared<Dev>();
-      ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads,
-                                     {.rope_theta = 10000, .head_dim = d});
-      load(attn, w_qkv_h, b_qkv_h, w_o_h, b_o_h);
-      auto cache = attn.make_cache(2, 8);
-      ref::Matrix got(tokens, hidden);
-      const std::int64_t starts[2] = {0, lengths[0]};
-      // Steps: the prompts, then one token of each unfinished sequence.
-      std::vector<std::int64_t> done{0, 0};
-      const NoGrad no_grad;
-      for (int step = 0; done[0] < lengths[0] || done[1] < lengths[1]; ++step) {
-        AttentionBatch batch;
-        std::vector<std::int64_t> rows;
-        for (int b = 0; b < 2; ++b) {
-          const std::int64_t n = step == 0 ? prompts[b] : std::min<std::int64_t>(1, lengths[b] - done[b]);
-          batch.lengths.push_back(n);
-          for (std::int64_t i = 0; i < n; ++i) {
-            rows.push_back(starts[b] + done[b] + i);
-            batch.key_mask.push_back(mask[starts[b] + done[b] + i]);
+      for (const bool sp : {false, true}) {
+        SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+        ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads,
+                                       {.rope_theta = 10000, .head_dim = d, .sequence_parallel = sp});
+        load(attn, w_qkv_h, b_qkv_h, w_o_h, b_o_h);
+        auto cache = attn.make_cache(2, 8);
+        const std::int64_t starts[2] = {0, lengths[0]};
+        // Steps: the prompts, then one token of each unfinished sequence.
+        std::vector<std::int64_t> done{0, 0};
+        const NoGrad no_grad;
+        for (int step = 0; done[0] < lengths[0] || done[1] < lengths[1]; ++step) {
+          SCOPED_TRACE(fmt::format("step {}", step));
+          AttentionBatch batch;
+          std::vector<std::int64_t> rows;
+          for (int b = 0; b < 2; ++b) {
+            const std::int64_t n = step == 0 ? prompts[b] : std::min<std::int64_t>(1, lengths[b] - done[b]);
+            batch.lengths.push_back(n);
+            for (std::int64_t i = 0; i < n; ++i) {
+              rows.push_back(starts[b] + done[b] + i);
+              batch.key_mask.push_back(mask[starts[b] + done[b] + i]);
+            }
           }
+          const auto count = static_cast<std::int64_t>(rows.size());
+          ref::Matrix x_step(count, hidden), want_step(count, hidden);
+          for (std::int64_t r = 0; r < count; ++r)
+            for (std::int64_t c = 0; c < hidden; ++c) {
+              x_step(r, c) = x(rows[r], c);
+              want_step(r, c) = want.y(rows[r], c);
+            }
+          // Under sequence parallelism each rank passes, and gets back, its rows of the step.
+          const Range mine = sp ? partition(count, comm->size(), comm->rank()) : Range{0, count};
+          const auto& y = attn.forward(upload<T>(dev, x_step.rows_range(mine.begin, mine.size())).view(), batch, cache);
+          TP_EXPECT_CLOSE(T, download(*dev, y), want_step.rows_range(mine.begin, mine.size()));
+          for (int b = 0; b < 2; ++b) done[b] += batch.lengths[b];
+          EXPECT_EQ(cache.length(0), done[0]);
+          EXPECT_EQ(cache.length(1), done[1]);
         }
-        ref::Matrix x_step(static_cast<std::int64_t>(rows.size()), hidden);
-        for (std::size_t r = 0; r < rows.size(); ++r)
-          for (std::int64_t c = 0; c < hidden; ++c) x_step(static_cast<std::int64_t>(r), c) = x(rows[r], c);
-        const ref::Matrix y = download(*dev, attn.forward(upload<T>(dev, x_step).view(), batch, cache));
-        for (std::size_t r = 0; r < rows.size(); ++r)
-          for (std::int64_t c = 0; c < hidden; ++c) got(rows[r], c) = y(static_cast<std::int64_t>(r), c);
-        for (int b = 0; b < 2; ++b) done[b] += batch.lengths[b];
-        EXPECT_EQ(cache.length(0), done[0]);
-        EXPECT_EQ(cache.length(1), done[1]);
       }
-      TP_EXPECT_CLOSE(T, got, want.y);
     });
   }
 }
