@@ -147,15 +147,17 @@ TYPED_TEST(AttentionVarlen, CacheDecodeMatchesFullForward) {
   const std::vector<std::int64_t> lengths{7, 5}, prompts{3, 2};
   const std::int64_t tokens = 12;
   const std::vector<std::uint8_t> mask{1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1};  // sequence 1's second prompt token
-  for (const std::int64_t kv_heads : {1, 2, 4}) {
-    SCOPED_TRACE(fmt::format("kv_heads {}", kv_heads));
+  for (const auto& [kv_heads, masked] : {std::pair<std::int64_t, bool>{1, true}, {2, true}, {4, true}, {2, false}}) {
+    const std::string trace = fmt::format("kv_heads {} masked {}", kv_heads, masked);
+    SCOPED_TRACE(trace);
     const Weights<T> w(hidden, heads, kv_heads, d);
     const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
+    const std::vector<std::uint8_t> key_mask = masked ? mask : std::vector<std::uint8_t>(tokens, 1);
     const auto want = ref::attention(x, w.w_qkv, w.b_qkv, w.w_o, w.b_o, x, heads, kv_heads, d, true, true,
-                                     {lengths, mask, {}, 10000.0, true});
+                                     {lengths, key_mask, {}, 10000.0, true});
     const test::HostMatrix<T> w_qkv_h(w.w_qkv), b_qkv_h(w.b_qkv), w_o_h(w.w_o), b_o_h(w.b_o);
     on_ranks([&](std::shared_ptr<Communicator> comm) {
-      SCOPED_TRACE(fmt::format("kv_heads {}", kv_heads));
+      SCOPED_TRACE(trace);
       if (!splittable(heads, kv_heads, comm->size())) return;
       auto dev = std::make_shared<Dev>();
       for (const bool sp : {false, true}) {
@@ -177,7 +179,7 @@ TYPED_TEST(AttentionVarlen, CacheDecodeMatchesFullForward) {
             batch.lengths.push_back(n);
             for (std::int64_t i = 0; i < n; ++i) {
               rows.push_back(starts[b] + done[b] + i);
-              batch.key_mask.push_back(mask[starts[b] + done[b] + i]);
+              if (masked) batch.key_mask.push_back(mask[starts[b] + done[b] + i]);
             }
           }
           const auto count = static_cast<std::int64_t>(rows.size());
@@ -223,7 +225,10 @@ TEST(AttentionVarlenErrors, BadBatchesAndCacheMisuse) {
                 HasSubstr("attn: key mask has 2 entries for 6 tokens"));
     auto cache = attn.make_cache(2, 4);
     EXPECT_THAT(error_of([&] { attn.forward(x, AttentionBatch{{6}}, cache); }),
-                HasSubstr("the cache holds 2 sequences"));
+                HasSubstr("attn: the cache holds 2 sequences, the batch has 1"));
+    ParallelAttention<float> other(ctx, 8, 4 * world, world, {.head_dim = 2, .name = "other"});
+    EXPECT_THAT(error_of([&] { other.forward(x, AttentionBatch{{3, 3}}, cache); }),
+                HasSubstr("other: this KV cache was made by another attention layer"));
     attn.forward(x, AttentionBatch{{3, 3}}, cache);
     EXPECT_THAT(error_of([&] { attn.backward(x); }),
                 HasSubstr("attn: backward after a forward with a KV cache"));

@@ -38,12 +38,14 @@ class KvCache {
  private:
   friend class ParallelAttention<T, Device>;
 
-  KvCache(const Context<Device>& ctx, std::int64_t batch, std::int64_t max_len, std::int64_t kv_width)
+  KvCache(const Context<Device>& ctx, std::int64_t batch, std::int64_t max_len, std::int64_t kv_width,
+          std::uint64_t owner)
       : keys_(ctx.device, batch * max_len, kv_width),
         values_(ctx.device, batch * max_len, kv_width),
         lengths_(static_cast<std::size_t>(batch), 0),
         mask_(static_cast<std::size_t>(batch * max_len), std::uint8_t{1}),
-        max_len_(max_len) {}
+        max_len_(max_len),
+        owner_(owner) {}
 
   /// Sequence b's rows are [b max_len, b max_len + length(b)) of keys_ and values_ ([batch max_len,
   /// kv heads of this rank * head_dim]); mask_ holds each cached token's key-mask byte.
@@ -51,6 +53,7 @@ class KvCache {
   std::vector<std::int64_t> lengths_;
   std::vector<std::uint8_t> mask_;
   std::int64_t max_len_ = 0;
+  std::uint64_t owner_ = 0;  // the id of the layer that made it
 };
 
 }  // namespace tp

@@ -38,6 +38,8 @@
 /// three records (q, k, v) with their rows in the full tensor, and the bias likewise. The output
 /// projection "<name>.dense.weight" is [hidden, heads head_dim], split by columns.
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -154,7 +156,7 @@ class ParallelAttention {
   KvCache<T, Device> make_cache(std::int64_t batch, std::int64_t max_len) const {
     TP_CHECK(batch > 0 && max_len > 0, "{}: a KV cache needs batch > 0 and max_len > 0, got {} and {}",
              options_.name, batch, max_len);
-    return KvCache<T, Device>(ctx_, batch, max_len, kv_width_);
+    return KvCache<T, Device>(ctx_, batch, max_len, kv_width_, id_);
   }
 
   /// Incremental decoding: batch.lengths[b] new tokens of cached sequence b (lengths.size() ==
@@ -164,10 +166,10 @@ class ParallelAttention {
   /// Inference only: a backward after it throws.
   const Tensor<T, Device>& forward(ConstView<T> x, const AttentionBatch& batch, KvCache<T, Device>& cache) {
     const std::int64_t tokens = batch_tokens(x, batch);
-    TP_CHECK(cache.batch() == static_cast<std::int64_t>(batch.lengths.size()) && cache.keys_.cols() == kv_width_,
-             "{}: the cache holds {} sequences of kv width {}, the batch has {} sequences and this rank's kv width "
-             "is {} (a cache from another layer?)",
-             options_.name, cache.batch(), cache.keys_.cols(), batch.lengths.size(), kv_width_);
+    TP_CHECK(cache.owner_ == id_, "{}: this KV cache was made by another attention layer (use one cache per layer, "
+             "from that layer's make_cache)", options_.name);
+    TP_CHECK(cache.batch() == static_cast<std::int64_t>(batch.lengths.size()),
+             "{}: the cache holds {} sequences, the batch has {}", options_.name, cache.batch(), batch.lengths.size());
     for (std::size_t b = 0; b < batch.lengths.size(); ++b)
       TP_CHECK(cache.lengths_[b] + batch.lengths[b] <= cache.max_len(),
                "{}: sequence {} holds {} cached tokens; {} more pass the cache's max_len {}", options_.name, b,
@@ -193,7 +195,13 @@ class ParallelAttention {
       cache.lengths_[b] = cached + n;
       row += n;
     }
-    seqs.key_mask = cache.mask_;
+    // The mask goes to the op only when a cached key is masked: decoding without padding skips it.
+    bool masked = false;
+    for (std::size_t b = 0; b < batch.lengths.size(); ++b) {
+      const auto first = cache.mask_.begin() + static_cast<std::int64_t>(b) * max_len;
+      masked = masked || std::find(first, first + cache.lengths_[b], std::uint8_t{0}) != first + cache.lengths_[b];
+    }
+    if (masked) seqs.key_mask = cache.mask_;
     const auto lse = detail::ensure(lse_, ctx_, q_heads_.size(), tokens);
     MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
     tp::ops::attention_forward(dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(cache.keys_.view()),
@@ -330,6 +338,11 @@ class ParallelAttention {
     return options_.head_dim > 0 ? options_.head_dim : hidden_ / heads_;
   }
 
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> count{0};
+    return ++count;
+  }
+
   bool checked_rope() const {
     TP_CHECK(options_.rope_theta >= 0, "{}: rope_theta must be positive (or 0: no RoPE), got {}", options_.name,
              options_.rope_theta);
@@ -439,6 +452,8 @@ class ParallelAttention {
   std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0;
   AttentionSequences seqs_;  // the last forward's sequences, for backward
   bool cached_ = false;      // the last forward used a KV cache: nothing to differentiate
+  // Tells this layer's caches from other layers' (kept by a move, unlike the address).
+  std::uint64_t id_ = next_id();
   std::shared_ptr<Communicator> kv_comm_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, qkv_, context_, grad_qkv_, kv_grad_, kv_bias_grad_, grad_input_, grad_full_;
