@@ -72,6 +72,27 @@ TEST(HuggingFaceConfig, ReadsTheGoldenConfigs) {
   EXPECT_EQ(bert.norm_eps, 1e-12);
 }
 
+TEST(HuggingFaceConfig, MistralWithoutASlidingWindowIsLlama) {
+  TP_LOCAL_ONLY();
+  const fs::path dir = test::test_dir();
+  auto config = read_json(golden_root / "llama" / "config.json");
+  config["model_type"] = "mistral";
+  config["sliding_window"] = nullptr;
+  const fs::path mistral = model_dir(dir, "mistral", config, "llama");
+  EXPECT_EQ(models::read_hugging_face_config(mistral / "config.json").arch, models::Architecture::llama);
+  run_local(2, [&](std::shared_ptr<Communicator> comm) {
+    const Context<Cpu> ctx(comm);
+    auto a = models::open_hugging_face<float>(ctx, mistral);
+    auto b = models::open_hugging_face<float>(ctx, golden_root / "llama");
+    Tensor<std::int64_t, Cpu> ids(1, 6);
+    for (std::int64_t i = 0; i < 6; ++i) ids(0, i) = 7 * i + 3;
+    const auto& x = a->forward(ids.view(), AttentionBatch::uniform(1, 6));
+    const auto& y = b->forward(ids.view(), AttentionBatch::uniform(1, 6));
+    for (std::int64_t r = 0; r < x.rows(); ++r)
+      for (std::int64_t c = 0; c < x.cols(); ++c) ASSERT_EQ(x(r, c), y(r, c));
+  });
+}
+
 TEST(HuggingFaceConfig, WrittenConfigsReadBackTheSame) {
   TP_LOCAL_ONLY();
   const fs::path dir = test::test_dir();
@@ -106,6 +127,8 @@ TEST(HuggingFaceConfig, RefusesUnknownMissingMistypedAndInconsistentConfigs) {
       {"rope scaling", with([](auto& j) { j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; }), {"'rope_scaling'"}},
       {"activation", with([](auto& j) { j["hidden_act"] = "gelu"; }), {"'hidden_act'", "\"gelu\""}},
       {"negative size", with([](auto& j) { j["intermediate_size"] = -1; }), {"ffn must be positive, got -1"}},
+      {"sliding window", with([](auto& j) { j["model_type"] = "mistral"; j["sliding_window"] = 16; }),
+       {"'sliding_window' is 16", "max_position_embeddings 64"}},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);
