@@ -108,6 +108,9 @@ struct CpuOptions {
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
   CpuGemm gemm = CpuGemm::automatic;
+  /// Linear layers' forward and backward at few tokens on tp's streaming kernels
+  /// (tp/device/cpu/streaming_linear.hpp); false runs them as GEMMs, for benchmarks that compare.
+  bool streaming_linear = true;
 };
 
 class Cpu {
@@ -167,6 +170,14 @@ class Cpu {
     return 1;
 #endif
   }
+
+  /// Threads for tp's own CPU kernels (the streaming linear ones): CpuOptions::threads when set,
+  /// else the process's BLAS setting, so that the kernels and the BLAS agree (one per rank under
+  /// the scripts, which export OPENBLAS_NUM_THREADS=1).
+  int threads() const { return options_.threads > 0 ? options_.threads : blas_threads(); }
+
+  /// Whether the linear ops may take the streaming kernels (CpuOptions::streaming_linear).
+  bool streaming_linear() const { return options_.streaming_linear; }
 
   /// The library this instance's float GEMMs run on (never `automatic`).
   CpuGemm gemm_library() const { return options_.gemm; }
@@ -266,7 +277,7 @@ class Cpu {
   /// or, when the caller left threads at 0, to the process's BLAS setting, so both libraries agree.
   void dnnl_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<float> a,
                  ConstView<float> b, float beta, MatrixView<float> c) const {
-    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
+    const int threads = this->threads();
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const dnnl_status_t status =
         dnnl_sgemm(op_a == Op::n ? 'N' : 'T', op_b == Op::n ? 'N' : 'T', m, n, k, alpha, a.data,
