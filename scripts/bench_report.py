@@ -16,8 +16,18 @@ def load(results):
         for k, v in data.get("context", {}).items():
             if k.startswith("tp_") and k not in ("tp_backend", "tp_world"):
                 context.setdefault(k, v)
-        for b in data.get("benchmarks", []):
-            if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+        # With --benchmark_repetitions, a case's median stands for it (not each repetition).
+        benchmarks = data.get("benchmarks", [])
+        medians = {b["run_name"] for b in benchmarks
+                   if b.get("run_type") == "aggregate" and b.get("aggregate_name") == "median"}
+        for b in benchmarks:
+            if b.get("error_occurred"):
+                continue
+            if b.get("run_type", "iteration") == "aggregate":
+                if b.get("aggregate_name") != "median":
+                    continue
+                b = dict(b, name=b["run_name"])
+            elif b.get("run_name", b["name"]) in medians:
                 continue
             parts = b["name"].replace("/manual_time", "").split("/")
             row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us")),

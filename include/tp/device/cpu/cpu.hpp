@@ -103,7 +103,8 @@ struct CpuOptions {
   /// call set). OpenBLAS keeps one setting for the whole process, so only a caller that asks
   /// changes it: a default Cpu, such as the one host tensors share, never does. One thread per rank
   /// is right when ranks are pinned to cores, as under mpirun (the scripts export
-  /// OPENBLAS_NUM_THREADS=1).
+  /// OPENBLAS_NUM_THREADS=1). tp's own kernels (the streaming linear ones) run on this many
+  /// threads, on one when it is 0.
   int threads = 0;
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
@@ -172,9 +173,9 @@ class Cpu {
   }
 
   /// Threads for tp's own CPU kernels (the streaming linear ones): CpuOptions::threads when set,
-  /// else the process's BLAS setting, so that the kernels and the BLAS agree (one per rank under
-  /// the scripts, which export OPENBLAS_NUM_THREADS=1).
-  int threads() const { return options_.threads > 0 ? options_.threads : blas_threads(); }
+  /// else one. Not the BLAS's process-wide default (every core), which would start that many
+  /// threads per rank on each call of a kernel that takes a millisecond; ranks are the parallelism.
+  int threads() const { return options_.threads > 0 ? options_.threads : 1; }
 
   /// Whether the linear ops may take the streaming kernels (CpuOptions::streaming_linear).
   bool streaming_linear() const { return options_.streaming_linear; }
@@ -277,7 +278,7 @@ class Cpu {
   /// or, when the caller left threads at 0, to the process's BLAS setting, so both libraries agree.
   void dnnl_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<float> a,
                  ConstView<float> b, float beta, MatrixView<float> c) const {
-    const int threads = this->threads();
+    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const dnnl_status_t status =
         dnnl_sgemm(op_a == Op::n ? 'N' : 'T', op_b == Op::n ? 'N' : 'T', m, n, k, alpha, a.data,

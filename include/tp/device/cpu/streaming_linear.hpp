@@ -14,12 +14,15 @@
 /// The token count is a template parameter so that the per-token loops unroll into registers.
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "tp/core/error.hpp"
 #include "tp/core/tensor.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__) && \
@@ -33,9 +36,10 @@ namespace tp::detail {
 
 /// Token counts up to which tp::Cpu's linear ops take these kernels. Measured side by side with
 /// oneDNN's sgemm on an AVX-512 Xeon (thread CPU time, best of 20, the MLP's 2048x1024 and
-/// 1024x2048 weight shards): the forward took 0.45-0.55 of the GEMMs' time from 1 to 12 tokens
-/// and 0.95 at 16; the backward 0.5 at 1 token, 0.85 at 4, 0.95-1.0 at 8 and 12 (where it is
-/// bound by the 2m multiply-adds per weight element, as the GEMMs are) and 1.05-1.15 at 16.
+/// 1024x2048 weight shards, BENCHMARKS.md): the forward took 0.3-0.57 of the GEMMs' time from 1
+/// to 12 tokens and 0.84 at 16; the backward 0.4-0.6 at 1 and 2 tokens, 0.93 at 4, 0.98-1.05 at
+/// 8 and 12 (where it is bound by the 2m multiply-adds per weight element, as the GEMMs are) and
+/// 1.05-1.15 at 16.
 inline constexpr std::int64_t kStreamingForwardMaxTokens = 16;
 inline constexpr std::int64_t kStreamingBackwardMaxTokens = 12;
 
@@ -207,6 +211,8 @@ struct PaddedRows {
 template <class T>
 void streaming_linear_forward(ConstView<T> x, ConstView<T> w, T beta, MatrixView<T> y, int threads) {
   const std::int64_t m = x.rows, k = x.cols;
+  TP_CHECK(m >= 1 && m <= kStreamingForwardMaxTokens, "streaming_linear_forward: {} tokens, not 1 to {}", m,
+           kStreamingForwardMaxTokens);
   streaming::PaddedRows<T> xp(m, k);
   for (std::int64_t i = 0; i < m; ++i) std::copy_n(x.row(i), k, xp.data + i * xp.ld);
   streaming::with_tokens<kStreamingForwardMaxTokens>(m, [&](auto tokens) {
@@ -224,10 +230,13 @@ template <class T>
 void streaming_linear_backward(ConstView<T> dy, ConstView<T> x, ConstView<T> w, T beta_dx, MatrixView<T> dx, T beta_dw,
                                MatrixView<T> dw, int threads) {
   const std::int64_t m = dy.rows, n = w.rows, k = w.cols;
+  TP_CHECK(m >= 1 && m <= kStreamingBackwardMaxTokens, "streaming_linear_backward: {} tokens, not 1 to {}", m,
+           kStreamingBackwardMaxTokens);
   threads = static_cast<int>(std::clamp<std::int64_t>(threads, 1, std::max<std::int64_t>(n / 64, 1)));
   streaming::PaddedRows<T> xp(m, k);
   for (std::int64_t i = 0; i < m; ++i) std::copy_n(x.row(i), k, xp.data + i * xp.ld);
   std::vector<streaming::PaddedRows<T>> parts;
+  parts.reserve(static_cast<std::size_t>(threads));
   for (int t = 0; t < threads; ++t) parts.emplace_back(m, k);
   streaming::with_tokens<kStreamingBackwardMaxTokens>(m, [&](auto tokens) {
     streaming::over_row_slices(n, threads, [&](int t, std::int64_t j0, std::int64_t j1) {
