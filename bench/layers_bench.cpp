@@ -2,7 +2,10 @@
 /// (column h -> 4h, exact GELU, row 4h -> h, no biases, as the PyTorch peer), forward and
 /// forward+backward (input gradient and weight gradients: a training step), float32. GFLOP/s
 /// counts the whole layer's FLOPs, so at world size n it is the rate summed over ranks. Bare
-/// single-thread sgemm rows on every rank give the machine's GEMM rate in the same run.
+/// single-thread sgemm rows on every rank give the machine's GEMM rate in the same run, and a
+/// STREAM-style triad on every rank at once (a = b + s c over arrays larger than the last-level
+/// cache) its memory bandwidth, the limit of the layers at small token counts, where each step
+/// streams the weights and weight gradients through memory and does little arithmetic per byte.
 ///
 /// Opt-in (--layers=attention,embedding_ce): causal ParallelAttention over one sequence of `tokens`
 /// (heads = hidden / 64, a quarter as many kv heads), and the vocabulary-parallel pair: embedding
@@ -10,6 +13,10 @@
 ///
 ///   tp_bench_layers --backend=local --world=2 --tokens=8,512 --hidden=1024
 ///   mpirun -np 2 tp_bench_layers --backend=mpi --benchmark_format=json
+#include <unistd.h>
+
+#include <algorithm>
+
 #include "common/bench_world.hpp"
 #include "tp/core/rng.hpp"
 #include "tp/layers/column_parallel_linear.hpp"
@@ -30,8 +37,8 @@ inline void fill_input(Tensor<float, Cpu>& t, std::uint64_t key) {
 class LayerRunner : public Runner {
  public:
   LayerRunner(const std::shared_ptr<Communicator>& comm, std::string layer, bool backward, std::int64_t tokens,
-              std::int64_t hidden, std::int64_t vocab = 32000)
-      : ctx_(comm), layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
+              std::int64_t hidden, std::int64_t vocab = 32000, bool streaming = true)
+      : ctx_(comm, std::make_shared<Cpu>(CpuOptions{.streaming_linear = streaming})), layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
     const std::int64_t ffn = 4 * hidden;
     if (layer_ == "mlp" || layer_ == "column")
       column_ = std::make_unique<ColumnParallelLinear<float>>(ctx_, hidden, ffn, ColumnParallelOptions{.bias = false, .name = "fc1", .seed = 1});
@@ -152,6 +159,53 @@ class SgemmRunner : public Runner {
   double flops_;
 };
 
+/// a = b + s c on every rank at once over float arrays of `bytes_per_array` each (STREAM's triad):
+/// three arrays' bytes per step, reported summed over ranks (GBps) and per rank. Write-allocate
+/// traffic is not counted, as STREAM does not count it.
+class TriadRunner : public Runner {
+ public:
+  TriadRunner(const std::shared_ptr<Communicator>& comm, std::int64_t bytes_per_array)
+      : comm_(comm), n_(bytes_per_array / static_cast<std::int64_t>(sizeof(float))), a_(1, n_), b_(1, n_), c_(1, n_) {
+    fill_input(b_, 5);
+    fill_input(c_, 6);
+    cpu_.fill(a_.view(), 0.f);  // touch every page before timing
+  }
+  double step() override {
+    float* __restrict a = a_.data();
+    const float* __restrict b = b_.data();
+    const float* __restrict c = c_.data();
+    const float s = scale_;
+    return seconds([&] {
+      for (std::int64_t i = 0; i < n_; ++i) a[i] = b[i] + s * c[i];
+      benchmark::DoNotOptimize(a);
+      benchmark::ClobberMemory();
+    });
+  }
+  Counters finish(double t) override {
+    const double bytes = 3.0 * static_cast<double>(n_) * sizeof(float);
+    return {{"GBps", bytes * comm_->size() / t / 1e9}, {"GBps_per_rank", bytes / t / 1e9},
+            {"world", double(comm_->size())}};
+  }
+
+ private:
+  std::shared_ptr<Communicator> comm_;
+  Cpu cpu_;
+  std::int64_t n_;
+  Tensor<float, Cpu> a_, b_, c_;
+  float scale_ = 0.5f;
+};
+
+/// MiB per triad array for --triad=auto: the last-level cache's size (so the three arrays are three
+/// times it and every step comes from memory), at least 64 MiB where the cache size is unknown.
+inline std::int64_t auto_triad_mib() {
+  long llc = 0;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  return std::max<std::int64_t>(64, (static_cast<std::int64_t>(std::max(llc, 0L)) + (1 << 20) - 1) >> 20);
+}
+
 }  // namespace
 }  // namespace tp::bench
 
@@ -168,6 +222,15 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "mlp, column, row, attention, embedding_ce")->delimiter(',');
   app.add_option("--vocab", vocab, "vocabulary of embedding_ce")->check(CLI::PositiveNumber);
   app.add_option("--modes", modes, "fwd, fwdbwd")->delimiter(',');
+  bool compare_gemm = false;
+  app.add_flag("--compare-gemm", compare_gemm,
+               "also run every layer case with the linear layers on GEMMs only (CpuOptions::streaming_linear = "
+               "false), rows named .../streaming:0, for before/after ratios at few tokens in one run");
+  std::vector<std::string> triads{"auto"};
+  app.add_option("--triad", triads,
+                 "memory-bandwidth triads on every rank: MiB per array (auto: the last-level cache's size; none: no "
+                 "triad rows)")
+      ->delimiter(',');
   app.add_option("--sgemm", gemms, "bare sgemm shapes MxNxK run on every rank (none: no sgemm rows)")->delimiter(',');
   try {
     return tp::bench::main(argc, argv, app, options, [&](const Options& o, int world) {
@@ -182,6 +245,19 @@ int main(int argc, char** argv) {
                            return std::make_unique<SgemmRunner>(comm, m, n, k);
                          }});
       }
+      for (const auto& triad : triads) {
+        if (triad == "none") continue;
+        std::int64_t mib = 0;
+        if (triad == "auto")
+          mib = auto_triad_mib();
+        else
+          TP_CHECK(std::sscanf(triad.c_str(), "%ld", &mib) == 1 && mib > 0, "--triad wants MiB per array, got '{}'",
+                   triad);
+        cases.push_back({fmt::format("triad/{}/world:{}/mib:{}", o.backend, world, mib),
+                         [=](const std::shared_ptr<tp::Communicator>& comm) {
+                           return std::make_unique<TriadRunner>(comm, mib << 20);
+                         }});
+      }
       for (const auto& layer : layers) {
         TP_CHECK(layer == "mlp" || layer == "column" || layer == "row" || layer == "attention" ||
                      layer == "embedding_ce",
@@ -190,10 +266,15 @@ int main(int argc, char** argv) {
           TP_CHECK(mode == "fwd" || mode == "fwdbwd", "unknown mode '{}'", mode);
           for (std::int64_t h : hidden)
             for (std::int64_t t : tokens)
-              cases.push_back({fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}", layer, mode, o.backend, world, h, t),
-                               [=](const std::shared_ptr<tp::Communicator>& comm) {
-                                 return std::make_unique<LayerRunner>(comm, layer, mode == "fwdbwd", t, h, vocab);
-                               }});
+              for (const bool streaming : {true, false}) {
+                if (!streaming && !compare_gemm) continue;
+                cases.push_back({fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}{}", layer, mode, o.backend, world,
+                                             h, t, streaming ? "" : "/streaming:0"),
+                                 [=](const std::shared_ptr<tp::Communicator>& comm) {
+                                   return std::make_unique<LayerRunner>(comm, layer, mode == "fwdbwd", t, h, vocab,
+                                                                        streaming);
+                                 }});
+              }
         }
       }
       return cases;

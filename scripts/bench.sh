@@ -57,14 +57,15 @@ if [ $quick -eq 1 ]; then
   comm_args=(--max-bytes=1048576 --step-factor=16 --benchmark_min_time=0.02)
   tokens=8,512
   layer_args=(--hidden=1024 --benchmark_min_time=0.02)
-  side_args=(--layers=column,row --modes=fwdbwd --hidden=1024 --tokens=512 --sgemm=none --benchmark_min_time=0.02)
+  side_args=(--layers=column,row --modes=fwdbwd --hidden=1024 --tokens=512 --sgemm=none --triad=none
+             --benchmark_min_time=0.02)
   peer_tokens=(8 512)
   worlds=(1 2)
 else
   comm_args=(--benchmark_min_time=0.1)
   tokens=1,8,64,512,2048
   layer_args=(--hidden=1024 --benchmark_min_time=0.2)
-  side_args=(--layers=column,row --modes=fwd,fwdbwd --hidden=1024,2048 --tokens=8,512 --sgemm=none
+  side_args=(--layers=column,row --modes=fwd,fwdbwd --hidden=1024,2048 --tokens=8,512 --sgemm=none --triad=none
              --benchmark_min_time=0.1)
   peer_tokens=(1 8 64 512 2048)
   worlds=(1 2 4)
@@ -92,10 +93,14 @@ for backend in "${backends[@]}"; do
   for world in "${worlds[@]}"; do
     run "comm-$backend-$world" "$world" "$backend" tp_bench_comm "${comm_args[@]}"
     sgemm=()
-    [ "$world" -gt 2 ] && sgemm=(--sgemm=none)  # the bare GEMM rate matters at 1 and 2 ranks
+    # the bare GEMM rate and the memory bandwidth (triad) matter at 1 and 2 ranks
+    [ "$world" -gt 2 ] && sgemm=(--sgemm=none --triad=none)
     run "mlp-$backend-$world" "$world" "$backend" tp_bench_layers --layers=mlp --modes=fwd,fwdbwd \
       --tokens=$tokens "${layer_args[@]}" "${sgemm[@]}"
     if [ "$backend" = mpi ] && [ "$world" -le 2 ]; then
+      # Few tokens with the streaming linear kernels and on GEMMs only, side by side (before/after).
+      run "small-$backend-$world" "$world" "$backend" tp_bench_layers --layers=mlp --modes=fwd,fwdbwd --tokens=1,8,16 \
+        --hidden=1024 --compare-gemm --sgemm=none --triad=none "${layer_args[@]:1}"
       run "linear-$backend-$world" "$world" "$backend" tp_bench_layers "${side_args[@]}"
     fi
   done
@@ -144,13 +149,13 @@ blocks_log="$results/blocks.txt"
 : >"$blocks_log"
 for world in 1 2 4; do
   mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_layers" --backend=mpi --layers=attention,embedding_ce \
-    --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none --benchmark_color=false 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
+    --tokens=512 --hidden=1024 --vocab=32000 --sgemm=none --triad=none --benchmark_color=false 2>/dev/null | grep -E "^(attention|embedding_ce)" >>"$blocks_log" ||
     echo "bench.sh: blocks at world $world failed" >&2
 done
 # Long-sequence attention on one rank: 4096 tokens, hidden 512 = 8 heads of 64 (2 kv heads), causal;
 # the CPU's flash attention keeps no seq^2 probabilities (the old scheme held 2 x 512 MiB here).
 long_log="$results/attention-long.txt"
-"$build/bench/tp_bench_layers" --backend=local --world=1 --layers=attention --tokens=4096 --hidden=512 --sgemm=none \
+"$build/bench/tp_bench_layers" --backend=local --world=1 --layers=attention --tokens=4096 --hidden=512 --sgemm=none --triad=none \
   --benchmark_min_time=0.05 --benchmark_color=false 2>/dev/null | grep -E "^attention" >"$long_log" ||
   echo "bench.sh: long-sequence attention failed" >&2
 {

@@ -16,11 +16,22 @@ def load(results):
         for k, v in data.get("context", {}).items():
             if k.startswith("tp_") and k not in ("tp_backend", "tp_world"):
                 context.setdefault(k, v)
-        for b in data.get("benchmarks", []):
-            if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+        # With --benchmark_repetitions, a case's median stands for it (not each repetition).
+        benchmarks = data.get("benchmarks", [])
+        medians = {b["run_name"] for b in benchmarks
+                   if b.get("run_type") == "aggregate" and b.get("aggregate_name") == "median"}
+        for b in benchmarks:
+            if b.get("error_occurred"):
+                continue
+            if b.get("run_type", "iteration") == "aggregate":
+                if b.get("aggregate_name") != "median":
+                    continue
+                b = dict(b, name=b["run_name"])
+            elif b.get("run_name", b["name"]) in medians:
                 continue
             parts = b["name"].replace("/manual_time", "").split("/")
-            row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us"))}
+            row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us")),
+                   "file": os.path.basename(path)}
             pos = [p for p in parts[1:] if ":" not in p]
             for p in parts[1:]:
                 if ":" in p:
@@ -28,11 +39,14 @@ def load(results):
                     row[k] = int(v)
             if row["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
                 row["backend"], row["impl"] = pos[0], pos[1]
-            elif row["kind"] == "sgemm":
+            elif row["kind"] in ("sgemm", "triad"):
                 row["backend"] = pos[0]
             else:
                 row["mode"], row["backend"] = pos[0], pos[1]
-            for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw"):
+            if row.get("streaming") == 0:  # tp_bench_layers --compare-gemm: the same case on GEMMs only
+                row["kind"] += "_gemm"
+            for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw", "GBps",
+                      "GBps_per_rank"):
                 if k in b:
                     row[k] = b[k]
             rows.append(row)
@@ -217,6 +231,32 @@ def layer_section(rows, peer, out):
             out.append(f"| {r['backend']} | {r['world']} | {r['m']}x{r['n']}x{r['k']} | {fmt_us(r['us'])} | "
                        f"{r['GFLOPs_per_rank']:.1f} | {r['GFLOPs']:.1f} |")
         out.append("")
+    triad = [r for r in rows if r["kind"] == "triad"]
+    if triad:
+        out.append("## Memory bandwidth: triad a = b + s c on every rank at once (the memory limit in this run)\n")
+        out.append("Three float arrays of the given size each, per rank (the last-level cache's size by default, so "
+                   "the data comes from memory); bytes counted as STREAM does (three arrays, no write-allocate).\n")
+        out.append("| backend | n | MiB per array | time | GB/s per rank | GB/s summed |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for r in sorted(triad, key=lambda r: (r["backend"], r["world"], r["mib"])):
+            out.append(f"| {r['backend']} | {r['world']} | {r['mib']} | {fmt_us(r['us'])} | {r['GBps_per_rank']:.1f} | "
+                       f"{r['GBps']:.1f} |")
+        out.append("")
+
+
+def mlp_weight_traffic(hidden, ffn=None):
+    """Bytes a float32 MLP step (column h->ffn, row ffn->h, no biases) must move at few tokens, over
+    all ranks: the weights read in forward, read again in backward, and the weight gradients read
+    and written (accumulated) in backward. Activations are tokens x width, negligible here."""
+    ffn = ffn or 4 * hidden
+    weights = 2 * hidden * ffn * 4
+    return 4 * weights
+
+
+def triad_row(rows, backend, world):
+    """The largest-array triad of this backend and world (arrays beyond the last-level cache)."""
+    sel = [r for r in rows if r["kind"] == "triad" and r["backend"] == backend and r["world"] == world]
+    return max(sel, key=lambda r: r.get("mib", 0)) if sel else None
 
 
 def targets(rows, peer, out):
@@ -251,6 +291,17 @@ def targets(rows, peer, out):
                 out.append(f"| MLP h1024 fwdbwd {t} tokens, tp MPI n=2 / torch {p['version']} ({src}) gloo n=2 | "
                            f"{fmt_ratio(ratio(two['us'], p['fwdbwd']), goal if src == 'pypi' else None)} "
                            f"({fmt_us(two['us'])} / {fmt_us(p['fwdbwd'])}) | {f'≤ {goal}' if src == 'pypi' else '–'} |")
+    tri = triad_row(rows, "mpi", 2)
+    if tri:
+        for t in (1, 8):
+            r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
+            if r:
+                limit_us = mlp_weight_traffic(1024) / (tri["GBps"] * 1e9) * 1e6
+                goal = 1.2 if t == 8 else None
+                out.append(f"| MLP h1024 fwdbwd {t} tokens, MPI n=2 / memory limit ({mlp_weight_traffic(1024) / 1e6:.0f} MB "
+                           f"of weights and weight gradients / triad {tri['GBps']:.1f} GB/s over both ranks = "
+                           f"{fmt_us(limit_us)}) | {fmt_ratio(ratio(r['us'], limit_us), goal)} ({fmt_us(r['us'])}) | "
+                           f"{f'≤ {goal}' if goal else '–'} |")
     ref = find(rows, kind="sgemm", backend="mpi", world=1, m=2048) or find(rows, kind="sgemm", world=1, m=2048)
     if ref:
         for w in (1, 2):
@@ -263,6 +314,39 @@ def targets(rows, peer, out):
             # the compute limit: the step's FLOPs over two ranks at the single-thread sgemm rate
             out.append(f"| MLP h1024 fwdbwd 512 tokens, MPI n=2 / compute limit (FLOPs / (2 x {ref['GFLOPs_per_rank']:.1f} "
                        f"GF/s)) | {fmt_ratio(ratio(2 * ref['GFLOPs_per_rank'], r['GFLOPs']), 1.10)} | ≤ 1.10 |")
+    out.append("")
+
+
+def small_token_section(rows, out):
+    """The MLP at few tokens with tp::Cpu's streaming linear kernels beside the same case on GEMMs
+    only (tp_bench_layers --compare-gemm), and both over the memory limit of the same run's triad."""
+    pairs = []
+    for r in rows:
+        if r["kind"] != "mlp" or r["tokens"] > 16:
+            continue
+        g = find(rows, kind="mlp_gemm", file=r["file"], backend=r["backend"], world=r["world"], hidden=r["hidden"], tokens=r["tokens"],
+                 mode=r["mode"])
+        if g:
+            pairs.append((r, g))
+    if not pairs:
+        return
+    out.append("## Few tokens: streaming kernels against GEMMs, and the memory limit\n")
+    out.append("The MLP block (float32) with `tp::Cpu`'s streaming linear kernels (one pass over each weight, and "
+               "over weight and gradient together in backward) and the same case with `CpuOptions::streaming_linear = "
+               "false` (the BLAS's GEMMs), run one after the other in this run. The memory limit is the bytes a "
+               "step must move (fwd: the weights; fwdbwd: the weights twice and the weight gradients read and written) "
+               "over the triad bandwidth of the same backend and world.\n")
+    out.append("| backend | n | hidden | tokens | mode | streaming | GEMMs | streaming / GEMMs | streaming / memory limit | GEMMs / memory limit |")
+    out.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r, g in sorted(pairs, key=lambda p: (p[0]["backend"], p[0]["world"], p[0]["hidden"], p[0]["mode"], p[0]["tokens"])):
+        tri = triad_row(rows, r["backend"], r["world"])
+        limit = None
+        if tri:
+            traffic = mlp_weight_traffic(r["hidden"]) * (1 if r["mode"] == "fwdbwd" else 0.25)
+            limit = traffic / (tri["GBps"] * 1e9) * 1e6
+        out.append(f"| {r['backend']} | {r['world']} | {r['hidden']} | {r['tokens']} | {r['mode']} | {fmt_us(r['us'])} | "
+                   f"{fmt_us(g['us'])} | {fmt_ratio(ratio(r['us'], g['us']))} | {fmt_ratio(ratio(r['us'], limit))} | "
+                   f"{fmt_ratio(ratio(g['us'], limit))} |")
     out.append("")
 
 
@@ -367,6 +451,7 @@ def main():
     plots(rows, peer, args.plots, out)
     comm_section(rows, out)
     layer_section(rows, peer, out)
+    small_token_section(rows, out)
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")
 

@@ -59,16 +59,6 @@ MatrixView<T> ensure(Tensor<T, Device>& t, const Context<Device>& ctx, std::int6
   return t.view();
 }
 
-/// y = x w^T + bias (bias may be empty): ops::gemm_bias fuses the bias into the GEMM where the
-/// device can (tp::Cuda's cuBLASLt epilogue), one pass over y fewer.
-template <class T, class Device>
-void linear_forward(const Device& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
-  if (bias.data == nullptr)
-    dev.gemm(Op::n, Op::t, T(1), x, w, T(0), y);
-  else
-    ops::gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
-}
-
 /// Sums a contiguous matrix over the group, in place.
 template <class T, class Device>
 void all_reduce_sum(const Context<Device>& ctx, MatrixView<T> x) {

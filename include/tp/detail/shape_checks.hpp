@@ -2,6 +2,7 @@
 /// Shape checks and shape records that the devices and the ops share.
 
 #include <cstdint>
+#include <functional>
 #include <type_traits>
 
 #include "tp/core/error.hpp"
@@ -13,6 +14,16 @@ template <class T>
 void check_same_shape(ConstView<T> a, ConstView<T> b, const char* op) {
   TP_CHECK(a.rows == b.rows && a.cols == b.cols, "{}: shapes {}x{} and {}x{} differ", op, a.rows, a.cols, b.rows,
            b.cols);
+}
+
+/// True when the elements a and b span (first to last, whatever the strides) share an address.
+/// Pointers are compared with std::less, which orders unrelated pointers too.
+template <class T>
+bool overlaps(ConstView<T> a, ConstView<T> b) {
+  if (a.empty() || b.empty()) return false;
+  const T* a_end = a.data + (a.rows - 1) * a.ld + a.cols;
+  const T* b_end = b.data + (b.rows - 1) * b.ld + b.cols;
+  return std::less<const T*>{}(a.data, b_end) && std::less<const T*>{}(b.data, a_end);
 }
 
 }  // namespace tp::detail

@@ -84,8 +84,8 @@ class ColumnParallelLinear {
       dev.copy(x, input);
     MatrixView<T> y = detail::ensure(shard_out_, ctx_, tokens, options_.stacked * range_.size());
     const bool add_bias = options_.bias && !options_.skip_bias_add;
-    detail::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{},
-                              y);
+    tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(),
+                               add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{}, y);
     saved_.on_forward();
     if (!options_.gather_output) return shard_out_;
     detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, tokens, out_));
@@ -104,8 +104,7 @@ class ColumnParallelLinear {
     const ConstView<T> g = options_.gather_output ? grad_output.cols_range(range_.begin, range_.size()) : grad_output;
     const Device& dev = *ctx_.device;
     MatrixView<T> dx = detail::ensure(options_.sequence_parallel ? grad_full_ : grad_input_, ctx_, tokens, in_);
-    dev.gemm(Op::n, Op::n, T(1), g, weight_.view(), T(0), dx);
-    dev.gemm(Op::t, Op::n, T(1), g, input_.view(), T(1), weight_grad_.view());
+    tp::ops::linear_backward<T>(dev, g, input_.view(), weight_.view(), T(0), dx, T(1), weight_grad_.view());
     if (options_.bias) tp::ops::add_bias_grad(dev, g, bias_grad_.view());
     if (!options_.sequence_parallel) {
       detail::all_reduce_sum(ctx_, dx);

@@ -69,7 +69,7 @@ class RowParallelLinear {
     const MatrixView<T> saved = detail::ensure(input_, ctx_, x.rows, range_.size());
     dev.copy(xr, saved);
     MatrixView<T> y = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, x.rows, out_);
-    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(saved), weight_.view(), T(0), y);
+    tp::ops::linear_forward<T>(dev, ConstView<T>(saved), weight_.view(), ConstView<T>{}, y);
     if (options_.sequence_parallel) {
       const Range mine = partition(x.rows, ctx_.world(), ctx_.rank());
       MatrixView<T> shard = detail::ensure(output_, ctx_, mine.size(), out_);
@@ -99,8 +99,7 @@ class RowParallelLinear {
       grad_output = full;
     }
     MatrixView<T> dx = detail::ensure(grad_shard_, ctx_, tokens, range_.size());
-    dev.gemm(Op::n, Op::n, T(1), grad_output, weight_.view(), T(0), dx);
-    dev.gemm(Op::t, Op::n, T(1), grad_output, input_.view(), T(1), weight_grad_.view());
+    tp::ops::linear_backward<T>(dev, grad_output, input_.view(), weight_.view(), T(0), dx, T(1), weight_grad_.view());
     if (options_.bias) tp::ops::add_bias_grad(dev, grad_output, bias_grad_.view());
     if (options_.input_is_parallel) return grad_shard_;
     detail::gather_columns(ctx_, ConstView<T>(dx), in_, gather_scratch_, detail::ensure(grad_full_, ctx_, tokens, in_));

@@ -1,6 +1,9 @@
 #pragma once
-/// The element-wise ends of a linear layer: bias add and bias gradient, and GEMMs with a fused
-/// epilogue (tp::Cuda runs them inside cuBLASLt; tp::Cpu runs Cpu::gemm, then the element-wise step).
+/// A linear layer's products and their element-wise ends: the forward (y = x w^T + bias) and the
+/// backward (dx and the weight gradient together), bias add and bias gradient, and GEMMs with a
+/// fused epilogue (tp::Cuda runs them inside cuBLASLt; tp::Cpu runs Cpu::gemm, then the
+/// element-wise step). tp::Cpu runs the forward and backward of few tokens as streaming kernels
+/// (tp/device/cpu/streaming_linear.hpp), the rest as GEMMs.
 
 #include <cstdint>
 
@@ -12,6 +15,8 @@ TP_OPS_DECLARE(add_bias)
 TP_OPS_DECLARE(add_bias_grad)
 TP_OPS_DECLARE(gemm_bias)
 TP_OPS_DECLARE(gemm_epilogue)
+TP_OPS_DECLARE(linear_forward)
+TP_OPS_DECLARE(linear_backward)
 
 #ifdef TP_HAS_BLAS
 #include "tp/device/cpu/linear.hpp"
@@ -61,6 +66,43 @@ void gemm_epilogue(const D& dev, Op op_a, Op op_b, std::type_identity_t<T> alpha
            "gemm_epilogue: aux is {}x{} with ld {}, expected {}x{} with ld a multiple of 8", epilogue.aux.rows,
            epilogue.aux.cols, epilogue.aux.ld, c.rows, c.cols);
   TP_OPS_DISPATCH(gemm_epilogue, dev, op_a, op_b, alpha, a, b, beta, c, epilogue);
+}
+
+/// y = x w^T, plus bias[0, :] unless bias is empty: a linear layer's forward for x [tokens, in] and
+/// w [out, in] (torch.nn.Linear's layout), y [tokens, out]. y must not overlap x, w or bias.
+template <class T, Device D>
+void linear_forward(const D& dev, In<T> x, In<T> w, In<T> bias, MatrixView<T> y) {
+  TP_CHECK(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows,
+           "linear_forward: x is {}x{}, w is {}x{}, y is {}x{} (want x [m, k], w [n, k], y [m, n])", x.rows, x.cols,
+           w.rows, w.cols, y.rows, y.cols);
+  TP_CHECK(bias.empty() || (bias.rows == 1 && bias.cols == y.cols), "linear_forward: bias is {}x{}, y has {} columns",
+           bias.rows, bias.cols, y.cols);
+  TP_CHECK(!tp::detail::overlaps<T>(y, x) && !tp::detail::overlaps<T>(y, w) && !tp::detail::overlaps<T>(y, bias),
+           "linear_forward: the output y ({}x{}) overlaps an input", y.rows, y.cols);
+  if (y.empty()) return;
+  TP_OPS_DISPATCH(linear_forward, dev, x, w, bias, y);
+}
+
+/// dx = dy w + beta_dx dx and dw = dy^T x + beta_dw dw: a linear layer's backward for dy [tokens,
+/// out], x [tokens, in] (the forward's input), w and dw [out, in], dx [tokens, in]; beta_dw = 1
+/// accumulates the weight gradient. A beta of 0 ignores what the output held (NaN included).
+/// tp::Cpu computes both in one sweep over w and dw for few tokens. dx and dw must not overlap
+/// each other or an input.
+template <class T, Device D>
+void linear_backward(const D& dev, In<T> dy, In<T> x, In<T> w, std::type_identity_t<T> beta_dx, MatrixView<T> dx,
+                     std::type_identity_t<T> beta_dw, MatrixView<T> dw) {
+  TP_CHECK(dy.rows == x.rows && dy.cols == w.rows && x.cols == w.cols && dx.rows == x.rows && dx.cols == x.cols &&
+               dw.rows == w.rows && dw.cols == w.cols,
+           "linear_backward: dy is {}x{}, x is {}x{}, w is {}x{}, dx is {}x{}, dw is {}x{} (want dy [m, n], x and dx "
+           "[m, k], w and dw [n, k])",
+           dy.rows, dy.cols, x.rows, x.cols, w.rows, w.cols, dx.rows, dx.cols, dw.rows, dw.cols);
+  for (const ConstView<T> out : {ConstView<T>(dx), ConstView<T>(dw)})
+    TP_CHECK(!tp::detail::overlaps<T>(out, dy) && !tp::detail::overlaps<T>(out, x) && !tp::detail::overlaps<T>(out, w),
+             "linear_backward: an output ({}x{}) overlaps an input", out.rows, out.cols);
+  TP_CHECK(!tp::detail::overlaps<T>(dx, dw), "linear_backward: dx ({}x{}) and dw ({}x{}) overlap", dx.rows, dx.cols,
+           dw.rows, dw.cols);
+  if (dx.empty() && dw.empty()) return;
+  TP_OPS_DISPATCH(linear_backward, dev, dy, x, w, beta_dx, dx, beta_dw, dw);
 }
 
 }  // namespace tp::ops

@@ -103,11 +103,15 @@ struct CpuOptions {
   /// call set). OpenBLAS keeps one setting for the whole process, so only a caller that asks
   /// changes it: a default Cpu, such as the one host tensors share, never does. One thread per rank
   /// is right when ranks are pinned to cores, as under mpirun (the scripts export
-  /// OPENBLAS_NUM_THREADS=1).
+  /// OPENBLAS_NUM_THREADS=1). tp's own kernels (the streaming linear ones) run on this many
+  /// threads, on one when it is 0.
   int threads = 0;
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
   CpuGemm gemm = CpuGemm::automatic;
+  /// Linear layers' forward and backward at few tokens on tp's streaming kernels
+  /// (tp/device/cpu/streaming_linear.hpp); false runs them as GEMMs, for benchmarks that compare.
+  bool streaming_linear = true;
 };
 
 class Cpu {
@@ -167,6 +171,14 @@ class Cpu {
     return 1;
 #endif
   }
+
+  /// Threads for tp's own CPU kernels (the streaming linear ones): CpuOptions::threads when set,
+  /// else one. Not the BLAS's process-wide default (every core), which would start that many
+  /// threads per rank on each call of a kernel that takes a millisecond; ranks are the parallelism.
+  int threads() const { return options_.threads > 0 ? options_.threads : 1; }
+
+  /// Whether the linear ops may take the streaming kernels (CpuOptions::streaming_linear).
+  bool streaming_linear() const { return options_.streaming_linear; }
 
   /// The library this instance's float GEMMs run on (never `automatic`).
   CpuGemm gemm_library() const { return options_.gemm; }

@@ -1,5 +1,6 @@
 #pragma once
-/// The CPU side of tp/ops/linear.hpp: bias add and its gradient, and the fused-GEMM epilogues as a
+/// The CPU side of tp/ops/linear.hpp: a linear layer's forward and backward (streaming kernels for
+/// few tokens, GEMMs otherwise), bias add and its gradient, and the fused-GEMM epilogues as a
 /// Cpu::gemm followed by the element-wise step (the GELU ones are the tanh approximation, as in
 /// cuBLASLt).
 
@@ -7,6 +8,7 @@
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
+#include "tp/device/cpu/streaming_linear.hpp"
 
 namespace tp::impl {
 
@@ -72,6 +74,29 @@ void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, Co
       return;
     }
   }
+}
+
+template <class T>
+void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
+  if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::kStreamingForwardMaxTokens && x.cols > 0) {
+    detail::streaming_linear_forward<T>(x, w, T(0), y, dev.threads());
+    if (!bias.empty()) add_bias(dev, y, bias);
+    return;
+  }
+  if (bias.empty())
+    dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
+  else
+    gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
+}
+
+template <class T>
+void linear_backward(const Cpu& dev, ConstView<T> dy, ConstView<T> x, ConstView<T> w, T beta_dx, MatrixView<T> dx,
+                     T beta_dw, MatrixView<T> dw) {
+  if (dev.streaming_linear() && dy.rows >= 1 && dy.rows <= detail::kStreamingBackwardMaxTokens && x.cols > 0 &&
+      w.rows > 0)
+    return detail::streaming_linear_backward<T>(dy, x, w, beta_dx, dx, beta_dw, dw, dev.threads());
+  dev.gemm<T>(Op::n, Op::n, T(1), dy, w, beta_dx, dx);
+  dev.gemm<T>(Op::t, Op::n, T(1), dy, x, beta_dw, dw);
 }
 
 }  // namespace tp::impl

@@ -74,4 +74,21 @@ requires(!std::is_same_v<T, double>) void gemm_epilogue(const Cuda& dev, Op op_a
   dev.gemm_ex<T>(op_a, op_b, detail::to_double(alpha), a, b, detail::to_double(beta), c, epilogue);
 }
 
+/// The linear layer's forward and backward as GEMMs: cuBLASLt reaches the bandwidth at few tokens
+/// on its own, so there is no streaming kernel here (tp::Cpu has one).
+template <class T>
+void linear_forward(const Cuda& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
+  if (bias.empty())
+    dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
+  else
+    gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
+}
+
+template <class T>
+void linear_backward(const Cuda& dev, ConstView<T> dy, ConstView<T> x, ConstView<T> w, T beta_dx, MatrixView<T> dx,
+                     T beta_dw, MatrixView<T> dw) {
+  dev.gemm<T>(Op::n, Op::n, T(1), dy, w, beta_dx, dx);
+  dev.gemm<T>(Op::t, Op::n, T(1), dy, x, beta_dw, dw);
+}
+
 }  // namespace tp::impl
