@@ -1,5 +1,5 @@
 #pragma once
-/// Unsharded double-precision references for training: AdamW and LayerNorm as plain loops.
+/// Unsharded double-precision references for training: AdamW, LayerNorm and RMSNorm as plain loops.
 
 #include <cmath>
 #include <cstdint>
@@ -56,6 +56,34 @@ inline LayerNormResult layer_norm(const Matrix& x, const Matrix& gamma, const Ma
                                           (x(r, c) - mu) * (x(r, k) - mu) / (double(n) * s * s * s));
         acc += dy(r, c) * jac;
       }
+      out.dx(r, k) = acc;
+    }
+  }
+  return out;
+}
+
+struct RmsNormResult {
+  Matrix y, dx, dgamma;
+};
+
+/// Llama's RMSNorm (y = x / sqrt(mean(x^2) + eps) * gamma) and its backward, the backward by
+/// differentiating the forward's formula term by term, as layer_norm above.
+inline RmsNormResult rms_norm(const Matrix& x, const Matrix& gamma, const Matrix& dy, double eps) {
+  const std::int64_t n = x.cols;
+  RmsNormResult out{Matrix(x.rows, n), Matrix(x.rows, n), Matrix(1, n)};
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    double ms = 0;
+    for (std::int64_t c = 0; c < n; ++c) ms += x(r, c) * x(r, c) / double(n);
+    const double s = std::sqrt(ms + eps);
+    for (std::int64_t c = 0; c < n; ++c) {
+      out.y(r, c) = x(r, c) / s * gamma(0, c);
+      out.dgamma(0, c) += dy(r, c) * x(r, c) / s;
+    }
+    // y_c = gamma_c x_c / s, ds/dx_k = x_k / (n s): dy_c/dx_k = gamma_c [delta_ck / s - x_c x_k / (n s^3)]
+    for (std::int64_t k = 0; k < n; ++k) {
+      double acc = 0;
+      for (std::int64_t c = 0; c < n; ++c)
+        acc += dy(r, c) * gamma(0, c) * ((c == k ? 1.0 : 0.0) / s - x(r, c) * x(r, k) / (double(n) * s * s * s));
       out.dx(r, k) = acc;
     }
   }

@@ -1,9 +1,14 @@
 /// VocabParallelEmbedding against the unsharded lookup: odd vocabularies over every world size
 /// (7 over 3, 50257 over 4), a [batch, seq] id matrix, sequence parallelism on and off, ids out
-/// of range; the lookup and its gradient on every device (common/devices.hpp).
+/// of range, tables smaller than the world (replicated); the lookup and its gradient on every
+/// device (common/devices.hpp).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <span>
+#include <string>
 
 #include "common/blocks_reference.hpp"
 #include "common/devices.hpp"
@@ -61,6 +66,57 @@ TYPED_TEST(Embedding, MatchesReference) {
   }
 }
 
+/// A table with fewer rows than ranks (vocab 2 and 3: BERT's token types) is replicated at world
+/// sizes above its rows: every rank holds it all, marked copy = rank so that a gradient norm counts
+/// it once, and every rank ends with the same full gradient; at smaller worlds it is split as usual.
+TYPED_TEST(Embedding, SmallTablesAreReplicated) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const std::int64_t hidden = 5, batch = 2, seq = 3, tokens = batch * seq;
+  for (const std::int64_t vocab : {2, 3}) {
+    const std::string trace = fmt::format("vocab {}", vocab);
+    SCOPED_TRACE(trace);
+    auto ids = ref::random_ids(tokens, vocab, ref::test_seed(1));
+    ids[0] = 0;
+    ids[1] = vocab - 1;
+    const auto table = test::random_matrix<T>(vocab, hidden, ref::test_seed(2));
+    const auto dy = test::random_matrix<T>(tokens, hidden, ref::test_seed(3));
+    const auto y = ref::embedding(ids, table);
+    const auto dtable = ref::embedding_grad(ids, dy, vocab);
+    double norm = 0;
+    for (const double g : dtable.data) norm += g * g;
+    norm = std::sqrt(norm);
+    const test::HostMatrix<T> table_h(table);
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      SCOPED_TRACE(trace);
+      auto dev = std::make_shared<Dev>();
+      const bool replicated = vocab < comm->size();
+      const Range mine = partition(tokens, comm->size(), comm->rank());
+      const auto ids_d = test::upload_ids(dev, ids, batch, seq);
+      for (const bool sp : {false, true}) {
+        SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+        const Context<Dev> ctx(comm, dev);
+        VocabParallelEmbedding<T, Dev> emb(ctx, vocab, hidden, {.sequence_parallel = sp, .name = "token_type"});
+        EXPECT_EQ(emb.replicated(), replicated);
+        EXPECT_EQ(emb.vocab_range(), (replicated ? Range{0, vocab} : partition(vocab, comm->size(), comm->rank())));
+        const auto ps = emb.parameters();
+        ASSERT_EQ(ps.size(), 1u);
+        EXPECT_EQ(ps[0].copy, replicated ? comm->rank() : 0);
+        EXPECT_EQ(ps[0].sharded(), !replicated && comm->size() > 1);
+        emb.load_full(table_h.view());
+        TP_EXPECT_CLOSE(T, download(*dev, emb.forward(ids_d.view())), sp ? y.rows_range(mine.begin, mine.size()) : y);
+        const auto dy_d = upload<T>(dev, sp ? dy.rows_range(mine.begin, mine.size()) : dy);
+        emb.backward(dy_d.view());
+        test::expect_grads<T>(*dev, ps, {{"token_type.weight", &dtable}});
+        // Counted once, whatever the world size: the norm of the one full gradient.
+        const double got = grad_norm<T>(ctx, std::span<const Parameter<T>>(ps));
+        EXPECT_LE(std::abs(got - norm) / norm, ref::tolerance<T>) << got << " vs " << norm;
+      }
+    });
+  }
+}
+
 #ifndef TP_TEST_CUDA  // device-independent checks: once, in the host binaries
 
 /// The initial table is a function of (seed, name, full index): the same at every world size.
@@ -96,7 +152,8 @@ TEST(EmbeddingErrors, IdsOutOfRangeNameTheIdAndPosition) {
       }
     }
     EXPECT_THROW(emb.backward(Tensor<float, Cpu>(6, 4)), InvalidArgument);  // before any forward
-    if (comm->size() > 2) EXPECT_THROW(VocabParallelEmbedding<float>(Context<>(comm), 2, 4), InvalidArgument);
+    EXPECT_THAT([&] { VocabParallelEmbedding<float>(Context<>(comm), 0, 4, {.name = "wte"}); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("wte: vocab must be positive, got 0")));
   });
 }
 

@@ -1,7 +1,7 @@
 /// Every layer's backward against central differences of its own forward, in double, at every
 /// world size the harness runs (common/finite_difference.hpp): the input gradient and every
 /// parameter gradient, with the options that change the backward (gathered output, full input,
-/// sequence parallelism, stacked weights, activations, label smoothing both ways, ignored tokens,
+/// sequence parallelism, stacked weights, the tied embedding and LM head, activations, label smoothing both ways, ignored tokens,
 /// causal and grouped-query attention with replicated kv heads, their bias in the packed and the
 /// separate all-reduce). Independent of the hand-written references in tests/common.
 
@@ -138,6 +138,27 @@ TEST(FiniteDifferences, LayerNorm) {
   }
 }
 
+TEST(FiniteDifferences, RMSNorm) {
+  const std::int64_t tokens = 3, hidden = 5;
+  const auto x =
+      ref::map(ref::random_matrix<double>(tokens, hidden, ref::test_seed(30)), [](double v) { return 2 * v + 1; });
+  const auto dy = ref::random_matrix<double>(tokens, hidden, ref::test_seed(31));
+  for (const bool sp : {false, true}) {
+    SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      Context<> ctx(comm);
+      RMSNorm<double> layer(ctx, hidden, {.name = "rms", .sequence_parallel = sp});
+      randomize(layer.parameters(), 32);
+      const Range rows = sp ? partition(tokens, comm->size(), comm->rank()) : Range{0, tokens};
+      check_layer(
+          comm, layer.parameters(), [&] { layer.zero_grad(); },
+          [&](ConstView<double> xv) { return ConstView<double>(layer.forward(xv).view()); },
+          [&](ConstView<double> g) { return test::as_matrix<double>(layer.backward(g)); }, x, Block{rows, {0, hidden}},
+          take(dy, rows, {{0, hidden}}), sp);
+    });
+  }
+}
+
 TEST(FiniteDifferences, VocabParallelEmbedding) {
   const std::int64_t vocab = 7, hidden = 4;
   const std::vector<std::int64_t> ids{3, 0, 6, 3, 5};  // a repeated id accumulates twice
@@ -158,6 +179,40 @@ TEST(FiniteDifferences, VocabParallelEmbedding) {
             return ref::Matrix();
           },
           ref::Matrix(), Block{}, take(dy, rows, {{0, hidden}}), sp);
+    });
+  }
+}
+
+/// The tied table: ids -> embedding -> LM head reading the same table -> cross-entropy, L = sum(loss
+/// * dloss). The table's one gradient must hold both uses (the head's dlogits^T x and the
+/// embedding's scatter of the head's input gradient). Vocab 7 is uneven over 3 and 4 ranks.
+TEST(FiniteDifferences, TiedEmbeddingAndLmHead) {
+  const std::int64_t vocab = 7, hidden = 3;
+  const std::vector<std::int64_t> ids{3, 0, 6, 3, 5};
+  const std::vector<std::int64_t> targets{2, -100, 6, 0, 3};
+  const auto tokens = static_cast<std::int64_t>(ids.size());
+  const auto dloss = ref::random_matrix<double>(tokens, 1, ref::test_seed(33));
+  for (const bool sp : {false, true}) {
+    SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      Context<> ctx(comm);
+      VocabParallelEmbedding<double> wte(ctx, vocab, hidden, {.sequence_parallel = sp, .name = "wte", .init_std = 0.7});
+      ParallelLMHead<double> head(wte, {.sequence_parallel = sp});
+      VocabParallelCrossEntropy<double> loss(ctx, vocab);
+      const auto ids_t = test::to_ids(ids, 1, tokens);
+      const auto targets_t = test::to_ids(targets, 1, tokens);
+      check_layer(
+          comm, wte.parameters(), [&] { wte.zero_grad(); },
+          [&](ConstView<double>) {
+            const auto& x = wte.forward(ids_t.view());
+            const auto& logits = head.forward(x.view(), tokens);
+            return ConstView<double>(loss.forward(logits.view(), targets_t.view()).view());
+          },
+          [&](ConstView<double> g) {
+            wte.backward(head.backward(loss.backward(g).view()).view());
+            return ref::Matrix();
+          },
+          ref::Matrix(), Block{}, dloss, false);
     });
   }
 }

@@ -1,5 +1,5 @@
 /// Every op with a backward against central differences of its forward, in double on tp::Cpu
-/// (common/finite_difference.hpp): GELU (exact, tanh), SwiGLU, LayerNorm (input, weight, bias),
+/// (common/finite_difference.hpp): GELU (exact, tanh), SwiGLU, LayerNorm (input, weight, bias), RMSNorm (input, weight),
 /// attention (q, k, v; causal or not; grouped-query), the embedding lookup, the cross-entropy
 /// loss (smoothing, an ignored token) and the bias add. L = sum(f(x) * dy) for a fixed random dy.
 
@@ -67,6 +67,26 @@ TEST(OpFiniteDifferences, LayerNorm) {
   TP_EXPECT_GRAD(dx, numeric_gradient(x, loss));
   TP_EXPECT_GRAD(dgamma, numeric_gradient(gamma, loss));
   TP_EXPECT_GRAD(dbeta, numeric_gradient(beta, loss));
+}
+
+TEST(OpFiniteDifferences, RmsNorm) {
+  const Cpu cpu;
+  const std::int64_t rows = 3, n = 6;
+  auto x = ref::map(ref::random_matrix<double>(rows, n, ref::test_seed(20)), [](double v) { return 2 * v + 1; });
+  auto gamma = ref::random_matrix<double>(1, n, ref::test_seed(21));
+  const auto dy = ref::random_matrix<double>(rows, n, ref::test_seed(22));
+  for (const double eps : {1e-6, 0.5}) {
+    SCOPED_TRACE(fmt::format("eps {}", eps));
+    ref::Matrix y(rows, n), rstd(rows, 1), dx(rows, n), dgamma(1, n);
+    auto loss = [&] {
+      ops::rms_norm(cpu, cview(x), cview(gamma), mview(y), mview(rstd), eps);
+      return dot(y, dy);
+    };
+    loss();
+    ops::rms_norm_backward(cpu, cview(x), cview(gamma), cview(rstd), cview(dy), mview(dx), mview(dgamma));
+    TP_EXPECT_GRAD(dx, numeric_gradient(x, loss));
+    TP_EXPECT_GRAD(dgamma, numeric_gradient(gamma, loss));
+  }
 }
 
 TEST(OpFiniteDifferences, Attention) {

@@ -134,6 +134,18 @@ TP_HOST_DEVICE double layer_norm_dx(double rstd, double d, double xhat, double s
   return rstd * (d - sum_d / n - xhat * sum_dxhat / n);
 }
 
+/// RMSNorm's rstd from the sum of squares over n columns: 1 / sqrt(mean(x^2) + eps) (Llama's
+/// LlamaRMSNorm; no mean is subtracted).
+TP_HOST_DEVICE double rms_norm_rstd(double sum_sq, double n, double eps) {
+  return 1.0 / math::sqrt(sum_sq / n + eps);
+}
+
+/// RMSNorm's input gradient of one element: rstd (d - xhat mean(d xhat)), d = dy gamma, xhat = x
+/// rstd (LayerNorm's formula without the mean term, since no mean was subtracted).
+TP_HOST_DEVICE double rms_norm_dx(double rstd, double d, double xhat, double sum_dxhat, double n) {
+  return rstd * (d - xhat * sum_dxhat / n);
+}
+
 /// One token's cross-entropy from the statistics summed over the vocabulary shards ({sum exp(x - m),
 /// x_target - m, sum (x - m)}): (1 - s) (lse - x_target) + s (lse - mean_j x_j).
 TP_HOST_DEVICE double cross_entropy_token_loss(double sum_exp, double target_shifted, double sum_shifted,

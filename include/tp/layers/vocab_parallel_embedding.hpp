@@ -6,6 +6,13 @@
 /// tokens under sequence parallelism) is the full lookup. Backward adds each token's output
 /// gradient to its id's row of the table gradient, on the rank that holds that row.
 ///
+/// A table with fewer rows than ranks (BERT's 2 token types at TP 3) cannot give every rank a row:
+/// it is replicated instead. Every rank holds the whole table (vocab_range() is [0, vocab),
+/// Parameter::copy = rank, so gradient norms and checkpoints count it once), looks every id up
+/// itself with no collective in forward (under sequence parallelism it keeps its rows of the
+/// result), and accumulates the same full gradient in backward (under sequence parallelism from
+/// the gathered output gradient), so the copies stay identical under the optimizer.
+///
 /// Ids are int64 (what tokenizers and torch use; a 32-bit id would not save a collective, since ids
 /// never travel). They are a contiguous matrix in device memory, read in row-major order, so a
 /// [batch, seq] matrix of ids gives tokens = batch * seq output rows in the same order.
@@ -42,7 +49,9 @@ class VocabParallelEmbedding {
     TP_CHECK(hidden_ > 0, "{}: hidden must be positive, got {}", options_.name, hidden_);
     TP_CHECK(std::isfinite(options_.init_std) && options_.init_std >= 0.0,
              "{}: init_std must be finite and non-negative, got {}", options_.name, options_.init_std);
-    range_ = partition_nonempty(vocab_, ctx_.world(), ctx_.rank(), "vocab");
+    TP_CHECK(vocab_ > 0, "{}: vocab must be positive, got {}", options_.name, vocab_);
+    replicated_ = vocab_ < ctx_.world();
+    range_ = replicated_ ? Range{0, vocab_} : partition(vocab_, ctx_.world(), ctx_.rank());
     weight_ = Tensor<T, Device>(ctx_.device, range_.size(), hidden_);
     weight_grad_ = Tensor<T, Device>(ctx_.device, range_.size(), hidden_);
     zero_grad();
@@ -69,16 +78,20 @@ class VocabParallelEmbedding {
     tp::ops::embedding_forward(dev, ConstView<std::int64_t>(saved), weight_.view(), range_.begin, local);
     saved_.on_forward();
     if (!options_.sequence_parallel) {
-      detail::all_reduce_sum(ctx_, local);
+      if (!replicated_) detail::all_reduce_sum(ctx_, local);
       return output_;
     }
     const Range mine = partition(tokens, ctx_.world(), ctx_.rank());
-    detail::reduce_scatter_rows(ctx_, ConstView<T>(local), detail::ensure(output_, ctx_, mine.size(), hidden_));
+    const MatrixView<T> out = detail::ensure(output_, ctx_, mine.size(), hidden_);
+    if (replicated_)
+      dev.copy(ConstView<T>(local.rows_range(mine.begin, mine.size())), out);  // the full lookup is already here
+    else
+      detail::reduce_scatter_rows(ctx_, ConstView<T>(local), out);
     return output_;
   }
 
   /// Takes dL/dY ([tokens, hidden], or this rank's rows under sequence_parallel) and accumulates the
-  /// table gradient of this rank's rows. Ids have no gradient.
+  /// table gradient of this rank's rows (of every row when replicated). Ids have no gradient.
   void backward(ConstView<T> grad_output) {
     saved_.on_backward(options_.name);
     const std::int64_t tokens = ids_.cols();
@@ -96,8 +109,10 @@ class VocabParallelEmbedding {
 
   void zero_grad() { ctx_.device->fill(weight_grad_.view(), T(0)); }
 
+  /// The table: this rank's rows, or the whole table as copy `rank` when replicated.
   std::vector<Parameter<T>> parameters() {
-    return {{options_.name + ".weight", weight_.view(), weight_grad_.view(), vocab_, hidden_, range_, {0, hidden_}}};
+    return {{options_.name + ".weight", weight_.view(), weight_grad_.view(), vocab_, hidden_, range_, {0, hidden_},
+             replicated_ ? ctx_.rank() : 0}};
   }
 
   /// Loads this rank's rows of the full [vocab, hidden] host table.
@@ -105,11 +120,14 @@ class VocabParallelEmbedding {
 
   MatrixView<T> weight() { return weight_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }
-  /// The vocabulary ids (rows of the full table) this rank holds.
+  /// The vocabulary ids (rows of the full table) this rank holds: [0, vocab) when replicated.
   Range vocab_range() const { return range_; }
+  /// Whether every rank holds the whole table (fewer rows than ranks).
+  bool replicated() const { return replicated_; }
   std::int64_t vocab_size() const { return vocab_; }
   std::int64_t hidden_size() const { return hidden_; }
   const Options& options() const { return options_; }
+  const Context<Device>& context() const { return ctx_; }
 
  private:
   /// normal(0, init_std) keyed by (seed, name, index in the full table): the same table at any world size.
@@ -127,6 +145,7 @@ class VocabParallelEmbedding {
   std::int64_t vocab_, hidden_;
   Options options_;
   Range range_;
+  bool replicated_ = false;
   Tensor<T, Device> weight_, weight_grad_, output_, full_;
   Tensor<std::int64_t, Device> ids_;
   detail::SavedActivation saved_;

@@ -1,5 +1,5 @@
 #pragma once
-/// LayerNorm forward and backward over the rows of a [rows, hidden] matrix.
+/// LayerNorm and RMSNorm, forward and backward, over the rows of a [rows, hidden] matrix.
 
 #include <cmath>
 #include <cstdint>
@@ -10,6 +10,8 @@
 
 TP_OPS_DECLARE(layer_norm)
 TP_OPS_DECLARE(layer_norm_backward)
+TP_OPS_DECLARE(rms_norm)
+TP_OPS_DECLARE(rms_norm_backward)
 
 #ifdef TP_HAS_BLAS
 #include "tp/device/cpu/norm.hpp"
@@ -55,6 +57,37 @@ void layer_norm_backward(const D& dev, In<T> x, In<T> gamma, In<T> mean, In<T> r
            rstd.cols, x.rows);
   if (x.empty()) return;
   TP_OPS_DISPATCH(layer_norm_backward, dev, x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
+}
+
+/// y = x * rstd * gamma per row, rstd = 1 / sqrt(mean(x^2) + eps) (Llama's LlamaRMSNorm: no mean
+/// subtracted, no bias). Saves rstd ([rows, 1], in T) for the backward; statistics in double.
+template <class T, Device D>
+void rms_norm(const D& dev, In<T> x, In<T> gamma, MatrixView<T> y, MatrixView<T> rstd, double eps) {
+  tp::detail::check_same_shape<T>(x, y, "rms_norm");
+  TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols, "rms_norm: gamma is {}x{}, input has {} columns", gamma.rows,
+           gamma.cols, x.cols);
+  TP_CHECK(rstd.rows == x.rows && rstd.cols == 1, "rms_norm: rstd is {}x{}, expected {}x1", rstd.rows, rstd.cols,
+           x.rows);
+  TP_CHECK(x.cols > 0, "rms_norm: input has no columns");
+  TP_CHECK(std::isfinite(eps) && eps > 0, "rms_norm: eps must be finite and positive, got {}", eps);
+  if (x.rows == 0) return;
+  TP_OPS_DISPATCH(rms_norm, dev, x, gamma, y, rstd, eps);
+}
+
+/// The backward from the saved rstd: dx = rstd * (d - xhat * mean(d * xhat)) with d = dy * gamma
+/// and xhat = x * rstd; accumulates dgamma += sum_rows(dy * xhat).
+template <class T, Device D>
+void rms_norm_backward(const D& dev, In<T> x, In<T> gamma, In<T> rstd, In<T> dy, MatrixView<T> dx,
+                       MatrixView<T> dgamma) {
+  tp::detail::check_same_shape<T>(x, dx, "rms_norm_backward");
+  tp::detail::check_same_shape<T>(dy, dx, "rms_norm_backward");
+  TP_CHECK(gamma.rows == 1 && gamma.cols == x.cols && dgamma.rows == 1 && dgamma.cols == x.cols,
+           "rms_norm_backward: gamma {}x{}, dgamma {}x{}, input has {} columns", gamma.rows, gamma.cols, dgamma.rows,
+           dgamma.cols, x.cols);
+  TP_CHECK(rstd.rows == x.rows && rstd.cols == 1, "rms_norm_backward: rstd is {}x{}, expected {}x1", rstd.rows,
+           rstd.cols, x.rows);
+  if (x.empty()) return;
+  TP_OPS_DISPATCH(rms_norm_backward, dev, x, gamma, rstd, dy, dx, dgamma);
 }
 
 }  // namespace tp::ops

@@ -1,5 +1,5 @@
 #pragma once
-/// The CPU loops of tp/ops/norm.hpp (LayerNorm). Statistics in double, two passes.
+/// The CPU loops of tp/ops/norm.hpp (LayerNorm, RMSNorm). Statistics in double; LayerNorm in two passes.
 
 #include <cstdint>
 
@@ -46,6 +46,42 @@ void layer_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstVi
     for (std::int64_t c = 0; c < x.cols; ++c) {
       const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
       out[c] = static_cast<T>(math::layer_norm_dx(rs, d, xhat, sum_d, sum_dx, n));
+    }
+  }
+}
+
+template <class T>
+void rms_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, MatrixView<T> y, MatrixView<T> rstd, double eps) {
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* xr = x.row(r);
+    double sq = 0;
+    for (std::int64_t c = 0; c < x.cols; ++c) sq += static_cast<double>(xr[c]) * xr[c];
+    const double rs = math::rms_norm_rstd(sq, static_cast<double>(x.cols), eps);
+    rstd(r, 0) = static_cast<T>(rs);
+    T* yr = y.row(r);
+    for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = static_cast<T>(xr[c] * rs * gamma.data[c]);
+  }
+}
+
+/// xhat from the saved (rounded) rstd, as the CUDA kernels; dgamma accumulated row by row in T.
+template <class T>
+void rms_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> rstd, ConstView<T> dy,
+                       MatrixView<T> dx, MatrixView<T> dgamma) {
+  const double n = static_cast<double>(x.cols);
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* xr = x.row(r);
+    const T* g = dy.row(r);
+    const double rs = rstd(r, 0);
+    double sum_dx = 0;
+    for (std::int64_t c = 0; c < x.cols; ++c) {
+      const double xhat = xr[c] * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+      sum_dx += d * xhat;
+      dgamma.data[c] += static_cast<T>(g[c] * xhat);
+    }
+    T* out = dx.row(r);
+    for (std::int64_t c = 0; c < x.cols; ++c) {
+      const double xhat = xr[c] * rs, d = static_cast<double>(g[c]) * gamma.data[c];
+      out[c] = static_cast<T>(math::rms_norm_dx(rs, d, xhat, sum_dx, n));
     }
   }
 }
