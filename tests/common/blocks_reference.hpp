@@ -139,6 +139,127 @@ inline Attention attention(const Matrix& x, const Matrix& w_qkv, const Matrix& b
   return {out.y, in.dx, in.dw, in.db, out.dw, out.db};
 }
 
+// ---- Rotary embeddings, variable-length sequences, key mask
+
+/// RoPE written from its formula: in every head of x [tokens, heads d], the pair (x[i], x[i + d/2])
+/// turns by pos * theta^(-2i/d) (by minus that when `inverse`), Hugging Face's rotate-half form.
+inline Matrix rope(Matrix x, const std::vector<std::int64_t>& positions, std::int64_t d, double theta,
+                   bool inverse = false) {
+  for (std::int64_t t = 0; t < x.rows; ++t)
+    for (std::int64_t h = 0; h < x.cols / d; ++h)
+      for (std::int64_t i = 0; i < d / 2; ++i) {
+        const double angle = static_cast<double>(positions[t]) * std::pow(theta, -2.0 * i / static_cast<double>(d));
+        const double c = std::cos(angle), sn = inverse ? -std::sin(angle) : std::sin(angle);
+        const double a = x(t, h * d + i), b = x(t, h * d + d / 2 + i);
+        x(t, h * d + i) = a * c - b * sn;
+        x(t, h * d + d / 2 + i) = b * c + a * sn;
+      }
+  return x;
+}
+
+/// What the varlen reference takes beyond the weights: sequence lengths (rows in order), the key
+/// mask (empty: none), RoPE positions and theta (0: none), and whether dense has a bias.
+struct AttentionInputs {
+  std::vector<std::int64_t> lengths;
+  std::vector<std::uint8_t> key_mask;
+  std::vector<std::int64_t> positions;  // empty: 0, 1, ... within each sequence
+  double rope_theta = 0;
+  bool dense_bias = true;
+};
+
+/// Attention over packed sequences of `in.lengths`, each on its own: every query attends to the
+/// keys of its sequence that are unmasked (and not after it, when causal); one that sees none
+/// outputs zeros. RoPE turns q and k after the bias; its backward turns dq and dk back.
+inline Attention attention(const Matrix& x, const Matrix& w_qkv, const Matrix& b_qkv, const Matrix& w_o,
+                           const Matrix& b_o, const Matrix& dy, std::int64_t heads, std::int64_t kv_heads,
+                           std::int64_t d, bool causal, bool bias, const AttentionInputs& in) {
+  const std::int64_t tokens = x.rows, group = heads / kv_heads;
+  const std::int64_t k_off = heads * d, v_off = (heads + kv_heads) * d;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<std::int64_t> positions = in.positions;
+  if (positions.empty())
+    for (const std::int64_t n : in.lengths)
+      for (std::int64_t i = 0; i < n; ++i) positions.push_back(i);
+  Matrix qkv = bias ? add_bias(matmul(x, false, w_qkv, true), b_qkv) : matmul(x, false, w_qkv, true);
+  if (in.rope_theta > 0) {
+    const Matrix q = rope(qkv.cols_range(0, k_off), positions, d, in.rope_theta);
+    const Matrix k = rope(qkv.cols_range(k_off, kv_heads * d), positions, d, in.rope_theta);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t c = 0; c < k_off; ++c) qkv(t, c) = q(t, c);
+      for (std::int64_t c = 0; c < kv_heads * d; ++c) qkv(t, k_off + c) = k(t, c);
+    }
+  }
+  auto seen = [&](std::int64_t r0, std::int64_t i, std::int64_t j) {
+    return (!causal || j <= i) && (in.key_mask.empty() || in.key_mask[r0 + j] != 0);
+  };
+  Matrix ctx(tokens, heads * d);
+  std::vector<Matrix> probs;
+  std::int64_t r0 = 0;
+  for (const std::int64_t n : in.lengths) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      const std::int64_t kv = h / group;
+      Matrix p(n, n);
+      for (std::int64_t i = 0; i < n; ++i) {
+        double m = -std::numeric_limits<double>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) {
+          if (!seen(r0, i, j)) continue;
+          double sc = 0;
+          for (std::int64_t e = 0; e < d; ++e) sc += qkv(r0 + i, h * d + e) * qkv(r0 + j, k_off + kv * d + e);
+          p(i, j) = sc * scale;
+          m = std::max(m, p(i, j));
+        }
+        double sum = 0;
+        for (std::int64_t j = 0; j < n; ++j) sum += p(i, j) = seen(r0, i, j) ? std::exp(p(i, j) - m) : 0.0;
+        for (std::int64_t j = 0; j < n; ++j) p(i, j) = sum > 0 ? p(i, j) / sum : 0.0;
+        for (std::int64_t e = 0; e < d; ++e) {
+          double o = 0;
+          for (std::int64_t j = 0; j < n; ++j) o += p(i, j) * qkv(r0 + j, v_off + kv * d + e);
+          ctx(r0 + i, h * d + e) = o;
+        }
+      }
+      probs.push_back(p);
+    }
+    r0 += n;
+  }
+  const Linear out = linear(ctx, w_o, in.dense_bias ? &b_o : nullptr, dy);
+  Matrix dqkv(tokens, qkv.cols);
+  r0 = 0;
+  std::size_t at = 0;
+  for (const std::int64_t n : in.lengths) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      const std::int64_t kv = h / group;
+      const Matrix& p = probs[at++];
+      for (std::int64_t i = 0; i < n; ++i) {
+        std::vector<double> dp(static_cast<std::size_t>(n), 0.0);
+        double dot = 0;
+        for (std::int64_t j = 0; j < n; ++j) {
+          for (std::int64_t e = 0; e < d; ++e) dp[j] += out.dx(r0 + i, h * d + e) * qkv(r0 + j, v_off + kv * d + e);
+          dot += p(i, j) * dp[j];
+        }
+        for (std::int64_t j = 0; j < n; ++j) {
+          const double ds = p(i, j) * (dp[j] - dot) * scale;
+          for (std::int64_t e = 0; e < d; ++e) {
+            dqkv(r0 + i, h * d + e) += ds * qkv(r0 + j, k_off + kv * d + e);
+            dqkv(r0 + j, k_off + kv * d + e) += ds * qkv(r0 + i, h * d + e);
+            dqkv(r0 + j, v_off + kv * d + e) += p(i, j) * out.dx(r0 + i, h * d + e);
+          }
+        }
+      }
+    }
+    r0 += n;
+  }
+  if (in.rope_theta > 0) {
+    const Matrix dq = rope(dqkv.cols_range(0, k_off), positions, d, in.rope_theta, true);
+    const Matrix dk = rope(dqkv.cols_range(k_off, kv_heads * d), positions, d, in.rope_theta, true);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t c = 0; c < k_off; ++c) dqkv(t, c) = dq(t, c);
+      for (std::int64_t c = 0; c < kv_heads * d; ++c) dqkv(t, k_off + c) = dk(t, c);
+    }
+  }
+  const Linear inp = linear(x, w_qkv, nullptr, dqkv);
+  return {out.y, inp.dx, inp.dw, inp.db, out.dw, out.db};
+}
+
 // ---- Cross-entropy
 
 struct CrossEntropy {

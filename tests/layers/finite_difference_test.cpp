@@ -3,7 +3,8 @@
 /// parameter gradient, with the options that change the backward (gathered output, full input,
 /// sequence parallelism, stacked weights, the tied embedding and LM head, activations, label smoothing both ways, ignored tokens,
 /// causal and grouped-query attention with replicated kv heads, their bias in the packed and the
-/// separate all-reduce). Independent of the hand-written references in tests/common.
+/// separate all-reduce; RoPE, packed sequences and a key mask). Independent of the hand-written
+/// references in tests/common.
 
 #include "common/finite_difference.hpp"
 
@@ -289,6 +290,33 @@ TEST(FiniteDifferences, ParallelAttention) {
           [&](ConstView<double> xv) { return ConstView<double>(layer.forward(xv, seq, a.sp ? tokens : -1).view()); },
           [&](ConstView<double> g) { return test::as_matrix<double>(layer.backward(g)); }, x,
           Block{rows, {0, a.hidden}}, take(dy, rows, {{0, a.hidden}}), a.sp);
+    });
+  }
+}
+
+/// RoPE (given positions), packed sequences of different lengths and a key mask that leaves one
+/// query with no key; grouped-query with replicated kv heads; with and without sequence parallelism.
+TEST(FiniteDifferences, ParallelAttentionRopeVarlenMask) {
+  const std::int64_t hidden = 8, heads = 4, kv_heads = 2, tokens = 6;
+  const std::vector<std::int64_t> lengths{3, 1, 2}, positions{4, 0, 9, 2, 1, 30};
+  const std::vector<std::uint8_t> mask{0, 1, 1, 1, 1, 0};
+  const auto x = ref::random_matrix<double>(tokens, hidden, ref::test_seed(19));
+  const auto dy = ref::random_matrix<double>(tokens, hidden, ref::test_seed(20));
+  for (const bool sp : {false, true}) {
+    SCOPED_TRACE(fmt::format("sp {}", sp));
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      if (heads % comm->size() != 0) return;
+      Context<> ctx(comm);
+      ParallelAttention<double> layer(ctx, hidden, heads, kv_heads,
+                                      {.dense_bias = false, .rope_theta = 100, .sequence_parallel = sp, .name = "attn"});
+      randomize(layer.parameters(), 21);
+      const AttentionBatch batch{lengths, ConstView<std::int64_t>(positions.data(), 1, tokens), mask};
+      const Range rows = sp ? partition(tokens, comm->size(), comm->rank()) : Range{0, tokens};
+      check_layer(
+          comm, layer.parameters(), [&] { layer.zero_grad(); },
+          [&](ConstView<double> xv) { return ConstView<double>(layer.forward(xv, batch).view()); },
+          [&](ConstView<double> g) { return test::as_matrix<double>(layer.backward(g)); }, x,
+          Block{rows, {0, hidden}}, take(dy, rows, {{0, hidden}}), sp);
     });
   }
 }

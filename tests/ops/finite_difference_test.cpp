@@ -1,6 +1,7 @@
 /// Every op with a backward against central differences of its forward, in double on tp::Cpu
 /// (common/finite_difference.hpp): GELU (exact, tanh), SwiGLU, LayerNorm (input, weight, bias), RMSNorm (input, weight),
-/// attention (q, k, v; causal or not; grouped-query), the embedding lookup, the cross-entropy
+/// attention (q, k, v; causal or not; grouped-query; variable lengths, q shorter than k, masked
+/// keys), RoPE, the embedding lookup, the cross-entropy
 /// loss (smoothing, an ignored token) and the bias add. L = sum(f(x) * dy) for a fixed random dy.
 
 #include "common/finite_difference.hpp"
@@ -98,7 +99,7 @@ TEST(OpFiniteDifferences, Attention) {
     auto k = ref::random_matrix<double>(tokens, hk * d, ref::test_seed(10));
     auto v = ref::random_matrix<double>(tokens, hk * d, ref::test_seed(11));
     const auto dout = ref::random_matrix<double>(tokens, hq * d, ref::test_seed(12));
-    ref::Matrix lse(batch * hq, seq), out(tokens, hq * d);
+    ref::Matrix lse(hq, tokens), out(tokens, hq * d);
     ref::Matrix dq(tokens, hq * d), dk(tokens, hk * d), dv(tokens, hk * d);
     auto loss = [&] {
       ops::attention_forward(cpu, cview(q), cview(k), cview(v), seq, d, causal, mview(lse), mview(out));
@@ -111,6 +112,63 @@ TEST(OpFiniteDifferences, Attention) {
     TP_EXPECT_GRAD(dk, numeric_gradient(k, loss));
     TP_EXPECT_GRAD(dv, numeric_gradient(v, loss));
   }
+}
+
+/// Sequences of different lengths, q shorter than k in one (a KV cache's layout: causal aligned to
+/// the end, keys on other rows than queries, rows in no sequence), masked keys, and queries that see
+/// no key at all (zero output, zero gradient).
+TEST(OpFiniteDifferences, AttentionVarlenMasked) {
+  const Cpu cpu;
+  const std::int64_t d = 2, q_rows = 7, k_rows = 9;
+  AttentionSequences seqs;
+  seqs.q_begin = {0, 3, 4};
+  seqs.q_length = {3, 1, 3};
+  seqs.k_begin = {0, 4, 6};
+  seqs.k_length = {3, 2, 3};  // sequence 1: one query after one cached key; k row 3 unused
+  seqs.key_mask = {0, 1, 1, 1, 1, 1, 0, 0, 1};  // sequence 0's first key, sequence 2's first two
+  for (const auto& [hq, hk, causal] : {std::tuple{2, 2, true}, {4, 2, true}, {2, 1, false}}) {
+    SCOPED_TRACE(fmt::format("hq {} hk {} causal {}", hq, hk, causal));
+    auto q = ref::random_matrix<double>(q_rows, hq * d, ref::test_seed(31));
+    auto k = ref::random_matrix<double>(k_rows, hk * d, ref::test_seed(32));
+    auto v = ref::random_matrix<double>(k_rows, hk * d, ref::test_seed(33));
+    const auto dout = ref::random_matrix<double>(q_rows, hq * d, ref::test_seed(34));
+    ref::Matrix lse(hq, q_rows), out(q_rows, hq * d);
+    ref::Matrix dq(q_rows, hq * d), dk(k_rows, hk * d), dv(k_rows, hk * d);
+    auto loss = [&] {
+      ops::attention_forward(cpu, cview(q), cview(k), cview(v), seqs, d, causal, mview(lse), mview(out));
+      return dot(out, dout);
+    };
+    loss();
+    for (const double o : out.data) ASSERT_TRUE(std::isfinite(o));
+    if (causal)  // sequence 0's query 0 sees only key 0, which is masked; sequence 2's query 0 likewise
+      for (std::int64_t c = 0; c < hq * d; ++c) {
+        EXPECT_EQ(out(0, c), 0.0);
+        EXPECT_EQ(out(4, c), 0.0);
+      }
+    ops::attention_backward(cpu, cview(q), cview(k), cview(v), cview(out), cview(lse), cview(dout), seqs, d, causal,
+                            mview(dq), mview(dk), mview(dv));
+    TP_EXPECT_GRAD(dq, numeric_gradient(q, loss));
+    TP_EXPECT_GRAD(dk, numeric_gradient(k, loss));
+    TP_EXPECT_GRAD(dv, numeric_gradient(v, loss));
+    for (std::int64_t c = 0; c < hk * d; ++c) EXPECT_EQ(dv(0, c), 0.0) << "a masked key gets no gradient";
+  }
+}
+
+/// RoPE's backward is the inverse rotation of the gradient.
+TEST(OpFiniteDifferences, Rope) {
+  const Cpu cpu;
+  const std::int64_t tokens = 4, d = 6;
+  const std::vector<std::int64_t> positions{0, 3, 50, 7};
+  const ConstView<std::int64_t> pos(positions.data(), 1, tokens);
+  auto x = ref::random_matrix<double>(tokens, 2 * d, ref::test_seed(35));
+  const auto dy = ref::random_matrix<double>(tokens, 2 * d, ref::test_seed(36));
+  ref::Matrix dx = dy;
+  ops::rope(cpu, mview(dx), pos, d, 10000.0, true);
+  TP_EXPECT_GRAD(dx, numeric_gradient(x, [&] {
+                   ref::Matrix y = x;
+                   ops::rope(cpu, mview(y), pos, d, 10000.0, false);
+                   return dot(y, dy);
+                 }));
 }
 
 TEST(OpFiniteDifferences, EmbeddingShard) {

@@ -28,13 +28,13 @@ TEST(OpErrors, BadShapesNameTheSizes) {
     tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 3, 2, true, lse.view(), b.view());
     ADD_FAILURE() << "attention_forward accepted 4 tokens as sequences of 3";
   } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("do not hold whole sequences of 3 tokens and heads of 2"));
+    EXPECT_THAT(e.what(), HasSubstr("q has 4 tokens and k 4: not the same whole sequences of 3 tokens"));
   }
   try {
     tp::ops::attention_forward<float>(*dev, b.view(), b.view(), b.view(), 2, 2, true, lse.view(), b.view());
-    ADD_FAILURE() << "attention_forward accepted an 8x4 lse for 2 sequences of 2 heads";
+    ADD_FAILURE() << "attention_forward accepted an 8x4 lse for 2 heads of 4 tokens";
   } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("lse 8x4 (expected 4x2)"));
+    EXPECT_THAT(e.what(), HasSubstr("lse 8x4 (expected 2x4: heads x tokens)"));
   }
   Tensor<float, Dev> mean(dev, 3, 1);
   EXPECT_THROW(tp::ops::layer_norm<float>(*dev, b.view(), b.view().rows_range(0, 1), b.view().rows_range(0, 1),

@@ -48,6 +48,23 @@ inline A log(A x) {
 }
 #endif
 
+/// pow, sin and cos in double on the host and the device alike (RoPE's angles).
+TP_HOST_DEVICE double pow_d(double x, double y) {
+#ifdef __CUDA_ARCH__
+  return ::pow(x, y);
+#else
+  return std::pow(x, y);
+#endif
+}
+TP_HOST_DEVICE void sincos_d(double x, double& s, double& c) {
+#ifdef __CUDA_ARCH__
+  ::sincos(x, &s, &c);
+#else
+  s = std::sin(x);
+  c = std::cos(x);
+#endif
+}
+
 template <class A>
 TP_HOST_DEVICE A sigmoid(A x) {
   return A(1) / (A(1) + math::exp(-x));
@@ -121,6 +138,21 @@ TP_HOST_DEVICE void adamw_moments(const AdamWConstants<A>& k, A grad, A& m, A& v
 template <class A>
 TP_HOST_DEVICE A adamw_param(const AdamWConstants<A>& k, A p, A m, A v) {
   return p * k.decay - k.step_size * m / (math::sqrt(v) * k.inv_sqrt_bc2 + k.eps);
+}
+
+/// RoPE's angle for pair i (i < head_dim / 2) at position pos: pos * theta^(-2i / head_dim), in
+/// double (Hugging Face's inv_freq = 1 / theta^(arange(0, d, 2) / d)).
+TP_HOST_DEVICE double rope_angle(std::int64_t pos, std::int64_t i, std::int64_t head_dim, double theta) {
+  return static_cast<double>(pos) * pow_d(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+}
+
+/// Rotates the pair (x[i], x[i + d/2]) by angle (sin, cos) in the rotate-half convention:
+/// (a, b) -> (a cos - b sin, b cos + a sin); a negated sin rotates back (the inverse, RoPE's backward).
+template <class A>
+TP_HOST_DEVICE void rope_rotate(A& a, A& b, A sin, A cos) {
+  const A a0 = a, b0 = b;
+  a = a0 * cos - b0 * sin;
+  b = b0 * cos + a0 * sin;
 }
 
 /// LayerNorm's rstd from the sum of squared deviations over n columns (biased variance, as

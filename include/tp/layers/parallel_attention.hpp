@@ -1,13 +1,25 @@
 #pragma once
 /// Self-attention split by heads (Megatron's ParallelAttention, vLLM's QKVParallelLinear): a fused
-/// QKV column-parallel projection, scaled dot-product attention on each rank's heads, and a
-/// row-parallel output projection (`dense`); one all-reduce forward and one backward.
+/// QKV column-parallel projection, optional rotary position embeddings on q and k, scaled
+/// dot-product attention on each rank's heads, and a row-parallel output projection (`dense`); one
+/// all-reduce forward and one backward.
 ///
-/// Input [tokens, hidden] with tokens = batch * seq_len: sequence b is rows [b * seq_len, (b + 1) *
-/// seq_len), and attention never crosses sequences. Causal (a token sees itself and earlier ones) or
-/// not. Scores are scaled by 1 / sqrt(head_dim). Backward rebuilds the softmax from q, k and the
-/// per-row log-sum-exp forward saves (batch * heads_r * seq_len numbers per rank), as flash
-/// attention does, so no seq_len^2 probabilities are kept (tp::ops::attention_forward).
+/// Input [tokens, hidden] holding sequences back to back, as a tp::AttentionBatch describes them:
+/// variable lengths without padding (forward(x, seq_len) is the special case of equal lengths),
+/// each token's position for RoPE, and an optional key padding mask. Attention never crosses
+/// sequences. Causal (a token sees itself and earlier ones) or not. Scores are scaled by 1 /
+/// sqrt(head_dim). Backward rebuilds the softmax from q, k and the per-row log-sum-exp forward
+/// saves (heads_r * tokens numbers per rank), as flash attention does, so no seq_len^2
+/// probabilities are kept (tp::ops::attention_forward). A query whose keys are all masked gets a
+/// zero output and zero gradients.
+///
+/// RoPE (options.rope_theta > 0, Hugging Face's rotate-half convention, tp::ops::rope) turns q and
+/// k after the projection and its bias; backward turns their gradients back.
+///
+/// Incremental decoding: make_cache(batch, max_len) and forward(x, batch, cache) keep each
+/// sequence's rotated keys and its values (this rank's kv heads only), append the new tokens and
+/// attend to everything cached, causally aligned to the end. Inference only: backward after a
+/// cached forward throws.
 ///
 /// Grouped-query attention: `heads` query heads share `kv_heads` key/value heads, query head h
 /// reading kv head h / (heads / kv_heads) (kv_heads = heads is multi-head, 1 is multi-query).
@@ -26,25 +38,35 @@
 /// three records (q, k, v) with their rows in the full tensor, and the bias likewise. The output
 /// projection "<name>.dense.weight" is [hidden, heads head_dim], split by columns.
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "tp/core/context.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/detail/layer_support.hpp"
+#include "tp/layers/attention_batch.hpp"
+#include "tp/layers/kv_cache.hpp"
 #include "tp/layers/row_parallel_linear.hpp"
 #include "tp/ops/attention.hpp"
 #include "tp/ops/reduce.hpp"
+#include "tp/ops/rope.hpp"
 
 namespace tp {
 
 struct ParallelAttentionOptions {
   bool causal = true;
-  /// Biases on the QKV projection and the output projection.
+  /// Bias on the QKV projection, and on the output projection unless dense_bias says otherwise.
   bool bias = true;
+  /// Bias on the output projection; unset: the same as `bias` (Qwen2 has a QKV bias but none here).
+  std::optional<bool> dense_bias;
+  /// Rotary position embeddings on q and k with this base (Llama: 10000); 0: none.
+  double rope_theta = 0;
   /// 0 means hidden / heads.
   std::int64_t head_dim = 0;
   /// Input and output split along tokens (Megatron's sequence_parallel); forward takes the full token count.
@@ -66,8 +88,9 @@ class ParallelAttention {
         kv_heads_(kv_heads),
         options_(std::move(options)),
         head_dim_(checked_head_dim()),
+        rope_(checked_rope()),
         dense_(ctx, heads_ * head_dim_, hidden_,
-               {.bias = options_.bias, .name = options_.name + ".dense", .seed = options_.seed,
+               {.bias = options_.dense_bias.value_or(options_.bias), .name = options_.name + ".dense", .seed = options_.seed,
                 .sequence_parallel = options_.sequence_parallel}) {
     const int world = ctx_.world(), rank = ctx_.rank();
     const std::int64_t q_per_rank = heads_ / world;
@@ -100,35 +123,103 @@ class ParallelAttention {
   /// x [tokens, hidden] (under sequence_parallel this rank's rows partition(tokens), with `tokens`
   /// the full count), tokens = batch * seq_len -> [tokens, hidden] (or this rank's rows of it).
   const Tensor<T, Device>& forward(ConstView<T> x, std::int64_t seq_len, std::int64_t tokens = -1) {
-    TP_CHECK(x.cols == hidden_ && (x.rows > 0 || options_.sequence_parallel),
-             "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows, x.cols, hidden_);
+    check_input(x);
     tokens = detail::full_tokens(options_.sequence_parallel, x.rows, tokens, ctx_.world(), ctx_.rank(), options_.name);
     TP_CHECK(seq_len > 0 && tokens % seq_len == 0, "{}: {} tokens are not a whole number of sequences of {}",
              options_.name, tokens, seq_len);
+    return forward(x, AttentionBatch::uniform(tokens / seq_len, seq_len));
+  }
+
+  /// x [tokens, hidden] with tokens = the sum of batch.lengths (under sequence_parallel this rank's
+  /// rows partition(tokens) of it) -> [tokens, hidden] (or this rank's rows of it).
+  const Tensor<T, Device>& forward(ConstView<T> x, const AttentionBatch& batch) {
+    const std::int64_t tokens = batch_tokens(x, batch);
     const Device& dev = *ctx_.device;
-    seq_len_ = seq_len;
-    MatrixView<T> input = detail::ensure(input_, ctx_, tokens, hidden_);
-    if (options_.sequence_parallel)
-      detail::gather_rows(ctx_, x, input);
-    else
-      dev.copy(x, input);
-    MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
-    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
-    if (options_.bias) tp::ops::add_bias(dev, qkv, bias_.view());
-    const std::int64_t batch = tokens / seq_len;
-    const auto lse = detail::ensure(lse_, ctx_, batch * q_heads_.size(), seq_len);
+    const MatrixView<T> qkv = project(x, tokens);
+    std::vector<std::int64_t> start(batch.lengths.size(), 0);
+    rotate(qkv, batch, start, tokens);
+    seqs_ = AttentionSequences::packed(batch.lengths);
+    seqs_.key_mask = batch.key_mask;
+    const auto lse = detail::ensure(lse_, ctx_, q_heads_.size(), tokens);
     MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
-    tp::ops::attention_forward(
-        dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
-        ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seq_len, head_dim_, options_.causal, lse, out);
+    tp::ops::attention_forward(dev, ConstView<T>(qkv.cols_range(0, q_width_)),
+                               ConstView<T>(qkv.cols_range(q_width_, kv_width_)),
+                               ConstView<T>(qkv.cols_range(q_width_ + kv_width_, kv_width_)), seqs_, head_dim_,
+                               options_.causal, lse, out);
     const auto& y = dense_.forward(out);
+    cached_ = false;
     saved_.on_forward();
+    return y;
+  }
+
+  /// A cache for `batch` sequences of up to max_len tokens each, holding this rank's kv heads.
+  KvCache<T, Device> make_cache(std::int64_t batch, std::int64_t max_len) const {
+    TP_CHECK(batch > 0 && max_len > 0, "{}: a KV cache needs batch > 0 and max_len > 0, got {} and {}",
+             options_.name, batch, max_len);
+    return KvCache<T, Device>(ctx_, batch, max_len, kv_width_, id_);
+  }
+
+  /// Incremental decoding: batch.lengths[b] new tokens of cached sequence b (lengths.size() ==
+  /// cache.batch(); 0 allowed), appended after cache.length(b). Queries attend to all cached keys
+  /// of their sequence plus the new ones causally (query i of n new sees keys 0 .. cached + i).
+  /// Positions default to cache.length(b) + i; key_mask bytes are kept with the cached keys.
+  /// Inference only: a backward after it throws.
+  const Tensor<T, Device>& forward(ConstView<T> x, const AttentionBatch& batch, KvCache<T, Device>& cache) {
+    const std::int64_t tokens = batch_tokens(x, batch);
+    TP_CHECK(cache.owner_ == id_, "{}: this KV cache was made by another attention layer (use one cache per layer, "
+             "from that layer's make_cache)", options_.name);
+    TP_CHECK(cache.batch() == static_cast<std::int64_t>(batch.lengths.size()),
+             "{}: the cache holds {} sequences, the batch has {}", options_.name, cache.batch(), batch.lengths.size());
+    for (std::size_t b = 0; b < batch.lengths.size(); ++b)
+      TP_CHECK(cache.lengths_[b] + batch.lengths[b] <= cache.max_len(),
+               "{}: sequence {} holds {} cached tokens; {} more pass the cache's max_len {}", options_.name, b,
+               cache.lengths_[b], batch.lengths[b], cache.max_len());
+    const Device& dev = *ctx_.device;
+    const MatrixView<T> qkv = project(x, tokens);
+    rotate(qkv, batch, cache.lengths_, tokens);
+    // Append the new keys (rotated) and values; describe each sequence's queries against its rows.
+    AttentionSequences seqs;
+    const std::int64_t max_len = cache.max_len();
+    std::int64_t row = 0;
+    for (std::size_t b = 0; b < batch.lengths.size(); ++b) {
+      const std::int64_t n = batch.lengths[b], cached = cache.lengths_[b], at = static_cast<std::int64_t>(b) * max_len;
+      dev.copy(ConstView<T>(qkv.block(row, q_width_, n, kv_width_)), cache.keys_.view().rows_range(at + cached, n));
+      dev.copy(ConstView<T>(qkv.block(row, q_width_ + kv_width_, n, kv_width_)),
+               cache.values_.view().rows_range(at + cached, n));
+      if (!batch.key_mask.empty())
+        std::copy_n(batch.key_mask.begin() + row, n, cache.mask_.begin() + at + cached);
+      seqs.q_begin.push_back(row);
+      seqs.q_length.push_back(n);
+      seqs.k_begin.push_back(at);
+      seqs.k_length.push_back(cached + n);
+      cache.lengths_[b] = cached + n;
+      row += n;
+    }
+    // The mask goes to the op only when a cached key is masked: decoding without padding skips it.
+    bool masked = false;
+    for (std::size_t b = 0; b < batch.lengths.size(); ++b) {
+      const auto first = cache.mask_.begin() + static_cast<std::int64_t>(b) * max_len;
+      masked = masked || std::find(first, first + cache.lengths_[b], std::uint8_t{0}) != first + cache.lengths_[b];
+    }
+    if (masked) seqs.key_mask = cache.mask_;
+    const auto lse = detail::ensure(lse_, ctx_, q_heads_.size(), tokens);
+    MatrixView<T> out = detail::ensure(context_, ctx_, tokens, q_width_);
+    tp::ops::attention_forward(dev, ConstView<T>(qkv.cols_range(0, q_width_)), ConstView<T>(cache.keys_.view()),
+                               ConstView<T>(cache.values_.view()), seqs, head_dim_, options_.causal, lse, out);
+    const auto& y = dense_.forward(out);
+    // Nothing here can be differentiated: neither this layer nor dense keeps a forward to pair
+    // with a backward, and backward says why.
+    dense_.forget_forward();
+    saved_.forget();
+    cached_ = true;
     return y;
   }
 
   /// dL/dY (shaped as forward's output) -> dL/dX (shaped as forward's input); accumulates every
   /// weight gradient.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!cached_, "{}: backward after a forward with a KV cache: cached forwards are inference only",
+             options_.name);
     try {
       saved_.on_backward(options_.name);
     } catch (...) {
@@ -143,8 +234,12 @@ class ParallelAttention {
     const ConstView<T> qkv = qkv_.view();
     tp::ops::attention_backward(dev, qkv.cols_range(0, q_width_), qkv.cols_range(q_width_, kv_width_),
                                 qkv.cols_range(q_width_ + kv_width_, kv_width_), context_.view(), lse_.view(),
-                                d_context.view(), seq_len_, head_dim_, options_.causal, dqkv.cols_range(0, q_width_),
+                                d_context.view(), seqs_, head_dim_, options_.causal, dqkv.cols_range(0, q_width_),
                                 dqkv.cols_range(q_width_, kv_width_), dqkv.cols_range(q_width_ + kv_width_, kv_width_));
+    if (rope_) {  // gradients of the rotated q and k -> of the projected ones: the inverse rotation
+      tp::ops::rope(dev, dqkv.cols_range(0, q_width_), positions_.view(), head_dim_, options_.rope_theta, true);
+      tp::ops::rope(dev, dqkv.cols_range(q_width_, kv_width_), positions_.view(), head_dim_, options_.rope_theta, true);
+    }
 
     // Weight and bias gradients; a replicated kv head's share is summed over its replicas first.
     const ConstView<T> dq = dqkv.cols_range(0, q_width_), dkv = dqkv.cols_range(q_width_, 2 * kv_width_);
@@ -243,6 +338,81 @@ class ParallelAttention {
     return options_.head_dim > 0 ? options_.head_dim : hidden_ / heads_;
   }
 
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> count{0};
+    return ++count;
+  }
+
+  bool checked_rope() const {
+    TP_CHECK(options_.rope_theta >= 0, "{}: rope_theta must be positive (or 0: no RoPE), got {}", options_.name,
+             options_.rope_theta);
+    TP_CHECK(options_.rope_theta == 0 || head_dim_ % 2 == 0, "{}: RoPE needs an even head_dim, got {}",
+             options_.name, head_dim_);
+    return options_.rope_theta > 0;
+  }
+
+  void check_input(ConstView<T> x) const {
+    TP_CHECK(x.cols == hidden_ && (x.rows > 0 || options_.sequence_parallel),
+             "{}: input is {}x{}, expected [tokens > 0, {}]", options_.name, x.rows, x.cols, hidden_);
+  }
+
+  /// The full token count of batch, checked against x and the batch's positions and mask.
+  std::int64_t batch_tokens(ConstView<T> x, const AttentionBatch& batch) const {
+    check_input(x);
+    std::int64_t tokens = 0;
+    for (const std::int64_t n : batch.lengths) {
+      TP_CHECK(n >= 0, "{}: sequence length {} is negative", options_.name, n);
+      tokens += n;
+    }
+    TP_CHECK(options_.sequence_parallel || x.rows == tokens,
+             "{}: input has {} tokens, but the batch's {} sequence lengths add up to {}", options_.name, x.rows,
+             batch.lengths.size(), tokens);
+    if (options_.sequence_parallel)
+      detail::full_tokens(true, x.rows, tokens, ctx_.world(), ctx_.rank(), options_.name);
+    TP_CHECK(batch.positions.data == nullptr || (batch.positions.rows == 1 && batch.positions.cols == tokens),
+             "{}: positions are {}x{}, expected 1x{} (one per token)", options_.name, batch.positions.rows,
+             batch.positions.cols, tokens);
+    TP_CHECK(batch.key_mask.empty() || static_cast<std::int64_t>(batch.key_mask.size()) == tokens,
+             "{}: key mask has {} entries for {} tokens", options_.name, batch.key_mask.size(), tokens);
+    return tokens;
+  }
+
+  /// Gathers the input (sequence parallel) into input_ and projects it: qkv_ = input W^T + b.
+  MatrixView<T> project(ConstView<T> x, std::int64_t tokens) {
+    const Device& dev = *ctx_.device;
+    MatrixView<T> input = detail::ensure(input_, ctx_, tokens, hidden_);
+    if (options_.sequence_parallel)
+      detail::gather_rows(ctx_, x, input);
+    else
+      dev.copy(x, input);
+    MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
+    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
+    if (options_.bias) tp::ops::add_bias(dev, qkv, bias_.view());
+    return qkv;
+  }
+
+  /// RoPE on q and k in place, at batch.positions or, without them, start[b] + i for token i of
+  /// sequence b; the positions stay in positions_ for backward.
+  void rotate(MatrixView<T> qkv, const AttentionBatch& batch, const std::vector<std::int64_t>& start,
+              std::int64_t tokens) {
+    if (!rope_) return;
+    const Device& dev = *ctx_.device;
+    const MatrixView<std::int64_t> positions = detail::ensure(positions_, ctx_, 1, tokens);
+    if (batch.positions.data != nullptr) {
+      dev.copy(batch.positions, positions);
+    } else {
+      std::vector<std::int64_t> host;
+      host.reserve(static_cast<std::size_t>(tokens));
+      for (std::size_t b = 0; b < batch.lengths.size(); ++b)
+        for (std::int64_t i = 0; i < batch.lengths[b]; ++i) host.push_back(start[b] + i);
+      dev.from_host(ConstView<std::int64_t>(host.data(), 1, tokens), positions);
+    }
+    tp::ops::rope(dev, qkv.cols_range(0, q_width_), ConstView<std::int64_t>(positions), head_dim_,
+                  options_.rope_theta, false);
+    tp::ops::rope(dev, qkv.cols_range(q_width_, kv_width_), ConstView<std::int64_t>(positions), head_dim_,
+                  options_.rope_theta, false);
+  }
+
   std::vector<Parameter<T>> qkv_parameters() {
     const std::int64_t d = head_dim_, q_full = heads_ * d, kv_full = kv_heads_ * d;
     const Range q{q_heads_.begin * d, q_heads_.end * d};
@@ -276,13 +446,19 @@ class ParallelAttention {
   std::int64_t hidden_, heads_, kv_heads_;
   Options options_;
   std::int64_t head_dim_;
+  bool rope_;
   RowParallelLinear<T, Device> dense_;
   Range q_heads_, kv_heads_range_;
-  std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0, seq_len_ = 0;
+  std::int64_t replicas_ = 1, q_width_ = 0, kv_width_ = 0;
+  AttentionSequences seqs_;  // the last forward's sequences, for backward
+  bool cached_ = false;      // the last forward used a KV cache: nothing to differentiate
+  // Tells this layer's caches from other layers' (kept by a move, unlike the address).
+  std::uint64_t id_ = next_id();
   std::shared_ptr<Communicator> kv_comm_;
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, qkv_, context_, grad_qkv_, kv_grad_, kv_bias_grad_, grad_input_, grad_full_;
   Tensor<tp::ops::AttentionStat<T>, Device> lse_;  // attention_forward's per-row log-sum-exp
+  Tensor<std::int64_t, Device> positions_;          // RoPE's positions of the last forward
   detail::SavedActivation saved_;
 };
 

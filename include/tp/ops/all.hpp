@@ -9,3 +9,4 @@
 #include "tp/ops/linear.hpp"
 #include "tp/ops/norm.hpp"
 #include "tp/ops/reduce.hpp"
+#include "tp/ops/rope.hpp"

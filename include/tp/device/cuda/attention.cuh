@@ -1,82 +1,103 @@
 #pragma once
-/// The CUDA side of tp/ops/attention.hpp: one cuBLASLt GEMM per (sequence, head) for the scores
-/// and one for the output, with a single softmax kernel over all heads between them. The
-/// probabilities live in scratch for the call only: forward saves their log-sum-exp and backward
-/// rebuilds them from the recomputed scores (not tiled here: the scratch is batch * heads *
-/// seq_len^2 for the duration of one call).
+/// The CUDA side of tp/ops/attention.hpp, one sequence at a time: per sequence, cuBLASLt GEMMs for
+/// the scores and the output (strided-batched over the kv heads, one call per query head of a
+/// group), with a single softmax kernel over all heads between them. The probabilities live in
+/// scratch for the call only: forward saves their log-sum-exp and backward rebuilds them from the
+/// recomputed scores (not tiled here: the scratch is heads * q_length * k_length of the longest
+/// sequence for the duration of one call). The key mask is copied to the device once per call.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "tp/detail/math.hpp"
 #include "tp/detail/shape_checks.hpp"
 #include "tp/device/cuda/block_reduce.cuh"
 #include "tp/device/cuda/cuda.hpp"
 #include "tp/device/cuda/launch.cuh"
+#include "tp/ops/attention_sequences.hpp"
 
 namespace tp::kernels {
 
-/// Row r = (b hq + h) seq_len + i of the probabilities holds query i of block (b, h); its
-/// log-sum-exp is lse[(b hq + h) lse_ld + i].
-template <class S>
-__device__ S& lse_at(S* lse, std::int64_t lse_ld, std::int64_t r, std::int64_t seq_len) {
-  return lse[r / seq_len * lse_ld + r % seq_len];
-}
+/// One sequence's place in the probabilities: row r = h nq + i holds query i of head h against
+/// its nk keys; keys are visible up to i + nk - nq when causal, and where mask (null: none, else
+/// this sequence's bytes) is nonzero. Query i's log-sum-exp is lse[h lse_ld + q0 + i].
+struct AttentionRows {
+  std::int64_t nq, nk, q0;
+  bool causal;
+  const std::uint8_t* mask;
 
-/// In place on the scaled scores: each row i of block (b, h) (row r = (b hq + h) seq_len + i)
-/// becomes softmax over its first i + 1 columns (causal) or all, zeros after, and its log-sum-exp
-/// goes to lse; one block per row. The sum is in double, as on the CPU; the exponentials are
-/// recomputed rather than stored rounded, so 16-bit probabilities are rounded once.
+  __device__ std::int64_t visible(std::int64_t r) const {
+    if (!causal) return nk;
+    const std::int64_t v = r % nq + nk - nq + 1;
+    return v < 0 ? 0 : (v > nk ? nk : v);
+  }
+  __device__ bool seen(std::int64_t j, std::int64_t visible) const { return j < visible && (!mask || mask[j]); }
+  template <class S>
+  __device__ S& lse_at(S* lse, std::int64_t lse_ld, std::int64_t r) const {
+    return lse[r / nq * lse_ld + q0 + r % nq];
+  }
+};
+
+/// In place on the scaled scores: each row becomes softmax over the keys it sees, zeros elsewhere,
+/// and its log-sum-exp goes to lse (+inf, and a zero row, when it sees none); one block per row.
+/// The sum is in double, as on the CPU; the exponentials are recomputed rather than stored
+/// rounded, so 16-bit probabilities are rounded once.
 template <class T, class S>
-__global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len, bool causal,
-                                  S* lse, std::int64_t lse_ld) {
+__global__ void attention_softmax(T* probs, std::int64_t ld, std::int64_t rows, AttentionRows g, S* lse,
+                                  std::int64_t lse_ld) {
   using A = accum_t<T>;
   __shared__ A scratch[kRowThreads];
   __shared__ double wide[kRowThreads];
   TP_BLOCK_PER_ROW(r, rows) {
     T* row = probs + r * ld;
-    const std::int64_t visible = causal ? r % seq_len + 1 : seq_len;
-    A m = load(row[0]);
+    const std::int64_t visible = g.visible(r);
+    A m = -INFINITY;
     TP_THREAD_PER_COL(j, visible) {
       const A v = load(row[j]);
-      if (m < v) m = v;
+      if (g.seen(j, visible) && m < v) m = v;
     }
     m = block_max(m, scratch);
     double sum = 0;
-    TP_THREAD_PER_COL(j, visible) sum += static_cast<double>(exp(load(row[j]) - m));
+    if (m != -INFINITY)
+      TP_THREAD_PER_COL(j, visible) if (g.seen(j, visible)) sum += static_cast<double>(exp(load(row[j]) - m));
     const double total = block_sum(sum, wide);
-    const A inv = static_cast<A>(1.0 / total);
-    TP_THREAD_PER_COL(j, seq_len) row[j] = store<T>(j < visible ? exp(load(row[j]) - m) * inv : A(0));
-    if (threadIdx.x == 0) lse_at(lse, lse_ld, r, seq_len) = static_cast<S>(static_cast<double>(m) + ::log(total));
+    const A inv = total > 0 ? static_cast<A>(1.0 / total) : A(0);
+    TP_THREAD_PER_COL(j, g.nk) row[j] = store<T>(g.seen(j, visible) && total > 0 ? exp(load(row[j]) - m) * inv : A(0));
+    if (threadIdx.x == 0)
+      g.lse_at(lse, lse_ld, r) = total > 0 ? static_cast<S>(static_cast<double>(m) + ::log(total)) : static_cast<S>(INFINITY);
   }
 }
 
-/// In place on recomputed scaled scores: p = exp(s - lse) over the visible columns, zeros after.
+/// In place on recomputed scaled scores: p = exp(s - lse) where the row sees the key, zeros elsewhere
+/// (everywhere for lse = +inf, a row that saw no key).
 template <class T, class S>
-__global__ void attention_probs_from_lse(T* probs, std::int64_t ld, std::int64_t rows, std::int64_t seq_len,
-                                         bool causal, const S* lse, std::int64_t lse_ld) {
+__global__ void attention_probs_from_lse(T* probs, std::int64_t ld, std::int64_t rows, AttentionRows g, const S* lse,
+                                         std::int64_t lse_ld) {
   using A = accum_t<T>;
   TP_BLOCK_PER_ROW(r, rows) {
     T* row = probs + r * ld;
-    const std::int64_t visible = causal ? r % seq_len + 1 : seq_len;
-    const A l = static_cast<A>(lse_at(lse, lse_ld, r, seq_len));
-    TP_THREAD_PER_COL(j, seq_len) row[j] = store<T>(j < visible ? exp(load(row[j]) - l) : A(0));
+    const S l_stat = g.lse_at(lse, lse_ld, r);
+    const std::int64_t visible = isinf(static_cast<double>(l_stat)) ? 0 : g.visible(r);
+    const A l = static_cast<A>(l_stat);
+    TP_THREAD_PER_COL(j, g.nk) row[j] = store<T>(g.seen(j, visible) ? exp(load(row[j]) - l) : A(0));
   }
 }
 
 /// ds = p (dp - rowsum(p dp)) scale in place on dp, one block per row; rowsum in double.
 template <class T>
 __global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* ds, std::int64_t ldd, std::int64_t rows,
-                                           std::int64_t seq_len, accum_t<T> scale) {
+                                           std::int64_t cols, accum_t<T> scale) {
   using A = accum_t<T>;
   __shared__ double wide[kRowThreads];
   TP_BLOCK_PER_ROW(r, rows) {
     const T* p = probs + r * ldp;
     T* d = ds + r * ldd;
     double dot = 0;
-    TP_THREAD_PER_COL(j, seq_len) dot += static_cast<double>(load(p[j])) * static_cast<double>(load(d[j]));
+    TP_THREAD_PER_COL(j, cols) dot += static_cast<double>(load(p[j])) * static_cast<double>(load(d[j]));
     const A row_dot = static_cast<A>(block_sum(dot, wide));
-    TP_THREAD_PER_COL(j, seq_len) d[j] = store<T>(load(p[j]) * (load(d[j]) - row_dot) * scale);
+    TP_THREAD_PER_COL(j, cols) d[j] = store<T>(load(p[j]) * (load(d[j]) - row_dot) * scale);
   }
 }
 
@@ -84,83 +105,128 @@ __global__ void attention_softmax_backward(const T* probs, std::int64_t ldp, T* 
 
 namespace tp::impl {
 
-/// Every GEMM below runs once per head, batched over the sequences (strided-batched cuBLASLt: the
-/// sequences of one head sit at a fixed row stride in q, k, v, probs and out), so a pass costs
-/// 2 x heads GEMM calls instead of 2 x sequences x heads. With grouped-query attention head h
-/// reads kv head h / group, still at a fixed stride.
+namespace attention_detail {
+
+/// The key mask on the device (null without one), for the call.
+struct DeviceKeyMask {
+  DeviceKeyMask(const Cuda& dev, const AttentionSequences& seqs)
+      : scratch(dev, std::max<std::int64_t>(1, static_cast<std::int64_t>(seqs.key_mask.size()))) {
+    if (seqs.key_mask.empty()) return;
+    const auto n = static_cast<std::int64_t>(seqs.key_mask.size());
+    dev.from_host<std::uint8_t>(ConstView<std::uint8_t>(seqs.key_mask.data(), 1, n),
+                                MatrixView<std::uint8_t>(scratch.data, 1, n));
+  }
+  const std::uint8_t* at(const AttentionSequences& seqs, std::int64_t k0) const {
+    return seqs.key_mask.empty() ? nullptr : scratch.data + k0;
+  }
+  Cuda::Scratch<std::uint8_t> scratch;
+};
+
+/// The largest hq * nq * nk over the sequences: the probabilities' scratch.
+inline std::int64_t largest_scores(const detail::AttentionGeometry& g, const AttentionSequences& seqs) {
+  std::int64_t most = 1;
+  for (std::int64_t s = 0; s < g.batch; ++s) most = std::max(most, g.hq * seqs.q_length[s] * seqs.k_length[s]);
+  return most;
+}
+
+/// For each query head gi of a group, one GEMM strided-batched over the kv heads: query head
+/// kv group + gi is group * head_dim columns after the previous one in q, kv head kv is head_dim
+/// columns after the previous one in k, and the rows of head h start at h nq in the scores.
+struct HeadBatch {
+  std::int32_t kv_heads;
+  std::int64_t group, head_dim, nq, scores_ld;
+  std::int64_t q_step() const { return group * head_dim; }
+  std::int64_t kv_step() const { return head_dim; }
+  std::int64_t scores_step() const { return group * nq * scores_ld; }
+};
+
+}  // namespace attention_detail
+
 template <class T>
 void attention_forward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
-                       ConstView<T> v, std::int64_t seq_len, std::int64_t head_dim, bool causal,
+                       ConstView<T> v, const AttentionSequences& seqs, std::int64_t head_dim, bool causal,
                        MatrixView<detail::attention_stat_t<T>> lse, MatrixView<T> out) {
+  using namespace attention_detail;
+  using S = detail::attention_stat_t<T>;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  const std::int64_t rows = g.batch * g.hq * seq_len;
-  const Cuda::Scratch<T> scratch(dev, rows * seq_len);
-  const MatrixView<T> probs(scratch.data, rows, seq_len);
-  const auto seqs = static_cast<std::int32_t>(g.batch);
-  const std::int64_t probs_stride = g.hq * seq_len * probs.ld;
-  for (std::int64_t h = 0; h < g.hq; ++h) {
-    const std::int64_t kv = h / g.group;
-    dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(0, h * head_dim, seq_len, head_dim),
-                        k.block(0, kv * head_dim, seq_len, head_dim), 0.0, probs.rows_range(h * seq_len, seq_len),
-                        {seqs, seq_len * q.ld, seq_len * k.ld, probs_stride});
-  }
-  kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows), kernels::kRowThreads,
-                  &kernels::attention_softmax<T, detail::attention_stat_t<T>>, probs.data, probs.ld, probs.rows,
-                  seq_len, causal, lse.data, lse.ld);
-  for (std::int64_t h = 0; h < g.hq; ++h) {
-    const std::int64_t kv = h / g.group;
-    dev.gemm_batched<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range(h * seq_len, seq_len)),
-                        v.block(0, kv * head_dim, seq_len, head_dim), 0.0, out.block(0, h * head_dim, seq_len, head_dim),
-                        {seqs, probs_stride, seq_len * v.ld, seq_len * out.ld});
+  const Cuda::Scratch<T> scratch(dev, largest_scores(g, seqs));
+  const DeviceKeyMask mask(dev, seqs);
+  for (std::int64_t s = 0; s < g.batch; ++s) {
+    const std::int64_t nq = seqs.q_length[s], nk = seqs.k_length[s], q0 = seqs.q_begin[s], k0 = seqs.k_begin[s];
+    if (nq == 0) continue;
+    if (nk == 0) {  // no key: zero output, lse = +inf
+      dev.fill<T>(out.rows_range(q0, nq), T(0));
+      dev.fill<S>(lse.cols_range(q0, nq), std::numeric_limits<S>::infinity());
+      continue;
+    }
+    const MatrixView<T> probs(scratch.data, g.hq * nq, nk);
+    const HeadBatch hb{static_cast<std::int32_t>(g.hk), g.group, head_dim, nq, probs.ld};
+    for (std::int64_t gi = 0; gi < g.group; ++gi)
+      dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(q0, gi * head_dim, nq, head_dim), k.block(k0, 0, nk, head_dim),
+                          0.0, probs.rows_range(gi * nq, nq),
+                          {hb.kv_heads, hb.q_step(), hb.kv_step(), hb.scores_step()});
+    const kernels::AttentionRows rows{nq, nk, q0, causal, mask.at(seqs, k0)};
+    kernels::launch(dev, "attention_softmax", probs.rows, probs.cols, kernels::row_grid(probs.rows),
+                    kernels::kRowThreads, &kernels::attention_softmax<T, S>, probs.data, probs.ld, probs.rows, rows,
+                    lse.data, lse.ld);
+    for (std::int64_t gi = 0; gi < g.group; ++gi)
+      dev.gemm_batched<T>(Op::n, Op::n, 1.0, ConstView<T>(probs.rows_range(gi * nq, nq)), v.block(k0, 0, nk, head_dim),
+                          0.0, out.block(q0, gi * head_dim, nq, head_dim),
+                          {hb.kv_heads, hb.scores_step(), hb.kv_step(), hb.q_step()});
   }
 }
 
-/// The probabilities are rebuilt for every head at once (scores GEMMs, then one kernel), and every
-/// head's score gradient is held at once, so one kernel does the softmax backward of all heads.
-/// `out` is not needed: the kernel takes rowsum(p dp) from the rebuilt probabilities. dk and dv add
-/// up the query heads of each group: those GEMMs accumulate (beta 1), one head after the other.
+/// The probabilities of one sequence are rebuilt for every head at once (scores GEMMs, then one
+/// kernel), and every head's score gradient is held at once, so one kernel does the softmax
+/// backward of all heads. `out` is not needed: the kernel takes rowsum(p dp) from the rebuilt
+/// probabilities. dk and dv add up the query heads of each group: those GEMMs accumulate (beta 1).
 template <class T>
 void attention_backward(const Cuda& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
                         ConstView<T> v, ConstView<T> /*out*/, ConstView<detail::attention_stat_t<T>> lse,
-                        ConstView<T> dout, std::int64_t seq_len, std::int64_t head_dim, bool causal, MatrixView<T> dq,
-                        MatrixView<T> dk, MatrixView<T> dv) {
+                        ConstView<T> dout, const AttentionSequences& seqs, std::int64_t head_dim, bool causal,
+                        MatrixView<T> dq, MatrixView<T> dk, MatrixView<T> dv) {
+  using namespace attention_detail;
+  using S = detail::attention_stat_t<T>;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  const std::int64_t rows = g.batch * g.hq * seq_len;
-  const Cuda::Scratch<T> scratch(dev, 2 * rows * seq_len);
-  const MatrixView<T> probs(scratch.data, rows, seq_len), d_scores(scratch.data + rows * seq_len, rows, seq_len);
+  dev.fill<T>(dq, T(0));
   dev.fill<T>(dk, T(0));
   dev.fill<T>(dv, T(0));
-  const auto seqs = static_cast<std::int32_t>(g.batch);
-  const std::int64_t probs_stride = g.hq * seq_len * probs.ld, ds_stride = g.hq * seq_len * d_scores.ld;
-  for (std::int64_t h = 0; h < g.hq; ++h) {
-    const std::int64_t kv = h / g.group;
-    dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(0, h * head_dim, seq_len, head_dim),
-                        k.block(0, kv * head_dim, seq_len, head_dim), 0.0, probs.rows_range(h * seq_len, seq_len),
-                        {seqs, seq_len * q.ld, seq_len * k.ld, probs_stride});
-  }
-  kernels::launch(dev, "attention_probs_from_lse", probs.rows, probs.cols, kernels::row_grid(probs.rows),
-                  kernels::kRowThreads, &kernels::attention_probs_from_lse<T, detail::attention_stat_t<T>>,
-                  probs.data, probs.ld, probs.rows, seq_len, causal, lse.data, lse.ld);
-  // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
-  for (std::int64_t h = 0; h < g.hq; ++h) {
-    const std::int64_t kv = h / g.group;
-    const ConstView<T> d_o = dout.block(0, h * head_dim, seq_len, head_dim);
-    dev.gemm_batched<T>(Op::t, Op::n, 1.0, ConstView<T>(probs.rows_range(h * seq_len, seq_len)), d_o, 1.0,
-                        dv.block(0, kv * head_dim, seq_len, head_dim),
-                        {seqs, probs_stride, seq_len * dout.ld, seq_len * dv.ld});
-    dev.gemm_batched<T>(Op::n, Op::t, 1.0, d_o, v.block(0, kv * head_dim, seq_len, head_dim), 0.0,
-                        d_scores.rows_range(h * seq_len, seq_len), {seqs, seq_len * dout.ld, seq_len * v.ld, ds_stride});
-  }
-  kernels::launch(dev, "attention_softmax_backward", probs.rows, probs.cols, kernels::row_grid(probs.rows),
-                  kernels::kRowThreads, &kernels::attention_softmax_backward<T>, probs.data, probs.ld, d_scores.data,
-                  d_scores.ld, probs.rows, seq_len, static_cast<kernels::accum_t<T>>(scale));
-  for (std::int64_t h = 0; h < g.hq; ++h) {
-    const std::int64_t kv = h / g.group;
-    const ConstView<T> ds = ConstView<T>(d_scores).rows_range(h * seq_len, seq_len);
-    dev.gemm_batched<T>(Op::n, Op::n, 1.0, ds, k.block(0, kv * head_dim, seq_len, head_dim), 0.0,
-                        dq.block(0, h * head_dim, seq_len, head_dim), {seqs, ds_stride, seq_len * k.ld, seq_len * dq.ld});
-    dev.gemm_batched<T>(Op::t, Op::n, 1.0, ds, q.block(0, h * head_dim, seq_len, head_dim), 1.0,
-                        dk.block(0, kv * head_dim, seq_len, head_dim), {seqs, ds_stride, seq_len * q.ld, seq_len * dk.ld});
+  if (g.batch == 0) return;
+  const std::int64_t most = largest_scores(g, seqs);
+  const Cuda::Scratch<T> scratch(dev, 2 * most);
+  const DeviceKeyMask mask(dev, seqs);
+  for (std::int64_t s = 0; s < g.batch; ++s) {
+    const std::int64_t nq = seqs.q_length[s], nk = seqs.k_length[s], q0 = seqs.q_begin[s], k0 = seqs.k_begin[s];
+    if (nq == 0 || nk == 0) continue;
+    const MatrixView<T> probs(scratch.data, g.hq * nq, nk), d_scores(scratch.data + most, g.hq * nq, nk);
+    const HeadBatch hb{static_cast<std::int32_t>(g.hk), g.group, head_dim, nq, probs.ld};
+    for (std::int64_t gi = 0; gi < g.group; ++gi)
+      dev.gemm_batched<T>(Op::n, Op::t, scale, q.block(q0, gi * head_dim, nq, head_dim), k.block(k0, 0, nk, head_dim),
+                          0.0, probs.rows_range(gi * nq, nq),
+                          {hb.kv_heads, hb.q_step(), hb.kv_step(), hb.scores_step()});
+    const kernels::AttentionRows rows{nq, nk, q0, causal, mask.at(seqs, k0)};
+    kernels::launch(dev, "attention_probs_from_lse", probs.rows, probs.cols, kernels::row_grid(probs.rows),
+                    kernels::kRowThreads, &kernels::attention_probs_from_lse<T, S>, probs.data, probs.ld, probs.rows,
+                    rows, lse.data, lse.ld);
+    // dv += p^T do; dp = do v^T; ds = p (dp - rowsum(p dp)) scale; dq = ds k; dk += ds^T q.
+    for (std::int64_t gi = 0; gi < g.group; ++gi) {
+      const ConstView<T> d_o = dout.block(q0, gi * head_dim, nq, head_dim);
+      dev.gemm_batched<T>(Op::t, Op::n, 1.0, ConstView<T>(probs.rows_range(gi * nq, nq)), d_o, 1.0,
+                          dv.block(k0, 0, nk, head_dim), {hb.kv_heads, hb.scores_step(), hb.q_step(), hb.kv_step()});
+      dev.gemm_batched<T>(Op::n, Op::t, 1.0, d_o, v.block(k0, 0, nk, head_dim), 0.0, d_scores.rows_range(gi * nq, nq),
+                          {hb.kv_heads, hb.q_step(), hb.kv_step(), hb.scores_step()});
+    }
+    kernels::launch(dev, "attention_softmax_backward", probs.rows, probs.cols, kernels::row_grid(probs.rows),
+                    kernels::kRowThreads, &kernels::attention_softmax_backward<T>, probs.data, probs.ld, d_scores.data,
+                    d_scores.ld, probs.rows, nk, static_cast<kernels::accum_t<T>>(scale));
+    for (std::int64_t gi = 0; gi < g.group; ++gi) {
+      const ConstView<T> ds = ConstView<T>(d_scores).rows_range(gi * nq, nq);
+      dev.gemm_batched<T>(Op::n, Op::n, 1.0, ds, k.block(k0, 0, nk, head_dim), 0.0,
+                          dq.block(q0, gi * head_dim, nq, head_dim),
+                          {hb.kv_heads, hb.scores_step(), hb.kv_step(), hb.q_step()});
+      dev.gemm_batched<T>(Op::t, Op::n, 1.0, ds, q.block(q0, gi * head_dim, nq, head_dim), 1.0,
+                          dk.block(k0, 0, nk, head_dim), {hb.kv_heads, hb.scores_step(), hb.q_step(), hb.kv_step()});
+    }
   }
 }
 
