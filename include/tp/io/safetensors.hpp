@@ -9,7 +9,7 @@
 ///
 /// Saving writes one full file that any TP degree (or `safetensors.torch.load_file`) can load:
 /// every rank builds the same header from its parameter list, rank 0 writes it and sizes the file,
-/// and every rank writes its own block with `pwrite` (a replicated parameter by rank 0 only). The
+/// and every rank writes its own blocks with `pwrite` (a block held by several ranks by one). The
 /// ranks must therefore see one file system (one machine, or a shared one). The file appears
 /// under its name only when complete: rank 0 creates `<path>.tmp-<random hex>` exclusively (a file
 /// or symbolic link already at that name is never followed or overwritten; tp/io/file.hpp), every
@@ -28,6 +28,8 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <array>
+#include <numeric>
 #include <bit>
 #include <cstdint>
 #include <cmath>
@@ -301,33 +303,120 @@ void load_safetensors(const Device& device, std::span<const Parameter<T>> params
   for (const auto& p : params) load_parameter(device, p, checkpoint, options);
 }
 
+namespace detail {
+
+/// The blocks of one full tensor that a save writes, gathered from every rank: [name index, row
+/// begin, row end, column begin, column end, rank] per block.
+using SavedBlocks = std::vector<std::array<std::int64_t, 6>>;
+
+/// Whether this rank writes record `p`: the copy-0 holder of a block held by several ranks
+/// (Parameter::copy), and rank 0 alone for a record that holds the whole tensor (a replicated
+/// parameter such as a LayerNorm weight, held with copy 0 everywhere).
+template <class T>
+bool writes_record(const Parameter<T>& p, int rank) {
+  return p.copy == 0 && !p.value.empty() && (p.sharded() || rank == 0);
+}
+
+/// Checks that the written blocks of every tensor are disjoint and cover it exactly; identical on
+/// every rank, which all see the same gathered list.
+inline void check_block_cover(const std::string& file, const std::vector<std::string>& names,
+                              const std::vector<std::array<std::int64_t, 2>>& shapes, SavedBlocks blocks) {
+  std::sort(blocks.begin(), blocks.end());
+  std::size_t b = 0;
+  for (std::size_t n = 0; n < names.size(); ++n) {
+    const std::size_t first = b;
+    std::int64_t area = 0;
+    for (; b < blocks.size() && blocks[b][0] == static_cast<std::int64_t>(n); ++b) {
+      const auto& x = blocks[b];
+      area += (x[2] - x[1]) * (x[4] - x[3]);
+      for (std::size_t o = first; o < b; ++o) {
+        const auto& y = blocks[o];
+        if (x[1] < y[2] && y[1] < x[2] && x[3] < y[4] && y[3] < x[4])
+          TP_THROW(InvalidArgument,
+                   "{}: parameter '{}' is listed twice: rank {} writes rows [{}, {}) x columns [{}, {}) and rank {} "
+                   "rows [{}, {}) x columns [{}, {}) of the {}x{} tensor (a block held by several ranks must have "
+                   "Parameter::copy = 0 on exactly one)",
+                   file, names[n], y[5], y[1], y[2], y[3], y[4], x[5], x[1], x[2], x[3], x[4], shapes[n][0],
+                   shapes[n][1]);
+      }
+    }
+    const std::int64_t full = shapes[n][0] * shapes[n][1];
+    if (area != full) {
+      std::string listed;
+      for (std::size_t o = first; o < b; ++o)
+        listed += fmt::format("{}rank {}: [{}, {}) x [{}, {})", o == first ? "" : "; ", blocks[o][5], blocks[o][1],
+                              blocks[o][2], blocks[o][3], blocks[o][4]);
+      TP_THROW(InvalidArgument,
+               "{}: the ranks' blocks of parameter '{}' cover {} of its {}x{} = {} elements, so part of the tensor "
+               "would be left unwritten (blocks: {})",
+               file, names[n], area, shapes[n][0], shapes[n][1], full, listed.empty() ? "none" : listed);
+    }
+  }
+}
+
+}  // namespace detail
+
 /// Writes the parameters as one full safetensors file at `path`. Collective over `comm`: every
 /// rank passes the same parameter list (names and full shapes; a hash of the header is checked)
-/// holding its own blocks. Tensors are stored in T's dtype, in list order, 2-D [full_rows,
-/// full_cols]. `metadata` goes into `__metadata__`.
+/// holding its own blocks, e.g. any layer's own parameters(). Several records may share a name:
+/// they are disjoint blocks of one full tensor (a fused QKV weight's q, k and v rows, SwiGLU's
+/// stacked gate and up), each written where it belongs. A block several ranks hold (a replicated
+/// GQA kv head, a replicated table) is written by the rank whose record has copy 0, a record that
+/// holds the whole tensor by rank 0. The union of the written blocks over all ranks must cover
+/// each tensor exactly once (checked before anything is written). Tensors are stored in T's
+/// dtype, in the order of their names' first records, 2-D [full_rows, full_cols] unless
+/// `stored_shapes` gives a tensor another shape of as many elements (Hugging Face stores biases
+/// and norm weights 1-D). `metadata` goes into `__metadata__`.
 template <class T, class Device>
 void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
-                      const std::filesystem::path& path, const SafetensorsMetadata& metadata = {}) {
+                      const std::filesystem::path& path, const SafetensorsMetadata& metadata = {},
+                      const std::map<std::string, std::vector<std::int64_t>, std::less<>>& stored_shapes = {}) {
   const std::string file = path.string();
-  // The header, identical on every rank.
+  // The header, identical on every rank: one entry per name.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<std::uint64_t> offsets;
+  std::vector<std::uint64_t> offsets;  // of each record's tensor
   std::uint64_t data_size = 0;
-  std::set<std::string, std::less<>> names;
+  std::map<std::string, std::size_t, std::less<>> index;  // name -> position in `names`
+  std::vector<std::string> names;
+  std::vector<std::array<std::int64_t, 2>> shapes;
+  std::vector<std::uint64_t> name_offsets;
+  detail::SavedBlocks mine;
   for (const auto& p : params) {
-    TP_CHECK(names.insert(p.name).second, "{}: parameter '{}' is listed twice", file, p.name);
     TP_CHECK(p.name != "__metadata__", "{}: a parameter cannot be called __metadata__", file);
     TP_CHECK(p.value.rows == p.rows.size() && p.value.cols == p.cols.size() && p.rows.begin >= 0 &&
                  p.cols.begin >= 0 && p.rows.end <= p.full_rows && p.cols.end <= p.full_cols,
              "{}: parameter '{}' holds a {}x{} shard as rows [{}, {}) x columns [{}, {}) of {}x{}", file, p.name,
              p.value.rows, p.value.cols, p.rows.begin, p.rows.end, p.cols.begin, p.cols.end, p.full_rows, p.full_cols);
-    const std::uint64_t bytes = static_cast<std::uint64_t>(p.full_rows * p.full_cols) * sizeof(T);
-    header[p.name] = {{"dtype", detail::safetensors_dtype_name(dtype_of<T>)},
-                      {"shape", {p.full_rows, p.full_cols}},
-                      {"data_offsets", {data_size, data_size + bytes}}};
-    offsets.push_back(data_size);
-    data_size += bytes;
+    auto [it, fresh] = index.emplace(p.name, names.size());
+    if (fresh) {
+      const std::uint64_t bytes = static_cast<std::uint64_t>(p.full_rows * p.full_cols) * sizeof(T);
+      std::vector<std::int64_t> shape{p.full_rows, p.full_cols};
+      if (const auto stored = stored_shapes.find(p.name); stored != stored_shapes.end()) {
+        std::int64_t n = 1;
+        for (const std::int64_t d : stored->second) n *= d;
+        TP_CHECK(n == p.full_rows * p.full_cols && std::ranges::all_of(stored->second, [](std::int64_t d) { return d >= 0; }),
+                 "{}: parameter '{}' is {}x{}, which cannot be stored with shape [{}]", file, p.name, p.full_rows,
+                 p.full_cols, fmt::join(stored->second, ", "));
+        shape = stored->second;
+      }
+      header[p.name] = {{"dtype", detail::safetensors_dtype_name(dtype_of<T>)},
+                        {"shape", shape},
+                        {"data_offsets", {data_size, data_size + bytes}}};
+      names.push_back(p.name);
+      shapes.push_back({p.full_rows, p.full_cols});
+      name_offsets.push_back(data_size);
+      data_size += bytes;
+    } else {
+      const auto& s = shapes[it->second];
+      TP_CHECK(s[0] == p.full_rows && s[1] == p.full_cols,
+               "{}: parameter '{}' is listed as a block of a {}x{} tensor and of a {}x{} one", file, p.name, s[0], s[1],
+               p.full_rows, p.full_cols);
+    }
+    offsets.push_back(name_offsets[it->second]);
+    if (detail::writes_record(p, comm.rank()))
+      mine.push_back({static_cast<std::int64_t>(it->second), p.rows.begin, p.rows.end, p.cols.begin, p.cols.end,
+                      comm.rank()});
   }
   std::string text = header.dump();
   text.resize((text.size() + 7) / 8 * 8, ' ');  // pad so the data section is 8-byte aligned
@@ -340,6 +429,20 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
   if (hash[0] != -hash[1])
     TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, comm.rank(),
              comm.size());
+
+  // Every block written once, every element covered: gather what each rank would write.
+  {
+    std::int64_t count = static_cast<std::int64_t>(mine.size() * 6);
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(comm.size()));
+    comm.all_gather(std::span<const std::int64_t>(&count, 1), std::span<std::int64_t>(counts));
+    std::vector<std::size_t> sizes(counts.begin(), counts.end());
+    std::vector<std::int64_t> all(static_cast<std::size_t>(std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
+    comm.all_gather_v(std::span<const std::int64_t>(mine.empty() ? nullptr : mine.front().data(), mine.size() * 6),
+                      std::span<std::int64_t>(all), std::span<const std::size_t>(sizes));
+    detail::SavedBlocks blocks(all.size() / 6);
+    for (std::size_t i = 0; i < blocks.size(); ++i) std::copy_n(all.data() + 6 * i, 6, blocks[i].data());
+    detail::check_block_cover(file, names, shapes, std::move(blocks));
+  }
 
   // Rank 0 creates the temporary file with its header and full size; the others wait for its
   // verdict and the random suffix that names the file.
@@ -365,13 +468,13 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not create the file");
   const std::string tmp = detail::temp_name(path, static_cast<std::uint64_t>(created[1])).string();
 
-  // Each rank writes its blocks; replicated parameters are written by rank 0 alone.
+  // Each rank writes its blocks (detail::writes_record: one writer per block).
   try {
     detail::Fd fd = detail::Fd::open_for_writing(tmp);
     std::vector<T> host;
     for (std::size_t i = 0; i < params.size(); ++i) {
       const Parameter<T>& p = params[i];
-      if ((!p.sharded() && comm.rank() != 0) || p.value.empty()) continue;
+      if (!detail::writes_record(p, comm.rank())) continue;
       host.resize(static_cast<std::size_t>(p.value.size()));
       const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
       device.to_host(ConstView<T>(p.value), h);

@@ -1,0 +1,341 @@
+#pragma once
+/// One transformer built from tp's layers for the three architectures of tp/models/config.hpp,
+/// on one rank of a TP group:
+///
+///   gpt2   x = embed(ids) + position(pos); per layer x += attn(norm1(x)); x += mlp(norm2(x));
+///          logits = head(final_norm(x)), LayerNorm, GELU (tanh), the head tied to `embed`.
+///   llama  x = embed(ids); the same pre-norm layers with RMSNorm, rotary q/k inside the
+///          attention, SwiGLU; head tied (ParallelLMHead) or its own ColumnParallelLinear.
+///   bert   x = embed_norm(embed(ids) + position(pos) + token_type(types)); per layer
+///          x = norm1(x + attn(x)); x = norm2(x + mlp(x)) (post-norm, bidirectional attention);
+///          the output is x, the last hidden states.
+///
+/// Parameters (names in parameters(); tp/models/hugging_face.hpp maps them to Hugging Face's):
+///   embed.weight, position.weight (gpt2, bert), token_type.weight, embed_norm.{weight,bias} (bert),
+///   layers.<i>.{norm1, attention.qkv, attention.dense, norm2, mlp.fc1, mlp.fc2}.{weight,bias},
+///   final_norm.{weight,bias} (decoders; RMSNorm has no bias), lm_head.weight (untied decoders).
+///
+/// Input: token ids [1, tokens] in device memory, the sequences of an AttentionBatch packed one
+/// after another (no padding). Output: a decoder's logits, this rank's vocabulary columns
+/// [tokens, vocab_range().size()] (VocabParallelCrossEntropy's split and tp::sample's); BERT's
+/// last hidden states [tokens, hidden], the same on every rank. backward takes the gradient of
+/// that output and accumulates every parameter's gradient. Incremental decoding: make_cache, then
+/// forward(ids, batch, cache) with the new tokens of each sequence (inference only).
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tp/core/context.hpp"
+#include "tp/core/ops.hpp"
+#include "tp/core/parameter.hpp"
+#include "tp/layers/attention_batch.hpp"
+#include "tp/layers/column_parallel_linear.hpp"
+#include "tp/layers/kv_cache.hpp"
+#include "tp/layers/layer_norm.hpp"
+#include "tp/layers/parallel_attention.hpp"
+#include "tp/layers/parallel_lm_head.hpp"
+#include "tp/layers/parallel_mlp.hpp"
+#include "tp/layers/rms_norm.hpp"
+#include "tp/layers/vocab_parallel_embedding.hpp"
+#include "tp/models/config.hpp"
+
+namespace tp::models {
+
+/// LayerNorm or RMSNorm, as the architecture says.
+template <class T, class Device>
+class Norm {
+ public:
+  Norm(const Context<Device>& ctx, const TransformerConfig& c, const std::string& name) {
+    if (c.arch == Architecture::llama)
+      rms_ = std::make_unique<RMSNorm<T, Device>>(ctx, c.hidden, RMSNormOptions{.eps = c.norm_eps, .name = name});
+    else
+      ln_ = std::make_unique<LayerNorm<T, Device>>(ctx, c.hidden, LayerNormOptions{.eps = c.norm_eps, .name = name});
+  }
+  const Tensor<T, Device>& forward(ConstView<T> x) { return rms_ ? rms_->forward(x) : ln_->forward(x); }
+  const Tensor<T, Device>& backward(ConstView<T> dy) { return rms_ ? rms_->backward(dy) : ln_->backward(dy); }
+  std::vector<Parameter<T>> parameters() { return rms_ ? rms_->parameters() : ln_->parameters(); }
+  void zero_grad() { rms_ ? rms_->zero_grad() : ln_->zero_grad(); }
+
+ private:
+  std::unique_ptr<LayerNorm<T, Device>> ln_;
+  std::unique_ptr<RMSNorm<T, Device>> rms_;
+};
+
+template <class T, class Device>
+struct TransformerLayer {
+  Norm<T, Device> norm1;
+  ParallelAttention<T, Device> attention;
+  Norm<T, Device> norm2;
+  ParallelMLP<T, Device> mlp;
+
+  TransformerLayer(const Context<Device>& ctx, const TransformerConfig& c, const std::string& name, std::uint64_t seed)
+      : norm1(ctx, c, name + ".norm1"),
+        attention(ctx, c.hidden, c.heads, c.kv_heads,
+                  {.causal = c.decoder(),
+                   .bias = c.qkv_bias,
+                   .dense_bias = c.dense_bias,
+                   .rope_theta = c.arch == Architecture::llama ? c.rope_theta : 0.0,
+                   .head_dim = c.head_dim,
+                   .name = name + ".attention",
+                   .seed = seed}),
+        norm2(ctx, c, name + ".norm2"),
+        mlp(ctx, c.hidden, c.ffn, {.activation = c.activation, .bias = c.mlp_bias, .name = name + ".mlp", .seed = seed}) {}
+};
+
+/// One KvCache per layer, for `batch` sequences of up to `max_len` tokens.
+template <class T, class Device>
+struct TransformerCache {
+  std::vector<KvCache<T, Device>> layers;
+  std::int64_t length(std::int64_t b) const { return layers.front().length(b); }
+  std::int64_t batch() const { return layers.front().batch(); }
+  std::int64_t max_len() const { return layers.front().max_len(); }
+  void reset() {
+    for (auto& c : layers) c.reset();
+  }
+};
+
+template <class T, class Device = Cpu>
+class Transformer {
+ public:
+  using Cache = TransformerCache<T, Device>;
+
+  /// A model of `config` with freshly initialised weights (keyed by `seed`, the same full tensors
+  /// at every TP degree), usually replaced by load_hugging_face. Throws InvalidArgument if the
+  /// config is inconsistent or its heads cannot be split over the group.
+  Transformer(Context<Device> ctx, TransformerConfig config, std::uint64_t seed = 0)
+      : ctx_(std::move(ctx)), config_((config.validate(), std::move(config))) {
+    const TransformerConfig& c = config_;
+    embed_ = std::make_unique<VocabParallelEmbedding<T, Device>>(ctx_, c.vocab, c.hidden,
+                                                                 VocabParallelEmbeddingOptions{.name = "embed", .seed = seed});
+    if (c.arch != Architecture::llama)
+      position_ = std::make_unique<VocabParallelEmbedding<T, Device>>(
+          ctx_, c.max_positions, c.hidden, VocabParallelEmbeddingOptions{.name = "position", .seed = seed});
+    if (c.arch == Architecture::bert) {
+      token_type_ = std::make_unique<VocabParallelEmbedding<T, Device>>(
+          ctx_, c.type_vocab, c.hidden, VocabParallelEmbeddingOptions{.name = "token_type", .seed = seed});
+      embed_norm_ = std::make_unique<Norm<T, Device>>(ctx_, c, "embed_norm");
+    }
+    for (std::int64_t i = 0; i < c.layers; ++i)
+      layers_.push_back(std::make_unique<TransformerLayer<T, Device>>(ctx_, c, fmt::format("layers.{}", i), seed));
+    if (c.decoder()) {
+      final_norm_ = std::make_unique<Norm<T, Device>>(ctx_, c, "final_norm");
+      if (c.tie_embeddings)
+        tied_head_ = std::make_unique<ParallelLMHead<T, Device>>(*embed_);
+      else
+        head_ = std::make_unique<ColumnParallelLinear<T, Device>>(
+            ctx_, c.hidden, c.vocab, ColumnParallelOptions{.bias = false, .name = "lm_head", .seed = seed});
+    }
+  }
+
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  /// ids [1, tokens] (device memory) -> a decoder's logits shard [tokens, vocab_range().size()], or
+  /// BERT's last hidden states [tokens, hidden]. token_types [1, tokens] (device) only for BERT
+  /// (empty: all type 0). Valid until the next forward.
+  const Tensor<T, Device>& forward(ConstView<std::int64_t> ids, const AttentionBatch& batch,
+                                   ConstView<std::int64_t> token_types = {}) {
+    const std::int64_t tokens = check_ids(ids, batch);
+    TP_CHECK(token_types.empty() || config_.arch == Architecture::bert,
+             "{}: token types are BERT's; this is a {} model", config_.model_type, config_.model_type);
+    embed(ids, batch, token_types, nullptr);
+    if (config_.decoder()) {
+      for (auto& l : layers_) {
+        add(l->attention.forward(l->norm1.forward(x_.view()).view(), batch), x_);
+        add(l->mlp.forward(l->norm2.forward(x_.view()).view()), x_);
+      }
+      return head_forward();
+    }
+    for (auto& l : layers_) {
+      MatrixView<T> s = tp::detail::ensure(sum_, ctx_, tokens, config_.hidden);
+      ctx_.device->copy(ConstView<T>(x_.view()), s);
+      add(l->attention.forward(x_.view(), batch), sum_);
+      ctx_.device->copy(l->norm1.forward(sum_.view()).view(), x_.view());
+      ctx_.device->copy(ConstView<T>(x_.view()), s);
+      add(l->mlp.forward(x_.view()), sum_);
+      ctx_.device->copy(l->norm2.forward(sum_.view()).view(), x_.view());
+    }
+    return x_;
+  }
+
+  /// Decoders: batch.lengths[b] new tokens of cached sequence b, after what `cache` holds; returns
+  /// their logits. Inference only (no backward).
+  const Tensor<T, Device>& forward(ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
+    TP_CHECK(config_.decoder(), "{}: a KV cache is for decoders; BERT attends in both directions", config_.model_type);
+    TP_CHECK(cache.layers.size() == layers_.size(), "{}: the cache has {} layers, the model {}", config_.model_type,
+             cache.layers.size(), layers_.size());
+    check_ids(ids, batch);
+    embed(ids, batch, {}, &cache);
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      auto& l = *layers_[i];
+      add(l.attention.forward(l.norm1.forward(x_.view()).view(), batch, cache.layers[i]), x_);
+      add(l.mlp.forward(l.norm2.forward(x_.view()).view()), x_);
+    }
+    return head_forward();
+  }
+
+  /// The gradient of forward's output (same shape) -> every parameter's gradient, accumulated.
+  void backward(ConstView<T> grad_output) {
+    const Device& dev = *ctx_.device;
+    const std::int64_t tokens = x_.rows();
+    MatrixView<T> dx = tp::detail::ensure(dx_, ctx_, tokens, config_.hidden);
+    if (config_.decoder()) {
+      const auto& dy = tied_head_ ? tied_head_->backward(grad_output) : head_->backward(grad_output);
+      dev.copy(final_norm_->backward(dy.view()).view(), dx);
+      for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+        auto& l = **it;
+        add(l.norm2.backward(l.mlp.backward(dx).view()), dx_);
+        add(l.norm1.backward(l.attention.backward(dx).view()), dx_);
+      }
+      embed_->backward(dx);
+      if (position_) position_->backward(dx);
+      return;
+    }
+    TP_CHECK(grad_output.rows == tokens && grad_output.cols == config_.hidden,
+             "bert: output gradient is {}x{}, expected {}x{}", grad_output.rows, grad_output.cols, tokens,
+             config_.hidden);
+    dev.copy(grad_output, dx);
+    for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+      auto& l = **it;
+      // x2 = norm2(x1 + mlp(x1)): d(x1) = g + mlp'(g) with g = norm2'(dx2); the same for attention.
+      dev.copy(l.norm2.backward(dx).view(), dx);
+      add(l.mlp.backward(dx).view(), dx_);
+      dev.copy(l.norm1.backward(dx).view(), dx);
+      add(l.attention.backward(dx).view(), dx_);
+    }
+    const auto& de = embed_norm_->backward(dx);
+    embed_->backward(de.view());
+    position_->backward(de.view());
+    token_type_->backward(de.view());
+  }
+
+  /// Every parameter this rank holds, in a fixed order (embeddings, layers, final norm, head).
+  std::vector<Parameter<T>> parameters() {
+    std::vector<Parameter<T>> ps;
+    auto append = [&](std::vector<Parameter<T>> more) { ps.insert(ps.end(), more.begin(), more.end()); };
+    append(embed_->parameters());
+    if (position_) append(position_->parameters());
+    if (token_type_) append(token_type_->parameters());
+    if (embed_norm_) append(embed_norm_->parameters());
+    for (auto& l : layers_) {
+      append(l->norm1.parameters());
+      append(l->attention.parameters());
+      append(l->norm2.parameters());
+      append(l->mlp.parameters());
+    }
+    if (final_norm_) append(final_norm_->parameters());
+    if (head_) append(head_->parameters());
+    return ps;
+  }
+
+  void zero_grad() {
+    embed_->zero_grad();
+    if (position_) position_->zero_grad();
+    if (token_type_) token_type_->zero_grad();
+    if (embed_norm_) embed_norm_->zero_grad();
+    for (auto& l : layers_) {
+      l->norm1.zero_grad();
+      l->attention.zero_grad();
+      l->norm2.zero_grad();
+      l->mlp.zero_grad();
+    }
+    if (final_norm_) final_norm_->zero_grad();
+    if (head_) head_->zero_grad();
+  }
+
+  /// One KvCache per layer for `batch` sequences of up to max_len tokens (decoders).
+  Cache make_cache(std::int64_t batch, std::int64_t max_len) {
+    TP_CHECK(config_.decoder(), "{}: a KV cache is for decoders", config_.model_type);
+    TP_CHECK(config_.arch == Architecture::llama || max_len <= config_.max_positions,
+             "{}: a cache of {} tokens is longer than the {} learned positions", config_.model_type, max_len,
+             config_.max_positions);
+    Cache cache;
+    for (auto& l : layers_) cache.layers.push_back(l->attention.make_cache(batch, max_len));
+    return cache;
+  }
+
+  /// The vocabulary columns of this rank's logits.
+  Range vocab_range() const { return head_ ? head_->output_range() : embed_->vocab_range(); }
+  const TransformerConfig& config() const { return config_; }
+  const Context<Device>& context() const { return ctx_; }
+  std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
+  TransformerLayer<T, Device>& layer(std::int64_t i) { return *layers_.at(static_cast<std::size_t>(i)); }
+
+ private:
+  static void add_impl(const Device& dev, ConstView<T> y, MatrixView<T> x) { tp::ops::add(dev, y, x); }
+  void add(const Tensor<T, Device>& y, Tensor<T, Device>& x) { add_impl(*ctx_.device, y.view(), x.view()); }
+  void add(ConstView<T> y, Tensor<T, Device>& x) { add_impl(*ctx_.device, y, x.view()); }
+
+  std::int64_t check_ids(ConstView<std::int64_t> ids, const AttentionBatch& batch) const {
+    TP_CHECK(ids.rows == 1 && ids.cols > 0, "{}: ids are {}x{}, expected [1, tokens > 0]", config_.model_type,
+             ids.rows, ids.cols);
+    std::int64_t sum = 0;
+    for (const std::int64_t n : batch.lengths) {
+      TP_CHECK(n >= 0, "{}: a sequence length is {}", config_.model_type, n);
+      sum += n;
+    }
+    TP_CHECK(sum == ids.cols, "{}: the batch's sequence lengths add up to {}, but there are {} ids",
+             config_.model_type, sum, ids.cols);
+    return ids.cols;
+  }
+
+  /// x_ = the embeddings of the input (bert: normalised). Learned positions count from 0 in each
+  /// sequence, after what `cache` holds (or are batch.positions when given).
+  void embed(ConstView<std::int64_t> ids, const AttentionBatch& batch, ConstView<std::int64_t> token_types,
+             const Cache* cache) {
+    const Device& dev = *ctx_.device;
+    const std::int64_t tokens = ids.cols;
+    MatrixView<T> x = tp::detail::ensure(x_, ctx_, tokens, config_.hidden);
+    dev.copy(embed_->forward(ids).view(), x);
+    if (position_) {
+      ConstView<std::int64_t> pos = batch.positions;
+      if (pos.empty()) {
+        std::vector<std::int64_t> host;
+        host.reserve(static_cast<std::size_t>(tokens));
+        for (std::size_t b = 0; b < batch.lengths.size(); ++b) {
+          const std::int64_t start = cache ? cache->length(static_cast<std::int64_t>(b)) : 0;
+          for (std::int64_t i = 0; i < batch.lengths[b]; ++i) host.push_back(start + i);
+        }
+        for (const std::int64_t p : host)
+          TP_CHECK(p < config_.max_positions, "{}: position {} is past the model's {} learned positions",
+                   config_.model_type, p, config_.max_positions);
+        MatrixView<std::int64_t> d = tp::detail::ensure(positions_, ctx_, 1, tokens);
+        dev.from_host(ConstView<std::int64_t>(host.data(), 1, tokens), d);
+        pos = positions_.view();
+      }
+      TP_CHECK(pos.size() == tokens, "{}: {} positions for {} tokens", config_.model_type, pos.size(), tokens);
+      add(position_->forward(pos), x_);
+    }
+    if (token_type_) {
+      ConstView<std::int64_t> types = token_types;
+      if (types.empty()) {
+        MatrixView<std::int64_t> d = tp::detail::ensure(types_, ctx_, 1, tokens);
+        dev.fill(d, std::int64_t{0});
+        types = types_.view();
+      }
+      TP_CHECK(types.size() == tokens, "bert: {} token types for {} tokens", types.size(), tokens);
+      add(token_type_->forward(types), x_);
+      dev.copy(embed_norm_->forward(x_.view()).view(), x);
+    }
+  }
+
+  const Tensor<T, Device>& head_forward() {
+    const auto& h = final_norm_->forward(x_.view());
+    return tied_head_ ? tied_head_->forward(h.view()) : head_->forward(h.view());
+  }
+
+  Context<Device> ctx_;
+  TransformerConfig config_;
+  std::unique_ptr<VocabParallelEmbedding<T, Device>> embed_, position_, token_type_;
+  std::unique_ptr<Norm<T, Device>> embed_norm_, final_norm_;
+  std::vector<std::unique_ptr<TransformerLayer<T, Device>>> layers_;
+  std::unique_ptr<ParallelLMHead<T, Device>> tied_head_;
+  std::unique_ptr<ColumnParallelLinear<T, Device>> head_;
+  Tensor<T, Device> x_, dx_, sum_;
+  Tensor<std::int64_t, Device> positions_, types_;
+};
+
+}  // namespace tp::models
