@@ -9,19 +9,20 @@
 ///
 /// Vocabulary-256 models (train_tiny_lm's) read --prompt as bytes and print bytes. Other vocabularies
 /// take --prompt-ids and print the new ids, decoded through the directory's tokenizer.json
-/// vocabulary when there is one. The model is the Llama-style model of examples/train_tiny_lm
-/// (read_hugging_face_config says which checkpoints it holds).
+/// vocabulary when there is one. The model is tp::models::Transformer: GPT-2, Llama, Qwen2 and
+/// Mistral checkpoints (tp/models/hugging_face.hpp).
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
 #include <tp/inference/generate.hpp>
 #include <tp/tp.hpp>
 
+#include <tp/models/hugging_face.hpp>
+
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
-
-#include "train_tiny_lm/model.hpp"
 
 namespace {
 
@@ -185,7 +186,10 @@ int main(int argc, char** argv) {
 
   try {
     tp::check_sampling_options(sampling);
-    const tiny_lm::ModelConfig config = tiny_lm::read_hugging_face_config(model_dir);
+    const tp::models::TransformerConfig config =
+        tp::models::read_hugging_face_config(std::filesystem::path(model_dir) / "config.json");
+    TP_CHECK(config.decoder(), "{}: a {} model is an encoder; there is nothing to generate with it", model_dir,
+             config.model_type);
     std::vector<std::int64_t> ids;
     if (!prompt_ids.empty()) {
       ids = parse_ids(prompt_ids);
@@ -209,14 +213,19 @@ int main(int argc, char** argv) {
                  tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = threads}));
                  const bool lead = comm->rank() == 0;
                  const auto t0 = std::chrono::steady_clock::now();
-                 tiny_lm::TinyLm<float> model(ctx, config);
-                 tiny_lm::load_hugging_face(model, model_dir);
+                 const auto model = tp::models::open_hugging_face<float>(ctx, model_dir);
                  const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                 // Records sharing a name are blocks of one tensor (fused q/k/v, stacked gate/up).
+                 std::set<std::string> seen;
+                 std::int64_t parameters = 0;
+                 for (const auto& p : model->parameters())
+                   if (seen.insert(p.name).second) parameters += p.full_rows * p.full_cols;
                  if (lead)
-                   fmt::print("generate: {} backend, world {}, {} ({} parameters, {}), loaded in {:.2f} s\n",
-                              comm->backend(), comm->size(), model_dir, model.parameter_count(), config.describe(),
-                              load);
-                 const auto out = tp::generate(model, ids, max_new_tokens, {.sampling = sampling});
+                   fmt::print("generate: {} backend, world {}, {}: {} ({} parameters, hidden {}, {} layers, {} heads over "
+                              "{} kv heads, vocabulary {}), loaded in {:.2f} s\n",
+                              comm->backend(), comm->size(), model_dir, config.model_type, parameters, config.hidden,
+                              config.layers, config.heads, config.kv_heads, config.vocab, load);
+                 const auto out = tp::generate(*model, ids, max_new_tokens, {.sampling = sampling});
                  if (lead) {
                    fmt::print("--- prompt ({} tokens)\n{}\n--- generated ({} tokens, temperature {}, top-k {}, top-p {}, seed {})\n{}\n---\n",
                               ids.size(), text_of(ids), out.tokens.size(), sampling.temperature, sampling.top_k,

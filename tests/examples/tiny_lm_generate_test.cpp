@@ -1,7 +1,7 @@
 /// tp::generate (tp/inference/generate.hpp) on the tiny language model of examples/train_tiny_lm:
 /// decoding through the KV cache gives the logits of recomputing the whole sequence, the tokens
 /// are the same at TP 1 to 4 (greedy and sampled), and the llama architecture saves as a Hugging
-/// Face Llama checkpoint.
+/// Face Llama checkpoint that tp::models::Transformer loads to the same logits.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,6 +12,7 @@
 #include "tp/comm/local_communicator.hpp"
 #include "tp/device/cpu.hpp"
 #include "tp/inference/generate.hpp"
+#include "tp/models/hugging_face.hpp"
 #include "train_tiny_lm/model.hpp"
 
 namespace tiny_lm {
@@ -192,6 +193,37 @@ TEST(TinyLmHuggingFace, LlamaSavesInHuggingFaceLayout) {
   EXPECT_EQ(json.at("intermediate_size"), f);
   EXPECT_EQ(json.at("tie_word_embeddings"), true);
   fs::remove_all(dir);
+}
+
+/// What save_hugging_face writes, tp::models::open_hugging_face reads back into a Transformer that
+/// computes the same logits, at every TP degree (double: the same layers in the same order).
+TEST(TinyLmHuggingFace, TransformerLoadsWhatTinyLmSaves) {
+  for (const int world : {1, 2, 3, 4}) {
+    SCOPED_TRACE(fmt::format("world {}", world));
+    const fs::path dir = fs::temp_directory_path() / fmt::format("tp_tiny_lm_hf_load_{}_{}", world, ::getpid());
+    fs::remove_all(dir);
+    tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
+      const tp::Context<> ctx(comm);
+      TinyLm<double> tiny(ctx, model_for(Arch::llama, world));
+      save_hugging_face(tiny, dir);
+      const auto loaded = tp::models::open_hugging_face<double>(ctx, dir);
+      ASSERT_EQ(loaded->vocab_range(), tiny.vocab_range());
+      tp::Tensor<std::int64_t, tp::Cpu> ids(1, static_cast<std::int64_t>(kPrompt.size()));
+      std::copy(kPrompt.begin(), kPrompt.end(), ids.data());
+      const tp::AttentionBatch batch{.lengths = {ids.cols()}};
+      const auto& want = tiny.forward(ids.view(), batch);
+      const auto& got = loaded->forward(ids.view(), batch);
+      ASSERT_EQ(got.rows(), want.rows());
+      ASSERT_EQ(got.cols(), want.cols());
+      double scale = 0, err = 0;
+      for (std::int64_t i = 0; i < want.size(); ++i) {
+        scale = std::max(scale, std::abs(want.data()[i]));
+        err = std::max(err, std::abs(got.data()[i] - want.data()[i]));
+      }
+      EXPECT_LE(err, 1e-12 * scale) << "rank " << comm->rank();
+    });
+    fs::remove_all(dir);
+  }
 }
 
 }  // namespace
