@@ -41,7 +41,7 @@ export OPENBLAS_NUM_THREADS=1
 if [ $skip_build -eq 0 ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTP_BUILD_TESTS=OFF -DTP_BUILD_EXAMPLES=OFF \
         -DTP_BUILD_BENCH=ON >/dev/null
-  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas
+  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas tp_bench_decode
 fi
 bin=$build/bench
 results=$build/bench-results
@@ -177,6 +177,31 @@ long_log="$results/attention-long.txt"
   cat "$long_log"
   echo '```'
 } >>"$root/BENCHMARKS.md"
+
+# Generation: decode (batch 1) and prefill tokens/s of a ~100M-parameter Llama-style model at TP 1
+# and 2 over MPI, against the triad bandwidth and sgemm limits measured in the same run.
+if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
+  decode_log="$results/decode.txt"
+  : >"$decode_log"
+  for world in 1 2; do
+    mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_decode" --backend=mpi $([ $world = 1 ] && echo --header) \
+      >>"$decode_log" 2>/dev/null || echo "bench.sh: decode at world $world failed" >&2
+  done
+  {
+    echo
+    echo "## Generation: decode and prefill against the machine's limits"
+    echo
+    echo 'A Llama-style model of 100 M parameters (hidden 768, 12 layers, 12 heads over 4 kv heads, SwiGLU 2048,'
+    echo 'vocabulary 32000 tied; examples/train_tiny_lm'"'"'s llama architecture), float32, random weights, one BLAS'
+    echo 'thread per rank: `tp::generate` of 32 tokens after a 128-token prompt, best of 3. Decode reads every'
+    echo 'weight once per token, so its limit is the triad bandwidth (all ranks at once) over the weight and KV'
+    echo 'bytes; prefill is GEMMs, so its limit is the sgemm rate (a 1024^3 tp::Cpu GEMM on every rank at once)'
+    echo 'over 2 FLOPs per weight and the causal attention per prompt token. `build-bench/bench/tp_bench_decode`'
+    echo 'under `mpirun -np 1|2`.'
+    echo
+    cat "$decode_log"
+  } >>"$root/BENCHMARKS.md"
+fi
 
 # The measurements behind tp::Cpu's GEMM library rule: single-thread sgemm, OpenBLAS beside oneDNN
 # and beside what tp::Cpu picked, on the layers' shapes.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The main job: builds the examples and trains a tiny GPT on several ranks on the CPU (about a
-# minute with 2 ranks on a quiet 2-core machine), after the quick seed and MLP examples.
+# The main job: builds the examples, trains a tiny Llama-style language model on several ranks on
+# the CPU (about a minute with 2 ranks on a quiet 2-core machine), saves it as a Hugging Face
+# checkpoint and generates a short sample from it at the same TP degree; after the quick seed and
+# MLP examples.
 #   scripts/demo.sh                  # 2 MPI ranks
 #   scripts/demo.sh --np 4           # 4 ranks
 #   scripts/demo.sh --backend local  # ranks as threads in one process (gloo: Gloo over TCP)
 #   scripts/demo.sh --only-train     # skip the seed and MLP examples
-#   scripts/demo.sh -- --steps 100   # arguments after -- go to train_tiny_lm
+#   scripts/demo.sh -- --steps 100   # arguments after -- go to train_tiny_lm (--arch gpt2: the GPT-2 style
+#                                    # model, which has no Hugging Face form, so no sample at the end)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 np=2
@@ -20,7 +23,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--np N] [--backend mpi|gloo|local] [--only-train] [-- train_tiny_lm options]" >&2; exit 2 ;;
   esac
 done
-tp_build seed_matmul mlp train_tiny_lm
+tp_build seed_matmul mlp train_tiny_lm generate
 run() {  # run an example on $np ranks of $backend
   if [ "$backend" = local ]; then "$build_dir/examples/$1" --backend local --world "$np" "${@:2}"
   else mpirun -np "$np" "$build_dir/examples/$1" --backend "$backend" "${@:2}"; fi
@@ -31,5 +34,17 @@ if [ "$examples" = 1 ]; then
   echo "== an MLP block (h -> 4h -> h) forward and backward on $np ranks, against the unsharded computation"
   run mlp --tokens 128 --hidden 512
 fi
-echo "== a tiny byte-level GPT trained on Genesis on $np ranks (checkpoint in $build_dir/tiny_lm_checkpoint)"
-run train_tiny_lm --log-every 50 --checkpoint "$build_dir/tiny_lm_checkpoint" "$@"
+hf="$build_dir/tiny_lm_hf"
+arch=llama
+for a in "$@"; do  # `-- --arch gpt2` asks for the GPT-2 style model
+  if [ "$a" = gpt2 ] || [ "$a" = --arch=gpt2 ]; then arch=gpt2; fi
+done
+echo "== a tiny byte-level Llama-style model trained on Genesis on $np ranks (checkpoint in $build_dir/tiny_lm_checkpoint)"
+rm -rf "$hf"
+if [ "$arch" = llama ]; then
+  run train_tiny_lm --arch llama --log-every 100 --checkpoint "$build_dir/tiny_lm_checkpoint" --save-hf "$hf" "$@"
+  echo "== a sample from it ($hf, a Hugging Face Llama checkpoint) on $np ranks"
+  run generate --model "$hf" --prompt "And God said" --max-new-tokens 52 --temperature 0.8 --top-p 0.95 --seed 1
+else
+  run train_tiny_lm --log-every 100 --checkpoint "$build_dir/tiny_lm_checkpoint" "$@"
+fi

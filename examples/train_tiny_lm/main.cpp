@@ -1,8 +1,10 @@
-/// Trains a small GPT-style byte-level language model (model.hpp) on examples/data/genesis.txt
-/// with its weights split across ranks, printing the loss and tokens per second, saving
-/// checkpoints and resuming from them.
+/// Trains a small byte-level language model (model.hpp: GPT-2 style, or Llama style with --arch
+/// llama) on examples/data/genesis.txt with its weights split across ranks, printing the loss and
+/// tokens per second, saving checkpoints and resuming from them, and saving the final model as a
+/// Hugging Face checkpoint (--save-hf, llama) that examples/generate and transformers load.
 ///
 ///   mpirun -np 2 train_tiny_lm                                  # 2 MPI ranks, the defaults
+///   mpirun -np 2 train_tiny_lm --arch llama --save-hf tiny      # Llama style; tiny/config.json + model.safetensors
 ///   train_tiny_lm --backend local --world 4 --steps 100
 ///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/step-000300/
 ///   train_tiny_lm --steps 600 --resume ck                       # continue from ck's latest step
@@ -33,8 +35,8 @@ double cpu_seconds() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Train a tiny byte-level GPT with tensor parallelism"};
-  std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume;
+  CLI::App app{"Train a tiny byte-level language model (GPT-2 or Llama style) with tensor parallelism"};
+  std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume, arch = "gpt2", save_hf;
   int world = 2, timeout = 300;
   std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
   int keep_checkpoints = 2;
@@ -53,6 +55,13 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--stop-after", stop_after, "stop (and checkpoint) after this step, before --steps; 0: run to --steps");
+  app.add_option("--arch", arch, "gpt2 (LayerNorm, learned positions, GELU, untied head) or llama (RMSNorm, RoPE, "
+                 "SwiGLU, tied embeddings, no biases); both with grouped-query attention")
+      ->check(CLI::IsMember({"gpt2", "llama"}))
+      ->capture_default_str();
+  app.add_option("--save-hf", save_hf,
+                 "at the end, write DIR/config.json and DIR/model.safetensors, a Hugging Face checkpoint (llama only) "
+                 "for examples/generate or transformers");
   app.add_option("--seed", model.seed, "weights and data seed")->capture_default_str();
   app.add_option("--data", data_path, "training text (bytes)")->capture_default_str();
   app.add_option("--checkpoint", checkpoint,
@@ -76,6 +85,12 @@ int main(int argc, char** argv) {
   app.add_option("--clip", train.clip, "gradient norm clip")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   const std::int64_t last = stop_after > 0 ? std::min(stop_after, train.steps) : train.steps;
+  model.arch = tiny_lm::parse_arch(arch);
+  if (!save_hf.empty() && !model.llama()) {
+    fmt::print(stderr, "train_tiny_lm: --save-hf needs --arch llama (Hugging Face's GPT-2 has neither grouped-query "
+                       "attention nor an untied head)\n");
+    return 2;
+  }
 
   try {
     const tiny_lm::TextData data(data_path);
@@ -124,6 +139,10 @@ int main(int argc, char** argv) {
       if (!checkpoint.empty()) {
         const auto saved = trainer.save(checkpoint, keep_checkpoints);
         if (lead) fmt::print("  saved {} at step {}\n", saved.string(), trainer.steps_done());
+      }
+      if (!save_hf.empty()) {
+        tiny_lm::save_hugging_face(trainer.model(), save_hf);
+        if (lead) fmt::print("  saved a Hugging Face checkpoint (LlamaForCausalLM) in {}\n", save_hf);
       }
       if (lead)
         fmt::print("done: {} steps, final loss {:.4f}, {:.1f} s\n", trainer.steps_done(), r.loss,

@@ -1,6 +1,6 @@
-/// The tiny language model of examples/train_tiny_lm trains the same at TP 1, 2 and 4 (losses agree
-/// step by step to float32 rounding), and a run resumed from a checkpoint continues with the losses
-/// of the uninterrupted run, also at another TP degree.
+/// The tiny language model of examples/train_tiny_lm, in both architectures (gpt2, llama), trains
+/// the same at TP 1, 2, 3 and 4 (losses agree step by step to float32 rounding), and a run resumed
+/// from a checkpoint continues with the losses of the uninterrupted run, also at another TP degree.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -24,8 +24,9 @@ constexpr int kSteps = 4;
 /// Small enough to run in well under a second per world size; 4 heads and 2 kv heads give
 /// sharded kv heads at TP 2 and replicated ones at TP 4; 256 bytes split unevenly nowhere, but
 /// seq_len 16 positions over the wpe table and the ffn of 96 split 24 per rank at TP 4.
-ModelConfig tiny_model() {
-  return {.vocab = 256, .hidden = 32, .heads = 4, .kv_heads = 2, .layers = 2, .ffn = 96, .seq_len = 16, .batch = 4,
+ModelConfig tiny_model(Arch arch = Arch::gpt2) {
+  return {.arch = arch,
+          .vocab = 256, .hidden = 32, .heads = 4, .kv_heads = 2, .layers = 2, .ffn = 96, .seq_len = 16, .batch = 4,
           .seed = 7};
 }
 
@@ -40,10 +41,11 @@ const TextData& text() {
 
 /// Runs steps [first, last) at `world` ranks, resuming from `resume` when given and saving to `save`
 /// at the end when given; returns rank 0's losses (every rank's must be identical: checked).
-std::vector<double> train(int world, int first, int last, const fs::path& resume = {}, const fs::path& save = {}) {
+std::vector<double> train(Arch arch, int world, int first, int last, const fs::path& resume = {},
+                          const fs::path& save = {}) {
   std::vector<std::vector<double>> losses(static_cast<std::size_t>(world));
   tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
-    Trainer<float> trainer(tp::Context<>(comm), tiny_model(), tiny_train());
+    Trainer<float> trainer(tp::Context<>(comm), tiny_model(arch), tiny_train());
     if (!resume.empty()) trainer.load(resume);
     EXPECT_EQ(trainer.steps_done(), first);
     while (trainer.steps_done() < last) losses[comm->rank()].push_back(trainer.step(text()).loss);
@@ -71,38 +73,45 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
     EXPECT_NEAR(got[i], want[i], kRelTol * std::abs(want[i])) << what << ", loss of step " << i;
 }
 
-TEST(TrainTinyLm, LossesAgreeAtTp124) {
-  const auto tp1 = train(1, 0, kSteps);
+/// Every test runs for both architectures.
+class TrainTinyLm : public ::testing::TestWithParam<Arch> {};
+INSTANTIATE_TEST_SUITE_P(Arch, TrainTinyLm, ::testing::Values(Arch::gpt2, Arch::llama),
+                         [](const auto& info) { return std::string(arch_name(info.param)); });
+
+TEST_P(TrainTinyLm, LossesAgreeAtTp124) {
+  const Arch arch = GetParam();
+  const auto tp1 = train(arch, 1, 0, kSteps);
   ASSERT_EQ(tp1.size(), std::size_t{kSteps});
   // The loss starts near ln(256) = 5.5 and falls: the model trains at all.
   EXPECT_GT(tp1.front(), 5.0);
   EXPECT_LT(tp1.back(), tp1.front() - 0.5);
   for (int world : {2, 4}) {
-    const auto tpn = train(world, 0, kSteps);
+    const auto tpn = train(arch, world, 0, kSteps);
     for (std::size_t i = 0; i < tpn.size(); ++i)
       RecordProperty(fmt::format("tp{}_step{}_rel_diff", world, i), fmt::format("{:.2e}", std::abs(tpn[i] - tp1[i]) / tp1[i]));
     expect_close(tpn, tp1, fmt::format("TP {} vs TP 1", world));
   }
 }
 
-TEST(TrainTinyLm, ResumeContinuesTheSameRun) {
-  const fs::path dir = fs::temp_directory_path() / fmt::format("tp_tiny_lm_{}", ::getpid());
+TEST_P(TrainTinyLm, ResumeContinuesTheSameRun) {
+  const Arch arch = GetParam();
+  const fs::path dir = fs::temp_directory_path() / fmt::format("tp_tiny_lm_{}_{}", arch_name(arch), ::getpid());
   fs::remove_all(dir);
-  const auto full = train(2, 0, kSteps);
-  const auto head = train(2, 0, 2, {}, dir);
+  const auto full = train(arch, 2, 0, kSteps);
+  const auto head = train(arch, 2, 0, 2, {}, dir);
   ASSERT_TRUE(fs::exists(dir / "step-000002" / "model.safetensors"));  // the step's checkpoint, one directory
   ASSERT_TRUE(fs::exists(dir / "step-000002" / "resume.safetensors"));
   // Same TP degree: the same arithmetic on the same state, so bitwise the same losses.
   EXPECT_EQ(head, std::vector<double>(full.begin(), full.begin() + 2));
-  EXPECT_EQ(train(2, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()));
+  EXPECT_EQ(train(arch, 2, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()));
   // Another TP degree resumes the same run, to rounding.
-  expect_close(train(4, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 4");
-  expect_close(train(1, 2, kSteps, dir / "step-000002" / "resume.safetensors"), std::vector<double>(full.begin() + 2, full.end()),
-               "resumed at TP 1");
+  expect_close(train(arch, 4, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 4");
+  expect_close(train(arch, 1, 2, kSteps, dir / "step-000002" / "resume.safetensors"),
+               std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 1");
 
   // A checkpoint of another model is refused, naming the file and both configurations.
   tp::run_local(1, [&](std::shared_ptr<tp::Communicator> comm) {
-    ModelConfig other = tiny_model();
+    ModelConfig other = tiny_model(arch);
     other.seed = 8;
     Trainer<float> trainer(tp::Context<>(comm), other, tiny_train());
     EXPECT_THAT([&] { trainer.load(dir); },
@@ -115,9 +124,10 @@ TEST(TrainTinyLm, ResumeContinuesTheSameRun) {
 /// TP 3 with an odd vocabulary: the byte vocabulary plus one unused id (257: 86, 86, 85 columns of
 /// the LM head and rows of the embedding per rank), an ffn of 100 (34, 33, 33), 6 query heads and
 /// 3 kv heads (two and one per rank); the losses agree with TP 1 as at TP 2 and 4.
-TEST(TrainTinyLm, LossesAgreeAtTp3WithAnOddVocabulary) {
-  const ModelConfig model{.vocab = 257,
-                          .hidden = 30,
+TEST_P(TrainTinyLm, LossesAgreeAtTp3WithAnOddVocabulary) {
+  const ModelConfig model{.arch = GetParam(),
+                          .vocab = 257,
+                          .hidden = 36,  // head_dim 6: even, as RoPE needs
                           .heads = 6,
                           .kv_heads = 3,
                           .layers = 2,
@@ -141,7 +151,7 @@ TEST(TrainTinyLm, LossesAgreeAtTp3WithAnOddVocabulary) {
   expect_close(run(3), tp1, "TP 3 vs TP 1, vocab 257");
 }
 
-TEST(TrainTinyLm, BatchesDependOnSeedAndStepOnly) {
+TEST(TrainTinyLmData, BatchesDependOnSeedAndStepOnly) {
   tp::Tensor<std::int64_t, tp::Cpu> a(4, 16), ta(4, 16), b(4, 16), tb(4, 16);
   text().batch(7, 3, a.view(), ta.view());
   text().batch(7, 3, b.view(), tb.view());
