@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: builds the examples, trains a tiny Llama-style language model on several ranks on
-# the CPU (about a minute with 2 ranks on a quiet 2-core machine), saves it as a Hugging Face
+# the CPU (under 40 s with 2 ranks on a quiet 2-core machine), saves it as a Hugging Face
 # checkpoint and generates a short sample from it at the same TP degree; after the quick seed and
 # MLP examples.
 #   scripts/demo.sh                  # 2 MPI ranks
