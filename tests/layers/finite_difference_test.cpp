@@ -118,17 +118,19 @@ TEST(FiniteDifferences, RowParallelLinear) {
   }
 }
 
-TEST(FiniteDifferences, LayerNorm) {
+/// A norm layer (LayerNorm, RMSNorm) with and without sequence parallelism, input shifted off zero.
+template <template <class, class> class Norm>
+void check_norm(const char* name, std::uint64_t seed) {
   const std::int64_t tokens = 3, hidden = 5;
   const auto x =
-      ref::map(ref::random_matrix<double>(tokens, hidden, ref::test_seed(7)), [](double v) { return 2 * v + 1; });
-  const auto dy = ref::random_matrix<double>(tokens, hidden, ref::test_seed(8));
+      ref::map(ref::random_matrix<double>(tokens, hidden, ref::test_seed(seed)), [](double v) { return 2 * v + 1; });
+  const auto dy = ref::random_matrix<double>(tokens, hidden, ref::test_seed(seed + 1));
   for (const bool sp : {false, true}) {
     SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
     on_ranks([&](std::shared_ptr<Communicator> comm) {
       Context<> ctx(comm);
-      LayerNorm<double> layer(ctx, hidden, {.name = "ln", .sequence_parallel = sp});
-      randomize(layer.parameters(), 9);
+      Norm<double, Cpu> layer(ctx, hidden, {.name = name, .sequence_parallel = sp});
+      randomize(layer.parameters(), seed + 2);
       const Range rows = sp ? partition(tokens, comm->size(), comm->rank()) : Range{0, tokens};
       check_layer(
           comm, layer.parameters(), [&] { layer.zero_grad(); },
@@ -139,26 +141,9 @@ TEST(FiniteDifferences, LayerNorm) {
   }
 }
 
-TEST(FiniteDifferences, RMSNorm) {
-  const std::int64_t tokens = 3, hidden = 5;
-  const auto x =
-      ref::map(ref::random_matrix<double>(tokens, hidden, ref::test_seed(30)), [](double v) { return 2 * v + 1; });
-  const auto dy = ref::random_matrix<double>(tokens, hidden, ref::test_seed(31));
-  for (const bool sp : {false, true}) {
-    SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));
-    on_ranks([&](std::shared_ptr<Communicator> comm) {
-      Context<> ctx(comm);
-      RMSNorm<double> layer(ctx, hidden, {.name = "rms", .sequence_parallel = sp});
-      randomize(layer.parameters(), 32);
-      const Range rows = sp ? partition(tokens, comm->size(), comm->rank()) : Range{0, tokens};
-      check_layer(
-          comm, layer.parameters(), [&] { layer.zero_grad(); },
-          [&](ConstView<double> xv) { return ConstView<double>(layer.forward(xv).view()); },
-          [&](ConstView<double> g) { return test::as_matrix<double>(layer.backward(g)); }, x, Block{rows, {0, hidden}},
-          take(dy, rows, {{0, hidden}}), sp);
-    });
-  }
-}
+TEST(FiniteDifferences, LayerNorm) { check_norm<LayerNorm>("ln", 7); }
+
+TEST(FiniteDifferences, RMSNorm) { check_norm<RMSNorm>("rms", 30); }
 
 TEST(FiniteDifferences, VocabParallelEmbedding) {
   const std::int64_t vocab = 7, hidden = 4;
