@@ -7,7 +7,9 @@
 ///
 /// The `tp_unverified` rows call tp with collective verification off (the signature exchange
 /// before each collective, Communicator::set_verify_collectives); their `tp_over_raw` is the price
-/// of verification: time with it over time without, measured alternately as for the raw rows.
+/// of verification: time with it over time without, measured alternately as for the raw rows. The
+/// raw rows time all three side by side: `tp_over_raw` (verification on) and
+/// `tp_unverified_over_raw` (off).
 ///
 ///   tp_bench_comm --backend=local --world=2
 ///   mpirun -np 2 tp_bench_comm --backend=mpi --benchmark_format=json
@@ -50,20 +52,26 @@ class CollRunner : public Runner {
 #endif
   }
 
-  /// A raw row alternates tp's call and the library's, every iteration, the order flipping each
-  /// time, and reports the library's time; `tp_over_raw` is the ratio of the two sums, measured
-  /// under the same conditions (this machine's load changes faster than a row takes).
+  /// A raw row runs tp's call (verification on), tp's call with verification off and the
+  /// library's, every iteration, in an order that rotates each time, and reports the library's
+  /// time; `tp_over_raw` and `tp_unverified_over_raw` are the ratios of the sums, measured under the
+  /// same conditions (this machine's load changes faster than a row takes). A tp_unverified row
+  /// does the same with tp's verified call alone beside it.
   double step() override {
-    if (impl_ == "tp") return seconds([&] { op("tp"); });
-    const bool tp_first = (steps_++ % 2) == 0;
-    double tp = 0, raw = 0;
-    if (tp_first) tp = seconds([&] { op("tp"); });
-    raw = seconds([&] { op(impl_); });
-    if (!tp_first) tp = seconds([&] { op("tp"); });
-    double slowest = 0;
-    comm_->all_reduce(&tp, &slowest, 1, DType::f64, ReduceOp::max);
-    tp_total_ += slowest;
-    return raw;
+    if (impl_ == "tp") return seconds([&] { op(impl_); });
+    std::vector<std::string> impls{impl_, "tp"};
+    if (impl_ != "tp_unverified") impls.push_back("tp_unverified");
+    const int n = static_cast<int>(impls.size()), first = static_cast<int>(steps_++ % n);
+    double times[3] = {};
+    for (int j = 0; j < n; ++j) {
+      const int which = (first + j) % n;
+      times[which] = seconds([&] { op(impls[which]); });
+    }
+    double slowest[2] = {};
+    comm_->all_reduce(&times[1], slowest, static_cast<std::size_t>(n - 1), DType::f64, ReduceOp::max);
+    tp_total_ += slowest[0];
+    unverified_total_ += slowest[1];
+    return times[0];
   }
 
   Counters finish(double t) override {
@@ -87,6 +95,8 @@ class CollRunner : public Runner {
     Counters counters{{"bytes", bytes}, {"algbw_GBps", algbw}, {"busbw_GBps", algbw * factor}, {"wrong", double(wrong)},
                       {"world", double(world)}};
     if (impl_ != "tp" && steps_ > 0) counters["tp_over_raw"] = tp_total_ / (t * static_cast<double>(steps_));
+    if (!impl_.starts_with("tp") && steps_ > 0)
+      counters["tp_unverified_over_raw"] = unverified_total_ / (t * static_cast<double>(steps_));
     return counters;
   }
 
@@ -146,7 +156,7 @@ class CollRunner : public Runner {
   std::size_t n_, block_ = 0;
   std::vector<float> send_, recv_;
   std::int64_t steps_ = 0;
-  double tp_total_ = 0;
+  double tp_total_ = 0, unverified_total_ = 0;
 #ifdef TP_HAS_GLOO
   GlooCommunicator* gloo_ = nullptr;
 #endif

@@ -2,7 +2,8 @@
 /// (column h -> 4h, exact GELU, row 4h -> h, no biases, as the PyTorch peer), forward and
 /// forward+backward (input gradient and weight gradients: a training step), float32. GFLOP/s
 /// counts the whole layer's FLOPs, so at world size n it is the rate summed over ranks. Bare
-/// single-thread sgemm rows on every rank give the machine's GEMM rate in the same run, and a
+/// single-thread sgemm rows on every rank, one per GEMM library (OpenBLAS, oneDNN when built with
+/// it), give the machine's GEMM rate in the same run, and a
 /// STREAM-style triad on every rank at once (a = b + s c over arrays larger than the last-level
 /// cache) its memory bandwidth, the limit of the layers at small token counts, where each step
 /// streams the weights and weight gradients through memory and does little arithmetic per byte.
@@ -136,11 +137,14 @@ class LayerRunner : public Runner {
   double flops_ = 0;
 };
 
-/// C = A B on every rank at once, single-thread BLAS; GFLOP/s summed over ranks.
+/// C = A B on every rank at once, single-thread, through tp::Cpu on the given library; GFLOP/s
+/// summed over ranks.
 class SgemmRunner : public Runner {
  public:
-  SgemmRunner(const std::shared_ptr<Communicator>& comm, std::int64_t m, std::int64_t n, std::int64_t k)
-      : comm_(comm), a_(m, k), b_(k, n), c_(m, n), flops_(2.0 * double(m) * double(n) * double(k)) {
+  SgemmRunner(const std::shared_ptr<Communicator>& comm, CpuGemm library, std::int64_t m, std::int64_t n,
+              std::int64_t k)
+      : comm_(comm), cpu_(CpuOptions{.gemm = library}), a_(m, k), b_(k, n), c_(m, n),
+        flops_(2.0 * double(m) * double(n) * double(k)) {
     fill_input(a_, 3);
     fill_input(b_, 4);
   }
@@ -240,10 +244,15 @@ int main(int argc, char** argv) {
         std::int64_t m = 0, n = 0, k = 0;
         TP_CHECK(std::sscanf(shape.c_str(), "%ldx%ldx%ld", &m, &n, &k) == 3 && m > 0 && n > 0 && k > 0,
                  "--sgemm wants MxNxK, got '{}'", shape);
-        cases.push_back({fmt::format("sgemm/{}/world:{}/m:{}/n:{}/k:{}", o.backend, world, m, n, k),
-                         [=](const std::shared_ptr<tp::Communicator>& comm) {
-                           return std::make_unique<SgemmRunner>(comm, m, n, k);
-                         }});
+        // Every library tp::Cpu can use, so that the limit is the machine's best rate, not tp's choice.
+        for (const auto library : {tp::CpuGemm::openblas, tp::CpuGemm::onednn}) {
+          if (library == tp::CpuGemm::onednn && !tp::detail::has_dnnl) continue;
+          cases.push_back({fmt::format("sgemm/{}/{}/world:{}/m:{}/n:{}/k:{}", o.backend,
+                                       library == tp::CpuGemm::onednn ? "onednn" : "openblas", world, m, n, k),
+                           [=](const std::shared_ptr<tp::Communicator>& comm) {
+                             return std::make_unique<SgemmRunner>(comm, library, m, n, k);
+                           }});
+        }
       }
       for (const auto& triad : triads) {
         if (triad == "none") continue;

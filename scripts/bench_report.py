@@ -41,12 +41,14 @@ def load(results):
                 row["backend"], row["impl"] = pos[0], pos[1]
             elif row["kind"] in ("sgemm", "triad"):
                 row["backend"] = pos[0]
+                if row["kind"] == "sgemm":  # the GEMM library: sgemm/<backend>/<openblas|onednn>/...
+                    row["lib"] = pos[1] if len(pos) > 1 else "tp::Cpu"
             else:
                 row["mode"], row["backend"] = pos[0], pos[1]
             if row.get("streaming") == 0:  # tp_bench_layers --compare-gemm: the same case on GEMMs only
                 row["kind"] += "_gemm"
-            for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw", "GBps",
-                      "GBps_per_rank"):
+            for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw",
+                      "tp_unverified_over_raw", "GBps", "GBps_per_rank"):
                 if k in b:
                     row[k] = b[k]
             rows.append(row)
@@ -154,8 +156,9 @@ def comm_section(rows, out):
     out.append("float32 buffers; size is the larger buffer (nccl-tests' convention); time is the slowest rank's, "
                "per iteration. `raw` calls the library directly (MPI_Allreduce / MPI_Allgather / "
                "MPI_Reduce_scatter_block, gloo::allreduce / gloo::allgather); `tp/raw` is tp's time over the raw "
-               "time, measured by the raw row itself, which alternates tp's call and the library's every iteration so that both "
-               "see the same machine load. busbw in GB/s. `wrong` counts mismatching elements in a check after the timed loop (0 everywhere "
+               "time, measured by the raw row itself, which runs tp's call, tp's call with collective verification off and the "
+               "library's every iteration, in turn, so that all three see the same machine load; `unverified/raw` is "
+               "tp with verification off over the library (– where there is no library row: local, gloo's reduce_scatter). busbw in GB/s. `wrong` counts mismatching elements in a check after the timed loop (0 everywhere "
                "unless listed below).\n")
     wrong = [r for r in rows if r.get("wrong")]
     if wrong:
@@ -168,19 +171,18 @@ def comm_section(rows, out):
             continue
         sizes = sorted({r["bytes"] for r in sel})
         out.append(f"### {c}\n")
-        header = "| size |" + "".join(f" {b} n={w} time | busbw | tp/raw |" for b, w in combos)
+        header = "| size |" + "".join(f" {b} n={w} time | busbw | tp/raw | unverified/raw |" for b, w in combos)
         out.append(header)
-        out.append("|---:|" + "---:|---:|---:|" * len(combos))
+        out.append("|---:|" + "---:|---:|---:|---:|" * len(combos))
         for s in sizes:
             line = f"| {human_bytes(s)} |"
             for b, w in combos:
                 tp = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] == "tp"
                            and abs(r["bytes"] - s) <= 16 * w), None)
-                raw = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] != "tp"
+                raw = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] == b
                             and abs(r["bytes"] - s) <= 16 * w), None)
                 line += (f" {fmt_us(tp['us']) if tp else '–'} | {tp['busbw_GBps']:.3f} |" if tp else " – | – |")
-                q = raw.get("tp_over_raw") if raw else None
-                line += f" {fmt_ratio(q if q is not None else ratio(tp and tp['us'], raw and raw['us']))} |"
+                line += f" {fmt_ratio(raw and raw.get('tp_over_raw'))} | {fmt_ratio(raw and raw.get('tp_unverified_over_raw'))} |"
             out.append(line)
         out.append("")
 
@@ -222,13 +224,13 @@ def layer_section(rows, peer, out):
             out.append(f"| {r['kind']} | {r['mode']} | {r['hidden']} | {r['tokens']} | {r['backend']} | {r['world']} | "
                        f"{fmt_us(r['us'])} | {r['GFLOPs']:.1f} |")
         out.append("")
-    gemm = [r for r in rows if r["kind"] == "sgemm"]
+    gemm = [r for r in rows if r["kind"] == "sgemm" and r["file"] != LONG_ATTENTION]
     if gemm:
         out.append("## Bare single-thread sgemm, every rank at once (the machine's GEMM rate in this run)\n")
-        out.append("| backend | n | M x N x K | time | GFLOP/s per rank | GFLOP/s summed |")
-        out.append("|---|---:|---|---:|---:|---:|")
-        for r in sorted(gemm, key=lambda r: (r["backend"], r["world"], r["m"])):
-            out.append(f"| {r['backend']} | {r['world']} | {r['m']}x{r['n']}x{r['k']} | {fmt_us(r['us'])} | "
+        out.append("| backend | n | library | M x N x K | time | GFLOP/s per rank | GFLOP/s summed |")
+        out.append("|---|---:|---|---|---:|---:|---:|")
+        for r in sorted(gemm, key=lambda r: (r["backend"], r["world"], r["m"], r["lib"])):
+            out.append(f"| {r['backend']} | {r['world']} | {r['lib']} | {r['m']}x{r['n']}x{r['k']} | {fmt_us(r['us'])} | "
                        f"{r['GFLOPs_per_rank']:.1f} | {r['GFLOPs']:.1f} |")
         out.append("")
     triad = [r for r in rows if r["kind"] == "triad"]
@@ -259,30 +261,58 @@ def triad_row(rows, backend, world):
     return max(sel, key=lambda r: r.get("mib", 0)) if sel else None
 
 
+LONG_ATTENTION = "attention-long.json"  # bench.sh's run of long-sequence attention and its own sgemm rows
+
+
+def best_sgemm(rows, backend, world, file=None):
+    """The fastest library's 2048^3 single-thread sgemm row of this backend and world (every rank at once)."""
+    sel = [r for r in rows if r["kind"] == "sgemm" and r["backend"] == backend and r["world"] == world and r["m"] == 2048
+           and (file is None or r["file"] == file) and (file is not None or r["file"] != LONG_ATTENTION)]
+    return max(sel, key=lambda r: r["GFLOPs_per_rank"]) if sel else None
+
+
+def attention_gemm_flops(tokens, hidden, head_dim=64):
+    """The GEMM FLOPs of causal ParallelAttention forward + backward over one sequence (tp_bench_layers'
+    shape: hidden / 64 heads, a quarter as many kv heads): q, k, v and output projections three times
+    (forward, input and weight gradients), and the score and context GEMMs over the causal half,
+    two in forward and five in backward (flash attention recomputes the scores), returned with and
+    without that recomputation."""
+    heads = hidden // head_dim
+    kv = max(heads // 4, 1)
+    projections = 2 * tokens * hidden * (2 * hidden + 2 * kv * head_dim)
+    tile_pass = tokens * tokens * hidden  # 2 t^2 h over the causal half
+    return 3 * projections + 7 * tile_pass, 3 * projections + 6 * tile_pass
+
+
 def targets(rows, peer, out):
     out.append("## The issue's targets, as ratios measured side by side in this run\n")
     out.append("| target | measured | goal |")
     out.append("|---|---|---|")
     for b in ("mpi", "gloo"):
         for w in sorted({r["world"] for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] > 1}):
-            worst, at, all_q = None, None, []
-            for tp in [r for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] == w and r["impl"] == "tp"]:
-                raw = find(rows, kind="all_reduce", backend=b, world=w, impl=b, bytes=tp["bytes"])
-                q = raw.get("tp_over_raw") if raw else None
-                if q is not None:
-                    all_q.append(q)
-                if q is not None and (worst is None or q > worst):
-                    worst, at = q, tp["bytes"]
-            if worst is not None:
-                median = sorted(all_q)[len(all_q) // 2]
-                out.append(f"| tp {b} all_reduce / raw (interleaved), n={w}, worst size (median over {len(all_q)} sizes) | "
-                           f"{fmt_ratio(worst, 1.05)} (at {human_bytes(at)}; median {median:.3f}) | ≤ 1.05 at every size |")
-    for t, goal in ((512, 1.05), (8, 1.15)):
-        one = find(rows, kind="mlp", backend="mpi", world=1, hidden=1024, tokens=t, mode="fwdbwd")
-        two = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
-        if one and two:
-            out.append(f"| MLP h1024 fwdbwd {t} tokens, MPI n=2 / n=1 | {fmt_ratio(ratio(two['us'], one['us']), goal)} "
-                       f"({fmt_us(two['us'])} / {fmt_us(one['us'])}) | ≤ {goal} |")
+            raws = [r for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] == w and r["impl"] == b]
+            for key, what in (("tp_over_raw", "verification on"), ("tp_unverified_over_raw", "verification off")):
+                qs = [(r[key], r["bytes"]) for r in raws if r.get(key) is not None]
+                if qs:
+                    worst, at = max(qs)
+                    median = sorted(q for q, _ in qs)[len(qs) // 2]
+                    out.append(f"| tp {b} all_reduce / raw, {what} (interleaved), n={w}, worst size (median over "
+                               f"{len(qs)} sizes) | {fmt_ratio(worst, 1.05)} (at {human_bytes(at)}; median {median:.3f}) | "
+                               f"≤ 1.05 at every size |")
+    ref = best_sgemm(rows, "mpi", 2) or best_sgemm(rows, "mpi", 1)
+    r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=512, mode="fwdbwd")
+    if ref and r:
+        # the compute limit: the step's FLOPs over two ranks at the best single-thread sgemm rate
+        out.append(f"| MLP h1024 fwdbwd 512 tokens, MPI n=2 / compute limit (FLOPs / (2 x {ref['GFLOPs_per_rank']:.1f} "
+                   f"GF/s, {ref['lib']}'s sgemm 2048³ on both ranks at once)) | "
+                   f"{fmt_ratio(ratio(2 * ref['GFLOPs_per_rank'], r['GFLOPs']), 1.10)} ({fmt_us(r['us'])}) | ≤ 1.10 |")
+    tri = triad_row(rows, "mpi", 2)
+    r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=8, mode="fwdbwd")
+    if tri and r:
+        limit_us = mlp_weight_traffic(1024) / (tri["GBps"] * 1e9) * 1e6
+        out.append(f"| MLP h1024 fwdbwd 8 tokens, MPI n=2 / memory limit ({mlp_weight_traffic(1024) / 1e6:.0f} MB "
+                   f"of weights and weight gradients / triad {tri['GBps']:.1f} GB/s over both ranks = "
+                   f"{fmt_us(limit_us)}) | {fmt_ratio(ratio(r['us'], limit_us), 1.2)} ({fmt_us(r['us'])}) | ≤ 1.2 |")
     for t, goal in ((512, 0.5), (8, 0.3)):
         two = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
         for src in sorted({k[0] for k in peer}, key=lambda x: x != "pypi"):
@@ -291,29 +321,37 @@ def targets(rows, peer, out):
                 out.append(f"| MLP h1024 fwdbwd {t} tokens, tp MPI n=2 / torch {p['version']} ({src}) gloo n=2 | "
                            f"{fmt_ratio(ratio(two['us'], p['fwdbwd']), goal if src == 'pypi' else None)} "
                            f"({fmt_us(two['us'])} / {fmt_us(p['fwdbwd'])}) | {f'≤ {goal}' if src == 'pypi' else '–'} |")
-    tri = triad_row(rows, "mpi", 2)
-    if tri:
-        for t in (1, 8):
-            r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=t, mode="fwdbwd")
-            if r:
-                limit_us = mlp_weight_traffic(1024) / (tri["GBps"] * 1e9) * 1e6
-                goal = 1.2 if t == 8 else None
-                out.append(f"| MLP h1024 fwdbwd {t} tokens, MPI n=2 / memory limit ({mlp_weight_traffic(1024) / 1e6:.0f} MB "
-                           f"of weights and weight gradients / triad {tri['GBps']:.1f} GB/s over both ranks = "
-                           f"{fmt_us(limit_us)}) | {fmt_ratio(ratio(r['us'], limit_us), goal)} ({fmt_us(r['us'])}) | "
-                           f"{f'≤ {goal}' if goal else '–'} |")
-    ref = find(rows, kind="sgemm", backend="mpi", world=1, m=2048) or find(rows, kind="sgemm", world=1, m=2048)
-    if ref:
-        for w in (1, 2):
-            r = find(rows, kind="mlp", backend="mpi", world=w, hidden=1024, tokens=512, mode="fwdbwd")
-            if r:
-                out.append(f"| MLP 512 tokens fwdbwd GFLOP/s (sum over ranks), MPI n={w} / single-thread sgemm 2048³ "
-                           f"({ref['GFLOPs_per_rank']:.1f} GF/s) | {fmt_ratio(ratio(r['GFLOPs'], ref['GFLOPs_per_rank']), 0.9, at_most=False)} | ≥ 0.9 |")
-        r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=512, mode="fwdbwd")
-        if r:
-            # the compute limit: the step's FLOPs over two ranks at the single-thread sgemm rate
-            out.append(f"| MLP h1024 fwdbwd 512 tokens, MPI n=2 / compute limit (FLOPs / (2 x {ref['GFLOPs_per_rank']:.1f} "
-                       f"GF/s)) | {fmt_ratio(ratio(2 * ref['GFLOPs_per_rank'], r['GFLOPs']), 1.10)} | ≤ 1.10 |")
+    att = find(rows, kind="attention", backend="local", world=1, hidden=512, tokens=4096, mode="fwdbwd")
+    ref = best_sgemm(rows, "local", 1, file=LONG_ATTENTION)
+    if att and ref:
+        executed, without = attention_gemm_flops(4096, 512)
+        limit_us = executed / (ref["GFLOPs_per_rank"] * 1e9) * 1e6
+        out.append(f"| Causal attention, 8 heads of 64 (2 kv heads), seq 4096, fwdbwd, one rank / its GEMM FLOPs "
+                   f"({executed / 1e9:.1f} GFLOP with the recomputed scores) at {ref['lib']}'s sgemm rate "
+                   f"({ref['GFLOPs_per_rank']:.1f} GF/s) = {fmt_us(limit_us)} | {fmt_ratio(ratio(att['us'], limit_us), 1.3)} "
+                   f"({fmt_us(att['us'])}; {ratio(att['us'], without / (ref['GFLOPs_per_rank'] * 1e9) * 1e6):.3f} "
+                   f"counting no recomputation) | ≤ 1.3 |")
+    out.append("")
+
+
+def long_attention_section(rows, out):
+    att = [r for r in rows if r["kind"] == "attention" and r["backend"] == "local" and r["world"] == 1]
+    if not att:
+        return
+    out.append("## Long-sequence attention (one rank)\n")
+    out.append("Causal `ParallelAttention` over one sequence, 8 heads of 64 over 2 kv heads (hidden 512), projections "
+               "included, through the CPU's flash attention: tiles of 128 queries of every head of a kv group by 256 "
+               "keys (128 in backward) with an online softmax, so memory is O(seq x head_dim) per head (the scores "
+               "of one tile per group, not seq²). GFLOP/s count the layer's FLOPs with the scores as if not causal, as the other "
+               "rows do; the target row above counts the GEMMs the layer runs.\n")
+    out.append("| mode | tokens | time | GFLOP/s |")
+    out.append("|---|---:|---:|---:|")
+    for r in sorted(att, key=lambda r: (r["tokens"], r["mode"])):
+        out.append(f"| {r['mode']} | {r['tokens']} | {fmt_us(r['us'])} | {r['GFLOPs']:.1f} |")
+    gemm = [r for r in rows if r["kind"] == "sgemm" and r["file"] == LONG_ATTENTION]
+    if gemm:
+        out.append("\nThe same process's bare single-thread sgemm 2048³: " +
+                   ", ".join(f"{r['lib']} {r['GFLOPs_per_rank']:.1f} GFLOP/s" for r in sorted(gemm, key=lambda r: r["lib"])) + ".")
     out.append("")
 
 
@@ -452,6 +490,7 @@ def main():
     comm_section(rows, out)
     layer_section(rows, peer, out)
     small_token_section(rows, out)
+    long_attention_section(rows, out)
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")
 

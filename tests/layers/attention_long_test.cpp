@@ -1,4 +1,4 @@
-/// ParallelAttention on sequences longer than the CPU's flash-attention tiles (128 queries by 128
+/// ParallelAttention on sequences longer than the CPU's flash-attention tiles (128 queries by 256 or 128
 /// keys): 300 tokens per sequence, so every head runs whole tiles, a partial last tile and, causal,
 /// tiles skipped above the diagonal; against the unsharded reference, on every device.
 

@@ -7,22 +7,41 @@
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
 #include "tp/device/cpu/fast_math.hpp"
+#include "tp/device/cpu/simd.hpp"
 
 namespace tp::impl {
 
-/// float uses branch-free erf/exp approximations that vectorize; double uses libm. The kind is
-/// hoisted out of the loop so that each loop body is branch-free.
+namespace activation_detail {
+
+/// The float GELU loops over one row, cloned for AVX-512 and AVX2 (tp/device/cpu/simd.hpp); the
+/// kind is hoisted out of the loop so that each loop body is branch-free.
+template <class T>
+TP_CPU_CLONES void gelu_row(const T* x, T* y, std::int64_t n, Gelu kind) {
+  if (kind == Gelu::exact)
+    for (std::int64_t c = 0; c < n; ++c) y[c] = detail::gelu_value_fast(x[c], Gelu::exact);
+  else
+    for (std::int64_t c = 0; c < n; ++c) y[c] = detail::gelu_value_fast(x[c], Gelu::tanh);
+}
+
+template <class T>
+TP_CPU_CLONES void gelu_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, Gelu kind) {
+  if (kind == Gelu::exact)
+    for (std::int64_t c = 0; c < n; ++c) dx[c] = dy[c] * detail::gelu_slope_fast(x[c], Gelu::exact);
+  else
+    for (std::int64_t c = 0; c < n; ++c) dx[c] = dy[c] * detail::gelu_slope_fast(x[c], Gelu::tanh);
+}
+
+}  // namespace activation_detail
+
+/// float uses branch-free erf/exp approximations that vectorize; double uses libm.
 template <class T>
 void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
   for (std::int64_t r = 0; r < x.rows; ++r) {
-    const T* xr = x.row(r);
-    T* yr = y.row(r);
     if constexpr (std::is_same_v<T, float>) {
-      if (kind == Gelu::exact)
-        for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::exact);
-      else
-        for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = detail::gelu_value_fast(xr[c], Gelu::tanh);
+      activation_detail::gelu_row<T>(x.row(r), y.row(r), x.cols, kind);
     } else {
+      const T* xr = x.row(r);
+      T* yr = y.row(r);
       for (std::int64_t c = 0; c < x.cols; ++c) yr[c] = static_cast<T>(math::gelu_value<double>(xr[c], kind));
     }
   }
@@ -31,14 +50,11 @@ void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
 template <class T>
 void gelu_backward(const Cpu&, ConstView<T> x, ConstView<T> dy, MatrixView<T> dx, Gelu kind) {
   for (std::int64_t r = 0; r < x.rows; ++r) {
-    const T *xr = x.row(r), *gr = dy.row(r);
-    T* out = dx.row(r);
     if constexpr (std::is_same_v<T, float>) {
-      if (kind == Gelu::exact)
-        for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::exact);
-      else
-        for (std::int64_t c = 0; c < x.cols; ++c) out[c] = gr[c] * detail::gelu_slope_fast(xr[c], Gelu::tanh);
+      activation_detail::gelu_backward_row<T>(x.row(r), dy.row(r), dx.row(r), x.cols, kind);
     } else {
+      const T *xr = x.row(r), *gr = dy.row(r);
+      T* out = dx.row(r);
       for (std::int64_t c = 0; c < x.cols; ++c) out[c] = static_cast<T>(gr[c] * math::gelu_slope<double>(xr[c], kind));
     }
   }

@@ -6,18 +6,21 @@
 /// Which library runs float GEMMs is chosen once per process by a rule derived from measurements
 /// (tp_bench_blas, BENCHMARKS.md), not by timing at start-up: a start-up micro-benchmark costs
 /// every process time, is noisy on shared machines, and could pick differently from run to run,
-/// so that the same program would round differently. Single-thread sgemm at 2048^3, GFLOP/s:
-///   Zen 5 (AVX-512): OpenBLAS 0.3.21 114 (it does not know the CPU and runs Haswell kernels),
-///                    oneDNN 2.6 202, OpenBLAS with OPENBLAS_CORETYPE=SkylakeX 206;
-///   Xeon (AVX-512):  OpenBLAS detects SkylakeX and matches oneDNN;
+/// so that the same program would round differently. Single-thread sgemm, GFLOP/s:
+///   Zen 5 (AVX-512), 2048^3: OpenBLAS 0.3.21 114 (it does not know the CPU and runs Haswell
+///                    kernels), oneDNN 2.6 202, OpenBLAS with OPENBLAS_CORETYPE=SkylakeX 206;
+///   Xeon Sapphire Rapids (AVX-512; OpenBLAS detects SkylakeX): oneDNN faster on every shape
+///                    measured, 175 against 165 at the MLP's 512x2048x1024, 157-180 against 124-156
+///                    on attention's 128- and 512-row tiles, 84 against 37 at 8x4096x1024;
+///   another Xeon (AVX-512; OpenBLAS detects only Prescott, SSE3): oneDNN about twice as fast;
 ///   EPYC (AVX2):     OpenBLAS 92, oneDNN 89.
-/// oneDNN picks its kernels from the CPU's ISA at run time, so it wins exactly where OpenBLAS's
-/// kernels are narrower than the CPU (AVX2 kernels on an AVX-512 CPU) and ties or loses elsewhere:
-/// the rule is that test, on OpenBLAS's own core name. Doubles, one or two rows (GEMV, bound by
-/// memory bandwidth, not the ISA) and GEMMs under 32^3 multiply-adds (where oneDNN's call costs
-/// more than the wider kernels save: 7 against 19 GFLOP/s at 8x16x8, 104 against 77 at 32^3, on
-/// Haswell kernels) always go to OpenBLAS. oneDNN is optional (TP_HAS_DNNL, set by the
-/// tp::blas component when Debian's libdnnl-dev is found); without it everything runs on OpenBLAS.
+/// oneDNN picks its kernels from the CPU's ISA at run time, so on an AVX-512 CPU it wins or ties
+/// whatever OpenBLAS detected, and on an AVX2 one it ties or loses: the rule is that test. Doubles,
+/// one or two rows (GEMV, bound by memory bandwidth, not the ISA) and GEMMs under 32^3
+/// multiply-adds (where oneDNN's call costs more than the wider kernels save: 107 against 152
+/// GFLOP/s at 32^3 on the Sapphire Rapids) always go to OpenBLAS. oneDNN is optional (TP_HAS_DNNL,
+/// set by the tp::blas component when Debian's libdnnl-dev is found); without it everything runs
+/// on OpenBLAS.
 
 #ifndef TP_HAS_BLAS
 #error "tp/device/cpu/cpu.hpp needs the tp::blas CMake component: target_link_libraries(... tp::blas)"
@@ -56,20 +59,12 @@ void scale_host(MatrixView<T> x, T factor) {
     for (std::int64_t c = 0; c < x.cols; ++c) x(r, c) = factor == T(0) ? T(0) : x(r, c) * factor;
 }
 
-/// True when OpenBLAS runs AVX2 (or older) kernels on a CPU with AVX-512: its 0.3.21 dispatch does
-/// not know AMD Zen 4/5, and OPENBLAS_CORETYPE may name an older core; about half the sgemm rate.
-inline bool blas_kernels_narrower_than_cpu() {
-#if defined(OPENBLAS_VERSION) && defined(__x86_64__)
-  static const bool narrower = [] {
-    const std::string_view core = openblas_get_corename();
-    const bool avx2_kernels = core == "Haswell" || core == "Zen" || core == "Sandybridge" || core == "Nehalem" ||
-                              core == "Prescott" || core == "Core2" || core == "Penryn" || core == "Dunnington" ||
-                              core == "Bulldozer" || core == "Piledriver" || core == "Steamroller" ||
-                              core == "Excavator" || core == "Atom";
-    return avx2_kernels && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }();
-  return narrower;
+/// True on a CPU with AVX-512 (F, BW, VL, DQ: what oneDNN's AVX-512 sgemm kernels need).
+inline bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return avx512;
 #else
   return false;
 #endif
@@ -79,7 +74,7 @@ inline bool blas_kernels_narrower_than_cpu() {
 
 /// The library that runs Cpu's float GEMMs (see the top of this file for the rule).
 enum class CpuGemm {
-  automatic,  ///< oneDNN where OpenBLAS's kernels are narrower than the CPU, else OpenBLAS
+  automatic,  ///< oneDNN on CPUs with AVX-512, else OpenBLAS
   openblas,   ///< CBLAS always
   onednn,     ///< oneDNN's dnnl_sgemm for float (needs TP_HAS_DNNL)
 };
@@ -93,9 +88,7 @@ inline constexpr bool has_dnnl =
 #endif
 
 /// What CpuGemm::automatic resolves to in this process.
-inline CpuGemm automatic_cpu_gemm() {
-  return has_dnnl && blas_kernels_narrower_than_cpu() ? CpuGemm::onednn : CpuGemm::openblas;
-}
+inline CpuGemm automatic_cpu_gemm() { return has_dnnl && cpu_has_avx512() ? CpuGemm::onednn : CpuGemm::openblas; }
 }  // namespace detail
 
 struct CpuOptions {
@@ -139,7 +132,7 @@ class Cpu {
 
   /// The library running float GEMMs in this process by default (CpuGemm::automatic) and why, for
   /// banners and benchmark labels: "OpenBLAS 0.3.21 (SkylakeX kernels, 1 thread(s))" or
-  /// "oneDNN 2.6.3 sgemm (OpenBLAS 0.3.21 has Haswell kernels only for this AVX-512 CPU), 1 thread(s)".
+  /// "oneDNN 2.6.3 sgemm for this AVX-512 CPU (OpenBLAS 0.3.21, SkylakeX kernels, for the rest), 1 thread(s)".
   static std::string blas_name() { return blas_name(detail::automatic_cpu_gemm()); }
   static std::string blas_name(CpuGemm gemm) {
     const int threads = blas_threads();
@@ -153,9 +146,9 @@ class Cpu {
     if (gemm == CpuGemm::automatic) gemm = detail::automatic_cpu_gemm();
     if (gemm == CpuGemm::onednn) {
       const dnnl_version_t* v = dnnl_version();
-      return fmt::format("oneDNN {}.{}.{} sgemm ({} has {} kernels only{}), {} thread(s)", v->major, v->minor,
-                         v->patch, openblas, core,
-                         detail::blas_kernels_narrower_than_cpu() ? " for this AVX-512 CPU" : ": forced", threads);
+      return fmt::format("oneDNN {}.{}.{} sgemm {} ({}, {} kernels, for the rest), {} thread(s)", v->major, v->minor,
+                         v->patch, detail::cpu_has_avx512() ? "for this AVX-512 CPU" : "(forced)", openblas, core,
+                         threads);
     }
 #else
     (void)gemm;

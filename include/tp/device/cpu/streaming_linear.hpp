@@ -7,10 +7,9 @@
 /// the weight before using it. Here
 ///   forward:  y = x w^T                 one sweep over w, every token's dot products at once;
 ///   backward: dx = dy w, dw += dy^T x   one sweep over w and dw together.
-/// The loops work on GCC vector types (64 bytes, no intrinsics), so the compiler picks the
-/// instructions; the kernels are compiled for AVX-512, AVX2+FMA and the baseline and one is picked
-/// at load time (GCC's target_clones), since the library is built for the x86-64 baseline (SSE2,
-/// no FMA), on which these loops would be bound by arithmetic, not memory.
+/// The loops work on GCC vector types and are compiled for AVX-512, AVX2+FMA and the baseline
+/// (tp/device/cpu/simd.hpp): built for the baseline alone (SSE2, no FMA), they would be bound by
+/// arithmetic, not memory.
 /// The token count is a template parameter so that the per-token loops unroll into registers.
 
 #include <algorithm>
@@ -24,13 +23,7 @@
 
 #include "tp/core/error.hpp"
 #include "tp/core/tensor.hpp"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__) && \
-    !defined(TP_NO_TARGET_CLONES)
-#define TP_STREAMING_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TP_STREAMING_CLONES
-#endif
+#include "tp/device/cpu/simd.hpp"
 
 namespace tp::detail {
 
@@ -45,22 +38,10 @@ inline constexpr std::int64_t kStreamingBackwardMaxTokens = 12;
 
 namespace streaming {
 
-/// 64 bytes of T (a cache line) as one GCC vector: one AVX-512 register, two AVX2 ones or four SSE
-/// ones, whichever the clone being compiled has. Loads and stores go through memcpy (unaligned).
-template <class T>
-using Vec [[gnu::vector_size(64)]] = T;
-template <class T>
-inline constexpr std::int64_t kLanes = 64 / static_cast<std::int64_t>(sizeof(T));
-
-/// (By reference: a 64-byte vector passed by value has no fixed ABI across the clones.)
-template <class T>
-[[gnu::always_inline]] inline void load(Vec<T>& v, const T* p) {
-  std::memcpy(&v, p, sizeof(v));
-}
-template <class T>
-[[gnu::always_inline]] inline void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+using simd::kLanes;
+using simd::load;
+using simd::store;
+using simd::Vec;
 
 /// Weight rows handled together, so that each load of x (and each load and store of dx) serves R
 /// rows. Measured on AVX-512 (thread CPU time, 1..16 tokens, 2048x1024 and 1024x2048 weights):
@@ -80,9 +61,9 @@ template <class T, int M, int R>
     for (int i = 0; i < M; ++i) acc[r][i] = Vec<T>{};
   for (std::int64_t c = 0; c < kv; c += L) {
     Vec<T> wv[R], xv;
-    for (int r = 0; r < R; ++r) load<T>(wv[r], w + (j0 + r) * ldw + c);
+    for (int r = 0; r < R; ++r) load(wv[r], w + (j0 + r) * ldw + c);
     for (int i = 0; i < M; ++i) {
-      load<T>(xv, x + i * ldx + c);
+      load(xv, x + i * ldx + c);
       for (int r = 0; r < R; ++r) acc[r][i] += xv * wv[r];
     }
   }
@@ -98,8 +79,8 @@ template <class T, int M, int R>
 
 /// y = x w^T (+ beta y) over rows [j0, j1) of w; M tokens.
 template <class T, int M>
-TP_STREAMING_CLONES void forward_rows(const T* x, std::int64_t ldx, const T* w, std::int64_t ldw, T beta, T* y,
-                                      std::int64_t ldy, std::int64_t k, std::int64_t j0, std::int64_t j1) {
+TP_CPU_CLONES void forward_rows(const T* x, std::int64_t ldx, const T* w, std::int64_t ldw, T beta, T* y,
+                                std::int64_t ldy, std::int64_t k, std::int64_t j0, std::int64_t j1) {
   constexpr int R = kRowBlock;
   std::int64_t j = j0;
   for (; j + R <= j1; j += R) forward_block<T, M, R>(x, ldx, w, ldw, beta, y, ldy, k, j);
@@ -121,23 +102,23 @@ template <class T, int M, int R, bool Keep>
   for (std::int64_t c = 0; c < kv; c += L) {
     Vec<T> wv[R], s[R], xv, d;
     for (int r = 0; r < R; ++r) {
-      load<T>(wv[r], w + (j0 + r) * ldw + c);
+      load(wv[r], w + (j0 + r) * ldw + c);
       s[r] = Vec<T>{};
       if constexpr (Keep) {
-        load<T>(s[r], dw + (j0 + r) * lddw + c);
+        load(s[r], dw + (j0 + r) * lddw + c);
         s[r] *= beta;
       }
     }
     for (int i = 0; i < M; ++i) {
-      load<T>(xv, x + i * ldx + c);
-      load<T>(d, dx + i * lddx + c);
+      load(xv, x + i * ldx + c);
+      load(d, dx + i * lddx + c);
       for (int r = 0; r < R; ++r) {
         s[r] += g[r][i] * xv;
         d += g[r][i] * wv[r];
       }
-      store<T>(dx + i * lddx + c, d);
+      store(dx + i * lddx + c, d);
     }
-    for (int r = 0; r < R; ++r) store<T>(dw + (j0 + r) * lddw + c, s[r]);
+    for (int r = 0; r < R; ++r) store(dw + (j0 + r) * lddw + c, s[r]);
   }
   for (std::int64_t c = kv; c < k; ++c)
     for (int r = 0; r < R; ++r) {
@@ -152,14 +133,15 @@ template <class T, int M, int R, bool Keep>
 
 /// The backward over rows [j0, j1) of w and dw, accumulating into dx (which the caller has scaled).
 template <class T, int M>
-TP_STREAMING_CLONES void backward_rows(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx, const T* w,
-                                       std::int64_t ldw, T* dx, std::int64_t lddx, T beta, T* dw, std::int64_t lddw,
-                                       std::int64_t k, std::int64_t j0, std::int64_t j1) {
+TP_CPU_CLONES void backward_rows(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx, const T* w,
+                                 std::int64_t ldw, T* dx, std::int64_t lddx, T beta, T* dw, std::int64_t lddw,
+                                 std::int64_t k, std::int64_t j0, std::int64_t j1) {
   // No lambda here: it would be a function of its own, compiled for the baseline, not this clone.
   constexpr int R = kRowBlock;
   std::int64_t j = j0;
   if (beta == T(0)) {
-    for (; j + R <= j1; j += R) backward_block<T, M, R, false>(dy, lddy, x, ldx, w, ldw, dx, lddx, beta, dw, lddw, k, j);
+    for (; j + R <= j1; j += R)
+      backward_block<T, M, R, false>(dy, lddy, x, ldx, w, ldw, dx, lddx, beta, dw, lddw, k, j);
     for (; j < j1; ++j) backward_block<T, M, 1, false>(dy, lddy, x, ldx, w, ldw, dx, lddx, beta, dw, lddw, k, j);
   } else {
     for (; j + R <= j1; j += R) backward_block<T, M, R, true>(dy, lddy, x, ldx, w, ldw, dx, lddx, beta, dw, lddw, k, j);
