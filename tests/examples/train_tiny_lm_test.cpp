@@ -108,6 +108,14 @@ TEST_P(TrainTinyLm, ResumeContinuesTheSameRun) {
   expect_close(train(arch, 4, 2, kSteps, dir), std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 4");
   expect_close(train(arch, 1, 2, kSteps, dir / "step-000002" / "resume.safetensors"),
                std::vector<double>(full.begin() + 2, full.end()), "resumed at TP 1");
+  // Saved at TP 4, where two ranks hold each kv head and its AdamW moments (written once), and
+  // resumed at TP 2.
+  const fs::path dir4 = dir.string() + "_tp4";
+  fs::remove_all(dir4);
+  expect_close(train(arch, 4, 0, 2, {}, dir4), head, "the first steps at TP 4");
+  expect_close(train(arch, 2, 2, kSteps, dir4), std::vector<double>(full.begin() + 2, full.end()),
+               "saved at TP 4, resumed at TP 2");
+  fs::remove_all(dir4);
 
   // A checkpoint of another model is refused, naming the file and both configurations.
   tp::run_local(1, [&](std::shared_ptr<tp::Communicator> comm) {

@@ -97,10 +97,18 @@ class AdamW {
   /// The moments as parameters (no gradient) with the blocks of the parameters they belong to.
   std::vector<Parameter<T>> state() {
     std::vector<Parameter<T>> out;
+    // Each moment is a copy of its parameter with another name and value, so it keeps the block
+    // and `copy` (a replicated GQA kv head's moments are written once, like its weights).
+    auto moment = [](const Parameter<T>& p, const char* prefix, MatrixView<T> value) {
+      Parameter<T> m = p;
+      m.name = prefix + p.name;
+      m.value = value;
+      m.grad = {};
+      return m;
+    };
     for (std::size_t i = 0; i < params_.size(); ++i) {
-      const Parameter<T>& p = params_[i];
-      out.push_back({"adamw.exp_avg." + p.name, exp_avg_[i].view(), {}, p.full_rows, p.full_cols, p.rows, p.cols});
-      out.push_back({"adamw.exp_avg_sq." + p.name, exp_avg_sq_[i].view(), {}, p.full_rows, p.full_cols, p.rows, p.cols});
+      out.push_back(moment(params_[i], "adamw.exp_avg.", exp_avg_[i].view()));
+      out.push_back(moment(params_[i], "adamw.exp_avg_sq.", exp_avg_sq_[i].view()));
     }
     return out;
   }
