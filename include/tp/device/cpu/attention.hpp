@@ -228,11 +228,11 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
     const auto packed = static_cast<std::size_t>(g.group * nq * head_dim);
     q_packed.resize(packed);
     do_packed.resize(packed);
-    dq_packed.assign(packed, T(0));
     row_dot.resize(static_cast<std::size_t>(g.group * nq));
     lse_packed.resize(row_dot.size());
     for (std::int64_t kv = 0; kv < g.hk; ++kv) {
       const std::int64_t head = kv * g.group;
+      dq_packed.assign(packed, T(0));  // this group's dq accumulates over every key tile
       // Query tile i0 starts at packed row group * i0.
       for (std::int64_t i0 = 0; i0 < nq; i0 += bq) {
         const std::int64_t rows = std::min(bq, nq - i0), base = g.group * i0;
@@ -277,7 +277,6 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
       for (std::int64_t i0 = 0; i0 < nq; i0 += bq)
         unpack_heads(dq_packed.data() + g.group * i0 * head_dim, q0 + i0, head, g.group, std::min(bq, nq - i0),
                      head_dim, dq);
-      std::fill(dq_packed.begin(), dq_packed.end(), T(0));
     }
   }
 }
