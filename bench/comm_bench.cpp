@@ -9,11 +9,15 @@
 /// before each collective, Communicator::set_verify_collectives); their `tp_over_raw` is the price
 /// of verification: time with it over time without, measured alternately as for the raw rows. The
 /// raw rows time all three side by side: `tp_over_raw` (verification on) and
-/// `tp_unverified_over_raw` (off).
+/// `tp_unverified_over_raw` (off), each the ratio of the summed times, and `..._median`, the median
+/// of the per-iteration ratios (each iteration times the calls back to back, so one slow TCP round
+/// trip, common with Gloo, moves the sums but not the median).
 ///
 ///   tp_bench_comm --backend=local --world=2
 ///   mpirun -np 2 tp_bench_comm --backend=mpi --benchmark_format=json
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "common/bench_world.hpp"
 #ifdef TP_HAS_GLOO
@@ -31,6 +35,14 @@ constexpr const char* coll_name(Coll c) {
 /// Multiples of 1/4 below 2^10, so sums are exact in any order (as in the conformance suite).
 inline float value(int rank, std::size_t i) {
   return static_cast<float>(static_cast<std::int64_t>((rank * 131 + static_cast<std::int64_t>(i % 1000003) * 7) % 97) - 48) * 0.25f;
+}
+
+/// The middle value (the upper one of an even count); 0 for none. Takes a copy to sort.
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  const auto middle = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+  std::nth_element(v.begin(), middle, v.end());
+  return *middle;
 }
 
 class CollRunner : public Runner {
@@ -52,11 +64,18 @@ class CollRunner : public Runner {
 #endif
   }
 
+  /// Every implementation a step runs, once, outside the ratios.
+  void warm_up() override {
+    for (const char* impl : {"tp", "tp_unverified"}) op(impl);
+    if (!impl_.starts_with("tp")) op(impl_);
+  }
+
   /// A raw row runs tp's call (verification on), tp's call with verification off and the
   /// library's, every iteration, in an order that rotates each time, and reports the library's
   /// time; `tp_over_raw` and `tp_unverified_over_raw` are the ratios of the sums, measured under the
-  /// same conditions (this machine's load changes faster than a row takes). A tp_unverified row
-  /// does the same with tp's verified call alone beside it.
+  /// same conditions (this machine's load changes faster than a row takes), `..._median` the
+  /// medians of the per-iteration ratios. A tp_unverified row does the same with tp's verified call
+  /// alone beside it. Times are the slowest rank's, as for every row.
   double step() override {
     if (impl_ == "tp") return seconds([&] { op(impl_); });
     std::vector<std::string> impls{impl_, "tp"};
@@ -67,10 +86,12 @@ class CollRunner : public Runner {
       const int which = (first + j) % n;
       times[which] = seconds([&] { op(impls[which]); });
     }
-    double slowest[2] = {};
-    comm_->all_reduce(&times[1], slowest, static_cast<std::size_t>(n - 1), DType::f64, ReduceOp::max);
-    tp_total_ += slowest[0];
-    unverified_total_ += slowest[1];
+    double slowest[3] = {};
+    comm_->all_reduce(times, slowest, static_cast<std::size_t>(n), DType::f64, ReduceOp::max);
+    tp_total_ += slowest[1];
+    unverified_total_ += slowest[2];
+    tp_ratios_.push_back(slowest[1] / slowest[0]);
+    if (n == 3) unverified_ratios_.push_back(slowest[2] / slowest[0]);
     return times[0];
   }
 
@@ -94,9 +115,14 @@ class CollRunner : public Runner {
     const double factor = coll_ == Coll::all_reduce ? 2.0 * (world - 1) / world : double(world - 1) / world;
     Counters counters{{"bytes", bytes}, {"algbw_GBps", algbw}, {"busbw_GBps", algbw * factor}, {"wrong", double(wrong)},
                       {"world", double(world)}};
-    if (impl_ != "tp" && steps_ > 0) counters["tp_over_raw"] = tp_total_ / (t * static_cast<double>(steps_));
-    if (!impl_.starts_with("tp") && steps_ > 0)
+    if (impl_ != "tp" && steps_ > 0) {
+      counters["tp_over_raw"] = tp_total_ / (t * static_cast<double>(steps_));
+      counters["tp_over_raw_median"] = median(tp_ratios_);
+    }
+    if (!impl_.starts_with("tp") && steps_ > 0) {
       counters["tp_unverified_over_raw"] = unverified_total_ / (t * static_cast<double>(steps_));
+      counters["tp_unverified_over_raw_median"] = median(unverified_ratios_);
+    }
     return counters;
   }
 
@@ -157,6 +183,7 @@ class CollRunner : public Runner {
   std::vector<float> send_, recv_;
   std::int64_t steps_ = 0;
   double tp_total_ = 0, unverified_total_ = 0;
+  std::vector<double> tp_ratios_, unverified_ratios_;  // per iteration, for the medians
 #ifdef TP_HAS_GLOO
   GlooCommunicator* gloo_ = nullptr;
 #endif

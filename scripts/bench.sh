@@ -187,7 +187,7 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
     echo
     echo 'A Llama-style model of 100 M parameters (hidden 768, 12 layers, 12 heads over 4 kv heads, SwiGLU 2048,'
     echo 'vocabulary 32000 tied; examples/train_tiny_lm'"'"'s llama architecture), float32, random weights, one BLAS'
-    echo 'thread per rank: `tp::generate` of 32 tokens after a 128-token prompt, best of 3. Decode reads every'
+    echo 'thread per rank: `tp::generate` of 32 tokens after a 128-token prompt, best of 5 after a warm-up run. Decode reads every'
     echo 'weight once per token, so its limit is the triad bandwidth (all ranks at once) over the weight and KV'
     echo 'bytes; prefill is GEMMs, so its limit is the sgemm rate (a 1024^3 tp::Cpu GEMM on every rank at once)'
     echo 'over 2 FLOPs per weight and the causal attention per prompt token. `build-bench/bench/tp_bench_decode`'

@@ -48,7 +48,8 @@ def load(results):
             if row.get("streaming") == 0:  # tp_bench_layers --compare-gemm: the same case on GEMMs only
                 row["kind"] += "_gemm"
             for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw",
-                      "tp_unverified_over_raw", "GBps", "GBps_per_rank"):
+                      "tp_unverified_over_raw", "tp_over_raw_median", "tp_unverified_over_raw_median", "GBps",
+                      "GBps_per_rank"):
                 if k in b:
                     row[k] = b[k]
             rows.append(row)
@@ -150,6 +151,14 @@ def machine(args, context):
     ]
 
 
+def paired_ratio(raw, key):
+    """A raw row's ratio `key` as "median (ratio of sums)"; – where there is none."""
+    if not raw or raw.get(key) is None:
+        return "–"
+    med = raw.get(key + "_median")
+    return f"{med:.3f} ({raw[key]:.3f})" if med is not None else f"{raw[key]:.3f}"
+
+
 def comm_section(rows, out):
     colls = [c for c in ("all_reduce", "all_gather", "reduce_scatter") if find(rows, kind=c)]
     out.append("## Collectives\n")
@@ -157,7 +166,9 @@ def comm_section(rows, out):
                "per iteration. `raw` calls the library directly (MPI_Allreduce / MPI_Allgather / "
                "MPI_Reduce_scatter_block, gloo::allreduce / gloo::allgather); `tp/raw` is tp's time over the raw "
                "time, measured by the raw row itself, which runs tp's call, tp's call with collective verification off and the "
-               "library's every iteration, in turn, so that all three see the same machine load; `unverified/raw` is "
+               "library's every iteration, in turn, so that all three see the same machine load: the median of the "
+               "per-iteration ratios, and in brackets the ratio of the summed times (which one slow round trip can "
+               "move); `unverified/raw` is "
                "tp with verification off over the library (– where there is no library row: local, gloo's reduce_scatter). busbw in GB/s. `wrong` counts mismatching elements in a check after the timed loop (0 everywhere "
                "unless listed below).\n")
     wrong = [r for r in rows if r.get("wrong")]
@@ -182,7 +193,8 @@ def comm_section(rows, out):
                 raw = next((r for r in sel if r["backend"] == b and r["world"] == w and r["impl"] == b
                             and abs(r["bytes"] - s) <= 16 * w), None)
                 line += (f" {fmt_us(tp['us']) if tp else '–'} | {tp['busbw_GBps']:.3f} |" if tp else " – | – |")
-                line += f" {fmt_ratio(raw and raw.get('tp_over_raw'))} | {fmt_ratio(raw and raw.get('tp_unverified_over_raw'))} |"
+                for key in ("tp_over_raw", "tp_unverified_over_raw"):
+                    line += f" {paired_ratio(raw, key)} |"
             out.append(line)
         out.append("")
 
@@ -292,13 +304,15 @@ def targets(rows, peer, out):
         for w in sorted({r["world"] for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] > 1}):
             raws = [r for r in rows if r["kind"] == "all_reduce" and r["backend"] == b and r["world"] == w and r["impl"] == b]
             for key, what in (("tp_over_raw", "verification on"), ("tp_unverified_over_raw", "verification off")):
-                qs = [(r[key], r["bytes"]) for r in raws if r.get(key) is not None]
+                # per size, the median of the per-iteration ratios; the ratio of the sums beside it
+                qs = [(r.get(key + "_median", r[key]), r["bytes"], r[key]) for r in raws if r.get(key) is not None]
                 if qs:
-                    worst, at = max(qs)
-                    median = sorted(q for q, _ in qs)[len(qs) // 2]
-                    out.append(f"| tp {b} all_reduce / raw, {what} (interleaved), n={w}, worst size (median over "
-                               f"{len(qs)} sizes) | {fmt_ratio(worst, 1.05)} (at {human_bytes(at)}; median {median:.3f}) | "
-                               f"≤ 1.05 at every size |")
+                    worst, at, sums = max(qs)
+                    worst_sums, at_sums = max((q[2], q[1]) for q in qs)
+                    out.append(f"| tp {b} all_reduce / raw, {what}, n={w}: the worst size's median of per-iteration "
+                               f"ratios (calls interleaved; {len(qs)} sizes) | {fmt_ratio(worst, 1.05)} (at "
+                               f"{human_bytes(at)}; ratio of summed times there {sums:.3f}, worst {worst_sums:.3f} at "
+                               f"{human_bytes(at_sums)}) | ≤ 1.05 at every size |")
     ref = best_sgemm(rows, "mpi", 2) or best_sgemm(rows, "mpi", 1)
     r = find(rows, kind="mlp", backend="mpi", world=2, hidden=1024, tokens=512, mode="fwdbwd")
     if ref and r:
