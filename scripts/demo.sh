@@ -23,14 +23,22 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--np N] [--backend mpi|gloo|local] [--only-train] [-- train_tiny_lm options]" >&2; exit 2 ;;
   esac
 done
+if [ $((4 % np)) -ne 0 ] && [[ " $* " != *" --heads"* ]]; then
+  # Checked here, before the examples run, so the error comes first rather than after a minute.
+  echo "demo.sh: the tiny model's 4 attention heads split evenly over 1, 2 or 4 ranks, not $np;" \
+       "for $np ranks give it heads that $np divides, e.g. -- --heads 6 --kv-heads 3 --hidden 192" >&2
+  exit 2
+fi
 tp_build seed_matmul mlp train_tiny_lm generate
-run() {  # run an example on $np ranks of $backend
-  if [ "$backend" = local ]; then "$build_dir/examples/$1" --backend local --world "$np" "${@:2}"
-  else mpirun -np "$np" "$build_dir/examples/$1" --backend "$backend" "${@:2}"; fi
+run_on() {  # run_on N EXAMPLE ARGS...: an example on N ranks of $backend
+  if [ "$backend" = local ]; then "$build_dir/examples/$2" --backend local --world "$1" "${@:3}"
+  else mpirun -np "$1" "$build_dir/examples/$2" --backend "$backend" "${@:3}"; fi
 }
+run() { run_on "$np" "$@"; }
 if [ "$examples" = 1 ]; then
-  echo "== the seed's example: X A through column and row parallelism on $np ranks"
-  run seed_matmul
+  seed_np=$((np < 2 ? np : 2))  # the seed's A has two columns (and two rows of X A): two ranks at most
+  echo "== the seed's example: X A through column and row parallelism on $seed_np ranks"
+  run_on "$seed_np" seed_matmul
   echo "== an MLP block (h -> 4h -> h) forward and backward on $np ranks, against the unsharded computation"
   run mlp --tokens 128 --hidden 512
 fi
