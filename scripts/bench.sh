@@ -108,10 +108,11 @@ done
 
 # Long-sequence attention on one rank: 4096 tokens, hidden 512 = 8 heads of 64 (2 kv heads), causal,
 # beside the bare sgemm rate of the same process (the attention target's limit). The CPU's flash
-# attention keeps no seq^2 probabilities (the old scheme held 2 x 512 MiB here).
-if [ $quick -eq 1 ]; then long_tokens=1024; else long_tokens=4096; fi
+# attention keeps no seq^2 probabilities (the old scheme held 2 x 512 MiB here). Two seconds per
+# row: a fwd+bwd step takes about half a second, and a single one varied by 10% between runs.
+if [ $quick -eq 1 ]; then long_tokens=1024; long_time=0.05; else long_tokens=4096; long_time=2; fi
 run attention-long 1 local tp_bench_layers --layers=attention --modes=fwd,fwdbwd --tokens=$long_tokens --hidden=512 \
-  --sgemm=2048x2048x2048 --triad=none --benchmark_min_time=0.05
+  --sgemm=2048x2048x2048 --triad=none --benchmark_min_time=$long_time
 
 # The PyTorch peer (bench/peers/torch_mlp_peer.py): same MLP (hidden 1024, ffn 4096, no biases,
 # exact GELU), gloo, one process per rank with one intra-op thread, under each PyTorch available:
