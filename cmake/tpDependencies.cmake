@@ -25,7 +25,8 @@ macro(tp_find_component_dependencies)
       find_package(OpenBLAS ${_tp_quiet})
       set(tp_blas_DEPENDENCY_FOUND ${OpenBLAS_FOUND})
       # oneDNN, optional: Cpu runs float GEMMs on it on every AVX-512 CPU, where it measured faster
-      # or equal on each shape (tp/device/cpu/cpu.hpp). Debian's libdnnl threads through OpenMP. TP_WITH_DNNL=OFF skips it.
+      # or equal on each shape (tp/device/cpu/cpu.hpp). Debian's libdnnl threads through OpenMP.
+      # TP_WITH_DNNL=OFF skips it.
       set(tp_blas_DNNL_FOUND FALSE)
       if(OpenBLAS_FOUND AND (NOT DEFINED TP_WITH_DNNL OR TP_WITH_DNNL))
         # Debian's dnnl-config.cmake calls find_package(OpenCL REQUIRED): without OpenCL's headers
