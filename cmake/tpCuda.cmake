@@ -13,7 +13,9 @@ if(NOT TP_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 80 90)  # A100 and H100/H200
+      # H100/H200, the GPUs tp is run on; each further architecture compiles every kernel again
+      # (-DCMAKE_CUDA_ARCHITECTURES="80;90" adds the A100).
+      set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
     if(CMAKE_CUDA20_STANDARD_COMPILE_OPTION)

@@ -9,8 +9,18 @@ set -a
 source "$top/scripts/mpirun.env"
 set +a
 
-tp_build() {  # configure and build the given targets (all when none)
-  "$top/scripts/install-deps.sh"
+# ccache (when installed; CMakeLists.txt puts it in front of the compilers) shares its cache
+# between checkouts of tp at different paths, such as git worktrees.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$top}"
+
+tp_configure() {  # configure the build directory
   cmake -S "$top" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+}
+tp_compile() {  # build the given targets (all when none)
   cmake --build "$build_dir" -j "$(nproc)" ${1:+--target "$@"}
+}
+tp_build() {  # install what is missing, configure and build the given targets (all when none)
+  "$top/scripts/install-deps.sh"
+  tp_configure
+  tp_compile "$@"
 }

@@ -91,10 +91,6 @@ arch=${TP_CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 
 arch=${arch:-90}
 generator=Ninja
 command -v ninja > /dev/null || generator="Unix Makefiles"
-launcher=()
-if command -v ccache > /dev/null; then
-  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-fi
 
 # --- googletest and OpenBLAS (once per machine; a warm machine skips them), configure ---
 prefix=$work/prefix
@@ -108,7 +104,7 @@ gtest_dir=$(dirname "$(find "$prefix" -name GTestConfig.cmake | head -1)")
 [ -d "$work/openblas" ] || tar -xJf "$deps/openblas.tar.xz" -C "$work"
 # Configured on every call (seconds when nothing changed), so the target list below is current.
 step "configure (CUDA architectures $arch)" "$buildlog" cmake -S . -B "$build" -G "$generator" \
-    -DCMAKE_BUILD_TYPE=Release -DTP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DTP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DTP_CUDA_TEST_UNITS="$jobs" \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_PREFIX_PATH="$work/openblas" -DGTest_DIR="$gtest_dir" \
     -Dfmt_DIR="$deps/fmt/lib/cmake/fmt" -Dbenchmark_DIR="$deps/benchmark/lib/x86_64-linux-gnu/cmake/benchmark" \
     -DTP_BUILD_BENCH=OFF -DTP_BUILD_GPU_BENCH=ON -DTP_BUILD_EXAMPLES=OFF -DTP_INSTALL=OFF ||

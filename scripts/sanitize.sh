@@ -19,13 +19,11 @@ gtest_args=("$@")
 root="${TP_SANITIZE_DIR:-$top/build-sanitize}"
 "$top/scripts/install-deps.sh"  # once, for both builds
 jobs=$(nproc)  # before OMP_NUM_THREADS=1 below, which nproc obeys
-launcher=()
-command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
 configure() {  # configure DIR FLAGS
   local dir=$1 flags=$2
   cmake -S "$top" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTP_CUDA=OFF -DTP_BUILD_BENCH=OFF \
-    -DTP_BUILD_EXAMPLES=OFF "${launcher[@]}" -DCMAKE_CXX_FLAGS="$flags -fno-omit-frame-pointer" \
+    -DTP_BUILD_EXAMPLES=OFF -DCMAKE_CXX_FLAGS="$flags -fno-omit-frame-pointer" \
     -DCMAKE_EXE_LINKER_FLAGS="$flags" >/dev/null
 }
 

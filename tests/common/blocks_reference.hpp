@@ -319,6 +319,12 @@ void expect_grads(const std::vector<Parameter<T>>& ps, const std::map<std::strin
   expect_grads<T>(Cpu(), ps, full);
 }
 
+/// Whether ParallelAttention splits `heads` query heads and `kv_heads` key/value heads over `world`
+/// ranks: the query heads evenly, the kv heads evenly or, when fewer than the ranks, replicated.
+inline bool heads_split(std::int64_t heads, std::int64_t kv_heads, int world) {
+  return heads % world == 0 && (kv_heads % world == 0 || world % kv_heads == 0);
+}
+
 /// ids as a host int64 tensor of the given shape (rows * cols == ids.size()).
 inline Tensor<std::int64_t, Cpu> to_ids(const std::vector<std::int64_t>& ids, std::int64_t rows, std::int64_t cols) {
   Tensor<std::int64_t, Cpu> t(rows, cols);

@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <string_view>
 #include <vector>
 
+#include "tp/core/error.hpp"
 #include "tp/core/rng.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/device/cpu.hpp"
@@ -186,5 +188,16 @@ ref::Matrix as_matrix(MatrixView<T> v) {
 template <class T>
 ref::Matrix as_matrix(const ref::Matrix& m) {
   return m;
+}
+
+/// The message of the tp::InvalidArgument that f() throws, or "(no InvalidArgument thrown)".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no InvalidArgument thrown)";
 }
 }  // namespace tp::test

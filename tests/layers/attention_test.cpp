@@ -23,10 +23,6 @@ template <class T>
 class Attention : public ::testing::Test {};
 TYPED_TEST_SUITE(Attention, test::BlockFloats);
 
-bool splittable(std::int64_t heads, std::int64_t kv_heads, int world) {
-  return heads % world == 0 && (kv_heads % world == 0 || world % kv_heads == 0);
-}
-
 TYPED_TEST(Attention, MatchesReference) {
   using T = TypeParam;
   using Dev = test::TestDevice;
@@ -56,7 +52,7 @@ TYPED_TEST(Attention, MatchesReference) {
         on_ranks([&](std::shared_ptr<Communicator> comm) {
           SCOPED_TRACE(trace);  // traces are per thread
           const int world = comm->size(), rank = comm->rank();
-          if (!splittable(s.heads, s.kv_heads, world)) return;  // covered by HeadsThatCannotBeSplit
+          if (!test::heads_split(s.heads, s.kv_heads, world)) return;  // covered by HeadsThatCannotBeSplit
           auto dev = std::make_shared<Dev>();
           const Range mine = partition(tokens, world, rank);
           for (const bool sp : {false, true}) {
@@ -107,7 +103,7 @@ TYPED_TEST(Attention, ReplicatedKvBiasWiderThanHidden) {
   const auto want = ref::attention(x, w_qkv, b_qkv, w_o, b_o, dy, heads, kv_heads, d, seq, true, true);
   const test::HostMatrix<T> w_qkv_h(w_qkv), b_qkv_h(b_qkv), w_o_h(w_o), b_o_h(b_o);
   on_ranks([&](std::shared_ptr<Communicator> comm) {
-    if (!splittable(heads, kv_heads, comm->size())) return;
+    if (!test::heads_split(heads, kv_heads, comm->size())) return;
     auto dev = std::make_shared<Dev>();
     ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads, {.head_dim = d});
     EXPECT_EQ(attn.kv_replicas(), comm->size() > kv_heads ? comm->size() / kv_heads : 1);
@@ -143,7 +139,7 @@ TYPED_TEST(Attention, GradientsAccumulateAcrossSteps) {
              dbo = ref::add(a.db_o, b.db_o);
   const test::HostMatrix<T> w_qkv_h(w_qkv), b_qkv_h(b_qkv), w_o_h(w_o), b_o_h(b_o);
   on_ranks([&](std::shared_ptr<Communicator> comm) {
-    if (!splittable(heads, kv_heads, comm->size())) return;
+    if (!test::heads_split(heads, kv_heads, comm->size())) return;
     auto dev = std::make_shared<Dev>();
     ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads, {.head_dim = d});
     attn.load_full(w_qkv_h.view(), b_qkv_h.view(), w_o_h.view(), b_o_h.view());

@@ -25,10 +25,6 @@ template <class T>
 class AttentionVarlen : public ::testing::Test {};
 TYPED_TEST_SUITE(AttentionVarlen, test::BlockFloats);
 
-bool splittable(std::int64_t heads, std::int64_t kv_heads, int world) {
-  return heads % world == 0 && (kv_heads % world == 0 || world % kv_heads == 0);
-}
-
 /// Full weights of an attention layer, rounded through T.
 template <class T>
 struct Weights {
@@ -79,7 +75,7 @@ TYPED_TEST(AttentionVarlen, MatchesReference) {
     on_ranks([&](std::shared_ptr<Communicator> comm) {
       SCOPED_TRACE(trace);
       const int world = comm->size(), rank = comm->rank();
-      if (!splittable(c.heads, c.kv_heads, world)) return;
+      if (!test::heads_split(c.heads, c.kv_heads, world)) return;
       auto dev = std::make_shared<Dev>();
       const auto pos_d = test::upload_ids(dev, positions, 1, tokens);
       const Range mine = partition(tokens, world, rank);
@@ -119,7 +115,7 @@ TYPED_TEST(AttentionVarlen, PackedEqualsEachSequenceAlone) {
   const auto x = test::random_matrix<T>(tokens, hidden, ref::test_seed(1));
   const test::HostMatrix<T> w_qkv_h(w.w_qkv), b_qkv_h(w.b_qkv), w_o_h(w.w_o), b_o_h(w.b_o);
   on_ranks([&](std::shared_ptr<Communicator> comm) {
-    if (!splittable(heads, kv_heads, comm->size())) return;
+    if (!test::heads_split(heads, kv_heads, comm->size())) return;
     auto dev = std::make_shared<Dev>();
     ParallelAttention<T, Dev> attn(Context<Dev>(comm, dev), hidden, heads, kv_heads,
                                    {.rope_theta = 10000, .head_dim = d});
@@ -158,7 +154,7 @@ TYPED_TEST(AttentionVarlen, CacheDecodeMatchesFullForward) {
     const test::HostMatrix<T> w_qkv_h(w.w_qkv), b_qkv_h(w.b_qkv), w_o_h(w.w_o), b_o_h(w.b_o);
     on_ranks([&](std::shared_ptr<Communicator> comm) {
       SCOPED_TRACE(trace);
-      if (!splittable(heads, kv_heads, comm->size())) return;
+      if (!test::heads_split(heads, kv_heads, comm->size())) return;
       auto dev = std::make_shared<Dev>();
       for (const bool sp : {false, true}) {
         SCOPED_TRACE(fmt::format("sequence_parallel {}", sp));

@@ -15,6 +15,7 @@ namespace tp {
 namespace {
 
 using test::download;
+using test::error_of;
 using test::on_ranks;
 using test::upload;
 using ::testing::HasSubstr;
@@ -219,16 +220,6 @@ TEST(SeedExample, ColumnAndRowGiveTheSeedProduct) {
         EXPECT_EQ(yr(r, c), want[r][c]);
       }
   });
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no InvalidArgument thrown)";
 }
 
 TEST(LayerErrors, BadShapesNameTheSizes) {

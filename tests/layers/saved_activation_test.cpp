@@ -18,6 +18,7 @@ namespace tp {
 namespace {
 
 using test::download;
+using test::error_of;
 using test::on_ranks;
 using test::upload;
 using ::testing::HasSubstr;
@@ -74,16 +75,6 @@ TYPED_TEST(SavedActivationTyped, LayerNormAppliedToItsOwnOutput) {
 }
 
 #ifndef TP_TEST_CUDA  // device-independent: once, in the host binaries
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no InvalidArgument thrown)";
-}
 
 /// For one layer: forward, forward, backward throws naming the layer and the count; backward twice
 /// throws; a forward under NoGrad leaves nothing to differentiate; forward-backward pairs work.

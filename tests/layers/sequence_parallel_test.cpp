@@ -15,6 +15,7 @@ namespace tp {
 namespace {
 
 using test::download;
+using test::error_of;
 using test::on_ranks;
 using test::upload;
 using ::testing::HasSubstr;
@@ -22,16 +23,6 @@ using ::testing::HasSubstr;
 template <class T>
 class SequenceParallel : public ::testing::Test {};
 TYPED_TEST_SUITE(SequenceParallel, test::BlockFloats);
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no InvalidArgument thrown)";
-}
 
 /// Column (SP) -> row (SP) against the reference, and against the same pair without SP.
 TYPED_TEST(SequenceParallel, ColumnRowPairMatchesReferenceAndNonSequenceParallel) {

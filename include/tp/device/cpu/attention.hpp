@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tp/detail/extern_templates.hpp"
 #include "tp/detail/shape_checks.hpp"
 #include "tp/device/cpu/cpu.hpp"
 #include "tp/device/cpu/fast_math.hpp"
@@ -282,3 +283,14 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
 }
 
 }  // namespace tp::impl
+
+/// Compiled once where TP_EXTERN_TEMPLATES is defined (tp/detail/extern_templates.hpp).
+#define TP_CPU_ATTENTION_INSTANTIATIONS(EXTERN, T)                                                            \
+  EXTERN template void tp::impl::attention_forward<T>(                                                        \
+      const Cpu&, const detail::AttentionGeometry&, ConstView<T>, ConstView<T>, ConstView<T>,                 \
+      const AttentionSequences&, std::int64_t, bool, MatrixView<detail::attention_stat_t<T>>, MatrixView<T>); \
+  EXTERN template void tp::impl::attention_backward<T>(                                                       \
+      const Cpu&, const detail::AttentionGeometry&, ConstView<T>, ConstView<T>, ConstView<T>, ConstView<T>,   \
+      ConstView<detail::attention_stat_t<T>>, ConstView<T>, const AttentionSequences&, std::int64_t, bool,    \
+      MatrixView<T>, MatrixView<T>, MatrixView<T>);
+TP_EXTERN_INSTANTIATIONS(TP_CPU_ATTENTION_INSTANTIATIONS)

@@ -23,6 +23,7 @@
 
 #include "tp/core/error.hpp"
 #include "tp/core/tensor.hpp"
+#include "tp/detail/extern_templates.hpp"
 #include "tp/device/cpu/simd.hpp"
 
 namespace tp::detail {
@@ -237,3 +238,10 @@ void streaming_linear_backward(ConstView<T> dy, ConstView<T> x, ConstView<T> w, 
 }
 
 }  // namespace tp::detail
+
+/// Compiled once where TP_EXTERN_TEMPLATES is defined (tp/detail/extern_templates.hpp).
+#define TP_STREAMING_LINEAR_INSTANTIATIONS(EXTERN, T)                                                              \
+  EXTERN template void tp::detail::streaming_linear_forward<T>(ConstView<T>, ConstView<T>, T, MatrixView<T>, int); \
+  EXTERN template void tp::detail::streaming_linear_backward<T>(ConstView<T>, ConstView<T>, ConstView<T>, T,       \
+                                                                MatrixView<T>, T, MatrixView<T>, int);
+TP_EXTERN_INSTANTIATIONS(TP_STREAMING_LINEAR_INSTANTIATIONS)
