@@ -1,12 +1,13 @@
 #pragma once
 /// What the CUDA test harnesses and tests share: the skip rule (no device: skipped, with the
-/// reason), managed test buffers, and a communicator wrapper that waits for each collective so that
+/// reason), test buffers that host and device both reach, and a communicator wrapper that waits for each collective so that
 /// host-side test bodies can read the result. Host <-> device matrices: common/devices.hpp.
 
 #include <gtest/gtest.h>
 
 #include <cuda_runtime_api.h>
 
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,14 +41,59 @@ inline std::string no_cuda_device_reason() {
     if (!tp_why_.empty()) GTEST_SKIP() << "no CUDA device: " << tp_why_;             \
   } while (0)
 
-/// Test buffers in managed memory: readable by the host test body and by kernels and NCCL.
-inline void use_managed_buffers() {
-  buffer_memory().allocate = [](std::size_t bytes) -> void* {
-    void* p = nullptr;
-    TP_CUDA_CHECK(cudaMallocManaged(&p, bytes == 0 ? 1 : bytes), "allocating a {} byte managed test buffer", bytes);
-    return p;
-  };
-  buffer_memory().deallocate = [](void* p) { cudaFree(p); };
+/// Where test buffers live on a GPU: memory that the host test body writes and reads and that
+/// kernels and NCCL reach through the same pointer.
+enum class TestBuffers {
+  managed,  ///< cudaMallocManaged: pages move to whoever touches them
+  pinned,   ///< cudaMallocHost: page-locked host memory, read by the device over the bus
+};
+
+/// Managed memory only where `concurrentManagedAccess` is 1: without it (virtualised GPUs, some
+/// drivers), the host touching any managed page while a kernel runs, as rank threads do while
+/// their peers' kernels run, is a segmentation fault. Pinned memory has no such rule.
+inline TestBuffers test_buffers_for(int concurrent_managed_access) {
+  return concurrent_managed_access == 1 ? TestBuffers::managed : TestBuffers::pinned;
+}
+
+inline const char* describe(TestBuffers kind) {
+  return kind == TestBuffers::managed ? "managed memory" : "pinned host memory";
+}
+
+/// Makes Buffer<T> allocate `kind` (see common/harness.hpp).
+inline void use_test_buffers(TestBuffers kind) {
+  if (kind == TestBuffers::managed) {
+    buffer_memory().allocate = [](std::size_t bytes) -> void* {
+      void* p = nullptr;
+      TP_CUDA_CHECK(cudaMallocManaged(&p, bytes == 0 ? 1 : bytes), "allocating a {} byte managed test buffer",
+                    bytes);
+      return p;
+    };
+    buffer_memory().deallocate = [](void* p) { detail::discard_cuda_status(cudaFree(p)); };
+  } else {
+    buffer_memory().allocate = [](std::size_t bytes) -> void* {
+      void* p = nullptr;
+      TP_CUDA_CHECK(cudaMallocHost(&p, bytes == 0 ? 1 : bytes), "allocating a {} byte pinned test buffer", bytes);
+      return p;
+    };
+    buffer_memory().deallocate = [](void* p) { detail::discard_cuda_status(cudaFreeHost(p)); };
+  }
+}
+
+/// The device harnesses' buffers: test_buffers_for the current device, said once on stdout (the
+/// GPU suite's tests.log keeps it), e.g. "test buffers: managed memory (concurrentManagedAccess 1)".
+inline TestBuffers use_device_test_buffers() {
+  static const TestBuffers kind = [] {
+    int device = 0, concurrent = 0;
+    TP_CUDA_CHECK(cudaGetDevice(&device), "reading the current device");
+    TP_CUDA_CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device),
+                  "reading concurrentManagedAccess of device {}", device);
+    const TestBuffers k = test_buffers_for(concurrent);
+    std::printf("test buffers: %s (concurrentManagedAccess %d on device %d)\n", describe(k), concurrent, device);
+    std::fflush(stdout);
+    return k;
+  }();
+  use_test_buffers(kind);
+  return kind;
 }
 
 /// Forwards every collective and then waits for its stream (`sync`), so the caller may read the
@@ -100,6 +146,17 @@ class SyncedCommunicator final : public Communicator {
   std::shared_ptr<Communicator> inner_;
   Sync sync_;
 };
+
+/// Runs one rank's body under run_local and, when the test has failed an ASSERT_* by then,
+/// throws: a failed ASSERT_* returns from the body instead of throwing, and the peers would wait
+/// out the rendezvous timeout at their next collective, where a throw makes run_local wake them
+/// with a CommError at once.
+inline void run_rank_stopping_peers(const RankBody& body, std::shared_ptr<Communicator> comm) {
+  const int rank = comm->rank();
+  body(std::move(comm));
+  if (::testing::Test::HasFatalFailure())
+    TP_THROW(CommError, "rank {} left its body after a failed assertion (above); its peers are stopped", rank);
+}
 
 inline void sync_stream(Stream stream) {
   TP_CUDA_CHECK(cudaStreamSynchronize(stream), "waiting for a collective in a test");

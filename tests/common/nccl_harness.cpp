@@ -1,6 +1,6 @@
 /// NCCL: world size 1 on any GPU machine (NCCL refuses two ranks on one device), and world sizes
 /// up to 4 where there are that many GPUs, one thread and one device per rank, bootstrapped over a
-/// LocalCommunicator (the same path as bootstrapping over MPI). Test buffers are managed memory.
+/// LocalCommunicator (the same path as bootstrapping over MPI). Test buffers: use_device_test_buffers.
 ///
 /// One communicator per (world size, rank) for the whole process, made on first use and replaced
 /// only when a test left it aborted: creating and destroying one for each of the few hundred
@@ -40,7 +40,7 @@ void on_ranks(const RankBody& body) {
   std::string why;
   const int devices = Cuda::device_count(&why);
   if (devices == 0) GTEST_SKIP() << "no CUDA device: " << why;
-  use_managed_buffers();
+  use_device_test_buffers();
   try {
     auto& nccl = cached(1, 0);
     if (!nccl || nccl->aborted()) nccl = NcclCommunicator::create_single(kOptions);

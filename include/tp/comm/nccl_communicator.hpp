@@ -83,6 +83,57 @@ inline std::string nccl_status(ncclResult_t r, ncclComm_t comm = nullptr) {
                                           : std::string(ncclGetErrorString(r));
 }
 
+/// Where collective verification moves the call signatures: a device array with one slot per
+/// rank, which the all-gather fills, and pinned host memory on both sides of it. Pinned, because a
+/// copy between the device and pageable host memory may block the host until the stream reaches
+/// it (device to pageable host always does), and on the side stream that is after the all-gather,
+/// when every peer has joined: a missing peer would hang the host there, before the
+/// communicator's deadline could fire. Copies to and from pinned memory are only queued; the host
+/// waits in the communicator's poll, which has the deadline.
+class SignatureBuffers {
+ public:
+  static constexpr std::size_t words = CallSignature::words;
+
+  SignatureBuffers(int rank, int world) : rank_(rank), world_(world) {
+    const std::size_t bytes = words * sizeof(std::int64_t) * static_cast<std::size_t>(world);
+    TP_CUDA_CHECK(cudaMalloc(&device_, bytes), "allocating NCCL rank {}'s device array of {} call signatures", rank,
+                  world);
+    const cudaError_t status = cudaMallocHost(&host_, bytes + words * sizeof(std::int64_t));  // + this rank's own
+    if (status != cudaSuccess) discard_cuda_status(cudaFree(device_));
+    TP_CUDA_CHECK(status, "allocating NCCL rank {}'s pinned host copy of {} call signatures", rank, world);
+  }
+  SignatureBuffers(const SignatureBuffers&) = delete;
+  SignatureBuffers& operator=(const SignatureBuffers&) = delete;
+  ~SignatureBuffers() {
+    discard_cuda_status(cudaFree(device_));
+    discard_cuda_status(cudaFreeHost(host_));
+  }
+
+  /// Queues this rank's signature (`words` values) into its slot of device() and returns the slot.
+  std::int64_t* post(const std::int64_t* mine, cudaStream_t stream) {
+    std::int64_t* staged = host_ + words * static_cast<std::size_t>(world_);
+    std::memcpy(staged, mine, words * sizeof(std::int64_t));  // the previous exchange's copies are done
+    std::int64_t* slot = device_ + words * static_cast<std::size_t>(rank_);
+    TP_CUDA_CHECK(cudaMemcpyAsync(slot, staged, words * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream),
+                  "copying NCCL rank {}'s call signature to the device", rank_);
+    return slot;
+  }
+  /// Every rank's slot, which the all-gather writes.
+  std::int64_t* device() const { return device_; }
+  /// Queues the copy of device() to host(), which holds every signature once `stream` has passed it.
+  void fetch(cudaStream_t stream) {
+    TP_CUDA_CHECK(cudaMemcpyAsync(host_, device_, words * sizeof(std::int64_t) * static_cast<std::size_t>(world_),
+                                  cudaMemcpyDeviceToHost, stream),
+                  "copying the call signatures to the host on NCCL rank {}", rank_);
+  }
+  const std::int64_t* host() const { return host_; }
+
+ private:
+  int rank_, world_;
+  std::int64_t* device_ = nullptr;
+  std::int64_t* host_ = nullptr;
+};
+
 }  // namespace detail
 
 class NcclCommunicator final : public Communicator {
@@ -95,7 +146,7 @@ class NcclCommunicator final : public Communicator {
     AsyncWork(NcclCommunicator& comm, Stream caller, cudaEvent_t done) : comm_(comm), caller_(caller), done_(done) {}
     AsyncWork(const AsyncWork&) = delete;
     AsyncWork& operator=(const AsyncWork&) = delete;
-    ~AsyncWork() override { cudaEventDestroy(done_); }
+    ~AsyncWork() override { detail::discard_cuda_status(cudaEventDestroy(done_)); }
     /// Orders the result before whatever is queued next on the stream the collective was given
     /// (the caller's stream waits for the event); returns without waiting for the GPU.
     void wait() override {
@@ -142,11 +193,11 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
   ~NcclCommunicator() override {
-    cudaSetDevice(device_);
+    detail::discard_cuda_status(cudaSetDevice(device_));
     release_comm();
-    if (scratch_) cudaFree(scratch_);
-    if (signatures_) cudaFree(signatures_);
-    if (side_) cudaStreamDestroy(side_);
+    signatures_.reset();
+    if (scratch_) detail::discard_cuda_status(cudaFree(scratch_));
+    if (side_) detail::discard_cuda_status(cudaStreamDestroy(side_));
   }
 
   int rank() const override { return rank_; }
@@ -177,7 +228,7 @@ class NcclCommunicator final : public Communicator {
     TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
     cudaError_t status = cudaEventRecord(ready, stream);
     if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
-    cudaEventDestroy(ready);  // released once the wait has consumed it
+    detail::discard_cuda_status(cudaEventDestroy(ready));  // released once the wait has consumed it
     TP_CUDA_CHECK(status, "ordering an asynchronous all_reduce of {} x {} after the caller's stream on rank {}", count,
                   name(dtype), rank_);
     enqueue("all_reduce_async", count, dtype, [&] {
@@ -233,23 +284,20 @@ class NcclCommunicator final : public Communicator {
   }
 
   /// Collective verification: the signatures travel through device memory on the side stream
-  /// (NCCL moves nothing else), and the host waits for them, with the timeout.
+  /// (NCCL moves nothing else), staged in pinned host memory (detail::SignatureBuffers), and the
+  /// host waits for them only in wait_stream's poll, with the timeout.
   void do_exchange_signatures(const std::int64_t* mine, std::int64_t* all) override {
+    if (aborted_)
+      TP_THROW(CommError, "NcclCommunicator rank {} of {}: call signature exchange on an aborted communicator", rank_,
+               world_);
     activate();
-    constexpr std::size_t words = detail::CallSignature::words;
-    const std::size_t bytes = words * sizeof(std::int64_t);
-    if (signatures_ == nullptr)
-      TP_CUDA_CHECK(cudaMalloc(&signatures_, bytes * static_cast<std::size_t>(world_)),
-                    "allocating NCCL rank {}'s {} call signatures", rank_, world_);
-    std::int64_t* slot = signatures_ + static_cast<std::size_t>(rank_) * words;
-    TP_CUDA_CHECK(cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, side_),
-                  "copying NCCL rank {}'s call signature to the device", rank_);
+    constexpr std::size_t words = detail::SignatureBuffers::words;
+    std::int64_t* slot = signatures_->post(mine, side_);
     enqueue("call signature exchange", words, DType::i64,
-            [&] { return ncclAllGather(slot, signatures_, words, ncclInt64, comm_, side_); });
-    TP_CUDA_CHECK(cudaMemcpyAsync(all, signatures_, bytes * static_cast<std::size_t>(world_), cudaMemcpyDeviceToHost,
-                                  side_),
-                  "copying the call signatures to the host on NCCL rank {}", rank_);
+            [&] { return ncclAllGather(slot, signatures_->device(), words, ncclInt64, comm_, side_); });
+    signatures_->fetch(side_);
     wait_stream(side_, "the call signature exchange", options_.timeout, /*abort_on_timeout=*/true);
+    std::memcpy(all, signatures_->host(), words * sizeof(std::int64_t) * static_cast<std::size_t>(world_));
   }
 
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
@@ -387,6 +435,8 @@ class NcclCommunicator final : public Communicator {
     TP_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "creating NCCL rank {}'s side stream",
                   rank_);
     TP_CUDA_CHECK(cudaMalloc(&scratch_, sizeof(int)), "allocating NCCL rank {}'s barrier word", rank_);
+    // Here rather than at the first exchange: allocating pinned memory may wait for the device.
+    if (world_ > 1) signatures_ = std::make_unique<detail::SignatureBuffers>(rank_, world_);
   }
 
   void activate() const {
@@ -468,7 +518,7 @@ class NcclCommunicator final : public Communicator {
     cudaEvent_t done = nullptr;
     TP_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "creating an event");
     const cudaError_t recorded = cudaEventRecord(done, ran_on);
-    if (recorded != cudaSuccess) cudaEventDestroy(done);
+    if (recorded != cudaSuccess) detail::discard_cuda_status(cudaEventDestroy(done));
     TP_CUDA_CHECK(recorded, "recording an event after a collective on rank {}", rank_);
     return std::make_unique<AsyncWork>(*this, caller, done);
   }
@@ -479,15 +529,15 @@ class NcclCommunicator final : public Communicator {
     cudaEvent_t event = nullptr;
     TP_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "creating an event");
     const cudaError_t recorded = cudaEventRecord(event, stream);
-    if (recorded != cudaSuccess) cudaEventDestroy(event);
+    if (recorded != cudaSuccess) detail::discard_cuda_status(cudaEventDestroy(event));
     TP_CUDA_CHECK(recorded, "recording an event on the stream of rank {}", rank_);
     try {
       wait_event(event, what, timeout, abort_on_timeout);
     } catch (...) {
-      cudaEventDestroy(event);
+      detail::discard_cuda_status(cudaEventDestroy(event));
       throw;
     }
-    cudaEventDestroy(event);
+    detail::discard_cuda_status(cudaEventDestroy(event));
   }
 
   /// Polls `event` and the communicator's asynchronous error until the event completes. An NCCL
@@ -523,7 +573,7 @@ class NcclCommunicator final : public Communicator {
   bool aborted_ = false;
   cudaStream_t side_ = nullptr;
   int* scratch_ = nullptr;
-  std::int64_t* signatures_ = nullptr;
+  std::unique_ptr<detail::SignatureBuffers> signatures_;  // none at world size 1, which exchanges nothing
 };
 
 }  // namespace tp

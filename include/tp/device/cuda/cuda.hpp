@@ -1,5 +1,6 @@
 #pragma once
-/// The GPU device: stream-ordered device memory, copies and cuBLASLt GEMMs (with fused epilogues),
+/// The GPU device: stream-ordered device memory (plain device allocations on GPUs without memory
+/// pools, see tp/device/cuda/memory.hpp), copies and cuBLASLt GEMMs (with fused epilogues),
 /// the members of the `Device` concept, so the layers run unchanged with `Device = tp::Cuda`. The
 /// ops (tp::ops::gelu(cuda, ...)) launch kernels from tp/device/cuda/<family>.cuh. Every call is
 /// ordered on the device's stream; only `to_host`, `from_host` and `synchronize` wait for it.
@@ -34,6 +35,7 @@
 #include "tp/detail/shape_checks.hpp"
 #include "tp/device/cuda/error.hpp"
 #include "tp/device/cuda/gemm.hpp"
+#include "tp/device/cuda/memory.hpp"
 #include "tp/device/device.hpp"
 
 #ifdef __CUDACC__
@@ -81,6 +83,9 @@ struct CudaOptions {
   std::size_t workspace_bytes = std::size_t{32} << 20;
   /// Borrow this stream instead of creating one (the device does not destroy it).
   Stream stream = nullptr;
+  /// Allocate from the device's stream-ordered memory pool when the device has pools; false, or a
+  /// device without them, allocates with cudaMalloc and frees with cudaFree (which waits for the device).
+  bool memory_pool = true;
 };
 
 class Cuda {
@@ -118,9 +123,10 @@ class Cuda {
                     device_);
       owns_stream_ = true;
     }
+    pooled_ = options.memory_pool && detail::memory_pools_supported(device_);
     try {
-      configure_pool(count);
-      gemm_ = std::make_unique<detail::LtGemm>(stream_, options.workspace_bytes);
+      if (pooled_) configure_pool(count);
+      gemm_ = std::make_unique<detail::LtGemm>(stream_, options.workspace_bytes, pooled_);
     } catch (...) {
       if (owns_stream_) cudaStreamDestroy(stream_);
       throw;
@@ -129,17 +135,19 @@ class Cuda {
   Cuda(const Cuda&) = delete;
   Cuda& operator=(const Cuda&) = delete;
   ~Cuda() {
-    cudaSetDevice(device_);
+    detail::discard_cuda_status(cudaSetDevice(device_));
     gemm_->release(stream_);
     if (owns_stream_) {
-      cudaStreamSynchronize(stream_);
-      cudaStreamDestroy(stream_);
+      detail::discard_cuda_status(cudaStreamSynchronize(stream_));
+      detail::discard_cuda_status(cudaStreamDestroy(stream_));
     }
   }
 
   int device() const { return device_; }
   const Options& options() const { return options_; }
   Stream stream() const { return stream_; }
+  /// Whether allocate() draws from the stream-ordered pool (else cudaMalloc; see Options::memory_pool).
+  bool uses_memory_pool() const { return pooled_; }
   void synchronize() const {
     activate();
     TP_CUDA_CHECK(cudaStreamSynchronize(stream_), "synchronizing the stream of device {}", device_);
@@ -156,16 +164,16 @@ class Cuda {
     if (n == 0) return nullptr;
     activate();
     void* p = nullptr;
-    TP_CUDA_CHECK(cudaMallocAsync(&p, static_cast<std::size_t>(n) * sizeof(T), stream_),
-                  "allocating {} elements ({} bytes) on device {}", n, static_cast<std::size_t>(n) * sizeof(T),
-                  device_);
+    TP_CUDA_CHECK(detail::device_malloc(&p, static_cast<std::size_t>(n) * sizeof(T), stream_, pooled_),
+                  "allocating {} elements ({} bytes) on device {}{}", n, static_cast<std::size_t>(n) * sizeof(T),
+                  device_, pooled_ ? "" : " (cudaMalloc: no memory pool)");
     return static_cast<T*>(p);
   }
   template <class T>
   void deallocate(T* p, std::int64_t) const noexcept {
     if (p == nullptr) return;
-    cudaSetDevice(device_);
-    cudaFreeAsync(p, stream_);  // a failure here cannot be reported from a destructor
+    detail::discard_cuda_status(cudaSetDevice(device_));
+    detail::device_free(p, stream_, pooled_);
   }
 
   /// dst = src within device memory (any mix of device, managed and pinned memory works: UVA).
@@ -308,6 +316,7 @@ class Cuda {
   int device_ = 0;
   Stream stream_ = nullptr;
   bool owns_stream_ = false;
+  bool pooled_ = true;
   std::unique_ptr<detail::LtGemm> gemm_;
 };
 static_assert(Device<Cuda>);

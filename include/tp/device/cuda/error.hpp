@@ -23,6 +23,13 @@ inline std::string cublas_status(cublasStatus_t status) {
   return fmt::format("{} ({})", cublasLtGetStatusName(status), cublasLtGetStatusString(status));
 }
 
+/// A status that no caller can be told about (a free in a destructor): dropped, and cleared from
+/// the thread's last-error slot, which every failing runtime call sets, so that the next kernel
+/// launch's check does not report it as its own failure.
+inline void discard_cuda_status(cudaError_t status) noexcept {
+  if (status != cudaSuccess) (void)cudaGetLastError();
+}
+
 }  // namespace tp::detail
 
 /// TP_CUDA_CHECK(cudaMallocAsync(&p, n, s), "allocating {} bytes", n): throws tp::CudaError

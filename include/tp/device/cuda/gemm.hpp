@@ -26,6 +26,7 @@
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/device/cuda/error.hpp"
+#include "tp/device/cuda/memory.hpp"
 
 namespace tp {
 
@@ -128,13 +129,15 @@ class GemmPlan {
   cublasLtMatmulAlgo_t algo_{};
 };
 
-/// A cuBLASLt handle, its workspace (stream-ordered device memory) and the plan cache.
+/// A cuBLASLt handle, its workspace (device memory as tp::Cuda allocates it: from the pool when
+/// `pooled`, see memory.hpp) and the plan cache.
 class LtGemm {
  public:
-  LtGemm(cudaStream_t stream, std::size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+  LtGemm(cudaStream_t stream, std::size_t workspace_bytes, bool pooled)
+      : workspace_bytes_(workspace_bytes), pooled_(pooled) {
     TP_CUBLAS_CHECK(cublasLtCreate(&handle_), "creating the cuBLASLt handle");
     if (workspace_bytes_ > 0) {
-      const cudaError_t status = cudaMallocAsync(&workspace_, workspace_bytes_, stream);
+      const cudaError_t status = device_malloc(&workspace_, workspace_bytes_, stream, pooled_);
       if (status != cudaSuccess) {
         cublasLtDestroy(handle_);
         TP_CUDA_CHECK(status, "allocating a {} byte cuBLASLt workspace", workspace_bytes_);
@@ -146,7 +149,7 @@ class LtGemm {
   /// The workspace goes back on `stream`, after the GEMMs that used it.
   void release(cudaStream_t stream) noexcept {
     plans_.clear();
-    if (workspace_) cudaFreeAsync(workspace_, stream);
+    device_free(workspace_, stream, pooled_);
     workspace_ = nullptr;
     if (handle_) cublasLtDestroy(handle_);
     handle_ = nullptr;
@@ -286,6 +289,7 @@ class LtGemm {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
+  bool pooled_ = true;
   std::mutex mutex_;
   std::unordered_map<GemmKey, std::unique_ptr<GemmPlan>, GemmKeyHash> plans_;
 };

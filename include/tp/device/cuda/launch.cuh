@@ -89,12 +89,19 @@ inline unsigned row_grid(long long rows) {
   return static_cast<unsigned>(rows < 1 ? 1 : (rows > 65535 * 8 ? 65535 * 8 : rows));
 }
 
+/// Empties the calling thread's last-error slot before a launch, whose check reads that slot: an
+/// earlier call's failure left there (its status already returned to, or discarded by, its own
+/// caller) would otherwise be reported as this kernel's. A sticky error (a corrupted context) is
+/// not lost: the launch itself fails with it again.
+inline void clear_last_error() noexcept { (void)cudaGetLastError(); }
+
 /// kernel<<<grid, block, 0, dev.stream()>>>(args...) on `dev`'s GPU, then the launch check, whose
 /// message names the kernel, the rows x cols it ran on and the device.
 template <class Dev, class... Params, class... Args>
 void launch(const Dev& dev, const char* name, std::int64_t rows, std::int64_t cols, unsigned grid, unsigned block,
             void (*kernel)(Params...), Args&&... args) {
   dev.activate();
+  clear_last_error();
   kernel<<<grid, block, 0, dev.stream()>>>(static_cast<Params>(args)...);
   TP_CUDA_CHECK(cudaGetLastError(), "launching the {} kernel on a {}x{} matrix on device {}", name, rows, cols,
                 dev.device());

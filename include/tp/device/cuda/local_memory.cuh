@@ -13,7 +13,8 @@
 /// Several GPUs: the reduction kernels read the peers' buffers directly, so each rank's device
 /// must reach the others' memory. tp::Cuda grants every peer that cudaDeviceCanAccessPeer allows
 /// access to its memory pool (cudaMemPoolSetAccess), which is where its tensors live; buffers from
-/// plain cudaMalloc also need cudaDeviceEnablePeerAccess by the caller. Without peer access between
+/// plain cudaMalloc also need cudaDeviceEnablePeerAccess by the caller (so do a tp::Cuda's tensors
+/// on GPUs without memory pools, where it allocates with cudaMalloc). Without peer access between
 /// two GPUs, use NCCL. Tested on one GPU only: the GPU machines here have one.
 
 #include <cuda_bf16.h>
@@ -44,6 +45,7 @@ class CudaLocalMemory final : public LocalMemory {
     if (count == 0) return;
     kernels::Sources sources{};
     for (int q = 0; q < n; ++q) sources.ptr[q] = srcs[q];
+    kernels::clear_last_error();
     switch (dtype) {
       case DType::f32:
         launch<float>(sources, n, offset, count, dst, op, stream);
