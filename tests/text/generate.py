@@ -83,7 +83,8 @@ FIXED = [
     "e\u0301 n\u0303 a\u0308 combining", "\u1e9b\u0323 Å Å Å", "ﬁ ﬂ ① ㍿ full-width ＡＢＣ１２３",
     "∑ ∫ √ ∞ ≠ ≤ ≥ π", "← → ↑ ↓ ★ ☆ ♠ ♥", "«quotes» „German“ “English” ‘single’",
     "zero\u200bwidth\u200cjoin\u200d", "\ufeffBOM at start", "NEL\u0085here", "ideographic\u3000space",
-    "control\x00char\x07bell\x1bescape", "private \ue000\uf8ff use", "new punctuation \u2e4e \u2e5d after Unicode 8",
+    "control\x00char\x07bell\x1bescape", "private \ue000\uf8ff use", "new punctuation \u2e4e \u2e5d after Unicode 8", "in word\u2e4eword x\u2e5dy",
+    "newer format a\U00013430b and mark \U0001e900\U0001e94a\U0001e901",
     "Adlam 𞤀𞤢 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math", "ǅ ǈ titlecase ΣΑΣ σας", "a" * 300, "ab" * 150 + " " + "xyz" * 40,
     "!!!???...,,,;;;", "...", "—–-", "(((nested)))", "C++ C# F# .NET", "snake_case camelCase PascalCase",
 ] + MULTILINGUAL
@@ -105,17 +106,17 @@ def training_text():
     return lines[:1500] + MULTILINGUAL * 3 + FIXED[14:40]
 
 
-def test_inputs(specials, rng):
+def test_inputs(specials, rng, count):
     """The strings (or bytes) every family is checked on: the fixed list, invalid UTF-8, special
     tokens inside text, lines of Genesis, and random mixes of all of them."""
     lines = genesis_lines()
     inputs = list(FIXED) + list(INVALID_UTF8)
     for tok in specials:
         inputs += [tok, f"a{tok}b", f" {tok} ", f"Hello {tok}{tok} world", f"{tok}\nnext line", f"x{tok}"]
-    inputs += rng.sample(lines, 80)
+    inputs += rng.sample(lines, count // 4)
     fragments = FIXED + lines[:50] + list(specials)
     seps = [" ", "  ", "\t", "\n", "", " \n", "\u3000"]
-    while len(inputs) < 320:
+    while len(inputs) < count:
         parts = rng.sample(fragments, rng.randint(2, 5))
         inputs.append("".join(p + rng.choice(seps) for p in parts))
     return inputs
@@ -298,6 +299,61 @@ def bert_uncased(wheel):
     return j, config
 
 
+def roberta():
+    """RoBERTa: GPT-2's byte-level BPE with add_prefix_space, RobertaProcessing (<s> $A </s>) and
+    an lstrip <mask>, as roberta-base's tokenizer.json has them."""
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = byte_level_bpe(700, specials, pre=pre_tokenizers.ByteLevel(add_prefix_space=True, trim_offsets=True))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
+                                                      trim_offsets=True, add_prefix_space=True)
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
+    return json.loads(tok.to_str()), None
+
+
+def composite_bpe():
+    """Not a real model's file: the components no family above uses, on a BPE with a
+    continuing_subword_prefix and an end_of_word_suffix. Normalizer NFKC, Replace (regex), Strip,
+    Lowercase; pre-tokenizer Punctuation (merged with next), Digits (runs), CharDelimiterSplit,
+    Metaspace (always, split); decoders Replace, BPEDecoder, Metaspace; RobertaProcessing."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Strip(left=True, right=True), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Punctuation(behavior="merged_with_next"), pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.CharDelimiterSplit("_"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["[UNK]", "<s>", "</s>"], limit_alphabet=120,
+                                  continuing_subword_prefix="##", end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    tok.decoder = decoders.Sequence([decoders.Replace("##", ""), decoders.BPEDecoder(suffix="</w>"),
+                                     decoders.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    return json.loads(tok.to_str()), None
+
+
+def composite_wordpiece():
+    """Not a real model's file: WordPiece (max_input_chars_per_word 12) behind NFKD, StripAccents,
+    Replace (string) and a left Strip; Split with each delimiter behaviour (removed, merged with
+    previous / next, contiguous inverted), WhitespaceSplit and Whitespace; WordPiece decoder
+    without cleanup; TemplateProcessing [CLS] $A [SEP]."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=12))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(),
+                                           normalizers.Replace("``", '"'), normalizers.Strip(left=True, right=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\n+"), behavior="removed"),
+        pre_tokenizers.Split("-", behavior="merged_with_previous"),
+        pre_tokenizers.Split(Regex(r"[A-Z]"), behavior="merged_with_next"),
+        pre_tokenizers.Split(Regex(r"\p{L}+"), behavior="contiguous", invert=True),
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Whitespace()])
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=700, special_tokens=specials, limit_alphabet=150, show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return json.loads(tok.to_str()), None
+
+
 def reference_special_tokens(directory):
     """transformers' view of the special tokens (bos, eos, pad, unk) of the directory."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -346,7 +402,8 @@ def main():
     parser.add_argument("--seed", type=int, default=26)
     args = parser.parse_args()
     families = {"gpt2": gpt2, "llama3": llama3, "qwen2": qwen2, "smollm2": smollm2, "llama2": llama2,
-                "mistral": mistral, "bert-cased": bert_cased, "bert-uncased": lambda: bert_uncased(args.wheel)}
+                "mistral": mistral, "bert-cased": bert_cased, "bert-uncased": lambda: bert_uncased(args.wheel),
+                "roberta": roberta, "composite-bpe": composite_bpe, "composite-wordpiece": composite_wordpiece}
     for name, make in families.items():
         j, config = make()
         out = os.path.join(args.out, name)
@@ -359,7 +416,8 @@ def main():
                 json.dump(config, f, ensure_ascii=False, indent=1)
         tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
         specials = [t["content"] for t in j["added_tokens"]]
-        inputs = test_inputs(specials, random.Random(f"{args.seed}-{name}"))
+        count = 150 if name in ("roberta", "composite-bpe", "composite-wordpiece") else 300
+        inputs = test_inputs(specials, random.Random(f"{args.seed}-{name}"), count)
         golden = {"tokenizers": tokenizers.__version__, "family": name,
                   "vocab_size": tok.get_vocab_size(with_added_tokens=True),
                   "special_tokens": reference_special_tokens(out) if config is not None else {},

@@ -76,7 +76,7 @@ void check_family(const std::string& family) {
                     << "\n  expected " << nlohmann::json(skipped).dump();
   }
   EXPECT_EQ(failures, 0) << family << ": " << failures << " of " << cases << " cases differ from the reference";
-  EXPECT_GE(cases, 300) << family;
+  EXPECT_GE(cases, 150) << family;
   std::printf("%s: %d cases, %d decode to the string itself\n", family.c_str(), cases, lossless);
 }
 
@@ -88,6 +88,10 @@ TEST(TokenizerGolden, Llama2) { check_family("llama2"); }
 TEST(TokenizerGolden, Mistral) { check_family("mistral"); }
 TEST(TokenizerGolden, BertCased) { check_family("bert-cased"); }
 TEST(TokenizerGolden, BertUncased) { check_family("bert-uncased"); }
+TEST(TokenizerGolden, Roberta) { check_family("roberta"); }
+// The components no real family above uses (tests/text/README.md).
+TEST(TokenizerGolden, CompositeBpe) { check_family("composite-bpe"); }
+TEST(TokenizerGolden, CompositeWordPiece) { check_family("composite-wordpiece"); }
 
 // Byte-level BPE without a normalizer loses nothing: every valid string comes back whole.
 TEST(TokenizerGolden, ByteLevelRoundTripsEveryValidString) {

@@ -246,12 +246,7 @@ inline std::unique_ptr<Decoder> make_decoder(const JsonNode& node) {
   if (type == "ByteFallback") return std::make_unique<d::ByteFallback>();
   if (type == "Fuse") return std::make_unique<d::Fuse>();
   if (type == "Strip") return std::make_unique<d::Strip>(node);
-  if (type == "Sequence") {
-    const JsonNode list = node.at("decoders");
-    std::vector<std::unique_ptr<Decoder>> parts;
-    for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make_decoder(list[i]));
-    return std::make_unique<d::Sequence>(std::move(parts));
-  }
+  if (type == "Sequence") return std::make_unique<d::Sequence>(make_each(node.at("decoders"), make_decoder));
   node.fail("decoder type \"{}\" is not supported (tp has ByteLevel, Metaspace, WordPiece, BPEDecoder, Replace, "
             "ByteFallback, Fuse, Strip and Sequence)",
             type);

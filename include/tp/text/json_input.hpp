@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "tp/core/error.hpp"
 #include "tp/io/file.hpp"
@@ -143,5 +144,13 @@ class JsonNode {
   const nlohmann::json* value_;
   std::string file_, path_;
 };
+
+/// `make(entry)` for each entry of a JSON array, in order (the parts of a Sequence component).
+template <class Make>
+auto make_each(const JsonNode& list, Make make) {
+  std::vector<decltype(make(list))> parts;
+  for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make(list[i]));
+  return parts;
+}
 
 }  // namespace tp::text

@@ -210,12 +210,7 @@ inline std::unique_ptr<Normalizer> make_normalizer(const JsonNode& node) {
   if (type == "Replace") return std::make_unique<n::Replace>(node);
   if (type == "Prepend") return std::make_unique<n::Prepend>(node);
   if (type == "ByteLevel") return std::make_unique<n::ByteLevel>();
-  if (type == "Sequence") {
-    const JsonNode list = node.at("normalizers");
-    std::vector<std::unique_ptr<Normalizer>> parts;
-    for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make_normalizer(list[i]));
-    return std::make_unique<n::Sequence>(std::move(parts));
-  }
+  if (type == "Sequence") return std::make_unique<n::Sequence>(make_each(node.at("normalizers"), make_normalizer));
   node.fail("normalizer type \"{}\" is not supported (tp has BertNormalizer, Lowercase, Strip, StripAccents, NFC, NFD, "
             "NFKC, NFKD, Replace, Prepend, ByteLevel and Sequence)",
             type);

@@ -129,12 +129,7 @@ inline std::unique_ptr<PostProcessor> make_post_processor(const JsonNode& node) 
   if (type == "TemplateProcessing") return p::make_template(node);
   if (type == "BertProcessing" || type == "RobertaProcessing") return p::make_cls_sep(node);
   if (type == "ByteLevel") return std::make_unique<p::Around>(std::vector<std::int64_t>{}, std::vector<std::int64_t>{});
-  if (type == "Sequence") {
-    const JsonNode list = node.at("processors");
-    std::vector<std::unique_ptr<PostProcessor>> parts;
-    for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make_post_processor(list[i]));
-    return std::make_unique<p::Sequence>(std::move(parts));
-  }
+  if (type == "Sequence") return std::make_unique<p::Sequence>(make_each(node.at("processors"), make_post_processor));
   node.fail("post-processor type \"{}\" is not supported (tp has TemplateProcessing, BertProcessing, RobertaProcessing, "
             "ByteLevel and Sequence)",
             type);

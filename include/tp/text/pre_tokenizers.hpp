@@ -244,11 +244,16 @@ class Bert final : public PreTokenizer {
   }
 };
 
-/// Runs of word characters and runs of other non-space characters (`\w+|[^\w\s]+`).
+/// Runs of word characters and runs of other non-space characters: the reference's
+/// `\w+|[^\w\s]+` in Rust's regex syntax, where \w is Alphabetic, marks, decimal digits,
+/// connector punctuation and Join_Control (PCRE2's \w lacks some of these: the zero-width joiner
+/// of emoji sequences is one) and \s is White_Space, spelled out here.
 class Whitespace final : public PreTokenizer {
  public:
   void pre_tokenize(std::vector<Piece>& pieces) const override {
-    static const Regex words(R"(\w+|[^\w\s]+)", false, "Whitespace pre-tokenizer");
+    static const Regex words(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+)"
+                             R"(|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\p{White_Space}]+)",
+                             false, "Whitespace pre-tokenizer");
     split_each(pieces, [](const Piece& p, std::vector<Piece>& out) {
       split_piece(p, words.split(p.text), SplitBehavior::removed, true, out);
     });
@@ -314,12 +319,7 @@ inline std::unique_ptr<PreTokenizer> make_pre_tokenizer(const JsonNode& node) {
     if (c.size() != 1) d.fail("expected one character, found \"{}\"", d.string());
     return p::character_split([delimiter = c[0]](char32_t x) { return x == delimiter; }, SplitBehavior::removed);
   }
-  if (type == "Sequence") {
-    const JsonNode list = node.at("pretokenizers");
-    std::vector<std::unique_ptr<PreTokenizer>> parts;
-    for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make_pre_tokenizer(list[i]));
-    return std::make_unique<p::Sequence>(std::move(parts));
-  }
+  if (type == "Sequence") return std::make_unique<p::Sequence>(make_each(node.at("pretokenizers"), make_pre_tokenizer));
   node.fail("pre-tokenizer type \"{}\" is not supported (tp has ByteLevel, Split, Metaspace, BertPreTokenizer, "
             "Whitespace, WhitespaceSplit, Digits, Punctuation, CharDelimiterSplit and Sequence)",
             type);
