@@ -84,7 +84,7 @@ FIXED = [
     "∑ ∫ √ ∞ ≠ ≤ ≥ π", "← → ↑ ↓ ★ ☆ ♠ ♥", "«quotes» „German“ “English” ‘single’",
     "zero\u200bwidth\u200cjoin\u200d", "\ufeffBOM at start", "NEL\u0085here", "ideographic\u3000space",
     "control\x00char\x07bell\x1bescape", "private \ue000\uf8ff use", "new punctuation \u2e4e \u2e5d after Unicode 8", "in word\u2e4eword x\u2e5dy",
-    "newer format a\U00013430b and mark \U0001e900\U0001e94a\U0001e901",
+    "newer format a\U00013430b and mark \U0001e900\U0001e94a\U0001e901", "newer marks hello\u1ac1 world\u1dfa",
     "Adlam 𞤀𞤢 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math", "ǅ ǈ titlecase ΣΑΣ σας", "a" * 300, "ab" * 150 + " " + "xyz" * 40,
     "!!!???...,,,;;;", "...", "—–-", "(((nested)))", "C++ C# F# .NET", "snake_case camelCase PascalCase",
 ] + MULTILINGUAL
