@@ -108,8 +108,11 @@ class JsonNode {
   /// An integer in [lo, hi].
   std::int64_t integer(std::int64_t lo = 0, std::int64_t hi = std::numeric_limits<std::int32_t>::max()) const {
     if (!value_->is_number_integer()) expected("an integer");
-    if (value_->is_number_unsigned() ? value_->get<std::uint64_t>() > static_cast<std::uint64_t>(hi)
-                                     : value_->get<std::int64_t>() < lo || value_->get<std::int64_t>() > hi)
+    const bool in_range =
+        value_->is_number_unsigned()
+            ? value_->get<std::uint64_t>() <= static_cast<std::uint64_t>(hi) && value_->get<std::int64_t>() >= lo
+            : value_->get<std::int64_t>() >= lo && value_->get<std::int64_t>() <= hi;
+    if (!in_range)
       fail("is {}, outside [{}, {}]", value_->dump(), lo, hi);
     return value_->get<std::int64_t>();
   }
