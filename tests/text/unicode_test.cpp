@@ -32,8 +32,10 @@ TEST(Unicode, PropertiesAndForms) {
   EXPECT_TRUE(u::is_white_space(0x3000));
   EXPECT_FALSE(u::is_white_space(0x200B));
   EXPECT_TRUE(u::is_punctuation(0x2E4E));             // Po since Unicode 11 ...
-  EXPECT_FALSE(u::assigned_by_unicode_8(0x2E4E));     // ... which BERT's tables predate
-  EXPECT_TRUE(u::assigned_by_unicode_8(U'!'));
+  EXPECT_FALSE(u::assigned_by_unicode(0x2E4E, 8));    // ... which BERT's tables predate
+  EXPECT_TRUE(u::assigned_by_unicode(0x2E4E, 11));
+  EXPECT_TRUE(u::assigned_by_unicode(U'!', 8));
+  EXPECT_FALSE(u::assigned_by_unicode(0x0378, 15));   // unassigned
   std::string lower;
   u::append_lowercase(lower, 0x130);
   EXPECT_EQ(lower, "i\xCC\x87");

@@ -54,7 +54,7 @@ inline std::string lowercase(std::string_view text) {
 /// BERT's normalizer: control characters removed and whitespace made spaces (clean_text), CJK
 /// ideographs surrounded by spaces (handle_chinese_chars), accents stripped (NFD, then the
 /// non-spacing marks removed; by default when lowercasing) and lowercase. Its control, format
-/// and mark classes are Unicode 8.0's, as the reference's tables are (unicode::assigned_by_unicode_8).
+/// and mark classes are Unicode 8.0's, as the reference's tables are (unicode::assigned_by_unicode).
 class Bert final : public Normalizer {
  public:
   explicit Bert(const JsonNode& node)
@@ -67,7 +67,7 @@ class Bert final : public Normalizer {
   static bool is_control(char32_t c) {
     if (c == '\t' || c == '\n' || c == '\r') return false;
     const auto t = unicode::category(c);
-    return t == U_CONTROL_CHAR || t == U_PRIVATE_USE_CHAR || (t == U_FORMAT_CHAR && unicode::assigned_by_unicode_8(c));
+    return t == U_CONTROL_CHAR || t == U_PRIVATE_USE_CHAR || (t == U_FORMAT_CHAR && unicode::assigned_by_unicode(c, 8));
   }
   static bool is_chinese_char(char32_t c) {
     return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
@@ -94,7 +94,7 @@ class Bert final : public Normalizer {
     if (strip_accents_)
       text = filter_map(
           unicode::normalize(text, unicode::NormalizationForm::nfd),
-          [](char32_t c) { return !(unicode::category(c) == U_NON_SPACING_MARK && unicode::assigned_by_unicode_8(c)); },
+          [](char32_t c) { return !(unicode::category(c) == U_NON_SPACING_MARK && unicode::assigned_by_unicode(c, 8)); },
           [](char32_t c) { return c; });
     if (lowercase_) text = lowercase(text);
     return text;
@@ -127,11 +127,14 @@ class Strip final : public Normalizer {
   bool left_, right_;
 };
 
-/// Removes combining marks (Mn, Mc, Me); meant to follow NFD or NFKD.
+/// Removes combining marks (Mn, Mc, Me) that Unicode 9.0 had (the reference's table); meant to
+/// follow NFD or NFKD.
 class StripAccents final : public Normalizer {
  public:
   std::string normalize(std::string text) const override {
-    return filter_map(text, [](char32_t c) { return !unicode::is_mark(c); }, [](char32_t c) { return c; });
+    return filter_map(
+        text, [](char32_t c) { return !(unicode::is_mark(c) && unicode::assigned_by_unicode(c, 9)); },
+        [](char32_t c) { return c; });
   }
 };
 

@@ -124,7 +124,7 @@ void split_each(std::vector<Piece>& pieces, Fn&& split) {
 /// ASCII punctuation, or a Unicode 8.0 punctuation character (the reference's tables).
 inline bool is_bert_punctuation(char32_t c) {
   if (c < 0x80) return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
-  return unicode::is_punctuation(c) && unicode::assigned_by_unicode_8(c);
+  return unicode::is_punctuation(c) && unicode::assigned_by_unicode(c, 8);
 }
 
 /// GPT-2's pre-tokenizer: an optional leading space, GPT-2's regex (contractions, letters, numbers,

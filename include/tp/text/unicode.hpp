@@ -159,14 +159,15 @@ inline bool is_word_character(char32_t c) {
          t == U_CONNECTOR_PUNCTUATION || u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_JOIN_CONTROL);
 }
 
-/// Whether Unicode 8.0 had assigned `c`. The `tokenizers` library takes the categories BERT's
-/// components test (punctuation, control and format characters, non-spacing marks) from tables
-/// of Unicode 8.0 (the unicode_categories crate), so a character assigned since is none of them
-/// there; tp asks ICU for the category and this for the age, to answer as those tables do.
-inline bool assigned_by_unicode_8(char32_t c) {
+/// Whether Unicode `major`.0 had assigned `c`. Some of the `tokenizers` library's components
+/// answer from Unicode tables of their own age: BERT's punctuation, control, format and
+/// non-spacing-mark classes are Unicode 8.0's (the unicode_categories crate), StripAccents' marks
+/// Unicode 9.0's (unicode-normalization-alignments), so a character assigned since is none of
+/// them there. tp asks ICU for the category and this for the age, to answer as those tables do.
+inline bool assigned_by_unicode(char32_t c, int major) {
   UVersionInfo age{};
   u_charAge(static_cast<UChar32>(c), age);
-  return age[0] != 0 && age[0] <= 8;  // age 0.0: unassigned
+  return age[0] != 0 && age[0] <= major;  // age 0.0: unassigned
 }
 
 /// Appends Rust's char::to_lowercase of `c`: the simple mapping, except U+0130 (İ), whose
