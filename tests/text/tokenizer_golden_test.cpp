@@ -1,7 +1,8 @@
 // tp::text::Tokenizer against the `tokenizers` package: for each family of tests/text/golden/
 // (written by tests/text/generate.py), every string's ids with and without special tokens, the
 // decoded text with and without special tokens (which is the string itself wherever the
-// reference's tokenizer is lossless), the vocabulary size and the special tokens.
+// reference's tokenizer is lossless), the decoding of id sequences no encoding produced, the
+// vocabulary size and the special tokens.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -76,6 +77,13 @@ void check_family(const std::string& family) {
                     << "\n  expected " << nlohmann::json(skipped).dump();
   }
   EXPECT_EQ(failures, 0) << family << ": " << failures << " of " << cases << " cases differ from the reference";
+  // Decoding alone, of ids no encoding produced (random ids, text cut in the middle of a character).
+  for (const auto& c : golden["decode_cases"]) {
+    const auto ids = c["ids"].get<std::vector<std::int64_t>>();
+    EXPECT_EQ(tok.decode(ids, false), c["full"].get<std::string>()) << family << " decode " << ids_text(ids);
+    EXPECT_EQ(tok.decode(ids, true), c["skipped"].get<std::string>()) << family << " decode " << ids_text(ids);
+  }
+  EXPECT_GE(golden["decode_cases"].size(), 20u) << family;
   EXPECT_GE(cases, 150) << family;
   std::printf("%s: %d cases, %d decode to the string itself\n", family.c_str(), cases, lossless);
 }
