@@ -9,7 +9,7 @@ find_dependency(fmt)
 find_package(Threads REQUIRED)
 
 # tp_find_component_dependencies(<component>...): finds the libraries of the named components
-# (blas mpi io cuda nccl gloo; blas also looks for oneDNN: tp_blas_DNNL_FOUND) and sets
+# (blas mpi io text cuda nccl gloo; blas also looks for oneDNN: tp_blas_DNNL_FOUND) and sets
 # tp_<component>_DEPENDENCY (what it needs, for messages)
 # and tp_<component>_DEPENDENCY_FOUND. Set tp_find_dependencies_quietly to pass QUIET. A macro,
 # so that the packages' variables land in the caller's scope.
@@ -55,6 +55,16 @@ macro(tp_find_component_dependencies)
       set(tp_io_DEPENDENCY "nlohmann_json 3.10 (the safetensors header parser)")
       find_package(nlohmann_json 3.10 ${_tp_quiet})
       set(tp_io_DEPENDENCY_FOUND ${nlohmann_json_FOUND})
+    elseif(_tp_component STREQUAL "text")
+      # The tokenizers: tp::io's JSON, PCRE2 for the pre-tokenizers' patterns, ICU for Unicode
+      # properties and normalization forms.
+      set(tp_text_DEPENDENCY "nlohmann_json 3.10, PCRE2 (libpcre2-dev) and ICU (libicu-dev)")
+      find_package(nlohmann_json 3.10 ${_tp_quiet})
+      find_package(PCRE2 ${_tp_quiet})
+      find_package(ICU COMPONENTS uc ${_tp_quiet})
+      if(nlohmann_json_FOUND AND PCRE2_FOUND AND ICU_FOUND)
+        set(tp_text_DEPENDENCY_FOUND TRUE)
+      endif()
     elseif(_tp_component STREQUAL "cuda" OR _tp_component STREQUAL "nccl")
       # The toolkit's imported targets, unless TP_CUDA is OFF.
       set(tp_cuda_DEPENDENCY "the CUDA toolkit (cudart, cublasLt)")

@@ -6,6 +6,7 @@
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config libfmt-dev libopenblas-dev libopenmpi-dev openmpi-bin
           libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libgloo-dev
+          libpcre2-dev libicu-dev   # tp::text: the tokenizers' regexes (PCRE2) and Unicode tables (ICU)
           libdnnl-dev   # oneDNN: optional for tp (Cpu's sgemm where OpenBLAS lacks the CPU's kernels)
           ocl-icd-opencl-dev   # Debian's dnnl-config.cmake requires OpenCL (its GPU runtime)
           ccache)  # optional: rebuilds of unchanged sources, also across worktrees (scripts/common.sh)

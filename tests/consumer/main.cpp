@@ -6,6 +6,9 @@
 #ifdef TP_HAS_IO
 #include <tp/io/safetensors.hpp>
 #endif
+#ifdef TP_HAS_TEXT
+#include <tp/text/tokenizer.hpp>
+#endif
 
 int main() {
   bool ok = true;
@@ -30,6 +33,13 @@ int main() {
     if (z(0, 0) != 74 || z(1, 1) != 346) ok = false;
 #endif
   });
+#ifdef TP_HAS_TEXT
+  // A two-merge byte-level BPE: "abab" is one token, then the text comes back whole.
+  const auto tok = tp::text::Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2,
+      "abab": 3}, "merges": ["a b", "ab ab"]}, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
+      "decoder": {"type": "ByteLevel"}})");
+  if (tok.encode("abab") != std::vector<std::int64_t>{3} || tok.decode(tok.encode("abab")) != "abab") ok = false;
+#endif
   std::puts(ok ? "tp consumer: ok" : "tp consumer: wrong product");
   return ok ? 0 : 1;
 }

@@ -1,0 +1,159 @@
+#pragma once
+/// How tokenizer files are read: `read_json_file`, the one function that reads tokenizer.json and
+/// tokenizer_config.json (a regular file only, at most max_tokenizer_file_bytes, JSON nested no
+/// deeper than max_tokenizer_json_depth and without a key twice in one object; the checks of
+/// tp/io's safetensors index reader), and `JsonNode`,
+/// a value together with its file and its path in the file, whose typed accessors throw
+/// tp::IoError naming both ("tokenizer.json: model.vocab: expected an object, found array").
+
+#ifndef TP_HAS_TEXT
+#error "tp/text/json_input.hpp needs the tp::text CMake component: target_link_libraries(... tp::text)"
+#endif
+
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tp/core/error.hpp"
+#include "tp/io/file.hpp"
+#include "tp/io/safetensors_header.hpp"
+
+namespace tp::text {
+
+/// Tokenizer files larger than this are refused before they are read: the largest real
+/// tokenizer.json files are tens of MB (Gemma's 33 MB).
+inline constexpr std::uint64_t max_tokenizer_file_bytes = 64ull << 20;
+/// tokenizer.json nests a few levels (a Sequence of pre-tokenizers holding a Split holding its
+/// pattern is 5); a file nested deeper than this is refused as the parser reaches it, so that
+/// neither the parser nor the component builders recurse without bound.
+inline constexpr int max_tokenizer_json_depth = 32;
+
+/// Reads a whole tokenizer file (tokenizer.json, tokenizer_config.json, chat_template.jinja):
+/// a regular file of at most max_tokenizer_file_bytes; `what` names it in errors.
+inline std::string read_text_file(const std::filesystem::path& path, std::string_view what) {
+  const std::string name = path.string();
+  const detail::Fd fd = detail::Fd::open_regular(name);
+  const std::uint64_t size = fd.size();
+  if (size > max_tokenizer_file_bytes)
+    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, size, max_tokenizer_file_bytes);
+  std::string text(size, '\0');
+  fd.read_at(text.data(), text.size(), 0, what);
+  return text;
+}
+
+/// Reads and parses a tokenizer JSON file: the one function through which tp reads them.
+inline nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view what) {
+  return detail::parse_guarded_json(read_text_file(path, what), path.string(), what, max_tokenizer_json_depth);
+}
+
+/// Parses tokenizer JSON given as text, with the same limits as read_json_file.
+inline nlohmann::json parse_json_text(std::string_view text, std::string_view name, std::string_view what) {
+  if (text.size() > max_tokenizer_file_bytes)
+    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, text.size(),
+             max_tokenizer_file_bytes);
+  return detail::parse_guarded_json(text, name, what, max_tokenizer_json_depth);
+}
+
+/// A JSON value, the file it came from and where in the file it sits, so that every error names
+/// both. Cheap to copy: it refers to the parsed document, which must outlive it.
+class JsonNode {
+ public:
+  JsonNode(const nlohmann::json& value, std::string_view file, std::string path = {})
+      : value_(&value), file_(file), path_(std::move(path)) {}
+
+  const nlohmann::json& json() const { return *value_; }
+  const std::string& file() const { return file_; }
+  const std::string& path() const { return path_; }
+  bool is_null() const { return value_->is_null(); }
+
+  /// The member `key`, which must be present (it may be null).
+  JsonNode at(std::string_view key) const {
+    const auto& obj = object();
+    const auto it = obj.find(std::string(key));
+    if (it == obj.end()) fail("has no \"{}\"", key);
+    return child(it->second, key);
+  }
+  /// The member `key`, or nullopt when it is absent or null.
+  std::optional<JsonNode> find(std::string_view key) const {
+    const auto& obj = object();
+    const auto it = obj.find(std::string(key));
+    if (it == obj.end() || it->second.is_null()) return std::nullopt;
+    return child(it->second, key);
+  }
+  JsonNode operator[](std::size_t i) const { return JsonNode(array().at(i), file_, fmt::format("{}[{}]", path_, i)); }
+
+  const nlohmann::json::object_t& object() const {
+    if (!value_->is_object()) expected("an object");
+    return *value_->get_ptr<const nlohmann::json::object_t*>();
+  }
+  const nlohmann::json::array_t& array() const {
+    if (!value_->is_array()) expected("an array");
+    return *value_->get_ptr<const nlohmann::json::array_t*>();
+  }
+  std::size_t size() const { return array().size(); }
+  const std::string& string() const {
+    if (!value_->is_string()) expected("a string");
+    return *value_->get_ptr<const std::string*>();
+  }
+  bool boolean() const {
+    if (!value_->is_boolean()) expected("true or false");
+    return value_->get<bool>();
+  }
+  /// An integer in [lo, hi].
+  std::int64_t integer(std::int64_t lo = 0, std::int64_t hi = std::numeric_limits<std::int32_t>::max()) const {
+    if (!value_->is_number_integer()) expected("an integer");
+    const bool in_range =
+        value_->is_number_unsigned()
+            ? value_->get<std::uint64_t>() <= static_cast<std::uint64_t>(hi) && value_->get<std::int64_t>() >= lo
+            : value_->get<std::int64_t>() >= lo && value_->get<std::int64_t>() <= hi;
+    if (!in_range)
+      fail("is {}, outside [{}, {}]", value_->dump(), lo, hi);
+    return value_->get<std::int64_t>();
+  }
+  double number() const {
+    if (!value_->is_number()) expected("a number");
+    return value_->get<double>();
+  }
+  /// The string member `key`, or `fallback` when it is absent or null.
+  std::string string_or(std::string_view key, std::string_view fallback) const {
+    const auto node = find(key);
+    return node ? node->string() : std::string(fallback);
+  }
+  bool boolean_or(std::string_view key, bool fallback) const {
+    const auto node = find(key);
+    return node ? node->boolean() : fallback;
+  }
+  /// The component type: the member "type", a string.
+  const std::string& type() const { return at("type").string(); }
+
+  /// Throws tp::IoError: "<file>: <path>: <message>".
+  template <class... Args>
+  [[noreturn]] void fail(fmt::format_string<Args...> message, Args&&... args) const {
+    TP_THROW(IoError, "{}: {}: {}", file_, path_.empty() ? std::string("the top level") : path_,
+             fmt::format(message, std::forward<Args>(args)...));
+  }
+  [[noreturn]] void expected(std::string_view what) const { fail("expected {}, found {}", what, value_->type_name()); }
+
+ private:
+  JsonNode child(const nlohmann::json& value, std::string_view key) const {
+    return JsonNode(value, file_, path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key));
+  }
+  const nlohmann::json* value_;
+  std::string file_, path_;
+};
+
+/// `make(entry)` for each entry of a JSON array, in order (the parts of a Sequence component).
+template <class Make>
+auto make_each(const JsonNode& list, Make make) {
+  std::vector<decltype(make(list))> parts;
+  for (std::size_t i = 0; i < list.size(); ++i) parts.push_back(make(list[i]));
+  return parts;
+}
+
+}  // namespace tp::text
