@@ -7,7 +7,8 @@
 /// wholly above the diagonal are skipped. Masked keys get -inf scores, then exactly zero
 /// probability; a query that sees no key gets a zero output and lse = +inf, which makes every
 /// probability backward rebuilds from it zero. Backward rebuilds each tile's probabilities from q,
-/// k and the saved log-sum-exp. Row sums are in double. The loops over a tile's scores are cloned
+/// k and the saved log-sum-exp. Row sums are in double. The 16-bit types run the float kernels on
+/// widened copies. The loops over a tile's scores are cloned
 /// for AVX-512 and AVX2 (tp/device/cpu/simd.hpp).
 
 #include <algorithm>
@@ -147,6 +148,23 @@ void unpack_heads(const T* src, std::int64_t first, std::int64_t head, std::int6
       std::copy_n(src + (h * rows + r) * head_dim, head_dim, x.row(first + r) + (head + h) * head_dim);
 }
 
+/// A 16-bit view's elements widened to float (exact), for the 16-bit types' attention, which runs
+/// the float kernels on widened copies and rounds the results once.
+template <class T>
+struct Widened {
+  explicit Widened(ConstView<T> x) : rows(x.rows), cols(x.cols), data(static_cast<std::size_t>(x.rows * x.cols)) {
+    for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x.row(r), cols, data.data() + r * cols);
+  }
+  ConstView<float> view() const { return ConstView<float>(data.data(), rows, cols); }
+  MatrixView<float> mut() { return MatrixView<float>(data.data(), rows, cols); }
+  void narrow_into(MatrixView<T> out) const {
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) out(r, c) = data[static_cast<std::size_t>(r * cols + c)];
+  }
+  std::int64_t rows, cols;
+  std::vector<float> data;
+};
+
 }  // namespace attention_detail
 
 template <class T>
@@ -154,6 +172,12 @@ void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, Const
                        ConstView<T> v, const AttentionSequences& seqs, std::int64_t head_dim, bool causal,
                        MatrixView<detail::attention_stat_t<T>> lse, MatrixView<T> out) {
   using namespace attention_detail;
+  if constexpr (is_float16_v<T>) {  // in float, rounded once
+    Widened<T> out32{ConstView<T>(out)};
+    attention_forward<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(), seqs, head_dim,
+                             causal, lse, out32.mut());
+    out32.narrow_into(out);
+  } else {
   using S = detail::attention_stat_t<T>;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
@@ -201,6 +225,7 @@ void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, Const
       }
     }
   }
+  }
 }
 
 /// Per kv head, the group's q, dout, lse and rowsum(do o) packed once (query tile by query tile,
@@ -213,6 +238,15 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
                         const AttentionSequences& seqs, std::int64_t head_dim, bool causal, MatrixView<T> dq,
                         MatrixView<T> dk, MatrixView<T> dv) {
   using namespace attention_detail;
+  if constexpr (is_float16_v<T>) {  // in float, rounded once
+    Widened<T> dq32{ConstView<T>(dq)}, dk32{ConstView<T>(dk)}, dv32{ConstView<T>(dv)};
+    attention_backward<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(),
+                              Widened<T>(out).view(), lse, Widened<T>(dout).view(), seqs, head_dim, causal, dq32.mut(),
+                              dk32.mut(), dv32.mut());
+    dq32.narrow_into(dq);
+    dk32.narrow_into(dk);
+    dv32.narrow_into(dv);
+  } else {
   using S = detail::attention_stat_t<T>;
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   const std::int64_t packed_rows = g.group * kBackwardQueryTile;
@@ -279,6 +313,7 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
         unpack_heads(dq_packed.data() + g.group * i0 * head_dim, q0 + i0, head, g.group, std::min(bq, nq - i0),
                      head_dim, dq);
     }
+  }
   }
 }
 
