@@ -38,6 +38,7 @@
 #include <vector>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -113,8 +114,21 @@ inline constexpr bool has_dnnl =
 inline CpuGemm automatic_cpu_gemm() { return has_dnnl && cpu_has_avx512() ? CpuGemm::onednn : CpuGemm::openblas; }
 /// What CpuHalfGemm::automatic resolves to: oneDNN where it has bf16 instructions to run on. On
 /// other CPUs its bf16 matmul emulates them, slower than widening to float (the fallback).
+/// TP_CPU_HALF_GEMM=fp32 (or onednn) overrides the rule for the whole process: tests set it to
+/// run the layer suites on the fallback on a CPU that has bf16 instructions. Any other value is
+/// refused.
 inline CpuHalfGemm automatic_half_gemm() {
-  return has_dnnl && cpu_has_bf16_dot() ? CpuHalfGemm::onednn : CpuHalfGemm::fp32;
+  static const CpuHalfGemm rule = [] {
+    const char* forced = std::getenv("TP_CPU_HALF_GEMM");
+    if (forced == nullptr || *forced == '\0')
+      return has_dnnl && cpu_has_bf16_dot() ? CpuHalfGemm::onednn : CpuHalfGemm::fp32;
+    const std::string_view value(forced);
+    if (value == "fp32") return CpuHalfGemm::fp32;
+    TP_CHECK(value == "onednn" && has_dnnl, "TP_CPU_HALF_GEMM={}: expected fp32, or onednn in a build with oneDNN",
+             value);
+    return CpuHalfGemm::onednn;
+  }();
+  return rule;
 }
 }  // namespace detail
 
@@ -318,7 +332,7 @@ class Cpu {
                          detail::cpu_has_bf16_dot() ? "this CPU has AVX512_BF16 or AMX" : "forced, emulated");
     }
 #endif
-    return fmt::format("widened to fp32 GEMMs ({})", half == CpuHalfGemm::fp32 && detail::cpu_has_bf16_dot()
+    return fmt::format("widened to fp32 GEMMs ({})", detail::has_dnnl && detail::cpu_has_bf16_dot()
                                                           ? "forced"
                                                           : (detail::has_dnnl ? "no AVX512_BF16 or AMX" : "no oneDNN"));
   }
