@@ -22,26 +22,50 @@
 
 #include "tp/core/host_device.hpp"
 
+/// The conversions are constexpr on the host; nvcc compiles them for the device with CUDA's bit
+/// intrinsics, which are not constexpr.
+#ifdef __CUDACC__
+#define TP_FLOAT16_CONSTEXPR
+#else
+#define TP_FLOAT16_CONSTEXPR constexpr
+#endif
+
 namespace tp {
 
 namespace detail {
 
+/// A float's bits and back: std::bit_cast on the host, CUDA's intrinsics in device code.
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR std::uint32_t bits_of(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  return std::bit_cast<std::uint32_t>(f);
+#endif
+}
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR float float_of(std::uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  return std::bit_cast<float>(u);
+#endif
+}
+
 /// float -> bfloat16 bits, round to nearest even; a NaN stays a NaN (quiet bit set, so a payload
 /// in the dropped low bits cannot turn it into infinity).
-TP_HOST_DEVICE constexpr std::uint16_t bf16_bits_from_float(float f) {
-  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR std::uint16_t bf16_bits_from_float(float f) {
+  const std::uint32_t u = bits_of(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
   return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-TP_HOST_DEVICE constexpr float float_from_bf16_bits(std::uint16_t b) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR float float_from_bf16_bits(std::uint16_t b) {
+  return float_of(static_cast<std::uint32_t>(b) << 16);
 }
 
 /// float -> binary16 bits, round to nearest even, with binary16's subnormals; past 65520 (half way
 /// between the largest finite value, 65504, and the next power of two) the result is infinity.
-TP_HOST_DEVICE constexpr std::uint16_t f16_bits_from_float(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR std::uint16_t f16_bits_from_float(float f) {
+  const std::uint32_t x = bits_of(f);
   const std::uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
   if (a > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN
   if (a >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);                        // to infinity
@@ -57,14 +81,14 @@ TP_HOST_DEVICE constexpr std::uint16_t f16_bits_from_float(float f) {
   return static_cast<std::uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
 }
 
-TP_HOST_DEVICE constexpr float float_from_f16_bits(std::uint16_t h) {
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR float float_from_f16_bits(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0x1fu) return std::bit_cast<float>(sign | 0x7f800000u | (m << 13));  // infinity, NaN
+  if (e == 0x1fu) return float_of(sign | 0x7f800000u | (m << 13));  // infinity, NaN
   if (e == 0) {                                                                     // zero, subnormal: m 2^-24
     const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
     return sign ? -v : v;
   }
-  return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
+  return float_of(sign | ((e + 112u) << 23) | (m << 13));
 }
 
 /// A double rounded to float by rounding to odd (truncate, then set the last bit if anything was
@@ -72,13 +96,13 @@ TP_HOST_DEVICE constexpr float float_from_f16_bits(std::uint16_t h) {
 /// rounded 16-bit value: float keeps more than two bits beyond binary16's and bfloat16's, which
 /// is what round-to-odd needs. A plain double -> float -> 16 bits rounds twice and is wrong on
 /// values just past a 16-bit tie.
-TP_HOST_DEVICE constexpr float float_round_to_odd(double d) {
+TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR float float_round_to_odd(double d) {
   float f = static_cast<float>(d);
   if (!(f - f == 0.0f) || static_cast<double>(f) == d) return f;  // exact, infinite or NaN
-  std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  std::uint32_t u = bits_of(f);
   const double rounded = f < 0.0f ? -static_cast<double>(f) : static_cast<double>(f), exact = d < 0 ? -d : d;
   if (rounded > exact) --u;  // rounded away from zero: step back towards it (never from a zero)
-  return std::bit_cast<float>(u | 1u);
+  return float_of(u | 1u);
 }
 
 }  // namespace detail
@@ -88,13 +112,13 @@ struct bf16 {
   std::uint16_t bits;
 
   bf16() = default;
-  TP_HOST_DEVICE constexpr bf16(float f) : bits(detail::bf16_bits_from_float(f)) {}
-  TP_HOST_DEVICE constexpr bf16(double d) : bf16(detail::float_round_to_odd(d)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16(float f) : bits(detail::bf16_bits_from_float(f)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16(double d) : bf16(detail::float_round_to_odd(d)) {}
   template <class I>
     requires std::integral<I>
-  TP_HOST_DEVICE constexpr explicit bf16(I i) : bf16(static_cast<double>(i)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit bf16(I i) : bf16(static_cast<double>(i)) {}
 
-  TP_HOST_DEVICE constexpr operator float() const { return detail::float_from_bf16_bits(bits); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR operator float() const { return detail::float_from_bf16_bits(bits); }
 
   TP_HOST_DEVICE static constexpr bf16 from_bits(std::uint16_t b) {
     bf16 x{};
@@ -102,10 +126,10 @@ struct bf16 {
     return x;
   }
 
-  TP_HOST_DEVICE constexpr bf16& operator+=(float y) { return *this = bf16(float(*this) + y); }
-  TP_HOST_DEVICE constexpr bf16& operator-=(float y) { return *this = bf16(float(*this) - y); }
-  TP_HOST_DEVICE constexpr bf16& operator*=(float y) { return *this = bf16(float(*this) * y); }
-  TP_HOST_DEVICE constexpr bf16& operator/=(float y) { return *this = bf16(float(*this) / y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16& operator+=(float y) { return *this = bf16(float(*this) + y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16& operator-=(float y) { return *this = bf16(float(*this) - y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16& operator*=(float y) { return *this = bf16(float(*this) * y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16& operator/=(float y) { return *this = bf16(float(*this) / y); }
   TP_HOST_DEVICE constexpr bf16 operator-() const { return from_bits(static_cast<std::uint16_t>(bits ^ 0x8000u)); }
 };
 
@@ -114,13 +138,13 @@ struct f16 {
   std::uint16_t bits;
 
   f16() = default;
-  TP_HOST_DEVICE constexpr f16(float f) : bits(detail::f16_bits_from_float(f)) {}
-  TP_HOST_DEVICE constexpr f16(double d) : f16(detail::float_round_to_odd(d)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16(float f) : bits(detail::f16_bits_from_float(f)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16(double d) : f16(detail::float_round_to_odd(d)) {}
   template <class I>
     requires std::integral<I>
-  TP_HOST_DEVICE constexpr explicit f16(I i) : f16(static_cast<double>(i)) {}
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit f16(I i) : f16(static_cast<double>(i)) {}
 
-  TP_HOST_DEVICE constexpr operator float() const { return detail::float_from_f16_bits(bits); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR operator float() const { return detail::float_from_f16_bits(bits); }
 
   TP_HOST_DEVICE static constexpr f16 from_bits(std::uint16_t b) {
     f16 x{};
@@ -128,10 +152,10 @@ struct f16 {
     return x;
   }
 
-  TP_HOST_DEVICE constexpr f16& operator+=(float y) { return *this = f16(float(*this) + y); }
-  TP_HOST_DEVICE constexpr f16& operator-=(float y) { return *this = f16(float(*this) - y); }
-  TP_HOST_DEVICE constexpr f16& operator*=(float y) { return *this = f16(float(*this) * y); }
-  TP_HOST_DEVICE constexpr f16& operator/=(float y) { return *this = f16(float(*this) / y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16& operator+=(float y) { return *this = f16(float(*this) + y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16& operator-=(float y) { return *this = f16(float(*this) - y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16& operator*=(float y) { return *this = f16(float(*this) * y); }
+  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16& operator/=(float y) { return *this = f16(float(*this) / y); }
   TP_HOST_DEVICE constexpr f16 operator-() const { return from_bits(static_cast<std::uint16_t>(bits ^ 0x8000u)); }
 };
 
