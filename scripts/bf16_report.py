@@ -14,14 +14,14 @@ import statistics
 import sys
 
 
-def medians(path, counter):
+def medians(path, counter, scale=1.0):
     with open(path) as f:
         runs = json.load(f)["benchmarks"]
     rates = {}
     for r in runs:
         if r.get("run_type", "iteration") != "iteration" or counter not in r:
             continue
-        rates.setdefault(r.get("run_name", r["name"]), []).append(r[counter])
+        rates.setdefault(r.get("run_name", r["name"]), []).append(r[counter] * scale)
     return {name: statistics.median(v) for name, v in rates.items()}
 
 
@@ -40,12 +40,12 @@ def table(rows, label, fp32_key, variants):
         cells = [f"{r[fp32_key]:.1f}"]
         for key, _ in variants:
             cells += [f"{r[key]:.1f}", f"**{r[key] / r[fp32_key]:.2f}**"] if key in r else ["-", "-"]
-        out.append(f"| {re.sub(r'/+$', '', shape)} | " + " | ".join(cells) + " |")
+        out.append(f"| {re.sub(r'/+(manual_time)?$', '', shape.replace('//', '/'))} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main():
-    blas = medians(sys.argv[1], "GFLOP/s")
+    blas = medians(sys.argv[1], "GFLOP/s", 1e-9)  # a kIs1000 rate, in FLOP/s in the JSON
     layers = medians(sys.argv[2], "GFLOPs")
     print(table(blas, "GEMM (tp::Cpu::gemm, 1 thread)", "kind:0",
                 [("kind:1", "bf16 oneDNN"), ("kind:2", "bf16 widened")]))
