@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
+#include "tp/detail/host_reduce.hpp"
 
 namespace tp {
 
