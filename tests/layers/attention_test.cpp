@@ -21,7 +21,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class Attention : public ::testing::Test {};
-TYPED_TEST_SUITE(Attention, test::BlockFloatsBf16);
+TYPED_TEST_SUITE(Attention, test::BlockFloats);
 
 TYPED_TEST(Attention, MatchesReference) {
   using T = TypeParam;

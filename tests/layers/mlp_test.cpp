@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class ParallelMlp : public ::testing::Test {};
-TYPED_TEST_SUITE(ParallelMlp, test::BlockFloatsBf16);
+TYPED_TEST_SUITE(ParallelMlp, test::BlockFloats);
 
 constexpr std::pair<Activation, ref::Act> kActs[] = {{Activation::gelu_exact, ref::Act::gelu_exact},
                                                      {Activation::gelu_tanh, ref::Act::gelu_tanh},
