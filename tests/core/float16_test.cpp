@@ -23,8 +23,7 @@ namespace {
 /// The value of a bit pattern from the format's definition (sign, biased exponent, fraction).
 template <class T>
 double decode_reference(std::uint16_t b) {
-  constexpr int mantissa = std::is_same_v<T, bf16> ? 7 : 10, exponent = 15 - mantissa,
-                bias = (1 << (exponent - 1)) - 1;
+  constexpr int mantissa = std::is_same_v<T, bf16> ? 7 : 10, exponent = 15 - mantissa, bias = (1 << (exponent - 1)) - 1;
   const int e = (b >> mantissa) & ((1 << exponent) - 1), m = b & ((1 << mantissa) - 1);
   const double sign = (b & 0x8000) ? -1.0 : 1.0;
   if (e == (1 << exponent) - 1) return m == 0 ? sign * INFINITY : NAN;
@@ -162,7 +161,7 @@ TEST(Float16, SpecialValues) {
   EXPECT_EQ(f16(std::ldexp(1.5f, -25)).bits, 0x0001);
   EXPECT_EQ(f16(std::ldexp(3.0f, -25)).bits, 0x0002);  // 1.5 units: a tie, to the even 2
   EXPECT_EQ(f16(std::ldexp(1023.0f, -24)).bits, 0x03ff);
-  EXPECT_EQ(f16(std::ldexp(2047.0f, -25)).bits, 0x0400);  // 1023.5 units round up into the normals
+  EXPECT_EQ(f16(std::ldexp(2047.0f, -25)).bits, 0x0400);            // 1023.5 units round up into the normals
   EXPECT_EQ(bf16(std::bit_cast<float>(0x00000001u)).bits, 0x0000);  // float subnormals keep bf16's 7 bits
   EXPECT_EQ(bf16(std::bit_cast<float>(0x00018000u)).bits, 0x0002);  // a tie between 1 and 2: to the even 2
   EXPECT_EQ(bf16(std::bit_cast<float>(0x00010001u)).bits, 0x0001);

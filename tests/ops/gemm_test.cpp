@@ -80,7 +80,8 @@ void check_half_gemm(CpuHalfGemm kind, double unit_roundoff) {
           const ConstView<T> a_v = ConstView<T>(a_t.view()).block(0, 0, a.rows, a.cols - pad),
                              b_v = ConstView<T>(b_t.view()).block(0, 0, b.rows, b.cols - pad);
           cpu.gemm<T>(op_a, op_b, T(0.5), a_v, b_v, static_cast<T>(beta), c_t.view());
-          ref::Matrix want = ref::matmul(a.block(0, 0, a.rows, a.cols - pad), ta, b.block(0, 0, b.rows, b.cols - pad), tb);
+          ref::Matrix want =
+              ref::matmul(a.block(0, 0, a.rows, a.cols - pad), ta, b.block(0, 0, b.rows, b.cols - pad), tb);
           for (std::size_t i = 0; i < want.data.size(); ++i) want.data[i] = 0.5 * want.data[i] + beta * c0.data[i];
           EXPECT_LE(ref::rel_error(ref::from_view<T>(c_t.view()), want), unit_roundoff);
         }

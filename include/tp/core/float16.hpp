@@ -84,7 +84,7 @@ TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR std::uint16_t f16_bits_from_float(float f) {
 TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR float float_from_f16_bits(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
   if (e == 0x1fu) return float_of(sign | 0x7f800000u | (m << 13));  // infinity, NaN
-  if (e == 0) {                                                                     // zero, subnormal: m 2^-24
+  if (e == 0) {                                                     // zero, subnormal: m 2^-24
     const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
     return sign ? -v : v;
   }
@@ -115,8 +115,7 @@ struct bf16 {
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16(float f) : bits(detail::bf16_bits_from_float(f)) {}
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR bf16(double d) : bf16(detail::float_round_to_odd(d)) {}
   template <class I>
-    requires std::integral<I>
-  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit bf16(I i) : bf16(static_cast<double>(i)) {}
+  requires std::integral<I> TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit bf16(I i) : bf16(static_cast<double>(i)) {}
 
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR operator float() const { return detail::float_from_bf16_bits(bits); }
 
@@ -141,8 +140,7 @@ struct f16 {
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16(float f) : bits(detail::f16_bits_from_float(f)) {}
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR f16(double d) : f16(detail::float_round_to_odd(d)) {}
   template <class I>
-    requires std::integral<I>
-  TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit f16(I i) : f16(static_cast<double>(i)) {}
+  requires std::integral<I> TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR explicit f16(I i) : f16(static_cast<double>(i)) {}
 
   TP_HOST_DEVICE TP_FLOAT16_CONSTEXPR operator float() const { return detail::float_from_f16_bits(bits); }
 
@@ -164,7 +162,8 @@ static_assert(sizeof(bf16) == 2 && sizeof(f16) == 2 && std::is_trivially_copyabl
 
 /// Whether T is one of the 16-bit floating types above.
 template <class T>
-inline constexpr bool is_float16_v = std::is_same_v<std::remove_cv_t<T>, bf16> || std::is_same_v<std::remove_cv_t<T>, f16>;
+inline constexpr bool is_float16_v =
+    std::is_same_v<std::remove_cv_t<T>, bf16> || std::is_same_v<std::remove_cv_t<T>, f16>;
 
 /// The type arithmetic on T runs in: float for the 16-bit types, T itself otherwise.
 template <class T>

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 #include <type_traits>
+#include <vector>
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"

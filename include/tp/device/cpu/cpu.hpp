@@ -34,16 +34,16 @@
 
 #include <algorithm>
 #include <compare>
-#include <map>
-#include <vector>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tp/comm/communicator.hpp"
 #include "tp/core/ops.hpp"
@@ -236,9 +236,11 @@ class DnnlMatmulCache {
   DnnlMatmul& get(const DnnlMatmulKey& key) {
     auto it = primitives_.find(key);
     if (it == primitives_.end() && primitives_.size() >= kMaxPrimitives) primitives_.clear();  // shapes that vary
-    if (it == primitives_.end()) it = primitives_.emplace(key, std::make_unique<DnnlMatmul>(dnnl_cpu_engine(), key)).first;
+    if (it == primitives_.end())
+      it = primitives_.emplace(key, std::make_unique<DnnlMatmul>(dnnl_cpu_engine(), key)).first;
     return *it->second;
   }
+
  private:
   static constexpr std::size_t kMaxPrimitives = 256;
   std::map<DnnlMatmulKey, std::unique_ptr<DnnlMatmul>> primitives_;
@@ -281,8 +283,9 @@ class Cpu {
 #ifdef OPENBLAS_VERSION
     if (options.threads > 0) openblas_set_num_threads(options.threads);
 #endif
-    TP_CHECK(options.half_gemm != CpuHalfGemm::onednn || detail::has_dnnl,
-             "Cpu: CpuHalfGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
+    TP_CHECK(
+        options.half_gemm != CpuHalfGemm::onednn || detail::has_dnnl,
+        "Cpu: CpuHalfGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
     if (options_.gemm == CpuGemm::automatic) options_.gemm = detail::automatic_cpu_gemm();
     if (options_.half_gemm == CpuHalfGemm::automatic) options_.half_gemm = detail::automatic_half_gemm();
   }
@@ -333,8 +336,8 @@ class Cpu {
     }
 #endif
     return fmt::format("widened to fp32 GEMMs ({})", detail::has_dnnl && detail::cpu_has_bf16_dot()
-                                                          ? "forced"
-                                                          : (detail::has_dnnl ? "no AVX512_BF16 or AMX" : "no oneDNN"));
+                                                         ? "forced"
+                                                         : (detail::has_dnnl ? "no AVX512_BF16 or AMX" : "no oneDNN"));
   }
 
   /// The process's BLAS thread count (1 where the BLAS cannot say).
@@ -420,37 +423,37 @@ class Cpu {
 #endif
       return widened_gemm<T>(op_a, op_b, alpha, a, b, beta, c);
     } else {
-    const auto ta = op_a == Op::n ? CblasNoTrans : CblasTrans, tb = op_b == Op::n ? CblasNoTrans : CblasTrans;
-    const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)),
-               ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
-    if (m <= 2) {
-      // One or two tokens (decoding): OpenBLAS 0.3.21's sgemm packs all of B, a weight matrix here,
-      // before using it once; a GEMV per row streams it instead, 3-4x faster at m = 1 and about 2x
-      // at m = 2 for a 4096x1024 weight (single thread), and slower from m = 4 on.
-      const int incx = op_a == Op::n ? 1 : lda;
-      // c_i = alpha * op(b)^T a_i + beta * c_i, with op(b)^T = b when b is stored [n, k] (op t).
-      const auto tv = op_b == Op::t ? CblasNoTrans : CblasTrans;
-      const int rows = static_cast<int>(b.rows), cols = static_cast<int>(b.cols);
-      for (std::int64_t i = 0; i < m; ++i) {
-        const T* ai = op_a == Op::n ? a.row(i) : a.data + i;
-        if constexpr (std::is_same_v<T, float>)
-          cblas_sgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
-        else
-          cblas_dgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
+      const auto ta = op_a == Op::n ? CblasNoTrans : CblasTrans, tb = op_b == Op::n ? CblasNoTrans : CblasTrans;
+      const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)),
+                 ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
+      if (m <= 2) {
+        // One or two tokens (decoding): OpenBLAS 0.3.21's sgemm packs all of B, a weight matrix here,
+        // before using it once; a GEMV per row streams it instead, 3-4x faster at m = 1 and about 2x
+        // at m = 2 for a 4096x1024 weight (single thread), and slower from m = 4 on.
+        const int incx = op_a == Op::n ? 1 : lda;
+        // c_i = alpha * op(b)^T a_i + beta * c_i, with op(b)^T = b when b is stored [n, k] (op t).
+        const auto tv = op_b == Op::t ? CblasNoTrans : CblasTrans;
+        const int rows = static_cast<int>(b.rows), cols = static_cast<int>(b.cols);
+        for (std::int64_t i = 0; i < m; ++i) {
+          const T* ai = op_a == Op::n ? a.row(i) : a.data + i;
+          if constexpr (std::is_same_v<T, float>)
+            cblas_sgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
+          else
+            cblas_dgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
+        }
+        return;
       }
-      return;
-    }
 #ifdef TP_HAS_DNNL
-    if constexpr (std::is_same_v<T, float>)
-      if (options_.gemm == CpuGemm::onednn && m * n * k >= kMinDnnlGemm)
-        return dnnl_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
+      if constexpr (std::is_same_v<T, float>)
+        if (options_.gemm == CpuGemm::onednn && m * n * k >= kMinDnnlGemm)
+          return dnnl_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
 #endif
-    if constexpr (std::is_same_v<T, float>)
-      cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
-                  lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
-    else
-      cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
-                  lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
+                    lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
+                    lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
     }
   }
 
@@ -498,8 +501,8 @@ class Cpu {
   /// GEMM function): alpha as its output scale, beta * c as a sum post-op (c read as bf16, added
   /// in float, rounded once). A primitive is made once per shape, strides, alpha and beta and
   /// thread (oneDNN compiles kernels for each), and kept for the thread's life.
-  void dnnl_bf16_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
-                      ConstView<bf16> a, ConstView<bf16> b, float beta, MatrixView<bf16> c) const {
+  void dnnl_bf16_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<bf16> a,
+                      ConstView<bf16> b, float beta, MatrixView<bf16> c) const {
     const int threads = options_.threads > 0 ? options_.threads : blas_threads();
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const std::int64_t lda = std::max<std::int64_t>(a.ld, 1), ldb = std::max<std::int64_t>(b.ld, 1);
