@@ -1,6 +1,7 @@
 /// The measurements behind tp::Cpu's GEMM library rule (tp/device/cpu/cpu.hpp): single-thread sgemm
 /// of the shapes the layers run, through CBLAS (OpenBLAS), oneDNN's dnnl_sgemm when the build has it,
-/// and tp::Cpu::gemm with its automatic choice, side by side in one run.
+/// and tp::Cpu::gemm with its automatic choice, side by side in one run; and tp::Cpu::gemm in bf16
+/// (oneDNN's bf16 matmul and the fallback) beside fp32 (tp_cpu_dtype, below).
 ///
 ///   build/bench/tp_bench_blas --benchmark_counters_tabular=true
 
@@ -73,6 +74,40 @@ void tp_cpu(benchmark::State& state) {
 BENCHMARK(tp_cpu)->Apply([](auto* b) {
   for (const auto& s : kShapes) b->Args(s);
 })->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
+
+/// bf16 against fp32 through tp::Cpu::gemm, side by side per shape (kind 0: float; 1: bf16 on
+/// oneDNN's bf16 matmul, where tp has oneDNN; 2: bf16 on the fallback, widened to fp32), one thread:
+///
+///   build/bench/tp_bench_blas --benchmark_filter=tp_cpu_dtype --benchmark_repetitions=3 \
+///       --benchmark_enable_random_interleaving=true --benchmark_counters_tabular=true
+void tp_cpu_dtype(benchmark::State& state) {
+  const int m = static_cast<int>(state.range(0)), n = static_cast<int>(state.range(1)), k = static_cast<int>(state.range(2));
+  const int kind = static_cast<int>(state.range(3));
+  if (kind == 1 && !tp::detail::has_dnnl) return state.SkipWithError("tp was built without oneDNN");
+  const tp::Cpu cpu({.threads = 1, .half_gemm = kind == 1 ? tp::CpuHalfGemm::onednn : tp::CpuHalfGemm::fp32});
+  if (kind == 0) {
+    state.SetLabel("fp32: " + tp::Cpu::blas_name(cpu.gemm_library()));
+    return run(state, [&](int m, int n, int k, const float* a, const float* b, float* c) {
+      cpu.gemm<float>(tp::Op::n, tp::Op::n, 1.f, tp::ConstView<float>(a, m, k), tp::ConstView<float>(b, k, n), 0.f,
+                      tp::MatrixView<float>(c, m, n));
+    });
+  }
+  state.SetLabel("bf16: " + tp::Cpu::half_gemm_name(cpu.half_gemm()));
+  std::vector<tp::bf16> a(static_cast<std::size_t>(m) * k, 0.5f), b(static_cast<std::size_t>(k) * n, 0.25f),
+      c(static_cast<std::size_t>(m) * n);
+  for (auto _ : state) {
+    cpu.gemm<tp::bf16>(tp::Op::n, tp::Op::n, 1.f, tp::ConstView<tp::bf16>(a.data(), m, k),
+                       tp::ConstView<tp::bf16>(b.data(), k, n), 0.f, tp::MatrixView<tp::bf16>(c.data(), m, n));
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(tp_cpu_dtype)->Apply([](auto* b) {
+  for (const auto& s : kShapes)
+    if (s[0] * s[1] * s[2] >= 128 * 128 * 64)  // the small shapes measure call overhead, not arithmetic
+      for (const std::int64_t kind : {0, 1, 2}) b->Args({s[0], s[1], s[2], kind});
+})->ArgNames({"M", "N", "K", "kind"})->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

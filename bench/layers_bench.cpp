@@ -1,6 +1,7 @@
 /// tp_bench_layers: ColumnParallelLinear (h -> 4h), RowParallelLinear (4h -> h) and the MLP pair
 /// (column h -> 4h, exact GELU, row 4h -> h, no biases, as the PyTorch peer), forward and
-/// forward+backward (input gradient and weight gradients: a training step), float32. GFLOP/s
+/// forward+backward (input gradient and weight gradients: a training step), float32, and with
+/// --dtypes=fp32,bf16 bf16 beside it (tp::bf16 weights and activations). GFLOP/s
 /// counts the whole layer's FLOPs, so at world size n it is the rate summed over ranks. Bare
 /// single-thread sgemm rows on every rank, one per GEMM library (OpenBLAS, oneDNN when built with
 /// it), give the machine's GEMM rate in the same run, and a
@@ -14,6 +15,7 @@
 ///
 ///   tp_bench_layers --backend=local --world=2 --tokens=8,512 --hidden=1024
 ///   mpirun -np 2 tp_bench_layers --backend=mpi --benchmark_format=json
+///   tp_bench_layers --world=1 --layers=mlp --modes=fwdbwd --tokens=512 --hidden=1024 --dtypes=fp32,bf16,bf16_fp32
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,24 +32,31 @@ namespace tp::bench {
 namespace {
 
 /// Deterministic inputs in [-1, 1), the same on every rank.
-inline void fill_input(Tensor<float, Cpu>& t, std::uint64_t key) {
+template <class T>
+inline void fill_input(Tensor<T, Cpu>& t, std::uint64_t key) {
   const Philox rng(key, name_key("bench.input"));
-  for (std::int64_t i = 0; i < t.size(); ++i) t.data()[i] = 2.f * rng.uniform(static_cast<std::uint64_t>(i)) - 1.f;
+  for (std::int64_t i = 0; i < t.size(); ++i)
+    t.data()[i] = static_cast<T>(2.f * rng.uniform(static_cast<std::uint64_t>(i)) - 1.f);
 }
 
+/// The element types of --dtypes: fp32, bf16 (GEMMs as tp::Cpu chooses: oneDNN's bf16 matmul on a
+/// CPU with AVX512_BF16 or AMX), bf16_fp32 (bf16 with the GEMMs forced onto the fallback).
+template <class T>
 class LayerRunner : public Runner {
  public:
   LayerRunner(const std::shared_ptr<Communicator>& comm, std::string layer, bool backward, std::int64_t tokens,
-              std::int64_t hidden, std::int64_t vocab = 32000, bool streaming = true)
-      : ctx_(comm, std::make_shared<Cpu>(CpuOptions{.streaming_linear = streaming})), layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
+              std::int64_t hidden, std::int64_t vocab = 32000, bool streaming = true,
+              CpuHalfGemm half_gemm = CpuHalfGemm::automatic)
+      : ctx_(comm, std::make_shared<Cpu>(CpuOptions{.half_gemm = half_gemm, .streaming_linear = streaming})),
+        layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
     const std::int64_t ffn = 4 * hidden;
     if (layer_ == "mlp" || layer_ == "column")
-      column_ = std::make_unique<ColumnParallelLinear<float>>(ctx_, hidden, ffn, ColumnParallelOptions{.bias = false, .name = "fc1", .seed = 1});
+      column_ = std::make_unique<ColumnParallelLinear<T>>(ctx_, hidden, ffn, ColumnParallelOptions{.bias = false, .name = "fc1", .seed = 1});
     if (layer_ == "mlp" || layer_ == "row")
-      row_ = std::make_unique<RowParallelLinear<float>>(ctx_, ffn, hidden, RowParallelOptions{.bias = false, .name = "fc2", .seed = 1});
+      row_ = std::make_unique<RowParallelLinear<T>>(ctx_, ffn, hidden, RowParallelOptions{.bias = false, .name = "fc2", .seed = 1});
     if (layer_ == "attention") {
       const std::int64_t heads = hidden / 64, kv_heads = std::max<std::int64_t>(heads / 4, 1);
-      attention_ = std::make_unique<ParallelAttention<float>>(
+      attention_ = std::make_unique<ParallelAttention<T>>(
           ctx_, hidden, heads, kv_heads, ParallelAttentionOptions{.causal = true, .bias = false, .seed = 1});
       // projections (q, k, v, output) plus scores and context over the whole sequence
       flops_ = (2.0 * double(tokens) * double(hidden) * double(2 * hidden + 2 * kv_heads * 64) +
@@ -55,10 +64,10 @@ class LayerRunner : public Runner {
                (backward_ ? 3 : 1);
     }
     if (layer_ == "embedding_ce") {
-      embedding_ = std::make_unique<VocabParallelEmbedding<float>>(ctx_, vocab, hidden);
-      head_ = std::make_unique<ColumnParallelLinear<float>>(ctx_, hidden, vocab,
+      embedding_ = std::make_unique<VocabParallelEmbedding<T>>(ctx_, vocab, hidden);
+      head_ = std::make_unique<ColumnParallelLinear<T>>(ctx_, hidden, vocab,
                                                             ColumnParallelOptions{.bias = false, .name = "lm_head"});
-      loss_ = std::make_unique<VocabParallelCrossEntropy<float>>(ctx_, vocab);
+      loss_ = std::make_unique<VocabParallelCrossEntropy<T>>(ctx_, vocab);
       ids_ = Tensor<std::int64_t, Cpu>(tokens, 1);
       targets_ = Tensor<std::int64_t, Cpu>(tokens, 1);
       const Philox rng(5, name_key("bench.ids"));
@@ -66,15 +75,15 @@ class LayerRunner : public Runner {
         ids_.data()[i] = static_cast<std::int64_t>(rng(2 * static_cast<std::uint64_t>(i))[0] % vocab);
         targets_.data()[i] = static_cast<std::int64_t>(rng(2 * static_cast<std::uint64_t>(i) + 1)[0] % vocab);
       }
-      grad_loss_ = Tensor<float, Cpu>(tokens, 1);
-      ctx_.device->fill(grad_loss_.view(), 1.f / static_cast<float>(tokens));
+      grad_loss_ = Tensor<T, Cpu>(tokens, 1);
+      ctx_.device->fill(grad_loss_.view(), static_cast<T>(1.f / static_cast<float>(tokens)));
       flops_ = 2.0 * double(tokens) * double(hidden) * double(vocab) * (backward_ ? 3 : 1);
     }
     const Range shard = partition(ffn, ctx_.world(), ctx_.rank());
-    x_ = Tensor<float, Cpu>(tokens, layer_ == "row" ? shard.size() : hidden);
+    x_ = Tensor<T, Cpu>(tokens, layer_ == "row" ? shard.size() : hidden);
     fill_input(x_, 1);
     // The gradient arriving at the block's output: full width for row and mlp, the shard for column.
-    dy_ = Tensor<float, Cpu>(tokens, layer_ == "column" ? shard.size() : hidden);
+    dy_ = Tensor<T, Cpu>(tokens, layer_ == "column" ? shard.size() : hidden);
     fill_input(dy_, 2);
     if (column_ || row_)
       flops_ = 2.0 * static_cast<double>(tokens) * static_cast<double>(hidden) * static_cast<double>(ffn) *
@@ -126,14 +135,14 @@ class LayerRunner : public Runner {
   std::string layer_;
   bool backward_;
   std::int64_t tokens_, hidden_;
-  std::unique_ptr<ColumnParallelLinear<float>> column_;
-  std::unique_ptr<RowParallelLinear<float>> row_;
-  std::unique_ptr<ParallelAttention<float>> attention_;
-  std::unique_ptr<VocabParallelEmbedding<float>> embedding_;
-  std::unique_ptr<ColumnParallelLinear<float>> head_;
-  std::unique_ptr<VocabParallelCrossEntropy<float>> loss_;
+  std::unique_ptr<ColumnParallelLinear<T>> column_;
+  std::unique_ptr<RowParallelLinear<T>> row_;
+  std::unique_ptr<ParallelAttention<T>> attention_;
+  std::unique_ptr<VocabParallelEmbedding<T>> embedding_;
+  std::unique_ptr<ColumnParallelLinear<T>> head_;
+  std::unique_ptr<VocabParallelCrossEntropy<T>> loss_;
   Tensor<std::int64_t, Cpu> ids_{0, 0}, targets_{0, 0};
-  Tensor<float, Cpu> x_, dy_, act_{0, 0}, dh_{0, 0}, grad_loss_{0, 0};
+  Tensor<T, Cpu> x_, dy_, act_{0, 0}, dh_{0, 0}, grad_loss_{0, 0};
   double flops_ = 0;
 };
 
@@ -226,6 +235,11 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "mlp, column, row, attention, embedding_ce")->delimiter(',');
   app.add_option("--vocab", vocab, "vocabulary of embedding_ce")->check(CLI::PositiveNumber);
   app.add_option("--modes", modes, "fwd, fwdbwd")->delimiter(',');
+  std::vector<std::string> dtypes{"fp32"};
+  app.add_option("--dtypes", dtypes,
+                 "fp32, bf16 (GEMMs as tp::Cpu chooses), bf16_fp32 (bf16, GEMMs forced onto the fallback widened to "
+                 "fp32); rows of several dtypes side by side, named .../dtype:D")
+      ->delimiter(',');
   bool compare_gemm = false;
   app.add_flag("--compare-gemm", compare_gemm,
                "also run every layer case with the linear layers on GEMMs only (CpuOptions::streaming_linear = "
@@ -275,15 +289,22 @@ int main(int argc, char** argv) {
           TP_CHECK(mode == "fwd" || mode == "fwdbwd", "unknown mode '{}'", mode);
           for (std::int64_t h : hidden)
             for (std::int64_t t : tokens)
-              for (const bool streaming : {true, false}) {
-                if (!streaming && !compare_gemm) continue;
-                cases.push_back({fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}{}", layer, mode, o.backend, world,
-                                             h, t, streaming ? "" : "/streaming:0"),
-                                 [=](const std::shared_ptr<tp::Communicator>& comm) {
-                                   return std::make_unique<LayerRunner>(comm, layer, mode == "fwdbwd", t, h, vocab,
-                                                                        streaming);
-                                 }});
-              }
+              for (const bool streaming : {true, false})
+                for (const auto& dtype : dtypes) {
+                  TP_CHECK(dtype == "fp32" || dtype == "bf16" || dtype == "bf16_fp32", "unknown dtype '{}'", dtype);
+                  if (!streaming && !compare_gemm) continue;
+                  cases.push_back(
+                      {fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}{}{}", layer, mode, o.backend, world, h, t,
+                                   streaming ? "" : "/streaming:0", dtypes.size() > 1 ? "/dtype:" + dtype : ""),
+                       [=](const std::shared_ptr<tp::Communicator>& comm) -> std::unique_ptr<Runner> {
+                         if (dtype == "fp32")
+                           return std::make_unique<LayerRunner<float>>(comm, layer, mode == "fwdbwd", t, h, vocab,
+                                                                       streaming);
+                         return std::make_unique<LayerRunner<tp::bf16>>(
+                             comm, layer, mode == "fwdbwd", t, h, vocab, streaming,
+                             dtype == "bf16" ? tp::CpuHalfGemm::automatic : tp::CpuHalfGemm::fp32);
+                       }});
+                }
         }
       }
       return cases;

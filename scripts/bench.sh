@@ -210,8 +210,31 @@ if [ -x "$build/bench/tp_bench_blas" ]; then
     echo "thread each, same run (oneDNN rows appear when Debian's libdnnl-dev is installed). GFLOP/s from CPU time."
     echo
     echo '```'
-    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_min_time=0.3 --benchmark_color=false 2>/dev/null | grep -E "^(Benchmark|-|openblas|onednn|tp_cpu)"
+    OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_filter='^(openblas|onednn|tp_cpu)/' --benchmark_min_time=0.3 --benchmark_color=false 2>/dev/null | grep -E "^(Benchmark|-|openblas/|onednn/|tp_cpu/)"
     echo '```'
   } >>"$root/BENCHMARKS.md"
+fi
+
+# bf16 against fp32 on the CPU: tp::Cpu::gemm and the MLP block's forward+backward, each shape's
+# fp32, bf16 (oneDNN's bf16 matmul where the CPU has AVX512_BF16 or AMX) and bf16 widened to fp32
+# (the fallback) rows interleaved at random over three repetitions, medians compared.
+if [ -x "$build/bench/tp_bench_blas" ] && [ -x "$build/bench/tp_bench_layers" ]; then
+  bf16_blas="$(mktemp)" bf16_layers="$(mktemp)"
+  OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_filter=tp_cpu_dtype --benchmark_min_time=0.3 \
+    --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true --benchmark_format=json >"$bf16_blas" 2>/dev/null
+  "$build/bench/tp_bench_layers" --backend=local --world=1 --layers=mlp --modes=fwdbwd --tokens=512 --hidden=1024 \
+    --dtypes=fp32,bf16,bf16_fp32 --sgemm=none --triad=none --benchmark_repetitions=3 \
+    --benchmark_enable_random_interleaving=true --benchmark_format=json >"$bf16_layers" 2>/dev/null
+  {
+    echo
+    echo "## bf16 against fp32 on the CPU"
+    echo
+    echo "bf16 weights and activations (\`tp::bf16\`) beside float32, same run, each row the median of three"
+    echo "repetitions interleaved at random; the CPU's bf16 instructions: $(grep -o 'avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+    echo "(none listed: the bf16 rows run on the fallback). Goal: bf16 at least 2x fp32 where the CPU has AVX512_BF16 or AMX."
+    echo
+    python3 "$root/scripts/bf16_report.py" "$bf16_blas" "$bf16_layers"
+  } >>"$root/BENCHMARKS.md"
+  rm -f "$bf16_blas" "$bf16_layers"
 fi
 echo "bench.sh: wrote $root/BENCHMARKS.md and $root/docs/bench/*.png in ${elapsed}s of benchmarks" >&2

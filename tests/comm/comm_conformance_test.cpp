@@ -1,6 +1,8 @@
 /// The conformance suite every backend runs: each collective checked against what every rank can
 /// compute from rank-seeded inputs. Values are multiples of 1/4 below 2^10, so float sums are exact
-/// in any reduction order and the comparisons can be exact. Buffers come from the harness
+/// in any reduction order and the comparisons can be exact. The 16-bit types (tp::bf16, tp::f16)
+/// hold these values and their sums over four ranks exactly; products of four are exact in float,
+/// where every host backend reduces them, and are compared rounded once to the 16-bit type. Buffers come from the harness
 /// (test::Buffer), so device harnesses run the same bodies on GPU-visible memory.
 
 #include <gmock/gmock.h>
@@ -23,7 +25,7 @@ using test::on_ranks;
 template <class T>
 T value(int rank, std::size_t i) {
   const auto v = static_cast<std::int64_t>((rank * 131 + static_cast<std::int64_t>(i) * 7) % 97) - 48;
-  if constexpr (std::is_floating_point_v<T>) return static_cast<T>(v) * T(0.25);
+  if constexpr (std::is_floating_point_v<T> || is_float16_v<T>) return static_cast<T>(static_cast<float>(v) * 0.25f);
   return static_cast<T>(v);
 }
 
@@ -34,11 +36,12 @@ test::Buffer<T> rank_values(int rank, std::size_t n) {
   return v;
 }
 
+/// In accum_t<T> (float for the 16-bit types), rounded once, as the backends reduce them.
 template <class T>
 T reduce_expected(ReduceOp op, int world, std::size_t i) {
-  T acc = value<T>(0, i);
+  accum_t<T> acc = value<T>(0, i);
   for (int q = 1; q < world; ++q) {
-    const T v = value<T>(q, i);
+    const accum_t<T> v = value<T>(q, i);
     switch (op) {
       case ReduceOp::sum: acc += v; break;
       case ReduceOp::prod: acc *= v; break;
@@ -46,12 +49,12 @@ T reduce_expected(ReduceOp op, int world, std::size_t i) {
       case ReduceOp::max: acc = std::max(acc, v); break;
     }
   }
-  return acc;
+  return static_cast<T>(acc);
 }
 
 template <class T>
 class Collectives : public ::testing::Test {};
-using Elements = ::testing::Types<float, double, std::int32_t, std::int64_t>;
+using Elements = ::testing::Types<float, double, std::int32_t, std::int64_t, bf16, f16>;
 TYPED_TEST_SUITE(Collectives, Elements);
 
 TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
@@ -60,6 +63,8 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
     const int world = comm->size(), rank = comm->rank();
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max})
       for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4099}}) {
+        // NCCL multiplies 16-bit values in their own type at each step of its ring, not once in float.
+        if (is_float16_v<T> && op == ReduceOp::prod && comm->backend() == "nccl") continue;
         const auto send = rank_values<T>(rank, n);
         test::Buffer<T> recv(n, T(-1)), inplace = send;
         comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
@@ -145,6 +150,36 @@ TYPED_TEST(Collectives, BroadcastFromEveryRoot) {
       comm->broadcast(std::span<T>(data), root);
       EXPECT_EQ(data, rank_values<T>(root, 129)) << "root " << root;
     }
+  });
+}
+
+/// 16-bit sums over ranks are float sums rounded once, not a chain of 16-bit roundings: 1 and two
+/// halves of an ulp of 1 (2^-8 in bf16, 2^-11 in f16) sum to 1 + one ulp, where rounding after
+/// each addition stays at 1 (1 + half an ulp is a tie, which goes to the even 1); four ranks give
+/// 1 + 1.5 ulp, a tie that goes to 1 + 2 ulp. NCCL adds in the 16-bit type and is not held to it.
+template <class T>
+void expect_sum_rounded_once(Communicator& comm, float half_ulp) {
+  const int world = comm.size(), rank = comm.rank();
+  const T mine = rank == 0 ? T(1.0f) : T(half_ulp);
+  const float want = static_cast<float>(T(1.0f + static_cast<float>(world - 1) * half_ulp));
+  test::Buffer<T> x(5, mine);
+  comm.all_reduce(std::span<T>(x));
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(static_cast<float>(x[i]), want) << "all_reduce, element " << i;
+  auto work = comm.all_reduce_async(x.data(), x.data(), x.size(), dtype_of<T>, ReduceOp::max);
+  work->wait();
+  EXPECT_EQ(static_cast<float>(x[0]), want) << "all_reduce_async max";
+  const test::Buffer<T> send(3 * static_cast<std::size_t>(world), mine);
+  test::Buffer<T> recv(3, T(0.0f));
+  comm.reduce_scatter(std::span<const T>(send), std::span<T>(recv));
+  for (std::size_t i = 0; i < recv.size(); ++i)
+    EXPECT_EQ(static_cast<float>(recv[i]), want) << "reduce_scatter, element " << i;
+}
+
+TEST(Collectives16, SumsInFloatAndRoundsOnce) {
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    if (comm->backend() == "nccl") return;
+    expect_sum_rounded_once<bf16>(*comm, 0x1p-8f);
+    expect_sum_rounded_once<f16>(*comm, 0x1p-11f);
   });
 }
 

@@ -159,6 +159,15 @@ inline double rel_error(const Matrix& got, const Matrix& want) {
 /// Relative tolerance by element type: a few units of float32 rounding, of float64 rounding.
 template <class T>
 inline constexpr double tolerance = std::is_same_v<T, double> ? 1e-12 : 1e-6;
+/// The host's 16-bit types, as CUDA's (common/cuda_support.hpp): the inputs are the same rounded
+/// values on both sides, so the error is the roundings of the results and of the intermediates a
+/// layer stores in T (GEMM outputs, activations, partial sums reduced over ranks), each at most the
+/// unit roundoff u (bf16 2^-8 = 3.9e-3, f16 2^-11 = 4.9e-4) relative; two or three such roundings
+/// in a chain, normwise and partly cancelling, stay under 2.5 u: 1e-2 for bf16, 2e-3 for f16.
+template <>
+inline constexpr double tolerance<bf16> = 1e-2;
+template <>
+inline constexpr double tolerance<f16> = 2e-3;
 
 }  // namespace tp::ref
 

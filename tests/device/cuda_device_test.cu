@@ -20,6 +20,7 @@
 #include "tp/comm/local_communicator.hpp"
 #include "tp/device/cuda.hpp"
 #include "tp/layers/vocab_parallel_cross_entropy.hpp"
+#include "tp/ops/activation.hpp"
 #include "tp/layers/vocab_parallel_embedding.hpp"
 
 namespace tp {
@@ -111,6 +112,30 @@ TEST(CudaDevice, WithoutAMemoryPoolAllocationsArePlainDeviceMemory) {
   cudaPointerAttributes where{};
   TP_CUDA_CHECK(cudaPointerGetAttributes(&where, c.data()), "reading where the GEMM output lives");
   EXPECT_EQ(where.type, cudaMemoryTypeDevice);
+}
+
+/// The host's 16-bit types run on tp::Cuda as CUDA's own (the same API on both devices): the same
+/// cuBLASLt GEMM and kernels give tp::bf16 and tp::f16 the bits they give __nv_bfloat16 and __half.
+template <class Host, class Native>
+void expect_same_bits_as(const std::shared_ptr<Cuda>& dev) {
+  const ref::Matrix a = test::random_matrix<float>(6, 9, 1), b = test::random_matrix<float>(9, 5, 2);
+  const auto run = [&]<class T>(T) {
+    const auto ta = upload<T>(dev, a), tb = upload<T>(dev, b);
+    Tensor<T, Cuda> c(dev, 6, 5), y(dev, 6, 5);
+    dev->gemm<T>(Op::n, Op::n, T(1), ConstView<T>(ta.view()), ConstView<T>(tb.view()), T(0), c.view());
+    ops::gelu<T>(*dev, ConstView<T>(c.view()), y.view(), Gelu::tanh);
+    return std::pair{download<T>(*dev, c).data, download<T>(*dev, y).data};
+  };
+  const auto host = run(Host(0)), native = run(static_cast<Native>(0.0f));
+  EXPECT_EQ(host.first, native.first);
+  EXPECT_EQ(host.second, native.second);
+}
+
+TEST(CudaDevice, HostSixteenBitTypesRunAsCudasOwn) {
+  TP_REQUIRE_CUDA();
+  auto dev = std::make_shared<Cuda>();
+  expect_same_bits_as<bf16, __nv_bfloat16>(dev);
+  expect_same_bits_as<f16, __half>(dev);
 }
 
 /// A failure whose status its caller dropped (a free in a destructor) stays in the thread's

@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class CrossEntropy : public ::testing::Test {};
-TYPED_TEST_SUITE(CrossEntropy, test::BlockFloats);
+TYPED_TEST_SUITE(CrossEntropy, test::BlockFloatsBf16);
 
 TYPED_TEST(CrossEntropy, MatchesReference) {
   using T = TypeParam;

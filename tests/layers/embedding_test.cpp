@@ -25,7 +25,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class Embedding : public ::testing::Test {};
-TYPED_TEST_SUITE(Embedding, test::BlockFloats);
+TYPED_TEST_SUITE(Embedding, test::BlockFloatsBf16);
 
 TYPED_TEST(Embedding, MatchesReference) {
   using T = TypeParam;

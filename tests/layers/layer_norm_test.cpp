@@ -23,7 +23,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class LayerNormTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(LayerNormTyped, test::BlockFloats);
+TYPED_TEST_SUITE(LayerNormTyped, test::BlockFloatsBf16);
 
 TYPED_TEST(LayerNormTyped, ForwardAndBackwardMatchTheReference) {
   using T = TypeParam;

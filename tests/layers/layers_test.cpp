@@ -29,7 +29,7 @@ constexpr Shape kShapes[] = {{5, 12, 10}, {3, 7, 16}, {9, 16, 7}, {1, 4, 4}, {67
 
 template <class T>
 class ParallelLinear : public ::testing::Test {};
-TYPED_TEST_SUITE(ParallelLinear, test::AllFloats);
+TYPED_TEST_SUITE(ParallelLinear, test::BlockFloatsBf16);
 
 TYPED_TEST(ParallelLinear, ColumnMatchesReference) {
   using T = TypeParam;

@@ -30,7 +30,7 @@ using ::testing::HasSubstr;
 
 template <class T>
 class RmsNormLayer : public ::testing::Test {};
-TYPED_TEST_SUITE(RmsNormLayer, test::BlockFloats);
+TYPED_TEST_SUITE(RmsNormLayer, test::BlockFloatsBf16);
 
 /// Offset inputs, so that a mean wrongly subtracted would show.
 template <class T>

@@ -22,7 +22,7 @@ using test::upload;
 
 template <class T>
 class LinearOps : public ::testing::Test {};
-TYPED_TEST_SUITE(LinearOps, test::AllFloats);
+TYPED_TEST_SUITE(LinearOps, test::AllFloats16);
 
 /// m rows of `src` placed at (r0, c0) of a larger matrix filled with `fill` (a strided view's home).
 ref::Matrix embedded(const ref::Matrix& src, std::int64_t rows, std::int64_t cols, std::int64_t r0, std::int64_t c0,

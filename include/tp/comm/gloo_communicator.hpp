@@ -170,8 +170,11 @@ class GlooCommunicator final : public Communicator {
   }
 
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
-    TP_CHECK(dtype != DType::f16 && dtype != DType::bf16, "GlooCommunicator all_reduce: cannot reduce {} buffers",
-             name(dtype));
+    if (detail::is_float16(dtype)) {  // gloo's ring reduces no 16-bit floats: reduce them as float, round once
+      auto wide = detail::widen_to_float(send, count, dtype);
+      do_all_reduce(wide.data(), wide.data(), count, DType::f32, op, nullptr);
+      return detail::narrow_from_float(wide.data(), count, dtype, recv);
+    }
     check_usable("all_reduce");
     if (count == 0) return;
     if (size_ == 1) {
@@ -217,8 +220,6 @@ class GlooCommunicator final : public Communicator {
   /// does, in one step instead of n-1, and the result does not depend on timing.
   void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                            ReduceOp op, Stream) override {
-    TP_CHECK(dtype != DType::f16 && dtype != DType::bf16, "GlooCommunicator reduce_scatter: cannot reduce {} buffers",
-             name(dtype));
     check_usable("reduce_scatter");
     const std::size_t elem = size_of(dtype), mine = counts[rank_];
     const auto displs = displacements(counts);

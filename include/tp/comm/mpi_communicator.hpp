@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
+#include "tp/detail/host_reduce.hpp"
 
 namespace tp {
 
@@ -48,7 +49,7 @@ inline MPI_Datatype mpi_type(DType t) {
     case DType::i64: return MPI_INT64_T;
     case DType::u8: return MPI_UINT8_T;
     case DType::f16:
-    case DType::bf16: return MPI_UINT16_T;  // moved as raw 16-bit words; MPI cannot add them
+    case DType::bf16: return MPI_UINT16_T;  // moved as raw 16-bit words; reduced as float (do_all_reduce)
   }
   return MPI_DATATYPE_NULL;
 }
@@ -166,7 +167,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   void do_all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op, Stream) override {
-    check_reducible(dtype, "all_reduce");
+    if (detail::is_float16(dtype)) {  // MPI has no 16-bit floats: reduce them as float, round once
+      auto wide = detail::widen_to_float(send, count, dtype);
+      do_all_reduce(wide.data(), wide.data(), count, DType::f32, op, nullptr);
+      return detail::narrow_from_float(wide.data(), count, dtype, recv);
+    }
     const int n = detail::mpi_count(count, "all_reduce");
     const void* in = send == recv ? MPI_IN_PLACE : send;
     collective("all_reduce", [&](MPI_Request* r) {
@@ -176,8 +181,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Work> do_all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op,
-                                            Stream) override {
-    check_reducible(dtype, "all_reduce");
+                                            Stream stream) override {
+    if (detail::is_float16(dtype)) {  // widened to float and back around a blocking reduction
+      do_all_reduce(send, recv, count, dtype, op, stream);
+      return std::make_unique<CompletedWork>();
+    }
     check_usable("all_reduce");
     auto work = std::make_unique<Request>(rank_, size_, options_.timeout);
     detail::mpi_check(MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv,
@@ -201,7 +209,14 @@ class MpiCommunicator final : public Communicator {
 
   void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                            ReduceOp op, Stream) override {
-    check_reducible(dtype, "reduce_scatter");
+    if (detail::is_float16(dtype)) {  // as all_reduce: in float, rounded once
+      std::size_t total = 0;
+      for (const std::size_t c : counts) total += c;
+      const auto wide = detail::widen_to_float(send, total, dtype);
+      std::vector<float> mine(counts[rank_]);
+      do_reduce_scatter_v(wide.data(), mine.data(), counts, DType::f32, op, nullptr);
+      return detail::narrow_from_float(mine.data(), mine.size(), dtype, recv);
+    }
     const auto [ints, displs] = int_counts(counts, "reduce_scatter_v");
     const MPI_Datatype type = detail::mpi_type(dtype);
     collective("reduce_scatter", [&](MPI_Request* r) {
@@ -274,11 +289,6 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm dup = MPI_COMM_NULL;
     detail::mpi_check(MPI_Comm_dup(comm, &dup), "MPI_Comm_dup", -1);
     return dup;
-  }
-
-  void check_reducible(DType dtype, const char* op) const {
-    TP_CHECK(dtype != DType::f16 && dtype != DType::bf16, "MpiCommunicator {}: MPI cannot reduce {} buffers", op,
-             name(dtype));
   }
 
   std::pair<std::vector<int>, std::vector<int>> int_counts(std::span<const std::size_t> counts, const char* op) const {

@@ -6,6 +6,8 @@
 #include <string_view>
 #include <type_traits>
 
+#include "tp/core/float16.hpp"
+
 namespace tp {
 
 enum class DType : std::uint8_t { f32, f64, f16, bf16, i32, i64, u8 };
@@ -53,11 +55,14 @@ constexpr std::string_view name(ReduceOp op) {
   return "unknown";
 }
 
-/// Maps a C++ element type to its DType; the CUDA device header adds __half and __nv_bfloat16.
+/// Maps a C++ element type to its DType; tp::f16 and tp::bf16 (tp/core/float16.hpp) are the host's
+/// 16-bit types, and the CUDA device header adds CUDA's own, __half and __nv_bfloat16.
 template <class T>
 struct DTypeOf;
 template <> struct DTypeOf<float> : std::integral_constant<DType, DType::f32> {};
 template <> struct DTypeOf<double> : std::integral_constant<DType, DType::f64> {};
+template <> struct DTypeOf<f16> : std::integral_constant<DType, DType::f16> {};
+template <> struct DTypeOf<bf16> : std::integral_constant<DType, DType::bf16> {};
 template <> struct DTypeOf<std::int32_t> : std::integral_constant<DType, DType::i32> {};
 template <> struct DTypeOf<std::int64_t> : std::integral_constant<DType, DType::i64> {};
 template <> struct DTypeOf<std::uint8_t> : std::integral_constant<DType, DType::u8> {};

@@ -1,8 +1,10 @@
 #pragma once
 /// The CPU loops of tp/ops/activation.hpp (GELU, SwiGLU). Arguments are checked by the op.
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
@@ -33,12 +35,19 @@ TP_CPU_CLONES void gelu_backward_row(const T* x, const T* dy, T* dx, std::int64_
 
 }  // namespace activation_detail
 
-/// float uses branch-free erf/exp approximations that vectorize; double uses libm.
+/// float uses branch-free erf/exp approximations that vectorize, and so do the 16-bit types, one
+/// row at a time widened to float; double uses libm.
 template <class T>
 void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
+  std::vector<float> in, out;
+  if constexpr (is_float16_v<T>) in.resize(static_cast<std::size_t>(x.cols)), out.resize(in.size());
   for (std::int64_t r = 0; r < x.rows; ++r) {
     if constexpr (std::is_same_v<T, float>) {
       activation_detail::gelu_row<T>(x.row(r), y.row(r), x.cols, kind);
+    } else if constexpr (is_float16_v<T>) {
+      std::copy_n(x.row(r), x.cols, in.data());
+      activation_detail::gelu_row<float>(in.data(), out.data(), x.cols, kind);
+      std::copy_n(out.data(), x.cols, y.row(r));
     } else {
       const T* xr = x.row(r);
       T* yr = y.row(r);
@@ -49,9 +58,17 @@ void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
 
 template <class T>
 void gelu_backward(const Cpu&, ConstView<T> x, ConstView<T> dy, MatrixView<T> dx, Gelu kind) {
+  std::vector<float> in, grad, out;
+  if constexpr (is_float16_v<T>)
+    in.resize(static_cast<std::size_t>(x.cols)), grad.resize(in.size()), out.resize(in.size());
   for (std::int64_t r = 0; r < x.rows; ++r) {
     if constexpr (std::is_same_v<T, float>) {
       activation_detail::gelu_backward_row<T>(x.row(r), dy.row(r), dx.row(r), x.cols, kind);
+    } else if constexpr (is_float16_v<T>) {
+      std::copy_n(x.row(r), x.cols, in.data());
+      std::copy_n(dy.row(r), x.cols, grad.data());
+      activation_detail::gelu_backward_row<float>(in.data(), grad.data(), out.data(), x.cols, kind);
+      std::copy_n(out.data(), x.cols, dx.row(r));
     } else {
       const T *xr = x.row(r), *gr = dy.row(r);
       T* out = dx.row(r);

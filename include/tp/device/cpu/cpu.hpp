@@ -33,13 +33,17 @@
 #endif
 
 #include <algorithm>
+#include <compare>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tp/comm/communicator.hpp"
 #include "tp/core/ops.hpp"
@@ -56,7 +60,7 @@ namespace detail {
 template <class T>
 void scale_host(MatrixView<T> x, T factor) {
   for (std::int64_t r = 0; r < x.rows; ++r)
-    for (std::int64_t c = 0; c < x.cols; ++c) x(r, c) = factor == T(0) ? T(0) : x(r, c) * factor;
+    for (std::int64_t c = 0; c < x.cols; ++c) x(r, c) = factor == T(0) ? T(0) : static_cast<T>(x(r, c) * factor);
 }
 
 /// True on a CPU with AVX-512 (F, BW, VL, DQ: what oneDNN's AVX-512 sgemm kernels need).
@@ -70,7 +74,26 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
+/// True on a CPU with bfloat16 dot-product instructions (AVX512_BF16, or AMX's bf16 tiles), where
+/// oneDNN's bf16 matmul runs at about twice the float rate.
+inline bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return bf16;
+#else
+  return false;
+#endif
+}
+
 }  // namespace detail
+
+/// How Cpu runs GEMMs of the 16-bit types (bf16 x bf16 and f16 x f16: products summed in float,
+/// the result rounded once to the 16-bit type).
+enum class CpuHalfGemm {
+  automatic,  ///< oneDNN's bf16 matmul for bf16 where the CPU has AVX512_BF16 or AMX, else fp32
+  onednn,     ///< oneDNN's bf16 matmul for bf16 (needs TP_HAS_DNNL); f16 still takes fp32
+  fp32,       ///< the operands widened to float, the float GEMM, the result rounded back
+};
 
 /// The library that runs Cpu's float GEMMs (see the top of this file for the rule).
 enum class CpuGemm {
@@ -89,7 +112,142 @@ inline constexpr bool has_dnnl =
 
 /// What CpuGemm::automatic resolves to in this process.
 inline CpuGemm automatic_cpu_gemm() { return has_dnnl && cpu_has_avx512() ? CpuGemm::onednn : CpuGemm::openblas; }
+/// What CpuHalfGemm::automatic resolves to: oneDNN where it has bf16 instructions to run on. On
+/// other CPUs its bf16 matmul emulates them, slower than widening to float (the fallback).
+/// TP_CPU_HALF_GEMM=fp32 (or onednn) overrides the rule for the whole process: tests set it to
+/// run the layer suites on the fallback on a CPU that has bf16 instructions. Any other value is
+/// refused.
+inline CpuHalfGemm automatic_half_gemm() {
+  static const CpuHalfGemm rule = [] {
+    const char* forced = std::getenv("TP_CPU_HALF_GEMM");
+    if (forced == nullptr || *forced == '\0')
+      return has_dnnl && cpu_has_bf16_dot() ? CpuHalfGemm::onednn : CpuHalfGemm::fp32;
+    const std::string_view value(forced);
+    if (value == "fp32") return CpuHalfGemm::fp32;
+    TP_CHECK(value == "onednn" && has_dnnl, "TP_CPU_HALF_GEMM={}: expected fp32, or onednn in a build with oneDNN",
+             value);
+    return CpuHalfGemm::onednn;
+  }();
+  return rule;
+}
 }  // namespace detail
+
+#ifdef TP_HAS_DNNL
+namespace detail {
+
+/// oneDNN's status as an exception naming the call.
+inline void dnnl_check(dnnl_status_t status, const char* what) {
+  TP_CHECK(status == dnnl_success, "oneDNN {} failed with status {}", what, static_cast<int>(status));
+}
+
+/// The process's CPU engine and this thread's stream for oneDNN primitives.
+inline dnnl_engine_t dnnl_cpu_engine() {
+  static const std::unique_ptr<dnnl_engine, dnnl_status_t (*)(dnnl_engine_t)> engine(
+      [] {
+        dnnl_engine_t e = nullptr;
+        dnnl_check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine_create");
+        return e;
+      }(),
+      dnnl_engine_destroy);
+  return engine.get();
+}
+inline dnnl_stream_t dnnl_thread_stream() {
+  thread_local const std::unique_ptr<dnnl_stream, dnnl_status_t (*)(dnnl_stream_t)> stream(
+      [] {
+        dnnl_stream_t s = nullptr;
+        dnnl_check(dnnl_stream_create(&s, dnnl_cpu_engine(), dnnl_stream_default_flags), "stream_create");
+        return s;
+      }(),
+      dnnl_stream_destroy);
+  return stream.get();
+}
+
+/// One bf16 matmul primitive and its memory objects, for one shape (Cpu::dnnl_bf16_gemm).
+struct DnnlMatmulKey {
+  std::int64_t m, n, k, lda, ldb, ldc;
+  bool ta, tb;
+  float alpha, beta;
+  auto operator<=>(const DnnlMatmulKey&) const = default;
+};
+
+class DnnlMatmul {
+ public:
+  DnnlMatmul(dnnl_engine_t engine, const DnnlMatmulKey& key) {
+    dnnl_memory_desc_t a_md, b_md, c_md;
+    const dnnl_dims_t a_dims = {key.m, key.k}, b_dims = {key.k, key.n}, c_dims = {key.m, key.n};
+    const dnnl_dims_t a_strides = {key.ta ? 1 : key.lda, key.ta ? key.lda : 1},
+                      b_strides = {key.tb ? 1 : key.ldb, key.tb ? key.ldb : 1}, c_strides = {key.ldc, 1};
+    dnnl_check(dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_bf16, a_strides), "memory_desc (a)");
+    dnnl_check(dnnl_memory_desc_init_by_strides(&b_md, 2, b_dims, dnnl_bf16, b_strides), "memory_desc (b)");
+    dnnl_check(dnnl_memory_desc_init_by_strides(&c_md, 2, c_dims, dnnl_bf16, c_strides), "memory_desc (c)");
+    dnnl_matmul_desc_t desc;
+    dnnl_check(dnnl_matmul_desc_init(&desc, &a_md, &b_md, nullptr, &c_md), "matmul_desc_init");
+    dnnl_primitive_attr_t attr = nullptr;
+    dnnl_post_ops_t post_ops = nullptr;
+    dnnl_check(dnnl_primitive_attr_create(&attr), "primitive_attr_create");
+    if (key.alpha != 1.0f) dnnl_check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &key.alpha), "output scales");
+    if (key.beta != 0.0f) {
+      dnnl_check(dnnl_post_ops_create(&post_ops), "post_ops_create");
+      dnnl_check(dnnl_post_ops_append_sum(post_ops, key.beta), "post_ops_append_sum");
+      dnnl_check(dnnl_primitive_attr_set_post_ops(attr, post_ops), "set_post_ops");
+    }
+    dnnl_primitive_desc_t pd = nullptr;
+    const dnnl_status_t made = dnnl_primitive_desc_create(&pd, &desc, attr, engine, nullptr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_check(made, "bf16 matmul primitive_desc_create");
+    const dnnl_status_t created = dnnl_primitive_create(&primitive_, pd);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_check(created, "bf16 matmul primitive_create");
+    dnnl_check(dnnl_memory_create(&a_, &a_md, engine, DNNL_MEMORY_NONE), "memory_create (a)");
+    dnnl_check(dnnl_memory_create(&b_, &b_md, engine, DNNL_MEMORY_NONE), "memory_create (b)");
+    dnnl_check(dnnl_memory_create(&c_, &c_md, engine, DNNL_MEMORY_NONE), "memory_create (c)");
+  }
+  DnnlMatmul(const DnnlMatmul&) = delete;
+  DnnlMatmul& operator=(const DnnlMatmul&) = delete;
+  ~DnnlMatmul() {
+    for (dnnl_memory_t mem : {a_, b_, c_})
+      if (mem) dnnl_memory_destroy(mem);
+    if (primitive_) dnnl_primitive_destroy(primitive_);
+  }
+
+  void run(const void* a, const void* b, void* c) const {
+    dnnl_check(dnnl_memory_set_data_handle(a_, const_cast<void*>(a)), "set_data_handle (a)");
+    dnnl_check(dnnl_memory_set_data_handle(b_, const_cast<void*>(b)), "set_data_handle (b)");
+    dnnl_check(dnnl_memory_set_data_handle(c_, c), "set_data_handle (c)");
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, a_}, {DNNL_ARG_WEIGHTS, b_}, {DNNL_ARG_DST, c_}};
+    dnnl_check(dnnl_primitive_execute(primitive_, dnnl_thread_stream(), 3, args), "bf16 matmul execute");
+    dnnl_check(dnnl_stream_wait(dnnl_thread_stream()), "stream_wait");
+  }
+
+ private:
+  dnnl_primitive_t primitive_ = nullptr;
+  dnnl_memory_t a_ = nullptr, b_ = nullptr, c_ = nullptr;
+};
+
+/// The primitives one thread has made (ranks run as threads in tests; a primitive's memory objects
+/// are not shared between threads), with the CPU engine and stream they run on.
+class DnnlMatmulCache {
+ public:
+  static DnnlMatmulCache& for_this_thread() {
+    thread_local DnnlMatmulCache cache;
+    return cache;
+  }
+  DnnlMatmul& get(const DnnlMatmulKey& key) {
+    auto it = primitives_.find(key);
+    if (it == primitives_.end() && primitives_.size() >= kMaxPrimitives) primitives_.clear();  // shapes that vary
+    if (it == primitives_.end())
+      it = primitives_.emplace(key, std::make_unique<DnnlMatmul>(dnnl_cpu_engine(), key)).first;
+    return *it->second;
+  }
+
+ private:
+  static constexpr std::size_t kMaxPrimitives = 256;
+  std::map<DnnlMatmulKey, std::unique_ptr<DnnlMatmul>> primitives_;
+};
+
+}  // namespace detail
+#endif
 
 struct CpuOptions {
   /// BLAS threads; 0 leaves the process's setting alone (OPENBLAS_NUM_THREADS, or what an earlier
@@ -102,6 +260,10 @@ struct CpuOptions {
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
   CpuGemm gemm = CpuGemm::automatic;
+  /// How bf16 and f16 GEMMs run; `automatic` is oneDNN's bf16 matmul where the CPU has bf16
+  /// instructions, `fp32` is the fallback that other CPUs take, which tests and benchmarks force
+  /// to compare the two.
+  CpuHalfGemm half_gemm = CpuHalfGemm::automatic;
   /// Linear layers' forward and backward at few tokens on tp's streaming kernels
   /// (tp/device/cpu/streaming_linear.hpp); false runs them as GEMMs, for benchmarks that compare.
   bool streaming_linear = true;
@@ -121,7 +283,11 @@ class Cpu {
 #ifdef OPENBLAS_VERSION
     if (options.threads > 0) openblas_set_num_threads(options.threads);
 #endif
+    TP_CHECK(
+        options.half_gemm != CpuHalfGemm::onednn || detail::has_dnnl,
+        "Cpu: CpuHalfGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
     if (options_.gemm == CpuGemm::automatic) options_.gemm = detail::automatic_cpu_gemm();
+    if (options_.half_gemm == CpuHalfGemm::automatic) options_.half_gemm = detail::automatic_half_gemm();
   }
 
   /// The process-wide instance host tensors use when given no device.
@@ -133,7 +299,9 @@ class Cpu {
   /// The library running float GEMMs in this process by default (CpuGemm::automatic) and why, for
   /// banners and benchmark labels: "OpenBLAS 0.3.21 (SkylakeX kernels, 1 thread(s))" or
   /// "oneDNN 2.6.3 sgemm for this AVX-512 CPU (OpenBLAS 0.3.21, SkylakeX kernels, for the rest), 1 thread(s)".
-  static std::string blas_name() { return blas_name(detail::automatic_cpu_gemm()); }
+  static std::string blas_name() {
+    return blas_name(detail::automatic_cpu_gemm()) + "; bf16: " + half_gemm_name(detail::automatic_half_gemm());
+  }
   static std::string blas_name(CpuGemm gemm) {
     const int threads = blas_threads();
 #ifdef OPENBLAS_VERSION
@@ -156,6 +324,22 @@ class Cpu {
     return fmt::format("{} ({} kernels, {} thread(s))", openblas, core, threads);
   }
 
+  /// How bf16 GEMMs run: "oneDNN 2.6.3 bf16 matmul (avx512_bf16), fp32 accumulation" or "widened
+  /// to fp32 (no AVX512_BF16 or AMX)"; f16 GEMMs are always widened to fp32.
+  static std::string half_gemm_name(CpuHalfGemm half) {
+    if (half == CpuHalfGemm::automatic) half = detail::automatic_half_gemm();
+#ifdef TP_HAS_DNNL
+    if (half == CpuHalfGemm::onednn) {
+      const dnnl_version_t* v = dnnl_version();
+      return fmt::format("oneDNN {}.{}.{} bf16 matmul, fp32 accumulation ({})", v->major, v->minor, v->patch,
+                         detail::cpu_has_bf16_dot() ? "this CPU has AVX512_BF16 or AMX" : "forced, emulated");
+    }
+#endif
+    return fmt::format("widened to fp32 GEMMs ({})", detail::has_dnnl && detail::cpu_has_bf16_dot()
+                                                         ? "forced"
+                                                         : (detail::has_dnnl ? "no AVX512_BF16 or AMX" : "no oneDNN"));
+  }
+
   /// The process's BLAS thread count (1 where the BLAS cannot say).
   static int blas_threads() {
 #ifdef OPENBLAS_VERSION
@@ -175,6 +359,8 @@ class Cpu {
 
   /// The library this instance's float GEMMs run on (never `automatic`).
   CpuGemm gemm_library() const { return options_.gemm; }
+  /// How this instance's bf16 GEMMs run (never `automatic`).
+  CpuHalfGemm half_gemm() const { return options_.half_gemm; }
 
   Stream stream() const { return nullptr; }
   void synchronize() const {}
@@ -217,7 +403,8 @@ class Cpu {
   template <class T>
   void gemm(Op op_a, Op op_b, std::type_identity_t<T> alpha, In<T> a, In<T> b, std::type_identity_t<T> beta,
             MatrixView<T> c) const {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Cpu::gemm supports float and double");
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || is_float16_v<T>,
+                  "Cpu::gemm supports float, double, tp::bf16 and tp::f16");
     TP_CHECK(valid(op_a) && valid(op_b), "gemm: op_a {} and op_b {} must be tp::Op::n or tp::Op::t",
              static_cast<unsigned>(op_a), static_cast<unsigned>(op_b));
     const std::int64_t m = op_a == Op::n ? a.rows : a.cols, k = op_a == Op::n ? a.cols : a.rows;
@@ -229,37 +416,45 @@ class Cpu {
       detail::scale_host<T>(c, beta);
       return;
     }
-    const auto ta = op_a == Op::n ? CblasNoTrans : CblasTrans, tb = op_b == Op::n ? CblasNoTrans : CblasTrans;
-    const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)),
-               ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
-    if (m <= 2) {
-      // One or two tokens (decoding): OpenBLAS 0.3.21's sgemm packs all of B, a weight matrix here,
-      // before using it once; a GEMV per row streams it instead, 3-4x faster at m = 1 and about 2x
-      // at m = 2 for a 4096x1024 weight (single thread), and slower from m = 4 on.
-      const int incx = op_a == Op::n ? 1 : lda;
-      // c_i = alpha * op(b)^T a_i + beta * c_i, with op(b)^T = b when b is stored [n, k] (op t).
-      const auto tv = op_b == Op::t ? CblasNoTrans : CblasTrans;
-      const int rows = static_cast<int>(b.rows), cols = static_cast<int>(b.cols);
-      for (std::int64_t i = 0; i < m; ++i) {
-        const T* ai = op_a == Op::n ? a.row(i) : a.data + i;
-        if constexpr (std::is_same_v<T, float>)
-          cblas_sgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
-        else
-          cblas_dgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
-      }
-      return;
-    }
+    if constexpr (is_float16_v<T>) {
 #ifdef TP_HAS_DNNL
-    if constexpr (std::is_same_v<T, float>)
-      if (options_.gemm == CpuGemm::onednn && m * n * k >= kMinDnnlGemm)
-        return dnnl_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
+      if constexpr (std::is_same_v<T, bf16>)
+        if (options_.half_gemm == CpuHalfGemm::onednn) return dnnl_bf16_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
 #endif
-    if constexpr (std::is_same_v<T, float>)
-      cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
-                  lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
-    else
-      cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
-                  lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
+      return widened_gemm<T>(op_a, op_b, alpha, a, b, beta, c);
+    } else {
+      const auto ta = op_a == Op::n ? CblasNoTrans : CblasTrans, tb = op_b == Op::n ? CblasNoTrans : CblasTrans;
+      const auto lda = static_cast<int>(std::max<std::int64_t>(a.ld, 1)),
+                 ldb = static_cast<int>(std::max<std::int64_t>(b.ld, 1));
+      if (m <= 2) {
+        // One or two tokens (decoding): OpenBLAS 0.3.21's sgemm packs all of B, a weight matrix here,
+        // before using it once; a GEMV per row streams it instead, 3-4x faster at m = 1 and about 2x
+        // at m = 2 for a 4096x1024 weight (single thread), and slower from m = 4 on.
+        const int incx = op_a == Op::n ? 1 : lda;
+        // c_i = alpha * op(b)^T a_i + beta * c_i, with op(b)^T = b when b is stored [n, k] (op t).
+        const auto tv = op_b == Op::t ? CblasNoTrans : CblasTrans;
+        const int rows = static_cast<int>(b.rows), cols = static_cast<int>(b.cols);
+        for (std::int64_t i = 0; i < m; ++i) {
+          const T* ai = op_a == Op::n ? a.row(i) : a.data + i;
+          if constexpr (std::is_same_v<T, float>)
+            cblas_sgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
+          else
+            cblas_dgemv(CblasRowMajor, tv, rows, cols, alpha, b.data, ldb, ai, incx, beta, c.row(i), 1);
+        }
+        return;
+      }
+#ifdef TP_HAS_DNNL
+      if constexpr (std::is_same_v<T, float>)
+        if (options_.gemm == CpuGemm::onednn && m * n * k >= kMinDnnlGemm)
+          return dnnl_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
+#endif
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
+                    lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data,
+                    lda, b.data, ldb, beta, c.data, static_cast<int>(c.ld));
+    }
   }
 
  private:
@@ -278,6 +473,42 @@ class Cpu {
                    std::max<std::int64_t>(a.ld, 1), b.data, std::max<std::int64_t>(b.ld, 1), beta, c.data, c.ld);
     TP_CHECK(status == dnnl_success, "gemm: dnnl_sgemm {}x{}x{} failed with status {}", m, n, k,
              static_cast<int>(status));
+  }
+#endif
+
+  /// The fallback for 16-bit GEMMs: a, b (and c when beta is not 0) widened to float (exact), the
+  /// float GEMM, c rounded once. Costs (mk + kn + mn) conversions beside the mnk multiply-adds.
+  template <class T>
+  void widened_gemm(Op op_a, Op op_b, float alpha, ConstView<T> a, ConstView<T> b, float beta, MatrixView<T> c) const {
+    const auto widen = [](ConstView<T> x, std::vector<float>& out) {
+      out.resize(static_cast<std::size_t>(x.rows * x.cols));
+      for (std::int64_t r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, out.data() + r * x.cols);
+      return ConstView<float>(out.data(), x.rows, x.cols);
+    };
+    std::vector<float> a32, b32, c32;
+    const ConstView<float> a_w = widen(a, a32), b_w = widen(b, b32);
+    if (beta != 0.0f)
+      widen(c, c32);
+    else
+      c32.resize(static_cast<std::size_t>(c.rows * c.cols));
+    gemm<float>(op_a, op_b, alpha, a_w, b_w, beta, MatrixView<float>(c32.data(), c.rows, c.cols));
+    for (std::int64_t r = 0; r < c.rows; ++r)
+      for (std::int64_t j = 0; j < c.cols; ++j) c(r, j) = c32[static_cast<std::size_t>(r * c.cols + j)];
+  }
+
+#ifdef TP_HAS_DNNL
+  /// bf16 x bf16 -> fp32 accumulation -> bf16 through oneDNN's matmul primitive (2.x has no bf16
+  /// GEMM function): alpha as its output scale, beta * c as a sum post-op (c read as bf16, added
+  /// in float, rounded once). A primitive is made once per shape, strides, alpha and beta and
+  /// thread (oneDNN compiles kernels for each), and kept for the thread's life.
+  void dnnl_bf16_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<bf16> a,
+                      ConstView<bf16> b, float beta, MatrixView<bf16> c) const {
+    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
+    if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+    const std::int64_t lda = std::max<std::int64_t>(a.ld, 1), ldb = std::max<std::int64_t>(b.ld, 1);
+    auto& cache = detail::DnnlMatmulCache::for_this_thread();
+    detail::DnnlMatmul& mm = cache.get({m, n, k, lda, ldb, c.ld, op_a == Op::t, op_b == Op::t, alpha, beta});
+    mm.run(a.data, b.data, c.data);
   }
 #endif
 

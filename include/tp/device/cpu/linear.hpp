@@ -4,7 +4,9 @@
 /// Cpu::gemm followed by the element-wise step (the GELU ones are the tanh approximation, as in
 /// cuBLASLt).
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
@@ -20,12 +22,16 @@ void add_bias(const Cpu&, MatrixView<T> y, ConstView<T> bias) {
   }
 }
 
+/// Summed over the rows (tokens) in accum_t<T>: float for the 16-bit types, which would stop
+/// growing after a few hundred rows of their own additions.
 template <class T>
 void add_bias_grad(const Cpu&, ConstView<T> dy, MatrixView<T> db) {
+  std::vector<accum_t<T>> sum(db.data, db.data + dy.cols);
   for (std::int64_t r = 0; r < dy.rows; ++r) {
     const T* g = dy.row(r);
-    for (std::int64_t c = 0; c < dy.cols; ++c) db.data[c] += g[c];
+    for (std::int64_t c = 0; c < dy.cols; ++c) sum[c] += g[c];
   }
+  std::copy(sum.begin(), sum.end(), db.data);
 }
 
 template <class T>
@@ -67,21 +73,24 @@ void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, Co
     case Epilogue::bgrad_a: {
       const std::int64_t m = c.rows, k = op_a == Op::n ? a.cols : a.rows;
       for (std::int64_t i = 0; i < m; ++i) {
-        T sum = T(0);
+        accum_t<T> sum = 0;
         for (std::int64_t j = 0; j < k; ++j) sum += op_a == Op::n ? a(i, j) : a(j, i);
-        e.bias_grad[i] = sum;
+        e.bias_grad[i] = static_cast<T>(sum);
       }
       return;
     }
   }
 }
 
+/// The streaming kernels are float and double only; the 16-bit types always run as GEMMs.
 template <class T>
 void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
-  if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::kStreamingForwardMaxTokens && x.cols > 0) {
-    detail::streaming_linear_forward<T>(x, w, T(0), y, dev.threads());
-    if (!bias.empty()) add_bias(dev, y, bias);
-    return;
+  if constexpr (!is_float16_v<T>) {
+    if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::kStreamingForwardMaxTokens && x.cols > 0) {
+      detail::streaming_linear_forward<T>(x, w, T(0), y, dev.threads());
+      if (!bias.empty()) add_bias(dev, y, bias);
+      return;
+    }
   }
   if (bias.empty())
     dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
@@ -92,9 +101,11 @@ void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T>
 template <class T>
 void linear_backward(const Cpu& dev, ConstView<T> dy, ConstView<T> x, ConstView<T> w, T beta_dx, MatrixView<T> dx,
                      T beta_dw, MatrixView<T> dw) {
-  if (dev.streaming_linear() && dy.rows >= 1 && dy.rows <= detail::kStreamingBackwardMaxTokens && x.cols > 0 &&
-      w.rows > 0)
-    return detail::streaming_linear_backward<T>(dy, x, w, beta_dx, dx, beta_dw, dw, dev.threads());
+  if constexpr (!is_float16_v<T>) {
+    if (dev.streaming_linear() && dy.rows >= 1 && dy.rows <= detail::kStreamingBackwardMaxTokens && x.cols > 0 &&
+        w.rows > 0)
+      return detail::streaming_linear_backward<T>(dy, x, w, beta_dx, dx, beta_dw, dw, dev.threads());
+  }
   dev.gemm<T>(Op::n, Op::n, T(1), dy, w, beta_dx, dx);
   dev.gemm<T>(Op::t, Op::n, T(1), dy, x, beta_dw, dw);
 }

@@ -1,7 +1,9 @@
 #pragma once
-/// The CPU loops of tp/ops/norm.hpp (LayerNorm, RMSNorm). Statistics in double; LayerNorm in two passes.
+/// The CPU loops of tp/ops/norm.hpp (LayerNorm, RMSNorm). Statistics in double; LayerNorm in two
+/// passes. The 16-bit types are read into double and rounded once on the way out.
 
 #include <cstdint>
+#include <vector>
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
@@ -25,11 +27,14 @@ void layer_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> bet
   }
 }
 
-/// dgamma and dbeta are accumulated row by row in T.
+/// dgamma and dbeta are accumulated row by row in accum_t<T> (T, or float for the 16-bit types,
+/// whose own sums would stop growing after a few hundred rows).
 template <class T>
 void layer_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> mean, ConstView<T> rstd,
-                         ConstView<T> dy, MatrixView<T> dx, MatrixView<T> dgamma, MatrixView<T> dbeta) {
+                         ConstView<T> dy, MatrixView<T> dx, MatrixView<T> dgamma_out, MatrixView<T> dbeta_out) {
   const double n = static_cast<double>(x.cols);
+  std::vector<accum_t<T>> dgamma(dgamma_out.data, dgamma_out.data + x.cols),
+      dbeta(dbeta_out.data, dbeta_out.data + x.cols);
   for (std::int64_t r = 0; r < x.rows; ++r) {
     const T* xr = x.row(r);
     const T* g = dy.row(r);
@@ -39,14 +44,18 @@ void layer_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstVi
       const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
       sum_d += d;
       sum_dx += d * xhat;
-      dgamma.data[c] += static_cast<T>(g[c] * xhat);
-      dbeta.data[c] += g[c];
+      dgamma[c] += static_cast<accum_t<T>>(g[c] * xhat);
+      dbeta[c] += g[c];
     }
     T* out = dx.row(r);
     for (std::int64_t c = 0; c < x.cols; ++c) {
       const double xhat = (xr[c] - mu) * rs, d = static_cast<double>(g[c]) * gamma.data[c];
       out[c] = static_cast<T>(math::layer_norm_dx(rs, d, xhat, sum_d, sum_dx, n));
     }
+  }
+  for (std::int64_t c = 0; c < x.cols; ++c) {
+    dgamma_out.data[c] = static_cast<T>(dgamma[c]);
+    dbeta_out.data[c] = static_cast<T>(dbeta[c]);
   }
 }
 
@@ -63,11 +72,13 @@ void rms_norm(const Cpu&, ConstView<T> x, ConstView<T> gamma, MatrixView<T> y, M
   }
 }
 
-/// xhat from the saved (rounded) rstd, as the CUDA kernels; dgamma accumulated row by row in T.
+/// xhat from the saved (rounded) rstd, as the CUDA kernels; dgamma accumulated row by row in
+/// accum_t<T>, as LayerNorm's.
 template <class T>
 void rms_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView<T> rstd, ConstView<T> dy,
-                       MatrixView<T> dx, MatrixView<T> dgamma) {
+                       MatrixView<T> dx, MatrixView<T> dgamma_out) {
   const double n = static_cast<double>(x.cols);
+  std::vector<accum_t<T>> dgamma(dgamma_out.data, dgamma_out.data + x.cols);
   for (std::int64_t r = 0; r < x.rows; ++r) {
     const T* xr = x.row(r);
     const T* g = dy.row(r);
@@ -76,7 +87,7 @@ void rms_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView
     for (std::int64_t c = 0; c < x.cols; ++c) {
       const double xhat = xr[c] * rs, d = static_cast<double>(g[c]) * gamma.data[c];
       sum_dx += d * xhat;
-      dgamma.data[c] += static_cast<T>(g[c] * xhat);
+      dgamma[c] += static_cast<accum_t<T>>(g[c] * xhat);
     }
     T* out = dx.row(r);
     for (std::int64_t c = 0; c < x.cols; ++c) {
@@ -84,6 +95,7 @@ void rms_norm_backward(const Cpu&, ConstView<T> x, ConstView<T> gamma, ConstView
       out[c] = static_cast<T>(math::rms_norm_dx(rs, d, xhat, sum_dx, n));
     }
   }
+  for (std::int64_t c = 0; c < x.cols; ++c) dgamma_out.data[c] = static_cast<T>(dgamma[c]);
 }
 
 }  // namespace tp::impl

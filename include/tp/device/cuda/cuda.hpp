@@ -11,7 +11,9 @@
 /// fail to compile with a message saying so.
 ///
 /// Types: float (FP32, or TF32 tensor cores with `Options::tf32`), __half and __nv_bfloat16 with
-/// float accumulation, and double.
+/// float accumulation, and double. The host's tp::f16 and tp::bf16 (tp/core/float16.hpp) hold the
+/// same bits as __half and __nv_bfloat16 and run the same kernels and cuBLASLt types, so code
+/// written for tp::Cpu in tp::bf16 runs unchanged on tp::Cuda.
 
 #ifndef TP_HAS_CUDA
 #error "tp/device/cuda/cuda.hpp needs the tp::cuda CMake component: target_link_libraries(... tp::cuda)"

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "tp/core/dtype.hpp"
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/device/cuda/error.hpp"
@@ -36,9 +37,9 @@ template <class T>
 constexpr cudaDataType_t cuda_type() {
   if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
   else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
-  else if constexpr (std::is_same_v<T, __half>) return CUDA_R_16F;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return CUDA_R_16BF;
-  else static_assert(sizeof(T) == 0, "tp::Cuda GEMMs support float, double, __half and __nv_bfloat16");
+  else if constexpr (std::is_same_v<T, __half> || std::is_same_v<T, f16>) return CUDA_R_16F;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, bf16>) return CUDA_R_16BF;
+  else static_assert(sizeof(T) == 0, "tp::Cuda GEMMs support float, double, tp::f16 or __half, tp::bf16 or __nv_bfloat16");
 }
 
 inline cublasLtEpilogue_t lt_epilogue(Epilogue e) {

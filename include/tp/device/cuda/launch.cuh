@@ -1,7 +1,7 @@
 #pragma once
 /// What every CUDA op shares, written once: the launch (make the device current, launch on its
 /// stream, check the launch), grid sizes and grid-stride loops, and element loads and stores
-/// through an accumulation type: float for float, __half and __nv_bfloat16 (so 16-bit data is
+/// through an accumulation type: float for float, __half and __nv_bfloat16, tp::f16 and tp::bf16 (so 16-bit data is
 /// computed in float and rounded once), double for double, the type itself for integers.
 
 #ifndef __CUDACC__
@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "tp/core/float16.hpp"
 #include "tp/device/cuda/error.hpp"
 
 /// for (i = this thread's first item; i < n; i += all threads of the grid)
@@ -46,6 +47,15 @@ template <>
 struct Accum<__nv_bfloat16> {
   using type = float;
 };
+/// The host's 16-bit types (tp/core/float16.hpp), the same bits as CUDA's, computed alike.
+template <>
+struct Accum<tp::bf16> {
+  using type = float;
+};
+template <>
+struct Accum<tp::f16> {
+  using type = float;
+};
 template <class T>
 using accum_t = typename Accum<T>::type;
 
@@ -55,6 +65,8 @@ __device__ __forceinline__ accum_t<T> load(const T& x) {
     return __half2float(x);
   else if constexpr (std::is_same_v<T, __nv_bfloat16>)
     return __bfloat162float(x);
+  else if constexpr (is_float16_v<T>)
+    return static_cast<float>(x);
   else
     return x;
 }
@@ -65,6 +77,8 @@ __device__ __forceinline__ T store(accum_t<T> x) {
     return __float2half_rn(x);
   else if constexpr (std::is_same_v<T, __nv_bfloat16>)
     return __float2bfloat16_rn(x);
+  else if constexpr (is_float16_v<T>)
+    return T(x);  // round to nearest even, as the intrinsics
   else
     return static_cast<T>(x);
 }
