@@ -74,14 +74,14 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
   });
 }
 
-/// Around 64 KiB, where MPI's verified all_reduce switches from carrying the data with its call
-/// signature (one message to every peer, reduced on the host) to the signature exchange followed
-/// by MPI's own all_reduce; and nothing at all. Every backend runs it.
+/// Around 2 KiB, where MPI's verified all_reduce (three ranks or more) switches from carrying the
+/// data with its call signature (one message to every peer, reduced on the host) to the signature
+/// exchange followed by MPI's own all_reduce; and nothing at all. Every backend runs it.
 TYPED_TEST(Collectives, AllReduceOnBothSidesOfTheFusedSize) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
     const int world = comm->size(), rank = comm->rank();
-    const std::size_t fused = (std::size_t{64} << 10) / sizeof(T);
+    const std::size_t fused = 2048 / sizeof(T);
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
       for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
         const auto send = rank_values<T>(rank, n);
@@ -269,11 +269,11 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
     // A small all_reduce (MPI carries its data with the signature) against a large one (MPI
     // exchanges the signature alone first) and against an asynchronous one: the recipient of the
     // larger message must not be written past its room, and both must see the mismatch.
-    test::Buffer<float> large(16385, 1.f);
-    const auto reduce_large = [&](Communicator& c) { c.all_reduce(large.data(), large.data(), 16385, DType::f32); };
+    test::Buffer<float> large(513, 1.f);
+    const auto reduce_large = [&](Communicator& c) { c.all_reduce(large.data(), large.data(), 513, DType::f32); };
     expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce_large, "all_reduce(8 x float32, sum)",
-                        "all_reduce(16385 x float32, sum)");
-    expect_disagreement(*comm, reduce_large, reduce(8, ReduceOp::sum), "all_reduce(16385 x float32, sum)",
+                        "all_reduce(513 x float32, sum)");
+    expect_disagreement(*comm, reduce_large, reduce(8, ReduceOp::sum), "all_reduce(513 x float32, sum)",
                         "all_reduce(8 x float32, sum)");
     expect_disagreement(*comm, reduce(8, ReduceOp::sum),
                         [&](Communicator& c) { c.all_reduce_async(f.data(), f.data(), 7, DType::f32)->wait(); },
