@@ -79,6 +79,31 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
   });
 }
 
+/// Around 2 KiB, where MPI's verified all_reduce (three ranks or more) switches from carrying the
+/// data with its call signature (one message to every peer, reduced on the host) to the signature
+/// exchange followed by MPI's own all_reduce; and nothing at all. Every backend runs it.
+TYPED_TEST(Collectives, AllReduceOnBothSidesOfTheFusedSize) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), rank = comm->rank();
+    const std::size_t fused = 2048 / sizeof(T);
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
+      for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
+        const auto send = rank_values<T>(rank, n);
+        test::Buffer<T> recv(n, T(-1)), inplace = send;
+        comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
+        comm->all_reduce(std::span<T>(inplace), op);
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          const T want = reduce_expected<T>(op, world, i);
+          wrong += (recv[i] != want) + (inplace[i] != want);
+        }
+        EXPECT_EQ(wrong, 0u) << name(op) << " of " << n << " elements";
+        for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(send[i], value<T>(rank, i)) << "the input was written";
+      }
+  });
+}
+
 TYPED_TEST(Collectives, AllReduceAsync) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
@@ -276,6 +301,19 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
                         "all_reduce(8 x float32, sum)", "all_reduce(8 x int32, sum)");
     expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce(8, ReduceOp::max), "all_reduce(8 x float32, sum)",
                         "all_reduce(8 x float32, max)");
+    // A small all_reduce (MPI carries its data with the signature) against a large one (MPI
+    // exchanges the signature alone first) and against an asynchronous one: the recipient of the
+    // larger message must not be written past its room, and both must see the mismatch.
+    test::Buffer<float> large(513, 1.f);
+    const auto reduce_large = [&](Communicator& c) { c.all_reduce(large.data(), large.data(), 513, DType::f32); };
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce_large, "all_reduce(8 x float32, sum)",
+                        "all_reduce(513 x float32, sum)");
+    expect_disagreement(*comm, reduce_large, reduce(8, ReduceOp::sum), "all_reduce(513 x float32, sum)",
+                        "all_reduce(8 x float32, sum)");
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum),
+                        [&](Communicator& c) { c.all_reduce_async(f.data(), f.data(), 7, DType::f32)->wait(); },
+                        "all_reduce(8 x float32, sum)", "all_reduce(7 x float32, sum)");
+    for (float v : f) ASSERT_EQ(v, 1.f) << "a rejected all_reduce wrote its buffer";
     expect_disagreement(*comm, [&](Communicator& c) { c.broadcast(std::span<float>(f), 0); },
                         [&](Communicator& c) { c.broadcast(std::span<float>(f), last); },
                         "broadcast(8 x float32, root 0)", fmt::format("broadcast(8 x float32, root {})", last));

@@ -6,15 +6,20 @@
 /// A virtual call costs nanoseconds and a collective microseconds, so the backend is picked at run
 /// time at no measurable price.
 ///
-/// Collective verification (on by default): before each collective the ranks all-gather a
-/// 32-byte signature of the call (which collective, count or counts, element type, root, reduce
-/// op) and compare them, so that ranks that disagree all throw the same CommError naming the ranks
-/// and each call, before any data moves, instead of hanging or returning garbage. It costs one
-/// small all-gather per collective (bench/comm_bench.cpp measures it); switch it off with
-/// `set_verify_collectives(false)` on every rank alike, never on some ranks only.
+/// Collective verification (on by default): before each collective the ranks exchange a 32-byte
+/// signature of the call (which collective, count or counts, element type, root, reduce op) and
+/// compare them, so that ranks that disagree all throw the same CommError naming the ranks and each
+/// call, before any of the caller's buffers is written, instead of hanging or returning garbage.
+/// On its own the exchange is one small all-gather per collective. Backends that implement the
+/// message hooks (`fused_capacity`, `do_exchange_messages`: MPI) carry a small all_reduce's data in
+/// the same messages as its signature, one message to every peer, and reduce locally once every
+/// signature matched, so verification adds no round trip there (bench/comm_bench.cpp measures
+/// both). Switch it off with `set_verify_collectives(false)` on every rank alike, never on some
+/// ranks only.
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <span>
@@ -25,6 +30,7 @@
 #include "tp/comm/detail/call_signature.hpp"
 #include "tp/core/dtype.hpp"
 #include "tp/core/error.hpp"
+#include "tp/detail/host_reduce.hpp"
 
 struct CUstream_st;
 
@@ -65,7 +71,9 @@ class Communicator {
   void all_reduce(const void* send, void* recv, std::size_t count, DType dtype, ReduceOp op = ReduceOp::sum,
                   Stream stream = nullptr) {
     check_enums(dtype, op, "all_reduce");
-    verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count});
+    const detail::CallSignature call{.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count};
+    if (fuses(call, stream)) return fused_all_reduce(call, send, recv);
+    verify(call);
     do_all_reduce(send, recv, count, dtype, op, stream);
   }
   std::unique_ptr<Work> all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype,
@@ -192,6 +200,22 @@ class Communicator {
     do_all_gather_v(mine, all, counts, DType::i64, nullptr);
   }
 
+  /// Fused verification (optional; zero turns it off). The most payload bytes a message of
+  /// do_exchange_messages may carry after its signature: the same on every rank, since a rank
+  /// receives every peer's message into that much room. A backend that implements it must also
+  /// exchange bare signatures through do_exchange_messages (with no payload), so that a rank on the
+  /// fused path and a peer verifying another call meet in the same messages and both see the
+  /// mismatch.
+  virtual std::size_t fused_capacity() const { return 0; }
+  /// Sends the `bytes` at `mine` (a packed signature, then up to fused_capacity() payload bytes)
+  /// to every peer and receives each peer q's message at `all + q * stride`, stride being
+  /// fused_stride(); rank() 's own slot is left alone. Returns once every message has arrived and
+  /// every send is complete; throws CommError on failure or timeout.
+  virtual void do_exchange_messages(const std::byte* /*mine*/, std::size_t /*bytes*/, std::byte* /*all*/) {
+    TP_THROW(CommError, "{} communicator: no message exchange for fused verification", backend());
+  }
+  std::size_t fused_stride() const { return detail::CallSignature::words * sizeof(std::int64_t) + fused_capacity(); }
+
  private:
   /// A DType or ReduceOp cast from an out-of-range integer would fall through the backends' switches.
   static void check_enums(DType dtype, ReduceOp op, const char* what) {
@@ -206,10 +230,51 @@ class Communicator {
     try {
       do_exchange_signatures(mine.data(), all.data());
     } catch (const CommError& e) {
-      TP_THROW(CommError, "{} communicator, rank {} of {}: exchanging call signatures before {}: {}", backend(), rank(),
-               size(), detail::describe(call), e.what());
+      rethrow_exchange_failure(call, e);
     }
     detail::check_signatures(all, size(), rank(), backend());
+  }
+  [[noreturn]] void rethrow_exchange_failure(const detail::CallSignature& call, const CommError& e) const {
+    TP_THROW(CommError, "{} communicator, rank {} of {}: exchanging call signatures before {}: {}", backend(), rank(),
+             size(), detail::describe(call), e.what());
+  }
+
+  /// Whether this call goes the fused way: verification on, a backend with message hooks, host
+  /// buffers, a dtype the host reduces, and a payload that fits every peer's room.
+  bool fuses(const detail::CallSignature& call, Stream stream) const {
+    return verify_ && size() > 1 && fused_capacity() > 0 && stream == nullptr && call.dtype != DType::f16 && call.dtype != DType::bf16 &&
+           call.count <= fused_capacity() / size_of(call.dtype);
+  }
+
+  /// A verified all_reduce in one round: every rank sends its signature and its whole input to
+  /// every peer, checks every peer's signature, and only then reduces the inputs on the host in
+  /// rank order (the same result on every rank, as the backends' own all_reduce gives). Ranks that
+  /// disagree throw before `recv` is written; the peers' payloads (the bytes each sent, which
+  /// never exceed the room for them) land in scratch memory only.
+  void fused_all_reduce(const detail::CallSignature& call, const void* send, void* recv) {
+    constexpr std::size_t words = detail::CallSignature::words, head = words * sizeof(std::int64_t);
+    const std::size_t bytes = call.count * size_of(call.dtype), stride = fused_stride();
+    const int n = size(), me = rank();
+    scratch_.resize(stride * static_cast<std::size_t>(n) + head + bytes);
+    std::byte* all = scratch_.data();
+    std::byte* message = all + stride * static_cast<std::size_t>(n);
+    const auto packed = call.pack();
+    std::memcpy(message, packed.data(), head);
+    if (bytes > 0) std::memcpy(message + head, send, bytes);
+    try {
+      do_exchange_messages(message, head + bytes, all);
+    } catch (const CommError& e) {
+      rethrow_exchange_failure(call, e);
+    }
+    signatures_.resize(words * static_cast<std::size_t>(n));
+    sources_.resize(static_cast<std::size_t>(n));
+    for (int q = 0; q < n; ++q) {
+      const std::byte* from = q == me ? message : all + stride * static_cast<std::size_t>(q);
+      std::memcpy(signatures_.data() + words * static_cast<std::size_t>(q), from, head);
+      sources_[static_cast<std::size_t>(q)] = q == me ? send : from + head;
+    }
+    detail::check_signatures(signatures_, n, me, backend());
+    detail::reduce_host(call.dtype, call.reduce, sources_.data(), n, 0, call.count, recv, "fused all_reduce");
   }
   static std::size_t total(std::span<const std::size_t> counts) {
     return std::accumulate(counts.begin(), counts.end(), std::size_t{0});
@@ -228,6 +293,10 @@ class Communicator {
   }
 
   bool verify_ = true;
+  // Reused by fused_all_reduce: every rank's message, then this rank's; the signatures; the inputs.
+  std::vector<std::byte> scratch_;
+  std::vector<std::int64_t> signatures_;
+  std::vector<const void*> sources_;
 };
 
 /// Element offsets of each rank's block: the exclusive prefix sum of `counts`.

@@ -127,7 +127,8 @@ inline void check_signatures(std::span<const std::int64_t> all, int size, int ra
     calls += fmt::format("{}{} {} called {}", k == 0 ? "" : "; ", ranks[k].size() == 1 ? "rank" : "ranks",
                          ranks[k].size() == 1 ? fmt::format("{}", ranks[k][0]) : fmt::format("{}", ranks[k]), call);
   }
-  TP_THROW(CommError, "{} communicator, rank {} of {}: ranks disagree on the collective: {}; no data was moved", backend,
+  TP_THROW(CommError, "{} communicator, rank {} of {}: ranks disagree on the collective: {}; the caller's buffers are untouched",
+           backend,
            rank, size, calls);
 }
 
