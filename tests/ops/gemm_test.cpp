@@ -64,7 +64,7 @@ TYPED_TEST(DeviceGemm, AlphaAndBetaScaleTheProductAndTheOldC) {
 template <class T>
 void check_half_gemm(CpuHalfGemm kind, double unit_roundoff) {
   Cpu cpu({.half_gemm = kind});
-  EXPECT_EQ(cpu.half_gemm(), kind);
+  if (kind != CpuHalfGemm::automatic) EXPECT_EQ(cpu.half_gemm(), kind);
   const std::int64_t n = 65, k = 129, pad = 3;
   for (const std::int64_t m : {3, 70})
     for (const Op op_a : {Op::n, Op::t})
@@ -90,6 +90,7 @@ void check_half_gemm(CpuHalfGemm kind, double unit_roundoff) {
 TEST(CpuHalfGemm, OneDnnAndTheFallbackRoundTheFloatProductOnce) {
   check_half_gemm<bf16>(CpuHalfGemm::fp32, 0x1p-8);
   check_half_gemm<f16>(CpuHalfGemm::fp32, 0x1p-11);
+  check_half_gemm<bf16>(CpuHalfGemm::automatic, 0x1p-8);  // m 3 and 70: both sides of the rows rule
   if (!detail::has_dnnl) GTEST_SKIP() << "tp was built without oneDNN: only the fallback runs";
   check_half_gemm<bf16>(CpuHalfGemm::onednn, 0x1p-8);
   check_half_gemm<f16>(CpuHalfGemm::onednn, 0x1p-11);  // f16 takes the fallback whatever is asked
@@ -104,6 +105,8 @@ TEST(CpuHalfGemm, TheNamesSayWhichRuns) {
   if (std::getenv("TP_CPU_HALF_GEMM") == nullptr)
     EXPECT_EQ(Cpu().half_gemm(),
               detail::has_dnnl && detail::cpu_has_bf16_dot() ? CpuHalfGemm::onednn : CpuHalfGemm::fp32);
+  // With AVX512_BF16 alone, oneDNN only up to bf16_dot_max_rows rows, and the banner says so.
+  if (detail::half_gemm_by_rows()) EXPECT_THAT(Cpu::blas_name(), ::testing::HasSubstr("up to 32 rows"));
 }
 
 #endif

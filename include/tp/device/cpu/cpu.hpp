@@ -85,12 +85,29 @@ inline bool cpu_has_bf16_dot() {
 #endif
 }
 
+/// True on a CPU with AMX's bf16 tiles. Without them (AVX512_BF16's vdpbf16ps alone) oneDNN's bf16
+/// matmul measured 0.55x its sgemm on compute-bound shapes and 1.3x at 8 rows, where the weights'
+/// bytes set the pace (BENCHMARKS.md, "bf16 against fp32 on the CPU").
+inline bool cpu_has_amx_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11
+  static const bool amx = __builtin_cpu_supports("amx-bf16");
+  return amx;
+#else
+  return false;
+#endif
+}
+
+/// The most rows (tokens) for which CpuHalfGemm::automatic sends a bf16 GEMM to oneDNN on a CPU
+/// with AVX512_BF16 but no AMX; larger GEMMs are widened to fp32 there, which measured faster.
+inline constexpr std::int64_t bf16_dot_max_rows = 32;
+
 }  // namespace detail
 
 /// How Cpu runs GEMMs of the 16-bit types (bf16 x bf16 and f16 x f16: products summed in float,
 /// the result rounded once to the 16-bit type).
 enum class CpuHalfGemm {
-  automatic,  ///< oneDNN's bf16 matmul for bf16 where the CPU has AVX512_BF16 or AMX, else fp32
+  automatic,  ///< oneDNN's bf16 matmul for bf16 where the CPU has AMX, or AVX512_BF16 and at most
+              ///< detail::bf16_dot_max_rows rows; else fp32
   onednn,     ///< oneDNN's bf16 matmul for bf16 (needs TP_HAS_DNNL); f16 still takes fp32
   fp32,       ///< the operands widened to float, the float GEMM, the result rounded back
 };
@@ -129,6 +146,13 @@ inline CpuHalfGemm automatic_half_gemm() {
     return CpuHalfGemm::onednn;
   }();
   return rule;
+}
+/// Whether CpuHalfGemm::automatic chose oneDNN by the row count (AVX512_BF16 without AMX, not
+/// forced by TP_CPU_HALF_GEMM): oneDNN up to bf16_dot_max_rows rows, widened to fp32 above.
+inline bool half_gemm_by_rows() {
+  const char* forced = std::getenv("TP_CPU_HALF_GEMM");
+  return automatic_half_gemm() == CpuHalfGemm::onednn && (forced == nullptr || *forced == '\0') &&
+         !cpu_has_amx_bf16();
 }
 }  // namespace detail
 
@@ -260,9 +284,10 @@ struct CpuOptions {
   /// Which library runs float GEMMs; `automatic` is the measured rule, the others are for
   /// benchmarks and tests that compare the two.
   CpuGemm gemm = CpuGemm::automatic;
-  /// How bf16 and f16 GEMMs run; `automatic` is oneDNN's bf16 matmul where the CPU has bf16
-  /// instructions, `fp32` is the fallback that other CPUs take, which tests and benchmarks force
-  /// to compare the two.
+  /// How bf16 and f16 GEMMs run; `automatic` is oneDNN's bf16 matmul where the CPU has AMX, and
+  /// on AVX512_BF16 alone up to detail::bf16_dot_max_rows rows (measured: faster there, slower
+  /// above); `fp32` is the fallback that other CPUs take, which tests and benchmarks force to
+  /// compare the two.
   CpuHalfGemm half_gemm = CpuHalfGemm::automatic;
   /// Linear layers' forward and backward at few tokens on tp's streaming kernels
   /// (tp/device/cpu/streaming_linear.hpp); false runs them as GEMMs, for benchmarks that compare.
@@ -287,7 +312,10 @@ class Cpu {
         options.half_gemm != CpuHalfGemm::onednn || detail::has_dnnl,
         "Cpu: CpuHalfGemm::onednn asked for, but tp was built without oneDNN (install libdnnl-dev and reconfigure)");
     if (options_.gemm == CpuGemm::automatic) options_.gemm = detail::automatic_cpu_gemm();
-    if (options_.half_gemm == CpuHalfGemm::automatic) options_.half_gemm = detail::automatic_half_gemm();
+    if (options_.half_gemm == CpuHalfGemm::automatic) {
+      options_.half_gemm = detail::automatic_half_gemm();
+      half_gemm_by_rows_ = detail::half_gemm_by_rows();
+    }
   }
 
   /// The process-wide instance host tensors use when given no device.
@@ -300,7 +328,7 @@ class Cpu {
   /// banners and benchmark labels: "OpenBLAS 0.3.21 (SkylakeX kernels, 1 thread(s))" or
   /// "oneDNN 2.6.3 sgemm for this AVX-512 CPU (OpenBLAS 0.3.21, SkylakeX kernels, for the rest), 1 thread(s)".
   static std::string blas_name() {
-    return blas_name(detail::automatic_cpu_gemm()) + "; bf16: " + half_gemm_name(detail::automatic_half_gemm());
+    return blas_name(detail::automatic_cpu_gemm()) + "; bf16: " + half_gemm_name(CpuHalfGemm::automatic);
   }
   static std::string blas_name(CpuGemm gemm) {
     const int threads = blas_threads();
@@ -327,7 +355,12 @@ class Cpu {
   /// How bf16 GEMMs run: "oneDNN 2.6.3 bf16 matmul (avx512_bf16), fp32 accumulation" or "widened
   /// to fp32 (no AVX512_BF16 or AMX)"; f16 GEMMs are always widened to fp32.
   static std::string half_gemm_name(CpuHalfGemm half) {
-    if (half == CpuHalfGemm::automatic) half = detail::automatic_half_gemm();
+    if (half == CpuHalfGemm::automatic) {
+      if (detail::half_gemm_by_rows())
+        return fmt::format("{} up to {} rows, widened to fp32 GEMMs above (AVX512_BF16 without AMX)",
+                           half_gemm_name(CpuHalfGemm::onednn), detail::bf16_dot_max_rows);
+      half = detail::automatic_half_gemm();
+    }
 #ifdef TP_HAS_DNNL
     if (half == CpuHalfGemm::onednn) {
       const dnnl_version_t* v = dnnl_version();
@@ -419,7 +452,8 @@ class Cpu {
     if constexpr (is_float16_v<T>) {
 #ifdef TP_HAS_DNNL
       if constexpr (std::is_same_v<T, bf16>)
-        if (options_.half_gemm == CpuHalfGemm::onednn) return dnnl_bf16_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
+        if (options_.half_gemm == CpuHalfGemm::onednn && (!half_gemm_by_rows_ || m <= detail::bf16_dot_max_rows))
+          return dnnl_bf16_gemm(op_a, op_b, m, n, k, alpha, a, b, beta, c);
 #endif
       return widened_gemm<T>(op_a, op_b, alpha, a, b, beta, c);
     } else {
@@ -513,6 +547,7 @@ class Cpu {
 #endif
 
   Options options_;
+  bool half_gemm_by_rows_ = false;  // see detail::half_gemm_by_rows
 };
 static_assert(Device<Cpu>);
 
