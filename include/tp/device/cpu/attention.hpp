@@ -8,7 +8,7 @@
 /// probability; a query that sees no key gets a zero output and lse = +inf, which makes every
 /// probability backward rebuilds from it zero. Backward rebuilds each tile's probabilities from q,
 /// k and the saved log-sum-exp. Row sums are in double. The loops over a tile's scores are cloned
-/// for AVX-512 and AVX2 (tp/device/cpu/simd.hpp).
+/// per instruction set (tp/device/cpu/simd.hpp).
 
 #include <algorithm>
 #include <cmath>
@@ -67,8 +67,8 @@ struct TileRows {
 /// Forward's online-softmax step on one tile of scores s [heads * rows, cols] against key tile j0:
 /// turns s into unnormalized probabilities against each row's running maximum, adds their sum to
 /// row_sum and rescales the partial output acc [heads * rows, head_dim] when the maximum grew.
-template <class T>
-TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
+template <detail::simd::Isa I, class T>
+[[gnu::always_inline]] inline void online_softmax_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
                                        const std::uint8_t* mask, T* row_max, double* row_sum, T* acc,
                                        std::int64_t head_dim) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
@@ -78,7 +78,7 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
     if (mask)
       for (std::int64_t c = 0; c < visible; ++c)
         if (!mask[c]) sr[c] = neg_inf;
-    const T m = detail::simd::max_of(sr, visible, row_max[r]);
+    const T m = detail::simd::max_of<I>(sr, visible, row_max[r]);
     if (m == neg_inf) {  // no key seen yet: nothing to add, nothing to rescale
       std::fill(sr, sr + cols, T(0));
       continue;
@@ -91,7 +91,7 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
       for (std::int64_t c = 0; c < visible; ++c)
         if (!mask[c]) sr[c] = T(0);
     std::fill(sr + visible, sr + cols, T(0));
-    row_sum[r] = row_sum[r] * static_cast<double>(rescale) + static_cast<double>(detail::simd::sum_of(sr, visible));
+    row_sum[r] = row_sum[r] * static_cast<double>(rescale) + static_cast<double>(detail::simd::sum_of<I>(sr, visible));
     if (j0 > 0 && rescale != T(1)) {
       T* ar = acc + r * head_dim;
       for (std::int64_t d = 0; d < head_dim; ++d) ar[d] *= rescale;
@@ -100,8 +100,8 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
 }
 
 /// Backward: the probabilities p = exp(s - lse) of one tile of scores s [heads * rows, cols].
-template <class T, class S>
-TP_CPU_CLONES void probabilities_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
+template <detail::simd::Isa I, class T, class S>
+[[gnu::always_inline]] inline void probabilities_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
                                       const std::uint8_t* mask, const S* lse) {
   for (std::int64_t r = 0; r < tile.heads * tile.rows; ++r) {
     T* pr = s + r * cols;
@@ -118,8 +118,8 @@ TP_CPU_CLONES void probabilities_tile(T* s, std::int64_t cols, const TileRows& t
 }
 
 /// Backward: dp := p (dp - rowsum(do o)) scale, the scores' gradient, over n rows of cols.
-template <class T>
-TP_CPU_CLONES void score_gradient_tile(const T* p, T* dp, std::int64_t n, std::int64_t cols, const T* row_dot,
+template <detail::simd::Isa I, class T>
+[[gnu::always_inline]] inline void score_gradient_tile(const T* p, T* dp, std::int64_t n, std::int64_t cols, const T* row_dot,
                                        T scale) {
   for (std::int64_t r = 0; r < n; ++r) {
     const T* pr = p + r * cols;
@@ -157,6 +157,7 @@ void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, Const
   using S = detail::attention_stat_t<T>;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+  const detail::simd::Isa isa = detail::simd::active_isa();
   const std::int64_t packed_rows = g.group * kQueryTile;
   std::vector<T> scores(static_cast<std::size_t>(packed_rows * kKeyTile)),
       q_packed(static_cast<std::size_t>(packed_rows * head_dim)), acc(q_packed.size()), row_max(packed_rows);
@@ -180,8 +181,9 @@ void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, Const
           const std::int64_t cols = std::min(bk, nk - j0);
           const MatrixView<T> s(scores.data(), n, cols);
           dev.gemm<T>(Op::n, Op::t, scale, q_tile, k.block(k0 + j0, kv * head_dim, cols, head_dim), T(0), s);
-          online_softmax_tile<T>(s.data, cols, tile, j0, mask_at(seqs, k0, j0), row_max.data(), row_sum.data(),
-                                 acc.data(), head_dim);
+          TP_CPU_DISPATCH(isa, I,
+                          online_softmax_tile<I, T>(s.data, cols, tile, j0, mask_at(seqs, k0, j0), row_max.data(),
+                                                    row_sum.data(), acc.data(), head_dim));
           dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(s), v.block(k0 + j0, kv * head_dim, cols, head_dim),
                       j0 > 0 ? T(1) : T(0), partial);
         }
@@ -215,6 +217,7 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
   using namespace attention_detail;
   using S = detail::attention_stat_t<T>;
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+  const detail::simd::Isa isa = detail::simd::active_isa();
   const std::int64_t packed_rows = g.group * kBackwardQueryTile;
   std::vector<T> probs(static_cast<std::size_t>(packed_rows * kBackwardKeyTile)), d_probs(probs.size());
   std::vector<T> q_packed, do_packed, dq_packed, row_dot;
@@ -265,11 +268,12 @@ void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, Cons
               do_tile(do_packed.data() + base * head_dim, n, head_dim);
           const MatrixView<T> p(probs.data(), n, cols), dp(d_probs.data(), n, cols);
           dev.gemm<T>(Op::n, Op::t, scale, q_tile, k_tile, T(0), p);
-          probabilities_tile<T, S>(p.data, cols, TileRows{g.group, rows, i0, shift, causal}, j0, mask,
-                                   lse_packed.data() + base);
+          TP_CPU_DISPATCH(isa, I,
+                          probabilities_tile<I, T, S>(p.data, cols, TileRows{g.group, rows, i0, shift, causal}, j0,
+                                                      mask, lse_packed.data() + base));
           dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(p), do_tile, T(1), dv_tile);
           dev.gemm<T>(Op::n, Op::t, T(1), do_tile, v_tile, T(0), dp);
-          score_gradient_tile<T>(p.data, dp.data, n, cols, row_dot.data() + base, scale);
+          TP_CPU_DISPATCH(isa, I, score_gradient_tile<I, T>(p.data, dp.data, n, cols, row_dot.data() + base, scale));
           dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(dp), k_tile, T(1),
                       MatrixView<T>(dq_packed.data() + base * head_dim, n, head_dim));
           dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(dp), q_tile, T(1), dk_tile);

@@ -45,6 +45,7 @@
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/detail/shape_checks.hpp"
+#include "tp/device/cpu/simd.hpp"
 #include "tp/device/device.hpp"
 
 namespace tp {
@@ -87,8 +88,12 @@ inline constexpr bool has_dnnl =
     false;
 #endif
 
-/// What CpuGemm::automatic resolves to in this process.
-inline CpuGemm automatic_cpu_gemm() { return has_dnnl && cpu_has_avx512() ? CpuGemm::onednn : CpuGemm::openblas; }
+/// What CpuGemm::automatic resolves to in this process. TP_CPU_ISA=avx2 or baseline (tp's loops
+/// forced below AVX-512, tp/device/cpu/simd.hpp) takes the rule for a CPU without AVX-512 too.
+inline CpuGemm automatic_cpu_gemm() {
+  return has_dnnl && cpu_has_avx512() && simd::process_isa() == simd::Isa::avx512 ? CpuGemm::onednn
+                                                                                   : CpuGemm::openblas;
+}
 }  // namespace detail
 
 struct CpuOptions {
