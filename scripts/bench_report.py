@@ -31,7 +31,7 @@ def load(results):
                 continue
             parts = b["name"].replace("/manual_time", "").split("/")
             row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us")),
-                   "file": os.path.basename(path)}
+                   "cpu_us": to_us(b["cpu_time"], b.get("time_unit", "us")), "file": os.path.basename(path)}
             pos = [p for p in parts[1:] if ":" not in p]
             for p in parts[1:]:
                 if ":" in p:
@@ -425,33 +425,40 @@ def isa_section(rows, out):
                "baseline), which makes `tp::Cpu` choose as on such a CPU (OpenBLAS below AVX-512). The processes "
                "alternate (A B A B: rep 1 of each, then rep 2). Memory limit: the weights read twice and the weight "
                "gradients read and written (fwdbwd; the weights once for fwd) over the same process's triad. Compute "
-               "limit: the step's FLOPs at the same process's best single-thread sgemm 2048³ rate, per rank.\n")
+               "limit: the step's FLOPs at the same process's best single-thread sgemm 2048³ rate, per rank. Times, rates and "
+               "ratios here are from the process's CPU time (rank 0's), not wall time, so that other work on a shared "
+               "machine (the load is in the header) stretches neither side; the triad's and sgemm's rates too.\n")
     out.append("| isa | rep | backend | n | tokens | mode | streaming | GEMMs | streaming / GEMMs | streaming / memory limit | GEMMs / memory limit | / compute limit |")
     out.append("|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for isa, rep, backend, world in runs:
         sel = [r for r in rows if r.get("isa_run") == isa and r.get("rep") == rep and r["backend"] == backend
                and r["world"] == world]
+        # CPU-time rates: the counters are from wall time; scale them by wall / CPU
+        for r in sel:
+            for k in ("GBps", "GFLOPs_per_rank"):
+                if k in r and r["cpu_us"] > 0:
+                    r[k + "_cpu"] = r[k] * r["us"] / r["cpu_us"]
         tri = [r for r in sel if r["kind"] == "isa_triad"]
         tri = max(tri, key=lambda r: r.get("mib", 0)) if tri else None
         gemm = [r for r in sel if r["kind"] == "isa_sgemm" and r["m"] == 2048]
-        gemm = max(gemm, key=lambda r: r["GFLOPs_per_rank"]) if gemm else None
+        gemm = max(gemm, key=lambda r: r["GFLOPs_per_rank_cpu"]) if gemm else None
         for r in sorted((r for r in sel if r["kind"] == "isa_mlp"), key=lambda r: (r["hidden"], r["mode"], r["tokens"])):
             g = find(sel, kind="isa_mlp_gemm", hidden=r["hidden"], tokens=r["tokens"], mode=r["mode"])
             mem = comp = None
             if tri and r["tokens"] <= 16:
                 traffic = mlp_weight_traffic(r["hidden"]) * (1 if r["mode"] == "fwdbwd" else 0.25)
-                mem = traffic / (tri["GBps"] * 1e9) * 1e6
+                mem = traffic / (tri["GBps_cpu"] * 1e9) * 1e6
             if gemm and r["tokens"] >= 64:
                 flops = 2 * r["tokens"] * r["hidden"] * 4 * r["hidden"] * 2 * (3 if r["mode"] == "fwdbwd" else 1)
-                comp = flops / (world * gemm["GFLOPs_per_rank"] * 1e9) * 1e6
-            out.append(f"| {isa} | {rep} | {backend} | {world} | {r['tokens']} | {r['mode']} | {fmt_us(r['us'])} | "
-                       f"{fmt_us(g['us']) if g else '–'} | {fmt_ratio(ratio(r['us'], g['us'])) if g else '–'} | "
-                       f"{fmt_ratio(ratio(r['us'], mem), 1.1) if mem else '–'} | "
-                       f"{fmt_ratio(ratio(g['us'], mem)) if g and mem else '–'} | "
-                       f"{fmt_ratio(ratio(r['us'], comp), 1.05) if comp else '–'} |")
+                comp = flops / (world * gemm["GFLOPs_per_rank_cpu"] * 1e9) * 1e6
+            out.append(f"| {isa} | {rep} | {backend} | {world} | {r['tokens']} | {r['mode']} | {fmt_us(r['cpu_us'])} | "
+                       f"{fmt_us(g['cpu_us']) if g else '–'} | {fmt_ratio(ratio(r['cpu_us'], g['cpu_us'])) if g else '–'} | "
+                       f"{fmt_ratio(ratio(r['cpu_us'], mem), 1.1) if mem else '–'} | "
+                       f"{fmt_ratio(ratio(g['cpu_us'], mem)) if g and mem else '–'} | "
+                       f"{fmt_ratio(ratio(r['cpu_us'], comp), 1.05) if comp else '–'} |")
         if tri or gemm:
-            out.append(f"| {isa} | {rep} | {backend} | {world} | limits | | triad {tri['GBps']:.1f} GB/s over all ranks |"
-                       f" sgemm {gemm['GFLOPs_per_rank']:.1f} GF/s per rank ({gemm['lib']}) | | | | |"
+            out.append(f"| {isa} | {rep} | {backend} | {world} | limits | | triad {tri['GBps_cpu']:.1f} GB/s over all ranks |"
+                       f" sgemm {gemm['GFLOPs_per_rank_cpu']:.1f} GF/s per rank ({gemm['lib']}) | | | | |"
                        if tri and gemm else f"| {isa} | {rep} | {backend} | {world} | limits | | | | | | | |")
     out.append("")
 

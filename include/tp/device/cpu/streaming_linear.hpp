@@ -239,11 +239,20 @@ struct PaddedRows {
 }  // namespace streaming
 
 /// The most tokens for which tp::Cpu's linear forward and backward take the streaming kernels on
-/// `isa` (on more, GEMMs). Measured side by side with the GEMMs, one thread, the MLP's 2048x1024 and
-/// 1024x2048 weight shards (tp_bench_layers --compare-gemm, BENCHMARKS.md):
+/// `isa` (on more, GEMMs), from the MLP h1024 (2048x1024 and 1024x2048 weight shards at 2 ranks,
+/// 4096x1024 and 1024x4096 at one) side by side with the GEMMs that tp::Cpu would run on a CPU of
+/// that instruction set (tp_bench_layers --compare-gemm, one process per instruction set with
+/// TP_CPU_ISA and the BLAS capped to match, BENCHMARKS.md):
 ///   AVX-512 (Xeon, oneDNN sgemm): the forward took 0.3-0.57 of the GEMMs' time from 1 to 12
 ///   tokens and 0.84 at 16; the backward 0.4-0.6 at 1 and 2 tokens, 0.93 at 4, 0.98-1.05 at 8 and
 ///   12 (bound by the 2m multiply-adds per weight element, as the GEMMs are) and 1.05-1.15 at 16.
+///   With this file's per-ISA blocking, one rank (CPU time): MLP forward 0.50-0.83 of the GEMMs'
+///   at 1-16 tokens, forward+backward 0.84-0.94.
+///   AVX2 (the same Xeon running the AVX2 code, OpenBLAS Haswell kernels): forward 0.68-0.99,
+///   forward+backward 0.86-0.99 at 1-16 tokens. The baseline (OpenBLAS Prescott kernels): forward
+///   0.60-0.86, forward+backward 0.70-0.87.
+/// So the limits are the same on each instruction set today; they are kept per instruction set so
+/// that a measurement that says otherwise has one place to go.
 inline std::int64_t streaming_forward_max_tokens(Isa isa = simd::active_isa()) {
   switch (isa) {
     case Isa::avx512:
