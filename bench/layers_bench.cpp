@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "common/bench_world.hpp"
 #include "tp/core/rng.hpp"
@@ -46,9 +47,9 @@ class LayerRunner : public Runner {
  public:
   LayerRunner(const std::shared_ptr<Communicator>& comm, std::string layer, bool backward, std::int64_t tokens,
               std::int64_t hidden, std::int64_t vocab = 32000, bool streaming = true,
-              CpuHalfGemm half_gemm = CpuHalfGemm::automatic)
+              CpuHalfGemm half_gemm = CpuHalfGemm::automatic, std::optional<tp::detail::simd::Isa> isa = std::nullopt)
       : ctx_(comm, std::make_shared<Cpu>(CpuOptions{.half_gemm = half_gemm, .streaming_linear = streaming})),
-        layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden) {
+        layer_(std::move(layer)), backward_(backward), tokens_(tokens), hidden_(hidden), isa_(isa) {
     const std::int64_t ffn = 4 * hidden;
     if (layer_ == "mlp" || layer_ == "column")
       column_ = std::make_unique<ColumnParallelLinear<T>>(ctx_, hidden, ffn, ColumnParallelOptions{.bias = false, .name = "fc1", .seed = 1});
@@ -91,6 +92,9 @@ class LayerRunner : public Runner {
   }
 
   double step() override {
+    // tp's vectorized loops on the instruction set asked for (--isa), on the thread that runs them
+    std::optional<tp::detail::simd::ScopedIsa> forced;
+    if (isa_) forced.emplace(*isa_);
     return seconds([&] {
       const Cpu& dev = *ctx_.device;
       if (layer_ == "attention") {
@@ -135,6 +139,7 @@ class LayerRunner : public Runner {
   std::string layer_;
   bool backward_;
   std::int64_t tokens_, hidden_;
+  std::optional<tp::detail::simd::Isa> isa_;
   std::unique_ptr<ColumnParallelLinear<T>> column_;
   std::unique_ptr<RowParallelLinear<T>> row_;
   std::unique_ptr<ParallelAttention<T>> attention_;
@@ -244,6 +249,13 @@ int main(int argc, char** argv) {
   app.add_flag("--compare-gemm", compare_gemm,
                "also run every layer case with the linear layers on GEMMs only (CpuOptions::streaming_linear = "
                "false), rows named .../streaming:0, for before/after ratios at few tokens in one run");
+  std::vector<std::string> isas;
+  app.add_option("--isa", isas,
+                 "run the layer cases with tp's vectorized loops on each of these instruction sets (avx512, avx2, "
+                 "baseline; all: every one this CPU runs), rows named .../isa:<name>; the GEMMs are the BLAS's "
+                 "whatever the name (TP_CPU_ISA=avx2 with OPENBLAS_CORETYPE=Haswell and ONEDNN_MAX_CPU_ISA=AVX2 "
+                 "stands in for a whole AVX2 CPU instead)")
+      ->delimiter(',');
   std::vector<std::string> triads{"auto"};
   app.add_option("--triad", triads,
                  "memory-bandwidth triads on every rank: MiB per array (auto: the last-level cache's size; none: no "
@@ -253,6 +265,14 @@ int main(int argc, char** argv) {
   try {
     return tp::bench::main(argc, argv, app, options, [&](const Options& o, int world) {
       std::vector<Case> cases;
+      // no --isa: one row per case, on the process's instruction set, named as before
+      std::vector<std::optional<tp::detail::simd::Isa>> chosen;
+      for (const auto& name : isas)
+        if (name == "all")
+          for (const auto isa : tp::detail::simd::runnable_isas()) chosen.emplace_back(isa);
+        else
+          chosen.emplace_back(tp::detail::simd::parse_isa(name, "--isa"));
+      if (chosen.empty()) chosen.emplace_back(std::nullopt);
       for (const auto& shape : gemms) {
         if (shape == "none") continue;
         std::int64_t m = 0, n = 0, k = 0;
@@ -289,21 +309,23 @@ int main(int argc, char** argv) {
           TP_CHECK(mode == "fwd" || mode == "fwdbwd", "unknown mode '{}'", mode);
           for (std::int64_t h : hidden)
             for (std::int64_t t : tokens)
-              for (const bool streaming : {true, false})
-                for (const auto& dtype : dtypes) {
-                  TP_CHECK(dtype == "fp32" || dtype == "bf16" || dtype == "bf16_fp32", "unknown dtype '{}'", dtype);
-                  if (!streaming && !compare_gemm) continue;
-                  cases.push_back(
-                      {fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}{}{}", layer, mode, o.backend, world, h, t,
-                                   streaming ? "" : "/streaming:0", dtypes.size() > 1 ? "/dtype:" + dtype : ""),
-                       [=](const std::shared_ptr<tp::Communicator>& comm) -> std::unique_ptr<Runner> {
-                         if (dtype == "fp32")
-                           return std::make_unique<LayerRunner<float>>(comm, layer, mode == "fwdbwd", t, h, vocab,
-                                                                       streaming);
-                         return std::make_unique<LayerRunner<tp::bf16>>(
-                             comm, layer, mode == "fwdbwd", t, h, vocab, streaming,
-                             dtype == "bf16" ? tp::CpuHalfGemm::automatic : tp::CpuHalfGemm::fp32);
-                       }});
+              for (const auto& isa : chosen)
+                for (const bool streaming : {true, false})
+                  for (const auto& dtype : dtypes) {
+                    TP_CHECK(dtype == "fp32" || dtype == "bf16" || dtype == "bf16_fp32", "unknown dtype '{}'", dtype);
+                    if (!streaming && !compare_gemm) continue;
+                    cases.push_back(
+                        {fmt::format("{}/{}/{}/world:{}/hidden:{}/tokens:{}{}{}{}", layer, mode, o.backend, world, h,
+                                     t, streaming ? "" : "/streaming:0", dtypes.size() > 1 ? "/dtype:" + dtype : "",
+                                     isa ? fmt::format("/isa:{}", tp::detail::simd::isa_name(*isa)) : ""),
+                         [=](const std::shared_ptr<tp::Communicator>& comm) -> std::unique_ptr<Runner> {
+                           if (dtype == "fp32")
+                             return std::make_unique<LayerRunner<float>>(comm, layer, mode == "fwdbwd", t, h, vocab,
+                                                                         streaming, tp::CpuHalfGemm::automatic, isa);
+                           return std::make_unique<LayerRunner<tp::bf16>>(
+                               comm, layer, mode == "fwdbwd", t, h, vocab, streaming,
+                               dtype == "bf16" ? tp::CpuHalfGemm::automatic : tp::CpuHalfGemm::fp32, isa);
+                         }});
                 }
         }
       }

@@ -106,6 +106,36 @@ for backend in "${backends[@]}"; do
   done
 done
 
+# The MLP per instruction set: one process per instruction set tp's loops run on (TP_CPU_ISA), with the
+# BLAS capped to the same, so that an AVX-512 machine also measures what an AVX2 (or SSE-only) CPU
+# would run; the instruction sets alternate, twice (A B A B), so that a change of load shows. Few
+# tokens on the streaming kernels and on GEMMs, 512 on GEMMs, beside the same process's triad and
+# sgemm rates (the memory and compute limits).
+isa_env() {  # the environment that stands in for a CPU of instruction set $1
+  case $1 in
+    avx512) echo TP_CPU_ISA=avx512 ;;
+    avx2) echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 ;;
+    baseline) echo TP_CPU_ISA=baseline OPENBLAS_CORETYPE=Prescott ONEDNN_MAX_CPU_ISA=SSE41 DNNL_MAX_CPU_ISA=SSE41 ;;
+  esac
+}
+isas=$(grep -q ' avx512f ' /proc/cpuinfo && grep -q ' avx512vl ' /proc/cpuinfo && echo "avx512 ")
+grep -q ' avx2 ' /proc/cpuinfo && isas="${isas}avx2 "
+isas="${isas}baseline"
+if [ $quick -eq 1 ]; then isa_tokens=8,512; isa_worlds=(1); isa_time=0.05; else isa_tokens=1,8,12,16,512; isa_worlds=(1 2); isa_time=0.3; fi
+isa_backend=local
+[ $have_mpi -eq 1 ] && isa_backend=mpi
+for world in "${isa_worlds[@]}"; do
+  for rep in 1 2; do
+    for isa in $isas; do
+      # shellcheck disable=SC2046  # isa_env's words are separate assignments
+      (export $(isa_env "$isa")
+       run "isa-$isa-$rep-$isa_backend-$world" "$world" $isa_backend tp_bench_layers --layers=mlp --modes=fwd,fwdbwd \
+         --tokens=$isa_tokens --hidden=1024 --compare-gemm --isa="$isa" --sgemm=2048x2048x2048 --triad=auto \
+         --benchmark_min_time=$isa_time)
+    done
+  done
+done
+
 # Long-sequence attention on one rank: 4096 tokens, hidden 512 = 8 heads of 64 (2 kv heads), causal,
 # beside the bare sgemm rate of the same process (the attention target's limit). The CPU's flash
 # attention keeps no seq^2 probabilities (the old scheme held 2 x 512 MiB here). Two seconds per

@@ -31,12 +31,12 @@ def load(results):
                 continue
             parts = b["name"].replace("/manual_time", "").split("/")
             row = {"kind": parts[0], "name": b["name"], "us": to_us(b["real_time"], b.get("time_unit", "us")),
-                   "file": os.path.basename(path)}
+                   "cpu_us": to_us(b["cpu_time"], b.get("time_unit", "us")), "file": os.path.basename(path)}
             pos = [p for p in parts[1:] if ":" not in p]
             for p in parts[1:]:
                 if ":" in p:
                     k, v = p.split(":", 1)
-                    row[k] = int(v)
+                    row[k] = v if k == "isa" else int(v)
             if row["kind"] in ("all_reduce", "all_gather", "reduce_scatter"):
                 row["backend"], row["impl"] = pos[0], pos[1]
             elif row["kind"] in ("sgemm", "triad"):
@@ -47,6 +47,12 @@ def load(results):
                 row["mode"], row["backend"] = pos[0], pos[1]
             if row.get("streaming") == 0:  # tp_bench_layers --compare-gemm: the same case on GEMMs only
                 row["kind"] += "_gemm"
+            # bench.sh's per-instruction-set runs (isa-<isa>-<rep>-<backend>-<world>.json): kept apart
+            # from the other sections' rows, which they would otherwise shadow
+            m = re.match(r"isa-(\w+)-(\d+)-", os.path.basename(path))
+            if m:
+                row["kind"] = "isa_" + row["kind"]
+                row["isa_run"], row["rep"] = m.group(1), int(m.group(2))
             for k in ("algbw_GBps", "busbw_GBps", "wrong", "GFLOPs", "GFLOPs_per_rank", "tp_over_raw",
                       "tp_unverified_over_raw", "tp_over_raw_median", "tp_unverified_over_raw_median", "GBps",
                       "GBps_per_rank"):
@@ -402,6 +408,61 @@ def small_token_section(rows, out):
     out.append("")
 
 
+def isa_section(rows, out):
+    """bench.sh's runs of the MLP with tp's loops forced to each instruction set (TP_CPU_ISA, with the
+    BLAS capped to the same: OPENBLAS_CORETYPE, ONEDNN_MAX_CPU_ISA), one process per instruction set,
+    the instruction sets alternating (A B A B): few tokens on the streaming kernels beside the same
+    case on GEMMs, each over the memory limit of the same process's triad, and 512 tokens over the
+    compute limit of the same process's best sgemm."""
+    runs = sorted({(r["isa_run"], r["rep"], r["backend"], r["world"]) for r in rows if r["kind"].startswith("isa_")},
+                  key=lambda k: (k[2], k[3], k[1], ["avx512", "avx2", "baseline"].index(k[0]) if k[0] in ("avx512", "avx2", "baseline") else 9))
+    if not runs:
+        return
+    out.append("## Per instruction set: the MLP at few tokens against the memory limit, at 512 against the compute limit\n")
+    out.append("MLP h1024 (column 1024 -> 4096, exact GELU, row 4096 -> 1024, float32), one process per instruction set "
+               "with `TP_CPU_ISA=<isa>` (tp's vectorized loops on that instruction set's code) and the BLAS capped to the "
+               "same (`OPENBLAS_CORETYPE=Haswell` and `ONEDNN_MAX_CPU_ISA=AVX2` for avx2; `Prescott` and `SSE41` for "
+               "baseline), which makes `tp::Cpu` choose as on such a CPU (OpenBLAS below AVX-512). The processes "
+               "alternate (A B A B: rep 1 of each, then rep 2). Memory limit: the weights read twice and the weight "
+               "gradients read and written (fwdbwd; the weights once for fwd) over the same process's triad. Compute "
+               "limit: the step's FLOPs at the same process's best single-thread sgemm 2048³ rate, per rank. Times, rates and "
+               "ratios here are from the process's CPU time (rank 0's), not wall time, so that other work on a shared "
+               "machine (the load is in the header) stretches neither side; the triad's and sgemm's rates too.\n")
+    out.append("| isa | rep | backend | n | tokens | mode | streaming | GEMMs | streaming / GEMMs | streaming / memory limit | GEMMs / memory limit | / compute limit |")
+    out.append("|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for isa, rep, backend, world in runs:
+        sel = [r for r in rows if r.get("isa_run") == isa and r.get("rep") == rep and r["backend"] == backend
+               and r["world"] == world]
+        # CPU-time rates: the counters are from wall time; scale them by wall / CPU
+        for r in sel:
+            for k in ("GBps", "GFLOPs_per_rank"):
+                if k in r and r["cpu_us"] > 0:
+                    r[k + "_cpu"] = r[k] * r["us"] / r["cpu_us"]
+        tri = [r for r in sel if r["kind"] == "isa_triad"]
+        tri = max(tri, key=lambda r: r.get("mib", 0)) if tri else None
+        gemm = [r for r in sel if r["kind"] == "isa_sgemm" and r["m"] == 2048]
+        gemm = max(gemm, key=lambda r: r["GFLOPs_per_rank_cpu"]) if gemm else None
+        for r in sorted((r for r in sel if r["kind"] == "isa_mlp"), key=lambda r: (r["hidden"], r["mode"], r["tokens"])):
+            g = find(sel, kind="isa_mlp_gemm", hidden=r["hidden"], tokens=r["tokens"], mode=r["mode"])
+            mem = comp = None
+            if tri and r["tokens"] <= 16:
+                traffic = mlp_weight_traffic(r["hidden"]) * (1 if r["mode"] == "fwdbwd" else 0.25)
+                mem = traffic / (tri["GBps_cpu"] * 1e9) * 1e6
+            if gemm and r["tokens"] >= 64:
+                flops = 2 * r["tokens"] * r["hidden"] * 4 * r["hidden"] * 2 * (3 if r["mode"] == "fwdbwd" else 1)
+                comp = flops / (world * gemm["GFLOPs_per_rank_cpu"] * 1e9) * 1e6
+            out.append(f"| {isa} | {rep} | {backend} | {world} | {r['tokens']} | {r['mode']} | {fmt_us(r['cpu_us'])} | "
+                       f"{fmt_us(g['cpu_us']) if g else '–'} | {fmt_ratio(ratio(r['cpu_us'], g['cpu_us'])) if g else '–'} | "
+                       f"{fmt_ratio(ratio(r['cpu_us'], mem), 1.1) if mem else '–'} | "
+                       f"{fmt_ratio(ratio(g['cpu_us'], mem)) if g and mem else '–'} | "
+                       f"{fmt_ratio(ratio(r['cpu_us'], comp), 1.05) if comp else '–'} |")
+        if tri or gemm:
+            out.append(f"| {isa} | {rep} | {backend} | {world} | limits | | triad {tri['GBps_cpu']:.1f} GB/s over all ranks |"
+                       f" sgemm {gemm['GFLOPs_per_rank_cpu']:.1f} GF/s per rank ({gemm['lib']}) | | | | |"
+                       if tri and gemm else f"| {isa} | {rep} | {backend} | {world} | limits | | | | | | | |")
+    out.append("")
+
+
 def plots(rows, peer, directory, out):
     try:
         import matplotlib
@@ -504,6 +565,7 @@ def main():
     comm_section(rows, out)
     layer_section(rows, peer, out)
     small_token_section(rows, out)
+    isa_section(rows, out)
     long_attention_section(rows, out)
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")

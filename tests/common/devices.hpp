@@ -20,6 +20,7 @@
 #include "tp/core/parameter.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/device/cpu.hpp"
+#include "tp/device/cpu/simd.hpp"
 #ifdef TP_TEST_CUDA
 #include "common/cuda_support.hpp"
 #include "tp/device/cuda.hpp"
@@ -58,6 +59,22 @@ using AllFloats16 = ::testing::Types<float, double, bf16, f16>;
   do {                      \
   } while (0)
 #endif
+
+/// Runs `body` once for each instruction set tp::Cpu's vectorized loops are compiled for and this
+/// CPU runs (tp/device/cpu/simd.hpp), forced on the calling thread and named in failures, so that
+/// an AVX-512 machine checks the AVX2 and baseline code too; once on CUDA.
+template <class F>
+void for_each_cpu_isa(F&& body) {
+#ifdef TP_TEST_CUDA
+  body();
+#else
+  for (const detail::simd::Isa isa : detail::simd::runnable_isas()) {
+    SCOPED_TRACE(fmt::format("TP_CPU_ISA={}", detail::simd::isa_name(isa)));
+    const detail::simd::ScopedIsa forced(isa);
+    body();
+  }
+#endif
+}
 
 /// A host value of any test type as double (a plain static_cast is ambiguous for the 16-bit types).
 template <class T>

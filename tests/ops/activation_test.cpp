@@ -23,23 +23,25 @@ TYPED_TEST(Activation, GeluMatchesReferenceAndDerivative) {
   using T = TypeParam;
   using Dev = test::TestDevice;
   TP_REQUIRE_DEVICE();
-  const std::int64_t rows = 4, cols = 33, ld = 40;
-  const auto x = test::random_matrix<T>(rows, cols, ref::test_seed(1));
-  const auto dy = test::random_matrix<T>(rows, cols, ref::test_seed(2));
-  auto dev = std::make_shared<Dev>();
-  const auto x_d = upload<T>(dev, x), dy_d = upload<T>(dev, dy);
-  Tensor<T, Dev> y(dev, rows, ld), dx(dev, rows, ld);
-  const auto y_v = y.view().cols_range(3, cols), dx_v = dx.view().cols_range(3, cols);
-  for (bool tanh : {false, true}) {
-    SCOPED_TRACE(tanh ? "gelu tanh" : "gelu exact");
-    const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    tp::ops::gelu(*dev, x_d.view(), y_v, kind);
-    tp::ops::gelu_backward(*dev, x_d.view(), dy_d.view(), dx_v, kind);
-    TP_EXPECT_CLOSE(T, download(*dev, y_v), ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
-    ref::Matrix want_dx = dy;
-    for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
-    TP_EXPECT_CLOSE(T, download(*dev, dx_v), want_dx);
-  }
+  test::for_each_cpu_isa([&] {
+    const std::int64_t rows = 4, cols = 33, ld = 40;
+    const auto x = test::random_matrix<T>(rows, cols, ref::test_seed(1));
+    const auto dy = test::random_matrix<T>(rows, cols, ref::test_seed(2));
+    auto dev = std::make_shared<Dev>();
+    const auto x_d = upload<T>(dev, x), dy_d = upload<T>(dev, dy);
+    Tensor<T, Dev> y(dev, rows, ld), dx(dev, rows, ld);
+    const auto y_v = y.view().cols_range(3, cols), dx_v = dx.view().cols_range(3, cols);
+    for (bool tanh : {false, true}) {
+      SCOPED_TRACE(tanh ? "gelu tanh" : "gelu exact");
+      const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
+      tp::ops::gelu(*dev, x_d.view(), y_v, kind);
+      tp::ops::gelu_backward(*dev, x_d.view(), dy_d.view(), dx_v, kind);
+      TP_EXPECT_CLOSE(T, download(*dev, y_v), ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
+      ref::Matrix want_dx = dy;
+      for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
+      TP_EXPECT_CLOSE(T, download(*dev, dx_v), want_dx);
+    }
+  });
 }
 
 /// gate_up = [gate | up]: y = silu(gate) * up; d gate = dy * up * silu'(gate), d up = dy * silu(gate).
@@ -70,30 +72,32 @@ TYPED_TEST(Activation, SwigluMatchesReferenceAndDerivative) {
 #ifndef TP_TEST_CUDA  // the host's vectorized float GELU, element by element
 
 TEST(CpuDevice, FloatGeluMatchesReferenceAndDerivative) {
-  // float takes the vectorized erf/exp/tanh approximations; inputs span the range where GELU bends
-  // and its tails, in rows wider than a vector so the vector loops and their remainders both run.
-  auto x = ref::random_matrix<float>(7, 301, ref::test_seed(1));
-  for (auto& v : x.data) v = static_cast<double>(static_cast<float>(4 * v));
-  const auto dy = ref::random_matrix<float>(7, 301, ref::test_seed(2));
-  const auto xt = ref::to_tensor<float>(x), dyt = ref::to_tensor<float>(dy);
-  Tensor<float, Cpu> y(7, 301), dx(7, 301);
-  for (bool tanh : {false, true}) {
-    const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
-    tp::ops::gelu(Cpu(), xt.view(), y.view(), kind);
-    tp::ops::gelu_backward(Cpu(), xt.view(), dyt.view(), dx.view(), kind);
-    TP_EXPECT_CLOSE(float, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
-    ref::Matrix want_dx = dy;
-    for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
-    TP_EXPECT_CLOSE(float, dx, want_dx);
-    // element by element too: no input may be far off, however small its share of the norm
-    for (std::int64_t r = 0; r < 7; ++r)
-      for (std::int64_t c = 0; c < 301; ++c) {
-        const double v = x(r, c);
-        ASSERT_NEAR(y(r, c), ref::gelu(v, tanh), 1e-6 * std::max(1.0, std::abs(v))) << "x = " << v;
-        ASSERT_NEAR(dx(r, c), dy(r, c) * ref::gelu_slope(v, tanh), 2e-6 * std::max(1.0, std::abs(dy(r, c))))
-            << "x = " << v;
-      }
-  }
+  test::for_each_cpu_isa([&] {
+    // float takes the vectorized erf/exp/tanh approximations; inputs span the range where GELU bends
+    // and its tails, in rows wider than a vector so the vector loops and their remainders both run.
+    auto x = ref::random_matrix<float>(7, 301, ref::test_seed(1));
+    for (auto& v : x.data) v = static_cast<double>(static_cast<float>(4 * v));
+    const auto dy = ref::random_matrix<float>(7, 301, ref::test_seed(2));
+    const auto xt = ref::to_tensor<float>(x), dyt = ref::to_tensor<float>(dy);
+    Tensor<float, Cpu> y(7, 301), dx(7, 301);
+    for (bool tanh : {false, true}) {
+      const Gelu kind = tanh ? Gelu::tanh : Gelu::exact;
+      tp::ops::gelu(Cpu(), xt.view(), y.view(), kind);
+      tp::ops::gelu_backward(Cpu(), xt.view(), dyt.view(), dx.view(), kind);
+      TP_EXPECT_CLOSE(float, y, ref::map(x, [&](double v) { return ref::gelu(v, tanh); }));
+      ref::Matrix want_dx = dy;
+      for (std::size_t i = 0; i < want_dx.data.size(); ++i) want_dx.data[i] *= ref::gelu_slope(x.data[i], tanh);
+      TP_EXPECT_CLOSE(float, dx, want_dx);
+      // element by element too: no input may be far off, however small its share of the norm
+      for (std::int64_t r = 0; r < 7; ++r)
+        for (std::int64_t c = 0; c < 301; ++c) {
+          const double v = x(r, c);
+          ASSERT_NEAR(y(r, c), ref::gelu(v, tanh), 1e-6 * std::max(1.0, std::abs(v))) << "x = " << v;
+          ASSERT_NEAR(dx(r, c), dy(r, c) * ref::gelu_slope(v, tanh), 2e-6 * std::max(1.0, std::abs(dy(r, c))))
+              << "x = " << v;
+        }
+    }
+  });
 }
 
 #endif  // TP_TEST_CUDA

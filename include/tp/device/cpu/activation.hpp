@@ -15,18 +15,19 @@ namespace tp::impl {
 
 namespace activation_detail {
 
-/// The float GELU loops over one row, cloned for AVX-512 and AVX2 (tp/device/cpu/simd.hpp); the
-/// kind is hoisted out of the loop so that each loop body is branch-free.
-template <class T>
-TP_CPU_CLONES void gelu_row(const T* x, T* y, std::int64_t n, Gelu kind) {
+/// The float GELU loops over one row, compiled per instruction set (tp/device/cpu/simd.hpp; the
+/// compiler vectorizes them); the kind is hoisted out of the loop so that each loop body is
+/// branch-free.
+template <detail::simd::Isa, class T>
+[[gnu::always_inline]] inline void gelu_row(const T* x, T* y, std::int64_t n, Gelu kind) {
   if (kind == Gelu::exact)
     for (std::int64_t c = 0; c < n; ++c) y[c] = detail::gelu_value_fast(x[c], Gelu::exact);
   else
     for (std::int64_t c = 0; c < n; ++c) y[c] = detail::gelu_value_fast(x[c], Gelu::tanh);
 }
 
-template <class T>
-TP_CPU_CLONES void gelu_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, Gelu kind) {
+template <detail::simd::Isa, class T>
+[[gnu::always_inline]] inline void gelu_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, Gelu kind) {
   if (kind == Gelu::exact)
     for (std::int64_t c = 0; c < n; ++c) dx[c] = dy[c] * detail::gelu_slope_fast(x[c], Gelu::exact);
   else
@@ -39,14 +40,15 @@ TP_CPU_CLONES void gelu_backward_row(const T* x, const T* dy, T* dx, std::int64_
 /// row at a time widened to float; double uses libm.
 template <class T>
 void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
+  [[maybe_unused]] const detail::simd::Isa isa = detail::simd::active_isa();
   std::vector<float> in, out;
   if constexpr (is_float16_v<T>) in.resize(static_cast<std::size_t>(x.cols)), out.resize(in.size());
   for (std::int64_t r = 0; r < x.rows; ++r) {
     if constexpr (std::is_same_v<T, float>) {
-      activation_detail::gelu_row<T>(x.row(r), y.row(r), x.cols, kind);
+      TP_CPU_DISPATCH(isa, I, activation_detail::gelu_row<I, T>(x.row(r), y.row(r), x.cols, kind));
     } else if constexpr (is_float16_v<T>) {
       std::copy_n(x.row(r), x.cols, in.data());
-      activation_detail::gelu_row<float>(in.data(), out.data(), x.cols, kind);
+      TP_CPU_DISPATCH(isa, I, activation_detail::gelu_row<I, float>(in.data(), out.data(), x.cols, kind));
       std::copy_n(out.data(), x.cols, y.row(r));
     } else {
       const T* xr = x.row(r);
@@ -58,16 +60,18 @@ void gelu(const Cpu&, ConstView<T> x, MatrixView<T> y, Gelu kind) {
 
 template <class T>
 void gelu_backward(const Cpu&, ConstView<T> x, ConstView<T> dy, MatrixView<T> dx, Gelu kind) {
+  [[maybe_unused]] const detail::simd::Isa isa = detail::simd::active_isa();
   std::vector<float> in, grad, out;
   if constexpr (is_float16_v<T>)
     in.resize(static_cast<std::size_t>(x.cols)), grad.resize(in.size()), out.resize(in.size());
   for (std::int64_t r = 0; r < x.rows; ++r) {
     if constexpr (std::is_same_v<T, float>) {
-      activation_detail::gelu_backward_row<T>(x.row(r), dy.row(r), dx.row(r), x.cols, kind);
+      TP_CPU_DISPATCH(isa, I, activation_detail::gelu_backward_row<I, T>(x.row(r), dy.row(r), dx.row(r), x.cols, kind));
     } else if constexpr (is_float16_v<T>) {
       std::copy_n(x.row(r), x.cols, in.data());
       std::copy_n(dy.row(r), x.cols, grad.data());
-      activation_detail::gelu_backward_row<float>(in.data(), grad.data(), out.data(), x.cols, kind);
+      TP_CPU_DISPATCH(isa, I,
+                      activation_detail::gelu_backward_row<I, float>(in.data(), grad.data(), out.data(), x.cols, kind));
       std::copy_n(out.data(), x.cols, dx.row(r));
     } else {
       const T *xr = x.row(r), *gr = dy.row(r);

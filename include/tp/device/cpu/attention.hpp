@@ -8,8 +8,8 @@
 /// probability; a query that sees no key gets a zero output and lse = +inf, which makes every
 /// probability backward rebuilds from it zero. Backward rebuilds each tile's probabilities from q,
 /// k and the saved log-sum-exp. Row sums are in double. The 16-bit types run the float kernels on
-/// widened copies. The loops over a tile's scores are cloned
-/// for AVX-512 and AVX2 (tp/device/cpu/simd.hpp).
+/// widened copies. The loops over a tile's scores are cloned per instruction set
+/// (tp/device/cpu/simd.hpp).
 
 #include <algorithm>
 #include <cmath>
@@ -68,8 +68,8 @@ struct TileRows {
 /// Forward's online-softmax step on one tile of scores s [heads * rows, cols] against key tile j0:
 /// turns s into unnormalized probabilities against each row's running maximum, adds their sum to
 /// row_sum and rescales the partial output acc [heads * rows, head_dim] when the maximum grew.
-template <class T>
-TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
+template <detail::simd::Isa I, class T>
+[[gnu::always_inline]] inline void online_softmax_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
                                        const std::uint8_t* mask, T* row_max, double* row_sum, T* acc,
                                        std::int64_t head_dim) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
@@ -79,7 +79,7 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
     if (mask)
       for (std::int64_t c = 0; c < visible; ++c)
         if (!mask[c]) sr[c] = neg_inf;
-    const T m = detail::simd::max_of(sr, visible, row_max[r]);
+    const T m = detail::simd::max_of<I>(sr, visible, row_max[r]);
     if (m == neg_inf) {  // no key seen yet: nothing to add, nothing to rescale
       std::fill(sr, sr + cols, T(0));
       continue;
@@ -92,7 +92,7 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
       for (std::int64_t c = 0; c < visible; ++c)
         if (!mask[c]) sr[c] = T(0);
     std::fill(sr + visible, sr + cols, T(0));
-    row_sum[r] = row_sum[r] * static_cast<double>(rescale) + static_cast<double>(detail::simd::sum_of(sr, visible));
+    row_sum[r] = row_sum[r] * static_cast<double>(rescale) + static_cast<double>(detail::simd::sum_of<I>(sr, visible));
     if (j0 > 0 && rescale != T(1)) {
       T* ar = acc + r * head_dim;
       for (std::int64_t d = 0; d < head_dim; ++d) ar[d] *= rescale;
@@ -101,8 +101,8 @@ TP_CPU_CLONES void online_softmax_tile(T* s, std::int64_t cols, const TileRows& 
 }
 
 /// Backward: the probabilities p = exp(s - lse) of one tile of scores s [heads * rows, cols].
-template <class T, class S>
-TP_CPU_CLONES void probabilities_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
+template <detail::simd::Isa I, class T, class S>
+[[gnu::always_inline]] inline void probabilities_tile(T* s, std::int64_t cols, const TileRows& tile, std::int64_t j0,
                                       const std::uint8_t* mask, const S* lse) {
   for (std::int64_t r = 0; r < tile.heads * tile.rows; ++r) {
     T* pr = s + r * cols;
@@ -119,8 +119,8 @@ TP_CPU_CLONES void probabilities_tile(T* s, std::int64_t cols, const TileRows& t
 }
 
 /// Backward: dp := p (dp - rowsum(do o)) scale, the scores' gradient, over n rows of cols.
-template <class T>
-TP_CPU_CLONES void score_gradient_tile(const T* p, T* dp, std::int64_t n, std::int64_t cols, const T* row_dot,
+template <detail::simd::Isa I, class T>
+[[gnu::always_inline]] inline void score_gradient_tile(const T* p, T* dp, std::int64_t n, std::int64_t cols, const T* row_dot,
                                        T scale) {
   for (std::int64_t r = 0; r < n; ++r) {
     const T* pr = p + r * cols;
@@ -167,62 +167,58 @@ struct Widened {
 
 }  // namespace attention_detail
 
+/// attention_forward in T itself (float, double).
 template <class T>
-void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+void attention_forward_native(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
                        ConstView<T> v, const AttentionSequences& seqs, std::int64_t head_dim, bool causal,
                        MatrixView<detail::attention_stat_t<T>> lse, MatrixView<T> out) {
   using namespace attention_detail;
-  if constexpr (is_float16_v<T>) {  // in float, rounded once
-    Widened<T> out32{ConstView<T>(out)};
-    attention_forward<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(), seqs, head_dim,
-                             causal, lse, out32.mut());
-    out32.narrow_into(out);
-  } else {
-    using S = detail::attention_stat_t<T>;
-    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
-    const std::int64_t packed_rows = g.group * kQueryTile;
-    std::vector<T> scores(static_cast<std::size_t>(packed_rows * kKeyTile)),
-        q_packed(static_cast<std::size_t>(packed_rows * head_dim)), acc(q_packed.size()), row_max(packed_rows);
-    std::vector<double> row_sum(static_cast<std::size_t>(packed_rows));
-    for (std::int64_t b = 0; b < g.batch; ++b) {
-      const std::int64_t nq = seqs.q_length[b], nk = seqs.k_length[b], q0 = seqs.q_begin[b], k0 = seqs.k_begin[b];
-      const std::int64_t shift = nk - nq, bq = std::min(kQueryTile, nq), bk = std::min(kKeyTile, nk);
-      for (std::int64_t kv = 0; kv < g.hk; ++kv) {
-        const std::int64_t head = kv * g.group;
-        for (std::int64_t i0 = 0; i0 < nq; i0 += bq) {
-          const std::int64_t rows = std::min(bq, nq - i0), n = g.group * rows;
-          const TileRows tile{g.group, rows, i0, shift, causal};
-          pack_heads(q, q0 + i0, head, g.group, rows, head_dim, q_packed.data());
-          const ConstView<T> q_tile(q_packed.data(), n, head_dim);
-          const MatrixView<T> partial(acc.data(), n, head_dim);
-          std::fill_n(row_max.begin(), n, neg_inf);
-          std::fill_n(row_sum.begin(), n, 0.0);
-          // Tiles past key_end are masked whole.
-          const std::int64_t key_end = causal ? std::clamp<std::int64_t>(shift + i0 + rows, 0, nk) : nk;
-          for (std::int64_t j0 = 0; j0 < key_end; j0 += bk) {
-            const std::int64_t cols = std::min(bk, nk - j0);
-            const MatrixView<T> s(scores.data(), n, cols);
-            dev.gemm<T>(Op::n, Op::t, scale, q_tile, k.block(k0 + j0, kv * head_dim, cols, head_dim), T(0), s);
-            online_softmax_tile<T>(s.data, cols, tile, j0, mask_at(seqs, k0, j0), row_max.data(), row_sum.data(),
-                                   acc.data(), head_dim);
-            dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(s), v.block(k0 + j0, kv * head_dim, cols, head_dim),
-                        j0 > 0 ? T(1) : T(0), partial);
-          }
-          for (std::int64_t r = 0; r < n; ++r) {
-            T* ar = partial.row(r);
-            S& l = lse.row(head + r / rows)[q0 + i0 + r % rows];
-            if (row_sum[r] == 0) {  // saw no key: a defined zero output
-              std::fill(ar, ar + head_dim, T(0));
-              l = std::numeric_limits<S>::infinity();
-              continue;
-            }
-            const T inv = static_cast<T>(1.0 / row_sum[r]);
-            for (std::int64_t d = 0; d < head_dim; ++d) ar[d] *= inv;
-            l = static_cast<S>(static_cast<double>(row_max[r]) + std::log(row_sum[r]));
-          }
-          unpack_heads(acc.data(), q0 + i0, head, g.group, rows, head_dim, out);
+  using S = detail::attention_stat_t<T>;
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+  const detail::simd::Isa isa = detail::simd::active_isa();
+  const std::int64_t packed_rows = g.group * kQueryTile;
+  std::vector<T> scores(static_cast<std::size_t>(packed_rows * kKeyTile)),
+      q_packed(static_cast<std::size_t>(packed_rows * head_dim)), acc(q_packed.size()), row_max(packed_rows);
+  std::vector<double> row_sum(static_cast<std::size_t>(packed_rows));
+  for (std::int64_t b = 0; b < g.batch; ++b) {
+    const std::int64_t nq = seqs.q_length[b], nk = seqs.k_length[b], q0 = seqs.q_begin[b], k0 = seqs.k_begin[b];
+    const std::int64_t shift = nk - nq, bq = std::min(kQueryTile, nq), bk = std::min(kKeyTile, nk);
+    for (std::int64_t kv = 0; kv < g.hk; ++kv) {
+      const std::int64_t head = kv * g.group;
+      for (std::int64_t i0 = 0; i0 < nq; i0 += bq) {
+        const std::int64_t rows = std::min(bq, nq - i0), n = g.group * rows;
+        const TileRows tile{g.group, rows, i0, shift, causal};
+        pack_heads(q, q0 + i0, head, g.group, rows, head_dim, q_packed.data());
+        const ConstView<T> q_tile(q_packed.data(), n, head_dim);
+        const MatrixView<T> partial(acc.data(), n, head_dim);
+        std::fill_n(row_max.begin(), n, neg_inf);
+        std::fill_n(row_sum.begin(), n, 0.0);
+        // Tiles past key_end are masked whole.
+        const std::int64_t key_end = causal ? std::clamp<std::int64_t>(shift + i0 + rows, 0, nk) : nk;
+        for (std::int64_t j0 = 0; j0 < key_end; j0 += bk) {
+          const std::int64_t cols = std::min(bk, nk - j0);
+          const MatrixView<T> s(scores.data(), n, cols);
+          dev.gemm<T>(Op::n, Op::t, scale, q_tile, k.block(k0 + j0, kv * head_dim, cols, head_dim), T(0), s);
+          TP_CPU_DISPATCH(isa, I,
+                          online_softmax_tile<I, T>(s.data, cols, tile, j0, mask_at(seqs, k0, j0), row_max.data(),
+                                                    row_sum.data(), acc.data(), head_dim));
+          dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(s), v.block(k0 + j0, kv * head_dim, cols, head_dim),
+                      j0 > 0 ? T(1) : T(0), partial);
         }
+        for (std::int64_t r = 0; r < n; ++r) {
+          T* ar = partial.row(r);
+          S& l = lse.row(head + r / rows)[q0 + i0 + r % rows];
+          if (row_sum[r] == 0) {  // saw no key: a defined zero output
+            std::fill(ar, ar + head_dim, T(0));
+            l = std::numeric_limits<S>::infinity();
+            continue;
+          }
+          const T inv = static_cast<T>(1.0 / row_sum[r]);
+          for (std::int64_t d = 0; d < head_dim; ++d) ar[d] *= inv;
+          l = static_cast<S>(static_cast<double>(row_max[r]) + std::log(row_sum[r]));
+        }
+        unpack_heads(acc.data(), q0 + i0, head, g.group, rows, head_dim, out);
       }
     }
   }
@@ -233,87 +229,113 @@ void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, Const
 /// each query tile that sees it: p = exp(scale q k^T - lse); dv += p^T do; dp = do v^T;
 /// ds = p (dp - rowsum(do o)) scale; dq += ds k; dk += ds^T q.
 template <class T>
-void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+void attention_backward_native(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
                         ConstView<T> v, ConstView<T> out, ConstView<detail::attention_stat_t<T>> lse, ConstView<T> dout,
                         const AttentionSequences& seqs, std::int64_t head_dim, bool causal, MatrixView<T> dq,
                         MatrixView<T> dk, MatrixView<T> dv) {
   using namespace attention_detail;
+  using S = detail::attention_stat_t<T>;
+  const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+  const detail::simd::Isa isa = detail::simd::active_isa();
+  const std::int64_t packed_rows = g.group * kBackwardQueryTile;
+  std::vector<T> probs(static_cast<std::size_t>(packed_rows * kBackwardKeyTile)), d_probs(probs.size());
+  std::vector<T> q_packed, do_packed, dq_packed, row_dot;
+  std::vector<S> lse_packed;
+  dev.fill<T>(dq, T(0));
+  dev.fill<T>(dk, T(0));
+  dev.fill<T>(dv, T(0));
+  for (std::int64_t b = 0; b < g.batch; ++b) {
+    const std::int64_t nq = seqs.q_length[b], nk = seqs.k_length[b], q0 = seqs.q_begin[b], k0 = seqs.k_begin[b];
+    const std::int64_t shift = nk - nq, bq = std::min(kBackwardQueryTile, nq), bk = std::min(kBackwardKeyTile, nk);
+    if (nq == 0 || nk == 0) continue;
+    const auto packed = static_cast<std::size_t>(g.group * nq * head_dim);
+    q_packed.resize(packed);
+    do_packed.resize(packed);
+    row_dot.resize(static_cast<std::size_t>(g.group * nq));
+    lse_packed.resize(row_dot.size());
+    for (std::int64_t kv = 0; kv < g.hk; ++kv) {
+      const std::int64_t head = kv * g.group;
+      dq_packed.assign(packed, T(0));  // this group's dq accumulates over every key tile
+      // Query tile i0 starts at packed row group * i0.
+      for (std::int64_t i0 = 0; i0 < nq; i0 += bq) {
+        const std::int64_t rows = std::min(bq, nq - i0), base = g.group * i0;
+        pack_heads(q, q0 + i0, head, g.group, rows, head_dim, q_packed.data() + base * head_dim);
+        pack_heads(dout, q0 + i0, head, g.group, rows, head_dim, do_packed.data() + base * head_dim);
+        for (std::int64_t r = 0; r < g.group * rows; ++r) {
+          const std::int64_t h = head + r / rows, i = q0 + i0 + r % rows;
+          lse_packed[static_cast<std::size_t>(base + r)] = lse.row(h)[i];
+          // rowsum(do o) = rowsum(p dp): the softmax backward's row term.
+          const T* o = out.row(i) + h * head_dim;
+          const T* d_o = dout.row(i) + h * head_dim;
+          double dot = 0;
+          for (std::int64_t d = 0; d < head_dim; ++d) dot += static_cast<double>(o[d]) * static_cast<double>(d_o[d]);
+          row_dot[static_cast<std::size_t>(base + r)] = static_cast<T>(dot);
+        }
+      }
+      for (std::int64_t j0 = 0; j0 < nk; j0 += bk) {
+        const std::int64_t cols = std::min(bk, nk - j0);
+        const std::uint8_t* mask = mask_at(seqs, k0, j0);
+        const ConstView<T> k_tile = k.block(k0 + j0, kv * head_dim, cols, head_dim),
+                           v_tile = v.block(k0 + j0, kv * head_dim, cols, head_dim);
+        const MatrixView<T> dk_tile = dk.block(k0 + j0, kv * head_dim, cols, head_dim),
+                            dv_tile = dv.block(k0 + j0, kv * head_dim, cols, head_dim);
+        // Causal: query tiles wholly above the diagonal (their last row i has i + shift < j0) see none of it.
+        const std::int64_t first = causal ? std::max<std::int64_t>(j0 - shift, 0) / bq * bq : 0;
+        for (std::int64_t i0 = first; i0 < nq; i0 += bq) {
+          const std::int64_t rows = std::min(bq, nq - i0), n = g.group * rows, base = g.group * i0;
+          const ConstView<T> q_tile(q_packed.data() + base * head_dim, n, head_dim),
+              do_tile(do_packed.data() + base * head_dim, n, head_dim);
+          const MatrixView<T> p(probs.data(), n, cols), dp(d_probs.data(), n, cols);
+          dev.gemm<T>(Op::n, Op::t, scale, q_tile, k_tile, T(0), p);
+          TP_CPU_DISPATCH(isa, I,
+                          probabilities_tile<I, T, S>(p.data, cols, TileRows{g.group, rows, i0, shift, causal}, j0,
+                                                      mask, lse_packed.data() + base));
+          dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(p), do_tile, T(1), dv_tile);
+          dev.gemm<T>(Op::n, Op::t, T(1), do_tile, v_tile, T(0), dp);
+          TP_CPU_DISPATCH(isa, I, score_gradient_tile<I, T>(p.data, dp.data, n, cols, row_dot.data() + base, scale));
+          dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(dp), k_tile, T(1),
+                      MatrixView<T>(dq_packed.data() + base * head_dim, n, head_dim));
+          dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(dp), q_tile, T(1), dk_tile);
+        }
+      }
+      for (std::int64_t i0 = 0; i0 < nq; i0 += bq)
+        unpack_heads(dq_packed.data() + g.group * i0 * head_dim, q0 + i0, head, g.group, std::min(bq, nq - i0),
+                     head_dim, dq);
+    }
+  }
+}
+
+template <class T>
+void attention_forward(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+                       ConstView<T> v, const AttentionSequences& seqs, std::int64_t head_dim, bool causal,
+                       MatrixView<detail::attention_stat_t<T>> lse, MatrixView<T> out) {
+  using attention_detail::Widened;
+  if constexpr (is_float16_v<T>) {  // in float, rounded once
+    Widened<T> out32{ConstView<T>(out)};
+    attention_forward_native<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(), seqs,
+                                    head_dim, causal, lse, out32.mut());
+    out32.narrow_into(out);
+  } else {
+    attention_forward_native<T>(dev, g, q, k, v, seqs, head_dim, causal, lse, out);
+  }
+}
+
+template <class T>
+void attention_backward(const Cpu& dev, const detail::AttentionGeometry& g, ConstView<T> q, ConstView<T> k,
+                        ConstView<T> v, ConstView<T> out, ConstView<detail::attention_stat_t<T>> lse, ConstView<T> dout,
+                        const AttentionSequences& seqs, std::int64_t head_dim, bool causal, MatrixView<T> dq,
+                        MatrixView<T> dk, MatrixView<T> dv) {
+  using attention_detail::Widened;
   if constexpr (is_float16_v<T>) {  // in float, rounded once
     Widened<T> dq32{ConstView<T>(dq)}, dk32{ConstView<T>(dk)}, dv32{ConstView<T>(dv)};
-    attention_backward<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(),
-                              Widened<T>(out).view(), lse, Widened<T>(dout).view(), seqs, head_dim, causal, dq32.mut(),
-                              dk32.mut(), dv32.mut());
+    attention_backward_native<float>(dev, g, Widened<T>(q).view(), Widened<T>(k).view(), Widened<T>(v).view(),
+                                     Widened<T>(out).view(), lse, Widened<T>(dout).view(), seqs, head_dim, causal,
+                                     dq32.mut(), dk32.mut(), dv32.mut());
     dq32.narrow_into(dq);
     dk32.narrow_into(dk);
     dv32.narrow_into(dv);
   } else {
-    using S = detail::attention_stat_t<T>;
-    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
-    const std::int64_t packed_rows = g.group * kBackwardQueryTile;
-    std::vector<T> probs(static_cast<std::size_t>(packed_rows * kBackwardKeyTile)), d_probs(probs.size());
-    std::vector<T> q_packed, do_packed, dq_packed, row_dot;
-    std::vector<S> lse_packed;
-    dev.fill<T>(dq, T(0));
-    dev.fill<T>(dk, T(0));
-    dev.fill<T>(dv, T(0));
-    for (std::int64_t b = 0; b < g.batch; ++b) {
-      const std::int64_t nq = seqs.q_length[b], nk = seqs.k_length[b], q0 = seqs.q_begin[b], k0 = seqs.k_begin[b];
-      const std::int64_t shift = nk - nq, bq = std::min(kBackwardQueryTile, nq), bk = std::min(kBackwardKeyTile, nk);
-      if (nq == 0 || nk == 0) continue;
-      const auto packed = static_cast<std::size_t>(g.group * nq * head_dim);
-      q_packed.resize(packed);
-      do_packed.resize(packed);
-      row_dot.resize(static_cast<std::size_t>(g.group * nq));
-      lse_packed.resize(row_dot.size());
-      for (std::int64_t kv = 0; kv < g.hk; ++kv) {
-        const std::int64_t head = kv * g.group;
-        dq_packed.assign(packed, T(0));  // this group's dq accumulates over every key tile
-        // Query tile i0 starts at packed row group * i0.
-        for (std::int64_t i0 = 0; i0 < nq; i0 += bq) {
-          const std::int64_t rows = std::min(bq, nq - i0), base = g.group * i0;
-          pack_heads(q, q0 + i0, head, g.group, rows, head_dim, q_packed.data() + base * head_dim);
-          pack_heads(dout, q0 + i0, head, g.group, rows, head_dim, do_packed.data() + base * head_dim);
-          for (std::int64_t r = 0; r < g.group * rows; ++r) {
-            const std::int64_t h = head + r / rows, i = q0 + i0 + r % rows;
-            lse_packed[static_cast<std::size_t>(base + r)] = lse.row(h)[i];
-            // rowsum(do o) = rowsum(p dp): the softmax backward's row term.
-            const T* o = out.row(i) + h * head_dim;
-            const T* d_o = dout.row(i) + h * head_dim;
-            double dot = 0;
-            for (std::int64_t d = 0; d < head_dim; ++d) dot += static_cast<double>(o[d]) * static_cast<double>(d_o[d]);
-            row_dot[static_cast<std::size_t>(base + r)] = static_cast<T>(dot);
-          }
-        }
-        for (std::int64_t j0 = 0; j0 < nk; j0 += bk) {
-          const std::int64_t cols = std::min(bk, nk - j0);
-          const std::uint8_t* mask = mask_at(seqs, k0, j0);
-          const ConstView<T> k_tile = k.block(k0 + j0, kv * head_dim, cols, head_dim),
-                             v_tile = v.block(k0 + j0, kv * head_dim, cols, head_dim);
-          const MatrixView<T> dk_tile = dk.block(k0 + j0, kv * head_dim, cols, head_dim),
-                              dv_tile = dv.block(k0 + j0, kv * head_dim, cols, head_dim);
-          // Causal: query tiles wholly above the diagonal (their last row i has i + shift < j0) see none of it.
-          const std::int64_t first = causal ? std::max<std::int64_t>(j0 - shift, 0) / bq * bq : 0;
-          for (std::int64_t i0 = first; i0 < nq; i0 += bq) {
-            const std::int64_t rows = std::min(bq, nq - i0), n = g.group * rows, base = g.group * i0;
-            const ConstView<T> q_tile(q_packed.data() + base * head_dim, n, head_dim),
-                do_tile(do_packed.data() + base * head_dim, n, head_dim);
-            const MatrixView<T> p(probs.data(), n, cols), dp(d_probs.data(), n, cols);
-            dev.gemm<T>(Op::n, Op::t, scale, q_tile, k_tile, T(0), p);
-            probabilities_tile<T, S>(p.data, cols, TileRows{g.group, rows, i0, shift, causal}, j0, mask,
-                                     lse_packed.data() + base);
-            dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(p), do_tile, T(1), dv_tile);
-            dev.gemm<T>(Op::n, Op::t, T(1), do_tile, v_tile, T(0), dp);
-            score_gradient_tile<T>(p.data, dp.data, n, cols, row_dot.data() + base, scale);
-            dev.gemm<T>(Op::n, Op::n, T(1), ConstView<T>(dp), k_tile, T(1),
-                        MatrixView<T>(dq_packed.data() + base * head_dim, n, head_dim));
-            dev.gemm<T>(Op::t, Op::n, T(1), ConstView<T>(dp), q_tile, T(1), dk_tile);
-          }
-        }
-        for (std::int64_t i0 = 0; i0 < nq; i0 += bq)
-          unpack_heads(dq_packed.data() + g.group * i0 * head_dim, q0 + i0, head, g.group, std::min(bq, nq - i0),
-                       head_dim, dq);
-      }
-    }
+    attention_backward_native<T>(dev, g, q, k, v, out, lse, dout, seqs, head_dim, causal, dq, dk, dv);
   }
 }
 

@@ -49,6 +49,7 @@
 #include "tp/core/ops.hpp"
 #include "tp/core/tensor.hpp"
 #include "tp/detail/shape_checks.hpp"
+#include "tp/device/cpu/simd.hpp"
 #include "tp/device/device.hpp"
 
 namespace tp {
@@ -127,8 +128,12 @@ inline constexpr bool has_dnnl =
     false;
 #endif
 
-/// What CpuGemm::automatic resolves to in this process.
-inline CpuGemm automatic_cpu_gemm() { return has_dnnl && cpu_has_avx512() ? CpuGemm::onednn : CpuGemm::openblas; }
+/// What CpuGemm::automatic resolves to in this process. TP_CPU_ISA=avx2 or baseline (tp's loops
+/// forced below AVX-512, tp/device/cpu/simd.hpp) takes the rule for a CPU without AVX-512 too.
+inline CpuGemm automatic_cpu_gemm() {
+  return has_dnnl && cpu_has_avx512() && simd::process_isa() == simd::Isa::avx512 ? CpuGemm::onednn
+                                                                                   : CpuGemm::openblas;
+}
 /// What CpuHalfGemm::automatic resolves to: oneDNN where it has bf16 instructions to run on. On
 /// other CPUs its bf16 matmul emulates them, slower than widening to float (the fallback).
 /// TP_CPU_HALF_GEMM=fp32 (or onednn) overrides the rule for the whole process: tests set it to

@@ -86,7 +86,7 @@ void gemm_epilogue(const Cpu& dev, Op op_a, Op op_b, T alpha, ConstView<T> a, Co
 template <class T>
 void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) {
   if constexpr (!is_float16_v<T>) {
-    if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::kStreamingForwardMaxTokens && x.cols > 0) {
+    if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::streaming_forward_max_tokens() && x.cols > 0) {
       detail::streaming_linear_forward<T>(x, w, T(0), y, dev.threads());
       if (!bias.empty()) add_bias(dev, y, bias);
       return;
@@ -102,7 +102,7 @@ template <class T>
 void linear_backward(const Cpu& dev, ConstView<T> dy, ConstView<T> x, ConstView<T> w, T beta_dx, MatrixView<T> dx,
                      T beta_dw, MatrixView<T> dw) {
   if constexpr (!is_float16_v<T>) {
-    if (dev.streaming_linear() && dy.rows >= 1 && dy.rows <= detail::kStreamingBackwardMaxTokens && x.cols > 0 &&
+    if (dev.streaming_linear() && dy.rows >= 1 && dy.rows <= detail::streaming_backward_max_tokens() && x.cols > 0 &&
         w.rows > 0)
       return detail::streaming_linear_backward<T>(dy, x, w, beta_dx, dx, beta_dw, dw, dev.threads());
   }
