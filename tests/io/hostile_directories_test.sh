@@ -59,9 +59,9 @@ expect typed_config 'num_attention_heads: expected an integer, got string "4"'
 make_dir layers_config 's/"num_hidden_layers": 2/"num_hidden_layers": 100000/'
 expect layers_config "config.json gives 100000 layers"
 make_dir hidden_config 's/"hidden_size": 24/"hidden_size": 1099511627776/'
-expect hidden_config "hidden_size: 1099511627776 is outside"
+expect hidden_config "hidden_size: 1099511627776 is above 2147483647"
 make_dir ffn_config 's/"intermediate_size": 40/"intermediate_size": 4611686018427387904/'
-expect ffn_config "intermediate_size: 4611686018427387904 is outside"
+expect ffn_config "intermediate_size: 4611686018427387904 is above 2147483647"
 make_dir fewer_layers 's/"num_hidden_layers": 2/"num_hidden_layers": 1/'
 expect fewer_layers "gives 1 layers (num_hidden_layers / n_layer), but the checkpoint holds 2"
 

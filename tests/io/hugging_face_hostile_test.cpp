@@ -144,11 +144,11 @@ TEST(HuggingFaceHostile, MistypedAndAbsurdSizesNameTheKey) {
   const Case cases[] = {
       {"string", "num_attention_heads", "4", {"num_attention_heads: expected an integer, got string \"4\""}},
       {"float", "hidden_size", 24.5, {"hidden_size: expected an integer, got number 24.5"}},
-      {"hidden", "hidden_size", std::int64_t{1} << 40, {"hidden_size: 1099511627776 is outside"}},
-      {"vocab", "vocab_size", std::int64_t{1} << 40, {"vocab_size: 1099511627776 is outside"}},
-      {"ffn", "intermediate_size", std::int64_t{1} << 62, {"intermediate_size: 4611686018427387904 is outside"}},
-      {"head_dim", "head_dim", std::int64_t{1} << 40, {"head_dim: 1099511627776 is outside"}},
-      {"huge", "hidden_size", std::uint64_t{1} << 63, {"hidden_size: 9223372036854775808 is outside"}},
+      {"hidden", "hidden_size", std::int64_t{1} << 40, {"hidden_size: 1099511627776 is above 2147483647"}},
+      {"vocab", "vocab_size", std::int64_t{1} << 40, {"vocab_size: 1099511627776 is above 2147483647"}},
+      {"ffn", "intermediate_size", std::int64_t{1} << 62, {"intermediate_size: 4611686018427387904 is above 2147483647"}},
+      {"head_dim", "head_dim", std::int64_t{1} << 40, {"head_dim: 1099511627776 is above 2147483647"}},
+      {"huge", "hidden_size", std::uint64_t{1} << 63, {"hidden_size: 9223372036854775808 is above 2147483647"}},
       // Within the bound, but not what the tensors hold: refused before the model is built.
       {"layers", "num_hidden_layers", 100000, {"gives 100000 layers", "the checkpoint holds 2"}},
       {"wide", "hidden_size", 1 << 20, {"model.embed_tokens.weight", "[67, 24]", "gives [67, 1048576]"}},

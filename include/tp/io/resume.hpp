@@ -152,7 +152,6 @@ SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesyst
   if (ec != std::errc() || end != step->second.data() + step->second.size() || count < 0)
     TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), step->second);
   const auto& ctx = optimizer.context();
-  std::int32_t failed = 0;
   std::string error;
   if (ctx.rank() == 0) {
     const bool has_checksums = metadata.lower_bound("checksum.") != metadata.end() &&
@@ -162,11 +161,16 @@ SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesyst
     } catch (const std::exception& e) {
       error = e.what();
     }
-    failed = error.empty() ? 0 : 1;
   }
-  ctx.comm->broadcast(std::span<std::int32_t>(&failed, 1), 0);
-  if (failed)
-    TP_THROW(IoError, "{}: {}", path.string(), ctx.rank() == 0 ? error : "rank 0 found the resume file damaged");
+  // Rank 0's verdict, its text included, so that every rank throws the same message.
+  std::int64_t length = static_cast<std::int64_t>(error.size());
+  ctx.comm->broadcast(std::span<std::int64_t>(&length, 1), 0);
+  if (length > 0) {
+    std::vector<std::uint8_t> text(error.begin(), error.end());
+    text.resize(static_cast<std::size_t>(length));
+    ctx.comm->broadcast(std::span<std::uint8_t>(text), 0);
+    TP_THROW(IoError, "{}: {}", path.string(), std::string(text.begin(), text.end()));
+  }
   const Device& device = *ctx.device;
   for (const auto& p : optimizer.parameters()) load_parameter(device, p, checkpoint);
   for (const auto& p : optimizer.state()) load_parameter(device, p, checkpoint);

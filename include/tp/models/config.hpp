@@ -159,9 +159,10 @@ class JsonConfig {
                               ? v.json().get<std::uint64_t>() <= static_cast<std::uint64_t>(hi) &&
                                     (lo <= 0 || v.json().get<std::uint64_t>() >= static_cast<std::uint64_t>(lo))
                               : v.json().get<std::int64_t>() >= lo && v.json().get<std::int64_t>() <= hi;
-    if (!in_range)
-      TP_THROW(InvalidArgument, "{}: {}: {} is outside [{}, {}]{}", file_, key, v.json().dump(), lo, hi,
-               hi == max_config_size ? " (tp's bound on a size, 2^31 - 1)" : "");
+    if (!in_range && lo == std::numeric_limits<std::int64_t>::min())
+      TP_THROW(InvalidArgument, "{}: {}: {} is above {}{}", file_, key, v.json().dump(), hi,
+               hi == max_config_size ? ", tp's bound on a size (2^31 - 1)" : "");
+    if (!in_range) TP_THROW(InvalidArgument, "{}: {}: {} is outside [{}, {}]", file_, key, v.json().dump(), lo, hi);
     return v.json().get<std::int64_t>();
   }
   double number(const char* key, std::optional<double> fallback = std::nullopt) const {
