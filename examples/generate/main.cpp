@@ -17,10 +17,13 @@
 #include <tp/inference/generate.hpp>
 #include <tp/tp.hpp>
 
+#include <tp/io/json_file.hpp>
 #include <tp/models/hugging_face.hpp>
 
-#include <fstream>
+#include <charconv>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -60,22 +63,37 @@ std::u32string utf8_decode(const std::string& s) {
 /// maps each character back to its byte; SentencePiece-style vocabularies (Llama 2, Mistral) use
 /// "▁" for a space and "<0xNN>" for raw bytes. Unknown ids print as <id>.
 class Detokenizer {
+  /// The byte of a SentencePiece byte-fallback piece "<0xNN>" (two hex digits); nullopt for any
+  /// other token, "<0xZZ>" included, which is then text like any other.
+  static std::optional<unsigned char> byte_piece(const std::string& t) {
+    if (t.size() != 6 || !t.starts_with("<0x") || !t.ends_with(">")) return std::nullopt;
+    unsigned value = 0;
+    const auto [end, ec] = std::from_chars(t.data() + 3, t.data() + 5, value, 16);
+    if (ec != std::errc() || end != t.data() + 5) return std::nullopt;
+    return static_cast<unsigned char>(value);
+  }
+
  public:
+  /// Reads `file` if there is one (a model without tokenizer.json prints ids); a file that is
+  /// there but is not a regular file, is too large, is not JSON or has a key of the wrong type is
+  /// refused, naming the file and the key (tp/io/json_file.hpp).
   explicit Detokenizer(const std::filesystem::path& file) {
-    std::ifstream in(file);
-    if (!in) return;
-    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.contains("model") || !j["model"].contains("vocab") || !j["model"]["vocab"].is_object())
-      return;
-    for (const auto& [token, id] : j["model"]["vocab"].items())
-      if (id.is_number_integer()) tokens_[id.get<std::int64_t>()] = token;
-    if (j.contains("added_tokens") && j["added_tokens"].is_array())
-      for (const auto& t : j["added_tokens"])
-        if (t.contains("id") && t.contains("content")) tokens_[t["id"].get<std::int64_t>()] = t["content"].get<std::string>();
-    const auto& decoder = j.contains("decoder") ? j["decoder"] : nlohmann::json();
-    byte_level_ = decoder.is_object() && decoder.value("type", "") == "ByteLevel";
-    if (decoder.is_object() && decoder.contains("decoders"))
-      for (const auto& d : decoder["decoders"]) byte_level_ = byte_level_ || d.value("type", "") == "ByteLevel";
+    if (!std::filesystem::exists(std::filesystem::symlink_status(file))) return;
+    const nlohmann::json json = tp::read_json_file(file, "tokenizer.json");
+    const tp::JsonNode root(json, file.string());
+    for (const auto& [token, id] : root.at("model").at("vocab").object())
+      tokens_[tp::JsonNode(id, file.string(), fmt::format("model.vocab[{}]", nlohmann::json(token).dump()))
+                  .integer(0, std::numeric_limits<std::int64_t>::max())] = token;
+    if (const auto added = root.find("added_tokens"))
+      for (std::size_t i = 0; i < added->size(); ++i)
+        tokens_[(*added)[i].at("id").integer(0, std::numeric_limits<std::int64_t>::max())] =
+            (*added)[i].at("content").string();
+    if (const auto decoder = root.find("decoder")) {
+      byte_level_ = decoder->string_or("type", "") == "ByteLevel";
+      if (const auto parts = decoder->find("decoders"))
+        for (std::size_t i = 0; i < parts->size(); ++i)
+          byte_level_ = byte_level_ || (*parts)[i].string_or("type", "") == "ByteLevel";
+    }
   }
 
   bool loaded() const { return !tokens_.empty(); }
@@ -95,8 +113,8 @@ class Detokenizer {
           const auto b = bytes.find(cp);
           if (b != bytes.end()) out.push_back(static_cast<char>(b->second));
         }
-      } else if (t.size() == 6 && t.starts_with("<0x") && t.ends_with(">")) {
-        out.push_back(static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
+      } else if (const auto byte = byte_piece(t)) {
+        out.push_back(static_cast<char>(*byte));
       } else {
         for (std::size_t i = 0; i < t.size();) {
           if (t.compare(i, 3, "\u2581") == 0) {  // SentencePiece's space
@@ -166,7 +184,7 @@ int main(int argc, char** argv) {
   app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, gloo) before failing with an error")
+  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, mpi, gloo) before failing with an error")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--threads", threads, "BLAS threads per rank")->check(CLI::PositiveNumber)->capture_default_str();

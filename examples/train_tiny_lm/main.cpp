@@ -14,6 +14,7 @@
 #include <tp/tp.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <optional>
 
@@ -48,7 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--backend", backend, "local (ranks as threads), mpi or gloo (start with mpirun -np N)")
       ->capture_default_str();
   app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, gloo) before failing with an error")
+  app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, mpi, gloo) before failing with an error")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
@@ -100,6 +101,10 @@ int main(int argc, char** argv) {
       const bool lead = comm->rank() == 0;
       tiny_lm::Trainer<float> trainer(ctx, model, train);
       if (!resume.empty()) trainer.load(resume);
+      // A checkpoint at or past the last step leaves nothing to train: say so rather than report a loss.
+      TP_CHECK(trainer.steps_done() < last, "{}: the checkpoint is at step {}, at or past the {} {}; nothing to train",
+               resume, trainer.steps_done(), stop_after > 0 && stop_after < train.steps ? "--stop-after" : "--steps",
+               last);
       if (lead) {
         fmt::print("train_tiny_lm: {} backend, world {}, {} parameters ({}), {} bytes of text, {}\n", comm->backend(),
                    comm->size(), trainer.model().parameter_count(), model.describe(), data.size(),
@@ -117,6 +122,10 @@ int main(int argc, char** argv) {
         r = trainer.step(data);
         ++since;
         const std::int64_t s = trainer.steps_done();
+        // A diverged run stops at once (its checkpoints would only carry the NaN on).
+        if (!std::isfinite(r.loss))
+          TP_THROW(tp::Error, "step {}: the loss is {}; stopping (the run diverged; lower --lr or resume from an "
+                   "earlier checkpoint)", s, r.loss);
         if (s % log_every == 0 || s == last || s == 1) {
           const auto t1 = std::chrono::steady_clock::now();
           double wall = std::chrono::duration<double>(t1 - t0).count(), cpu = cpu_seconds() - c0;

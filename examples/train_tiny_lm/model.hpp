@@ -500,9 +500,8 @@ void save_hugging_face(TinyLm<T, Device>& model, const std::filesystem::path& di
         {"mlp_bias", false},
         {"torch_dtype", "float32"},
     };
-    std::ofstream out(dir / "config.json");
-    out << config.dump(2) << "\n";
-    if (!out) TP_THROW(tp::IoError, "{}: cannot write config.json", dir.string());
+    // An exclusive temporary file renamed over config.json: a link planted there is replaced, not followed.
+    tp::detail::write_file_atomically(dir / "config.json", config.dump(2) + "\n", "config.json");
   }
   ctx.comm->barrier();
   const auto params = model.parameters();

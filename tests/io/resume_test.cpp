@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "common/harness.hpp"
 #include "common/test_files.hpp"
@@ -138,6 +140,54 @@ TEST(Resume, RefusesAFileWithoutAStepCount) {
     save_safetensors<float>(*m.ctx.comm, *m.ctx.device, m.params(), dir / "weights.safetensors");
     EXPECT_THAT([&] { load_resume(m.opt, dir / "weights.safetensors"); },
                 ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("weights.safetensors"), HasSubstr("adamw.step"))));
+  });
+}
+
+TEST(Resume, RefusesABitFlipAndNonFiniteState) {
+  TP_LOCAL_ONLY();
+  const fs::path dir = test_dir();
+  // Saved at world 3 (each rank sums its blocks' checksum shares), verified and loaded at 1.
+  run_local(3, [&](std::shared_ptr<Communicator> comm) {
+    Model m(comm);
+    for (int s = 0; s < 2; ++s) m.train_step(s);
+    save_resume(m.opt, dir / "good.safetensors");
+  });
+  run_local(1, [&](std::shared_ptr<Communicator> comm) {
+    Model m(comm);
+    EXPECT_NO_THROW(load_resume(m.opt, dir / "good.safetensors"));
+  });
+  // One bit of one element of a moment flipped on disk.
+  fs::copy_file(dir / "good.safetensors", dir / "flipped.safetensors");
+  {
+    const SafetensorsFile file(dir / "good.safetensors");
+    const auto& t = file.header().tensors.at("adamw.exp_avg.fc2.weight");
+    std::fstream io(dir / "flipped.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    const auto at = static_cast<std::streamoff>(file.header().data_start + t.begin + 4 * 5 + 1);
+    char byte = 0;
+    io.seekg(at);
+    io.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 0x10);
+    io.seekp(at);
+    io.write(&byte, 1);
+  }
+  // A moment that went NaN before the save.
+  run_local(2, [&](std::shared_ptr<Communicator> comm) {
+    Model m(comm);
+    m.train_step(0);
+    const auto state = m.opt.state();
+    for (const auto& p : state)
+      if (p.name == "adamw.exp_avg_sq.fc1.weight" && comm->rank() == 0) p.value(0, 1) = std::nanf("");
+    save_resume(m.opt, dir / "nan.safetensors");
+  });
+  run_local(2, [&](std::shared_ptr<Communicator> comm) {
+    Model m(comm);
+    // Rank 0 reads the file and names the tensor; every rank throws its message.
+    EXPECT_THAT([&] { load_resume(m.opt, dir / "flipped.safetensors"); },
+                ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("flipped.safetensors"),
+                                                        HasSubstr("'adamw.exp_avg.fc2.weight' has checksum"))));
+    EXPECT_THAT([&] { load_resume(m.opt, dir / "nan.safetensors"); },
+                ::testing::ThrowsMessage<IoError>(AllOf(HasSubstr("nan.safetensors"),
+                                                        HasSubstr("'adamw.exp_avg_sq.fc1.weight' holds a non-finite"))));
   });
 }
 

@@ -121,7 +121,7 @@ TEST(HuggingFaceConfig, RefusesUnknownMissingMistypedAndInconsistentConfigs) {
   const Case cases[] = {
       {"unknown model_type", with([](auto& j) { j["model_type"] = "t5"; }), {"model_type \"t5\"", "gpt2, llama"}},
       {"missing key", with([](auto& j) { j.erase("hidden_size"); }), {"key 'hidden_size' is missing"}},
-      {"mistyped key", with([](auto& j) { j["num_attention_heads"] = "4"; }), {"'num_attention_heads'", "expected an integer"}},
+      {"mistyped key", with([](auto& j) { j["num_attention_heads"] = "4"; }), {"num_attention_heads: expected an integer, got string \"4\""}},
       {"heads over kv heads", with([](auto& j) { j["num_key_value_heads"] = 3; }), {"4 attention heads", "3 key/value heads"}},
       {"hidden over heads", with([](auto& j) { j["hidden_size"] = 26; }), {"hidden size 26", "4 attention heads"}},
       {"rope scaling", with([](auto& j) { j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; }), {"'rope_scaling'"}},
@@ -144,7 +144,7 @@ TEST(HuggingFaceConfig, RefusesUnknownMissingMistypedAndInconsistentConfigs) {
   }
   std::ofstream(dir / "bad.json") << "{ not json";
   EXPECT_THAT([&] { models::read_hugging_face_config(dir / "bad.json"); },
-              ThrowsMessage<InvalidArgument>(AllOf(HasSubstr("bad.json"), HasSubstr("not valid JSON"))));
+              ThrowsMessage<IoError>(AllOf(HasSubstr("bad.json"), HasSubstr("not valid JSON"))));
   EXPECT_THAT([&] { models::read_hugging_face_config(dir / "none.json"); },
               ThrowsMessage<IoError>(HasSubstr("none.json")));
 }

@@ -180,7 +180,7 @@ TEST(TokenizerHostile, FilesThatAreNotRegularOrTooLarge) {
   EXPECT_THROW(Tokenizer::from_file(fifo), tp::IoError);  // returns at once: no writer is waited for
   const auto big = dir / "big.json";
   { std::ofstream(big) << "{}"; }
-  std::filesystem::resize_file(big, tp::text::max_tokenizer_file_bytes + 1);  // sparse: no disk used
+  std::filesystem::resize_file(big, tp::max_json_file_bytes + 1);  // sparse: no disk used
   try {
     Tokenizer::from_file(big);
     ADD_FAILURE() << "accepted";

@@ -45,7 +45,9 @@ struct LaunchOptions {
   std::string backend = "local";
   /// Ranks in this process (local; gloo outside a launcher). Under mpirun the job's size rules.
   int world = 1;
-  /// How long a rank waits for its peers (local and gloo; MPI has no timeout).
+  /// How long a rank waits for its peers in any collective before failing with a CommError, on
+  /// every backend (MPI: MpiOptions::timeout, non-blocking calls polled against this deadline);
+  /// zero waits forever on MPI.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
   /// Whether every collective first checks that all ranks made the same call
   /// (Communicator::set_verify_collectives); off only for benchmarks of the bare collectives.
@@ -87,7 +89,7 @@ class Launch {
 #ifdef TP_HAS_MPI
     if (backend == "mpi") {
       mpi_ = std::make_unique<MpiEnvironment>(argc, argv);
-      ranks_ = {std::make_shared<MpiCommunicator>()};
+      ranks_ = {std::make_shared<MpiCommunicator>(MPI_COMM_WORLD, MpiOptions{.timeout = options_.timeout})};
       apply_options();
       return;
     }

@@ -12,6 +12,7 @@
 ///     // this rank's logits [tokens, vocab_range().size()]
 ///   model.vocab_range(), model.config().vocab, model.context().
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <span>
@@ -88,6 +89,15 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
   GenerateResult result;
   result.prompt_tokens = n;
   if (max_new_tokens == 0) return result;
+  // The KV cache holds prompt + new tokens: bounded by the model's context (its positions), so
+  // that a huge max_new_tokens is a clear error, not an allocation that fails.
+  if constexpr (requires { model.config().max_positions; }) {
+    const std::int64_t context = model.config().max_positions;
+    TP_CHECK(n <= context && max_new_tokens <= context - n,
+             "generate: a prompt of {} tokens plus max_new_tokens {} is past the model's context of {} positions "
+             "(max_position_embeddings); ask for at most {} new tokens",
+             n, max_new_tokens, context, std::max<std::int64_t>(context - n, 0));
+  }
 
   const NoGrad no_grad;
   auto cache = model.make_cache(1, n + max_new_tokens);

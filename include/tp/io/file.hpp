@@ -52,7 +52,7 @@ class Fd {
     struct stat st {};
     if (::fstat(fd.fd_, &st) != 0) TP_THROW(IoError, "{}: cannot stat: {}", path, std::strerror(errno));
     if (!S_ISREG(st.st_mode))
-      TP_THROW(IoError, "{}: is {}, not a regular file; checkpoints are read from regular files only", path,
+      TP_THROW(IoError, "{}: is {}, not a regular file; tp reads its inputs from regular files only", path,
                S_ISFIFO(st.st_mode)  ? "a FIFO"
                : S_ISDIR(st.st_mode) ? "a directory"
                : S_ISCHR(st.st_mode) ? "a character device"
@@ -180,6 +180,25 @@ inline std::string rename_file(const std::filesystem::path& from, const std::fil
   std::error_code ec;
   std::filesystem::rename(from, to, ec);
   return ec ? fmt::format("cannot rename {} to {}: {}", from.string(), to.string(), ec.message()) : std::string();
+}
+
+/// Writes `text` as the file `target`, whole or not at all: into an exclusive temporary file
+/// beside it (create_temp_file), fsynced, then renamed over `target`. Whatever sat at `target`, a
+/// planted symbolic link included, is replaced, never written through. `what` names the file's
+/// role in errors; the temporary file is removed on failure.
+inline void write_file_atomically(const std::filesystem::path& target, std::string_view text, std::string_view what) {
+  auto [fd, suffix] = create_temp_file(target);
+  const std::filesystem::path tmp = temp_name(target, suffix);
+  try {
+    fd.write_at(text.data(), text.size(), 0, what);
+    fd.sync();
+    fd.close();
+    if (auto error = rename_file(tmp, target); !error.empty()) TP_THROW(IoError, "{}: {}", target.string(), error);
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw;
+  }
 }
 
 }  // namespace tp::detail

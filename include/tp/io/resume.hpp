@@ -1,25 +1,106 @@
 #pragma once
 /// Training resume files: one safetensors file with the parameters (under their own names, so it
 /// is also a plain weights checkpoint), the AdamW moments ("adamw.exp_avg.<name>",
-/// "adamw.exp_avg_sq.<name>"), and in `__metadata__` the step count ("adamw.step") and the
-/// hyper-parameters, plus whatever the trainer adds (data position, seed). Everything is stored
-/// full, so training saved at one TP degree resumes at another.
+/// "adamw.exp_avg_sq.<name>"), and in `__metadata__` the step count ("adamw.step"), the
+/// hyper-parameters, a checksum of every tensor ("checksum.<name>", see tensor_checksum; the file
+/// stays a standard safetensors file), plus whatever the trainer adds (data position, seed).
+/// Everything is stored full, so training saved at one TP degree resumes at another.
+///
+/// load_resume refuses, naming the file and the first tensor, a tensor whose bytes no longer match
+/// its checksum (a bit flip on disk or in transit) and parameters or moments that are not finite
+/// (NaN or Inf: a run that had already diverged).
 
 #ifndef TP_HAS_IO
 #error "tp/io/resume.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
 #endif
 
 #include <charconv>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "tp/io/file.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/optim/adamw.hpp"
 
 namespace tp {
 
-/// Saves the optimizer's parameters, moments and step. Collective over the optimizer's group.
+namespace detail {
+
+/// One element's share of a tensor checksum: a 32-bit mix of its index in the full tensor and its
+/// bits. The checksum of a tensor is the sum of its elements' shares modulo 2^32, so each rank
+/// sums the blocks it writes and the ranks' sums add up (one all_reduce), and a flipped bit
+/// changes it but for a chance of 2^-32.
+inline std::uint64_t checksum_share(std::uint64_t index, std::uint64_t bits) {
+  std::uint64_t z = index * 0x9E3779B97F4A7C15ull ^ bits;  // splitmix64's finalizer
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (z ^ (z >> 31)) & 0xFFFFFFFFull;
+}
+
+/// The checksum share of `n` elements of `size` bytes each at `bytes`, the first being element
+/// `first` of its tensor.
+inline std::uint64_t checksum_bytes(const unsigned char* bytes, std::size_t size, std::int64_t n, std::int64_t first) {
+  std::uint64_t sum = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, bytes + static_cast<std::size_t>(i) * size, size);
+    sum += checksum_share(static_cast<std::uint64_t>(first + i), bits);
+  }
+  return sum & 0xFFFFFFFFull;
+}
+
+/// Whether an element of the file's dtype (F64, F32, F16, BF16; others count as finite) given
+/// by its bits is finite: its exponent is not all ones.
+inline bool finite_bits(std::string_view dtype, std::uint64_t bits) {
+  if (dtype == "F64") return ((bits >> 52) & 0x7FF) != 0x7FF;
+  if (dtype == "F32") return ((bits >> 23) & 0xFF) != 0xFF;
+  if (dtype == "F16") return ((bits >> 10) & 0x1F) != 0x1F;
+  if (dtype == "BF16") return ((bits >> 7) & 0xFF) != 0xFF;
+  return true;
+}
+
+/// Checks every tensor of a resume file for non-finite values and, with `checksums`, against its
+/// checksum in __metadata__, reading
+/// the file's bytes (at most 1 MiB at a time); "" or the first failure.
+inline std::string verify_resume_file(const SafetensorsFile& file, bool checksums) {
+  const Fd fd = Fd::open_regular(file.path());
+  const SafetensorsHeader& header = file.header();
+  std::vector<unsigned char> chunk;
+  for (const auto& [name, t] : header.tensors) {
+    const auto want = header.metadata.find("checksum." + name);
+    if (checksums && want == header.metadata.end()) return fmt::format("tensor '{}' has no checksum.{} in __metadata__", name, name);
+    const std::int64_t n = t.numel(), per_chunk = std::max<std::int64_t>(1, (1 << 20) / static_cast<std::int64_t>(t.element_size));
+    std::uint64_t sum = 0;
+    for (std::int64_t i = 0; i < n; i += per_chunk) {
+      const std::int64_t m = std::min(per_chunk, n - i);
+      chunk.resize(static_cast<std::size_t>(m) * t.element_size);
+      fd.read_at(chunk.data(), chunk.size(), header.data_start + t.begin + static_cast<std::uint64_t>(i) * t.element_size,
+                 fmt::format("tensor '{}'", name));
+      sum += checksum_bytes(chunk.data(), t.element_size, m, i);
+      for (std::int64_t j = 0; j < m; ++j) {
+        std::uint64_t bits = 0;
+        std::memcpy(&bits, chunk.data() + static_cast<std::size_t>(j) * t.element_size, t.element_size);
+        if (!finite_bits(t.dtype, bits))
+          return fmt::format("tensor '{}' holds a non-finite value (NaN or Inf) at element {}; the run it was saved "
+                             "from had diverged", name, i + j);
+      }
+    }
+    const std::string got = fmt::format("{:08x}", sum & 0xFFFFFFFFull);
+    if (checksums && got != want->second)
+      return fmt::format("tensor '{}' has checksum {}, but __metadata__ records {}: the file was changed or damaged "
+                         "after it was written", name, got, want->second);
+  }
+  return {};
+}
+
+}  // namespace detail
+
+/// Saves the optimizer's parameters, moments and step, with a checksum of every tensor.
+/// Collective over the optimizer's group.
 template <class T, class Device>
 void save_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path, SafetensorsMetadata metadata = {}) {
   const auto& ctx = optimizer.context();
@@ -32,11 +113,34 @@ void save_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path,
   metadata["adamw.betas"] = fmt::format("{},{}", o.beta1, o.beta2);
   metadata["adamw.eps"] = fmt::format("{}", o.eps);
   metadata["adamw.weight_decay"] = fmt::format("{}", o.weight_decay);
+  // Each rank's share of each tensor's checksum, over the blocks it writes (one writer per block).
+  std::map<std::string, std::size_t, std::less<>> slot;
+  for (const auto& p : tensors) slot.emplace(p.name, slot.size());
+  std::vector<std::int64_t> sums(slot.size(), 0);
+  std::vector<T> host;
+  for (const auto& p : tensors) {
+    if (!detail::writes_record(p, ctx.rank())) continue;
+    host.resize(static_cast<std::size_t>(p.value.size()));
+    const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
+    ctx.device->to_host(ConstView<T>(p.value), h);
+    std::uint64_t sum = 0;
+    for (std::int64_t r = 0; r < h.rows; ++r)
+      sum += detail::checksum_bytes(reinterpret_cast<const unsigned char*>(h.row(r)), sizeof(T), h.cols,
+                                    (p.rows.begin + r) * p.full_cols + p.cols.begin);
+    auto& s = sums[slot.at(p.name)];
+    s = static_cast<std::int64_t>((static_cast<std::uint64_t>(s) + sum) & 0xFFFFFFFFull);
+  }
+  ctx.comm->all_reduce(std::span<std::int64_t>(sums), ReduceOp::sum);  // < 2^32 per rank: no overflow
+  for (const auto& [name, i] : slot)
+    metadata["checksum." + name] = fmt::format("{:08x}", static_cast<std::uint64_t>(sums[i]) & 0xFFFFFFFFull);
   save_safetensors<T>(*ctx.comm, *ctx.device, tensors, path, metadata);
 }
 
 /// Loads parameters, moments and step count into `optimizer` (each rank its blocks) and returns
 /// the file's metadata, for the trainer's own entries. The learning rate is the caller's to set.
+/// Rank 0 first verifies that every value is finite and every tensor's checksum (see the header
+/// comment; a file written before checksums, with no "checksum.*" entries, has only the first).
+/// Collective over the optimizer's group.
 template <class T, class Device>
 SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path) {
   const SafetensorsCheckpoint checkpoint(path);
@@ -47,7 +151,27 @@ SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesyst
   const auto [end, ec] = std::from_chars(step->second.data(), step->second.data() + step->second.size(), count);
   if (ec != std::errc() || end != step->second.data() + step->second.size() || count < 0)
     TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), step->second);
-  const Device& device = *optimizer.context().device;
+  const auto& ctx = optimizer.context();
+  std::string error;
+  if (ctx.rank() == 0) {
+    const bool has_checksums = metadata.lower_bound("checksum.") != metadata.end() &&
+                               metadata.lower_bound("checksum.")->first.starts_with("checksum.");
+    try {
+      error = detail::verify_resume_file(SafetensorsFile(path), has_checksums);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  // Rank 0's verdict, its text included, so that every rank throws the same message.
+  std::int64_t length = static_cast<std::int64_t>(error.size());
+  ctx.comm->broadcast(std::span<std::int64_t>(&length, 1), 0);
+  if (length > 0) {
+    std::vector<std::uint8_t> text(error.begin(), error.end());
+    text.resize(static_cast<std::size_t>(length));
+    ctx.comm->broadcast(std::span<std::uint8_t>(text), 0);
+    TP_THROW(IoError, "{}: {}", path.string(), std::string(text.begin(), text.end()));
+  }
+  const Device& device = *ctx.device;
   for (const auto& p : optimizer.parameters()) load_parameter(device, p, checkpoint);
   for (const auto& p : optimizer.state()) load_parameter(device, p, checkpoint);
   optimizer.set_step_count(count);

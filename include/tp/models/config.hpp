@@ -19,14 +19,15 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "tp/core/error.hpp"
+#include "tp/io/file.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/layers/parallel_mlp.hpp"
 
 namespace tp::models {
@@ -41,6 +42,10 @@ inline std::string_view name(Architecture a) {
   }
   return "?";
 }
+
+/// The largest size (vocabulary, width, heads, layers, positions) a config may give: 2^31 - 1, so
+/// that products of two sizes, and twice them, fit a signed 64-bit integer.
+inline constexpr std::int64_t max_config_size = std::numeric_limits<std::int32_t>::max();
 
 struct TransformerConfig {
   Architecture arch = Architecture::llama;
@@ -74,6 +79,32 @@ struct TransformerConfig {
     positive(head_dim, "head_dim");
     positive(ffn, "ffn");
     positive(max_positions, "max_positions");
+    auto bounded = [&](std::int64_t v, const char* key) {
+      TP_CHECK(v <= max_config_size, "{}: {} is {}, over tp's bound on a size, {} (2^31 - 1)", where, key, v,
+               max_config_size);
+    };
+    bounded(vocab, "vocab");
+    bounded(hidden, "hidden");
+    bounded(layers, "layers");
+    bounded(heads, "heads");
+    bounded(kv_heads, "kv_heads");
+    bounded(head_dim, "head_dim");
+    bounded(ffn, "ffn");
+    bounded(max_positions, "max_positions");
+    bounded(type_vocab, "type_vocab");
+    // The element count of each weight, exactly (each factor is below 2^31), must fit a signed
+    // 64-bit size with room to double it (the stacked SwiGLU weight is 2 x ffn rows).
+    using Wide = __int128;
+    auto elements = [&](Wide n, std::string_view tensor) {
+      TP_CHECK(n <= Wide{std::numeric_limits<std::int64_t>::max() / 4},
+               "{}: the {} would have {:.3g} elements, more than a 64-bit size can count (vocab {}, hidden {}, heads "
+               "{}, kv_heads {}, head_dim {}, ffn {})",
+               where, tensor, static_cast<double>(n), vocab, hidden, heads, kv_heads, head_dim, ffn);
+    };
+    elements(Wide{vocab} * hidden, "token embedding (vocab x hidden)");
+    elements(Wide{max_positions} * hidden, "position embedding (max_positions x hidden)");
+    elements((Wide{heads} + 2 * Wide{kv_heads}) * head_dim * hidden, "fused q/k/v weight ((heads + 2 kv_heads) head_dim x hidden)");
+    elements(2 * Wide{ffn} * hidden, "stacked MLP weight (2 ffn x hidden)");
     TP_CHECK(heads % kv_heads == 0, "{}: {} attention heads are not a multiple of {} key/value heads", where, heads,
              kv_heads);
     TP_CHECK(norm_eps > 0, "{}: the norm epsilon must be positive, got {}", where, norm_eps);
@@ -102,48 +133,61 @@ struct TransformerConfig {
 
 namespace detail {
 
-/// config.json's keys, read with errors that name the file and the key.
+/// config.json's keys, read with errors that name the file and the key ("config.json: hidden_size:
+/// expected an integer, got string \"4\"").
 class JsonConfig {
  public:
   JsonConfig(nlohmann::json j, std::string file) : j_(std::move(j)), file_(std::move(file)) {
-    if (!j_.is_object()) TP_THROW(InvalidArgument, "{}: a config must be a JSON object", file_);
+    if (!j_.is_object())
+      TP_THROW(InvalidArgument, "{}: expected a JSON object at the top level, got {}", file_, j_.type_name());
   }
   const std::string& file() const { return file_; }
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
 
-  std::int64_t integer(const char* key, std::optional<std::int64_t> fallback = std::nullopt) const {
+  /// An integer in [lo, hi]; sizes are bounded by max_config_size, so that no product of two of
+  /// them overflows and no 2^40 reaches an allocation.
+  std::int64_t integer(const char* key, std::optional<std::int64_t> fallback = std::nullopt,
+                       std::int64_t lo = std::numeric_limits<std::int64_t>::min(),
+                       std::int64_t hi = max_config_size) const {
     if (!has(key)) {
       if (fallback) return *fallback;
       TP_THROW(InvalidArgument, "{}: key '{}' is missing", file_, key);
     }
-    const auto& v = j_[key];
-    if (!v.is_number_integer())
-      TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected an integer", file_, key, v.dump());
-    return v.get<std::int64_t>();
+    const TypedNode v = node(key);
+    if (!v.json().is_number_integer()) v.expected("an integer");
+    const bool in_range = v.json().is_number_unsigned()
+                              ? v.json().get<std::uint64_t>() <= static_cast<std::uint64_t>(hi) &&
+                                    (lo <= 0 || v.json().get<std::uint64_t>() >= static_cast<std::uint64_t>(lo))
+                              : v.json().get<std::int64_t>() >= lo && v.json().get<std::int64_t>() <= hi;
+    if (!in_range && lo == std::numeric_limits<std::int64_t>::min())
+      TP_THROW(InvalidArgument, "{}: {}: {} is above {}{}", file_, key, v.json().dump(), hi,
+               hi == max_config_size ? ", tp's bound on a size (2^31 - 1)" : "");
+    if (!in_range) TP_THROW(InvalidArgument, "{}: {}: {} is outside [{}, {}]", file_, key, v.json().dump(), lo, hi);
+    return v.json().get<std::int64_t>();
   }
   double number(const char* key, std::optional<double> fallback = std::nullopt) const {
     if (!has(key)) {
       if (fallback) return *fallback;
       TP_THROW(InvalidArgument, "{}: key '{}' is missing", file_, key);
     }
-    const auto& v = j_[key];
-    if (!v.is_number()) TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected a number", file_, key, v.dump());
-    return v.get<double>();
+    const TypedNode v = node(key);
+    if (!v.json().is_number()) v.expected("a number");
+    return v.json().get<double>();
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
-    const auto& v = j_[key];
-    if (!v.is_boolean()) TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected true or false", file_, key, v.dump());
-    return v.get<bool>();
+    const TypedNode v = node(key);
+    if (!v.json().is_boolean()) v.expected("true or false");
+    return v.json().get<bool>();
   }
   std::string string(const char* key, std::optional<std::string> fallback = std::nullopt) const {
     if (!has(key)) {
       if (fallback) return *fallback;
       TP_THROW(InvalidArgument, "{}: key '{}' is missing", file_, key);
     }
-    const auto& v = j_[key];
-    if (!v.is_string()) TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected a string", file_, key, v.dump());
-    return v.get<std::string>();
+    const TypedNode v = node(key);
+    if (!v.json().is_string()) v.expected("a string");
+    return v.json().get<std::string>();
   }
   /// Refuses a key whose value tp would not honour (anything but absent, null or `ok`).
   void refuse_unless(const char* key, const nlohmann::json& ok, std::string_view why) const {
@@ -152,6 +196,23 @@ class JsonConfig {
   }
 
  private:
+  /// A key's value, whose wrong type is a bad config (InvalidArgument, as every refusal here).
+  class TypedNode {
+   public:
+    TypedNode(const nlohmann::json& v, const std::string& file, const char* key) : v_(v), file_(file), key_(key) {}
+    const nlohmann::json& json() const { return v_; }
+    [[noreturn]] void expected(std::string_view what) const {
+      TP_THROW(InvalidArgument, "{}: {}: expected {}, got {}", file_, key_, what,
+               tp::JsonNode(v_, file_, key_).describe());
+    }
+
+   private:
+    const nlohmann::json& v_;
+    const std::string& file_;
+    const char* key_;
+  };
+  TypedNode node(const char* key) const { return TypedNode(j_.at(key), file_, key); }
+
   nlohmann::json j_;
   std::string file_;
 };
@@ -170,15 +231,7 @@ inline Activation activation_from(const JsonConfig& c, const char* key, const st
 /// Reads a Hugging Face config.json (gpt2, llama, qwen2, mistral or bert).
 inline TransformerConfig read_hugging_face_config(const std::filesystem::path& config_json) {
   const std::string file = config_json.string();
-  std::ifstream in(config_json);
-  if (!in) TP_THROW(IoError, "{}: cannot open the model's config", file);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    TP_THROW(InvalidArgument, "{}: not valid JSON: {}", file, e.what());
-  }
-  const detail::JsonConfig c(std::move(j), file);
+  const detail::JsonConfig c(read_json_file(config_json, "config.json"), file);
   TransformerConfig t;
   t.model_type = c.string("model_type");
   if (t.model_type == "gpt2") {
@@ -305,15 +358,13 @@ inline nlohmann::ordered_json hugging_face_config_json(const TransformerConfig& 
   return j;
 }
 
-/// Writes config.json for `config` (see hugging_face_config_json).
+/// Writes config.json for `config` (see hugging_face_config_json), atomically.
 inline void write_hugging_face_config(const TransformerConfig& config, const std::filesystem::path& config_json,
                                       std::string_view torch_dtype = "float32") {
-  const std::string text = hugging_face_config_json(config, torch_dtype).dump(2) + "\n";
-  std::ofstream out(config_json, std::ios::trunc);
-  if (!out) TP_THROW(IoError, "{}: cannot create the config", config_json.string());
-  out << text;
-  out.close();
-  if (!out) TP_THROW(IoError, "{}: cannot write the config", config_json.string());
+  // Written as safetensors files are: an exclusive temporary file beside it, renamed over it, so
+  // that a link planted at the name is replaced, never followed.
+  tp::detail::write_file_atomically(config_json, hugging_face_config_json(config, torch_dtype).dump(2) + "\n",
+                                "the config");
 }
 
 }  // namespace tp::models

@@ -21,14 +21,18 @@
 #endif
 
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
+#include "tp/io/checkpoint.hpp"
+#include "tp/io/file.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/models/config.hpp"
 #include "tp/models/transformer.hpp"
@@ -173,20 +177,68 @@ inline Region region_of(const HuggingFaceTensor& t, std::int64_t tp_cols) {
 
 }  // namespace detail
 
-/// Loads the weights of a Hugging Face directory into `model`, whose config must be the
-/// directory's (open_hugging_face reads both). Each rank reads only its blocks.
-template <class T, class Device>
-void load_hugging_face(Transformer<T, Device>& model, const std::filesystem::path& dir) {
-  const TransformerConfig& c = model.config();
-  const std::filesystem::path weights = detail::hugging_face_weights(dir);
-  const SafetensorsCheckpoint ckpt(weights);
-  const auto [found, prefix] = detail::detect_checkpoint(ckpt);
+struct HuggingFaceLoadOptions {
+  /// Load a checkpoint that holds tensors the config does not use (a config with fewer layers
+  /// than the file, say); by default they are refused, naming the first. Buffers that are not
+  /// parameters (GPT-2's attn.bias masks, rotary inv_freq, BERT's position_ids), the heads above
+  /// tp's BERT encoder (pooler, cls) and a tied model's saved lm_head are never counted as unused.
+  bool allow_unused_tensors = false;
+};
+
+namespace detail {
+
+/// Tensors in Hugging Face checkpoints that are not parameters of tp's models, and ignored.
+inline bool ignorable_tensor(std::string_view name, const TransformerConfig& c) {
+  auto ends = [&](std::string_view s) { return name.ends_with(s); };
+  if (ends(".attn.bias") && c.arch == Architecture::gpt2) return true;  // the causal mask buffer
+  if (ends(".attn.masked_bias") || ends(".rotary_emb.inv_freq") || ends("embeddings.position_ids")) return true;
+  if (c.arch == Architecture::bert && (name.starts_with("cls.") || name.find("pooler.") != std::string_view::npos))
+    return true;  // tp's BERT is the encoder alone
+  return c.tie_embeddings && name == "lm_head.weight";  // a tied head saved anyway: the embedding
+}
+
+/// The number of layers the checkpoint's tensors hold: one past the highest index N in a name
+/// "<prefix><layers>N.", with <layers> "h." (GPT-2), "layers." (Llama) or "encoder.layer." (BERT).
+inline std::int64_t checkpoint_layers(const std::vector<std::string>& names, const std::string& prefix,
+                                      Architecture arch) {
+  const std::string stem = prefix + (arch == Architecture::gpt2    ? "h."
+                                     : arch == Architecture::llama ? "layers."
+                                                                   : "encoder.layer.");
+  std::int64_t layers = 0;
+  for (const auto& n : names) {
+    if (!n.starts_with(stem)) continue;
+    std::int64_t i = 0;
+    const char* first = n.data() + stem.size();
+    const auto [end, ec] = std::from_chars(first, n.data() + n.size(), i);
+    if (ec == std::errc() && end != first && end != n.data() + n.size() && *end == '.' && i >= 0 &&
+        i < max_config_size)
+      layers = std::max(layers, i + 1);
+  }
+  return layers;
+}
+
+/// Checks the checkpoint against the config before anything is allocated: the architecture, the
+/// layer count, every tensor's presence and shape, and (unless allowed) no tensor left unused.
+/// Returns the layout.
+inline std::vector<HuggingFaceTensor> check_hugging_face_tensors(const TransformerConfig& c,
+                                                                 const SafetensorsCheckpoint& ckpt,
+                                                                 const HuggingFaceLoadOptions& options) {
+  const std::string& weights = ckpt.path();
+  const auto [found, prefix] = detect_checkpoint(ckpt);
   const std::string want = std::string(name(c.arch));
   if (found != want)
-    TP_THROW(InvalidArgument, "{}: the config is a {} model ({}), but the tensors are {}", weights.string(),
-             c.model_type, want, found.empty() ? "of no architecture tp knows (no GPT-2, Llama or BERT embedding)"
-                                               : "a " + found + " checkpoint's");
-  const auto layout = hugging_face_layout(c, prefix);
+    TP_THROW(InvalidArgument, "{}: the config is a {} model ({}), but the tensors are {}", weights, c.model_type, want,
+             found.empty() ? "of no architecture tp knows (no GPT-2, Llama or BERT embedding)"
+                           : "a " + found + " checkpoint's");
+  const std::vector<std::string> names = ckpt.names();
+  // The layer count first: a config of 100000 layers must not build a layout of a million names.
+  const std::int64_t stored_layers = checkpoint_layers(names, prefix, c.arch);
+  if (stored_layers < c.layers || (stored_layers > c.layers && !options.allow_unused_tensors))
+    TP_THROW(InvalidArgument,
+             "{}: config.json gives {} layers (num_hidden_layers / n_layer), but the checkpoint holds {}{}", weights,
+             c.layers, stored_layers,
+             stored_layers > c.layers ? "; HuggingFaceLoadOptions::allow_unused_tensors loads the first ones" : "");
+  auto layout = hugging_face_layout(c, prefix);
   for (const auto& t : layout) {
     const SafetensorsFile& file = ckpt.file_of(t.name);
     const auto& stored = file.tensor(t.name).shape;
@@ -197,6 +249,27 @@ void load_hugging_face(Transformer<T, Device>& model, const std::filesystem::pat
                file.path(), t.name, fmt::join(stored, ", "), c.model_type, c.hidden, c.heads, c.kv_heads, c.head_dim,
                c.ffn, c.vocab, fmt::join(t.shape, ", "));
   }
+  if (!options.allow_unused_tensors) {
+    std::set<std::string_view> used;
+    for (const auto& t : layout) used.insert(t.name);
+    for (const auto& n : names)
+      if (!used.contains(n) && !ignorable_tensor(n, c))
+        TP_THROW(InvalidArgument,
+                 "{}: tensor '{}' is not used by config.json's {} model ({} layers); refusing to drop it silently "
+                 "(HuggingFaceLoadOptions::allow_unused_tensors loads the rest)",
+                 weights, n, c.model_type, c.layers);
+  }
+  return layout;
+}
+
+}  // namespace detail
+
+namespace detail {
+
+/// Reads each rank's blocks of the checked `layout` from `ckpt` into the model's parameters.
+template <class T, class Device>
+void load_hugging_face_tensors(Transformer<T, Device>& model, const SafetensorsCheckpoint& ckpt,
+                               const std::filesystem::path& dir, const std::vector<HuggingFaceTensor>& layout) {
   const Device& dev = *model.context().device;
   std::vector<T> host, block;
   for (const auto& p : model.parameters()) {
@@ -230,11 +303,29 @@ void load_hugging_face(Transformer<T, Device>& model, const std::filesystem::pat
   }
 }
 
-/// Reads config.json and the weights of a Hugging Face directory into a new model on `ctx`.
+}  // namespace detail
+
+/// Loads the weights of a Hugging Face directory into `model`, whose config must be the
+/// directory's (open_hugging_face reads both). Each rank reads only its blocks.
 template <class T, class Device>
-std::unique_ptr<Transformer<T, Device>> open_hugging_face(const Context<Device>& ctx, const std::filesystem::path& dir) {
-  auto model = std::make_unique<Transformer<T, Device>>(ctx, read_hugging_face_config(dir / "config.json"));
-  load_hugging_face(*model, dir);
+void load_hugging_face(Transformer<T, Device>& model, const std::filesystem::path& dir,
+                       const HuggingFaceLoadOptions& options = {}) {
+  const SafetensorsCheckpoint ckpt(detail::hugging_face_weights(dir));
+  detail::load_hugging_face_tensors(model, ckpt, dir, detail::check_hugging_face_tensors(model.config(), ckpt, options));
+}
+
+
+/// Reads config.json and the weights of a Hugging Face directory into a new model on `ctx`. The
+/// tensors are checked against the config (architecture, layer count, shapes, nothing unused)
+/// before the model is built, so a config whose sizes the file does not hold allocates nothing.
+template <class T, class Device>
+std::unique_ptr<Transformer<T, Device>> open_hugging_face(const Context<Device>& ctx, const std::filesystem::path& dir,
+                                                          const HuggingFaceLoadOptions& options = {}) {
+  const TransformerConfig config = read_hugging_face_config(dir / "config.json");
+  const SafetensorsCheckpoint ckpt(detail::hugging_face_weights(dir));
+  const auto layout = detail::check_hugging_face_tensors(config, ckpt, options);
+  auto model = std::make_unique<Transformer<T, Device>>(ctx, config);
+  detail::load_hugging_face_tensors(*model, ckpt, dir, layout);
   return model;
 }
 
@@ -312,27 +403,83 @@ void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model
 /// Conv1D weights transposed back, q/k/v and gate/up split, biases and norms 1-D, a tied head left
 /// out as save_pretrained does), so that transformers' from_pretrained loads what tp trained.
 /// Collective over `comm`, the model's group; the ranks must share the file system.
+///
+/// The directory is written as one unit, as step checkpoints are (tp/io/checkpoint.hpp): into a
+/// fresh temporary directory beside it (created exclusively, so nothing planted is followed),
+/// fsynced, then renamed to `dir`, last. A `dir` that exists already is replaced; the regular
+/// files in it that tp does not write (a tokenizer.json, say) are carried over into the new
+/// directory (hard links, else copies), and anything else in it (a subdirectory, a symbolic link)
+/// is refused before anything is written.
 template <class T, class Device>
 void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const std::filesystem::path& dir) {
-  std::int32_t failed = 0;
+  namespace fs = std::filesystem;
+  const fs::path target = dir.filename().empty() ? dir.parent_path() : dir;  // "out/" names "out"
+  std::int64_t created[2] = {0, 0};  // {failed, suffix}
   std::string error;
   if (comm.rank() == 0) {
     try {
-      std::filesystem::create_directories(dir);
+      const auto status = fs::symlink_status(target);
+      if (fs::exists(status)) {
+        TP_CHECK(fs::is_directory(status), "{}: exists and is not a directory", target.string());
+        for (const auto& entry : fs::directory_iterator(target)) {
+          const auto name = entry.path().filename().string();
+          if (name == "config.json" || name == "model.safetensors") continue;
+          if (!entry.is_regular_file() || entry.is_symlink())
+            TP_THROW(IoError, "{}: holds '{}', which is not a regular file; save_hugging_face replaces the directory "
+                     "as a unit and carries over only regular files", target.string(), name);
+        }
+      }
+      if (target.has_parent_path()) fs::create_directories(target.parent_path());
+      created[1] = static_cast<std::int64_t>(tp::detail::create_temp_directory(target));
+      const fs::path tmp = tp::detail::temp_name(target, static_cast<std::uint64_t>(created[1]));
       constexpr DType dtype = dtype_of<T>;
-      write_hugging_face_config(model.config(), dir / "config.json",
+      write_hugging_face_config(model.config(), tmp / "config.json",
                                 dtype == DType::f64   ? "float64"
                                 : dtype == DType::f16 ? "float16"
                                 : dtype == DType::bf16 ? "bfloat16"
                                                        : "float32");
     } catch (const std::exception& e) {
-      failed = 1;
+      created[0] = 1;
       error = e.what();
     }
   }
+  comm.broadcast(std::span<std::int64_t>(created, 2), 0);
+  const fs::path tmp = tp::detail::temp_name(target, static_cast<std::uint64_t>(created[1]));
+  auto remove_tmp = [&] {
+    std::error_code ignored;
+    if (comm.rank() == 0 && created[1] != 0) fs::remove_all(tmp, ignored);
+  };
+  if (created[0]) {
+    remove_tmp();
+    TP_THROW(IoError, "{}: {}", target.string(), comm.rank() == 0 ? error : "rank 0 could not start the directory");
+  }
+  try {
+    detail::save_hugging_face_tensors(comm, model, tmp / "model.safetensors", false);
+  } catch (...) {
+    remove_tmp();
+    throw;
+  }
+  std::int32_t failed = 0;
+  if (comm.rank() == 0) {
+    try {
+      if (fs::exists(fs::symlink_status(target)))
+        for (const auto& entry : fs::directory_iterator(target)) {
+          const fs::path to = tmp / entry.path().filename();
+          if (fs::exists(fs::symlink_status(to))) continue;  // what tp just wrote
+          std::error_code ec;
+          fs::create_hard_link(entry.path(), to, ec);
+          if (ec) fs::copy_file(entry.path(), to);
+        }
+      error = tp::detail::commit_checkpoint(tmp, target);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    failed = error.empty() ? 0 : 1;
+    if (failed) remove_tmp();
+  }
   comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
-  if (failed) TP_THROW(IoError, "{}: {}", dir.string(), comm.rank() == 0 ? error : "rank 0 could not write config.json");
-  detail::save_hugging_face_tensors(comm, model, dir / "model.safetensors", false);
+  if (failed)
+    TP_THROW(IoError, "{}: not saved: {}", target.string(), comm.rank() == 0 ? error : "rank 0 could not commit it");
 }
 
 }  // namespace tp::models

@@ -23,7 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/model.hpp"
 #include "tp/text/normalizers.hpp"
 #include "tp/text/unicode.hpp"

@@ -26,7 +26,7 @@
 #include <utility>
 #include <vector>
 
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/model.hpp"
 #include "tp/text/unicode.hpp"
 

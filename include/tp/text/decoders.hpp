@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "tp/text/byte_level.hpp"
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/normalizers.hpp"
 #include "tp/text/pre_tokenizers.hpp"
 #include "tp/text/regex.hpp"

@@ -16,7 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 
 namespace tp::text {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "tp/text/byte_level.hpp"
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/regex.hpp"
 #include "tp/text/unicode.hpp"
 

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "tp/core/error.hpp"
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 
 namespace tp::text {
 

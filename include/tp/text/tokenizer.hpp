@@ -40,7 +40,7 @@
 #include "tp/text/added_tokens.hpp"
 #include "tp/text/bpe.hpp"
 #include "tp/text/decoders.hpp"
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/model.hpp"
 #include "tp/text/normalizers.hpp"
 #include "tp/text/post_processors.hpp"

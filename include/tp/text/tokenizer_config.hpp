@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 
 namespace tp::text {
 

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "tp/text/json_input.hpp"
+#include "tp/io/json_file.hpp"
 #include "tp/text/model.hpp"
 #include "tp/text/unicode.hpp"
 

@@ -80,6 +80,17 @@ template <detail::simd::Isa I, class T>
       for (std::int64_t c = 0; c < visible; ++c)
         if (!mask[c]) sr[c] = neg_inf;
     const T m = detail::simd::max_of<I>(sr, visible, row_max[r]);
+    // A NaN score (max_of skips it) or a +inf one poisons the row, as in PyTorch's softmax: its
+    // sum becomes NaN, which stays NaN through every rescale and makes the output and lse NaN.
+    if (const T total = detail::simd::sum_of<I>(sr, visible); m == std::numeric_limits<T>::infinity() || total != total) {
+      bool poisoned = m != neg_inf;  // +inf, or a NaN beside finite scores
+      for (std::int64_t c = 0; c < visible && !poisoned; ++c) poisoned = std::isnan(sr[c]) && (!mask || mask[c]);
+      if (poisoned) {
+        row_sum[r] = std::numeric_limits<double>::quiet_NaN();
+        std::fill(sr, sr + cols, T(0));
+        continue;
+      }
+    }
     if (m == neg_inf) {  // no key seen yet: nothing to add, nothing to rescale
       std::fill(sr, sr + cols, T(0));
       continue;

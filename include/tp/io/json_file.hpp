@@ -1,13 +1,18 @@
 #pragma once
-/// How tokenizer files are read: `read_json_file`, the one function that reads tokenizer.json and
-/// tokenizer_config.json (a regular file only, at most max_tokenizer_file_bytes, JSON nested no
-/// deeper than max_tokenizer_json_depth and without a key twice in one object; the checks of
-/// tp/io's safetensors index reader), and `JsonNode`,
-/// a value together with its file and its path in the file, whose typed accessors throw
-/// tp::IoError naming both ("tokenizer.json: model.vocab: expected an object, found array").
+/// How tp reads JSON files (config.json, generation_config.json, tokenizer.json,
+/// tokenizer_config.json): `read_json_file`, the one function through which they are read, and
+/// `JsonNode`, a value together with its file and its path in the file, whose typed accessors
+/// throw tp::IoError naming both ("tokenizer.json: model.vocab: expected an object, got array").
+///
+/// Bounds, so that a hostile or broken file fails fast, in bounded memory, with a message naming
+/// it: the file is opened by the regular-file opener of the safetensors reader (a FIFO, device,
+/// directory or socket is refused by name, never waited on), is at most max_json_file_bytes
+/// (64 MiB: the largest real tokenizer.json files are tens of MB, Gemma's 33 MB; a config.json is
+/// a few KB), nests no deeper than max_json_depth, and has no key twice in one object (the checks
+/// of the safetensors index reader, made as the parser goes, before anything is built).
 
-#ifndef TP_HAS_TEXT
-#error "tp/text/json_input.hpp needs the tp::text CMake component: target_link_libraries(... tp::text)"
+#ifndef TP_HAS_IO
+#error "tp/io/json_file.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
 #endif
 
 #include <cstdint>
@@ -24,40 +29,40 @@
 #include "tp/io/file.hpp"
 #include "tp/io/safetensors_header.hpp"
 
-namespace tp::text {
+namespace tp {
 
-/// Tokenizer files larger than this are refused before they are read: the largest real
-/// tokenizer.json files are tens of MB (Gemma's 33 MB).
-inline constexpr std::uint64_t max_tokenizer_file_bytes = 64ull << 20;
-/// tokenizer.json nests a few levels (a Sequence of pre-tokenizers holding a Split holding its
-/// pattern is 5); a file nested deeper than this is refused as the parser reaches it, so that
-/// neither the parser nor the component builders recurse without bound.
-inline constexpr int max_tokenizer_json_depth = 32;
+/// JSON files larger than this are refused before they are read (see the header comment).
+inline constexpr std::uint64_t max_json_file_bytes = 64ull << 20;
+/// How deep a JSON file may nest: tokenizer.json nests a few levels (a Sequence of pre-tokenizers
+/// holding a Split holding its pattern is 5), config.json two or three (rope_scaling,
+/// task_specific_params); deeper is refused as the parser reaches it, so that neither the parser
+/// nor the readers recurse without bound.
+inline constexpr int max_json_depth = 32;
 
-/// Reads a whole tokenizer file (tokenizer.json, tokenizer_config.json, chat_template.jinja):
-/// a regular file of at most max_tokenizer_file_bytes; `what` names it in errors.
+/// Reads a whole text file tp takes as input (a JSON file, a chat template): a regular file of
+/// at most max_json_file_bytes; `what` names it in errors.
 inline std::string read_text_file(const std::filesystem::path& path, std::string_view what) {
   const std::string name = path.string();
   const detail::Fd fd = detail::Fd::open_regular(name);
   const std::uint64_t size = fd.size();
-  if (size > max_tokenizer_file_bytes)
-    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, size, max_tokenizer_file_bytes);
+  if (size > max_json_file_bytes)
+    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, size, max_json_file_bytes);
   std::string text(size, '\0');
   fd.read_at(text.data(), text.size(), 0, what);
   return text;
 }
 
-/// Reads and parses a tokenizer JSON file: the one function through which tp reads them.
-inline nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view what) {
-  return detail::parse_guarded_json(read_text_file(path, what), path.string(), what, max_tokenizer_json_depth);
+/// Parses JSON given as text, with the bounds of read_json_file; `name` names it in errors.
+inline nlohmann::json parse_json_text(std::string_view text, std::string_view name, std::string_view what) {
+  if (text.size() > max_json_file_bytes)
+    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, text.size(), max_json_file_bytes);
+  return detail::parse_guarded_json(text, name, what, max_json_depth);
 }
 
-/// Parses tokenizer JSON given as text, with the same limits as read_json_file.
-inline nlohmann::json parse_json_text(std::string_view text, std::string_view name, std::string_view what) {
-  if (text.size() > max_tokenizer_file_bytes)
-    TP_THROW(IoError, "{}: {} of {} bytes is over the limit of {} bytes", name, what, text.size(),
-             max_tokenizer_file_bytes);
-  return detail::parse_guarded_json(text, name, what, max_tokenizer_json_depth);
+/// Reads and parses a JSON file (see the header comment): the one function through which tp
+/// reads them. `what` says what the file is ("config.json", "tokenizer.json").
+inline nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view what) {
+  return parse_json_text(read_text_file(path, what), path.string(), what);
 }
 
 /// A JSON value, the file it came from and where in the file it sits, so that every error names
@@ -138,7 +143,14 @@ class JsonNode {
     TP_THROW(IoError, "{}: {}: {}", file_, path_.empty() ? std::string("the top level") : path_,
              fmt::format(message, std::forward<Args>(args)...));
   }
-  [[noreturn]] void expected(std::string_view what) const { fail("expected {}, found {}", what, value_->type_name()); }
+  /// The value's type, and the value itself when it is short ("string \"4\"", "array").
+  std::string describe() const {
+    if (value_->is_structured() || value_->is_null()) return value_->type_name();
+    std::string text = value_->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() > 40) text = text.substr(0, 37) + "...";
+    return fmt::format("{} {}", value_->type_name(), text);
+  }
+  [[noreturn]] void expected(std::string_view what) const { fail("expected {}, got {}", what, describe()); }
 
  private:
   JsonNode child(const nlohmann::json& value, std::string_view key) const {
@@ -156,4 +168,4 @@ auto make_each(const JsonNode& list, Make make) {
   return parts;
 }
 
-}  // namespace tp::text
+}  // namespace tp

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# A Gloo job bootstrapped over MPI whose peer stops: `mpirun -np 2 train_tiny_lm --backend gloo`,
-# rank 1 suspended (SIGSTOP) mid-run. Rank 0 must fail with a CommError within its timeout, print
+# A job started by mpirun whose peer stops: `mpirun -np 2 train_tiny_lm --backend BACKEND --timeout 3`
+# (gloo bootstrapped over MPI, or mpi itself), rank 1 suspended (SIGSTOP) mid-run. Rank 0 must fail
+# with a CommError within its --timeout (so the flag must reach the backend's communicator), print
 # it and exit non-zero, and mpirun must then end the job: MPI_Finalize, which waits for every rank,
 # must not be called with the exception in flight. Bounded in time; kills what it started.
 #
-#   gloo_mpi_stopped_peer_test.sh MPIEXEC TRAIN_TINY_LM_BINARY
+#   mpi_stopped_peer_test.sh MPIEXEC TRAIN_TINY_LM_BINARY gloo|mpi
 set -u
-mpiexec=${1:?usage: gloo_mpi_stopped_peer_test.sh MPIEXEC TRAIN_TINY_LM_BINARY}
-bin=${2:?usage: gloo_mpi_stopped_peer_test.sh MPIEXEC TRAIN_TINY_LM_BINARY}
+usage="usage: mpi_stopped_peer_test.sh MPIEXEC TRAIN_TINY_LM_BINARY gloo|mpi"
+mpiexec=${1:?$usage}
+bin=${2:?$usage}
+backend=${3:?$usage}
 timeout_s=3
-log=$(mktemp "${TMPDIR:-/tmp}/tp_gloo_mpi_stop.XXXXXX")
+log=$(mktemp "${TMPDIR:-/tmp}/tp_${backend}_mpi_stop.XXXXXX")
 unset TP_GLOO_STORE TP_RANK TP_WORLD_SIZE
-"$mpiexec" -np 2 --oversubscribe "$bin" --backend gloo --timeout "$timeout_s" --steps 100000 --log-every 1 \
+"$mpiexec" -np 2 --oversubscribe "$bin" --backend "$backend" --timeout "$timeout_s" --steps 100000 --log-every 1 \
   --hidden 64 --heads 2 --kv-heads 2 --layers 1 --seq-len 32 --batch 4 >"$log" 2>&1 &
 runner=$!
 victim=
@@ -42,7 +45,8 @@ wait "$runner"
 status=$?
 took=$(echo "$(date +%s.%N) - $stopped_at" | bc)
 [ "$status" -ne 0 ] || fail "mpirun exited 0 after rank 1 stopped"
-grep -q "train_tiny_lm: .*GlooCommunicator" "$log" || fail "rank 0 did not print the CommError"
+communicator=$([ "$backend" = gloo ] && echo GlooCommunicator || echo MpiCommunicator)
+grep -q "train_tiny_lm: .*$communicator" "$log" || fail "rank 0 did not print the $communicator's CommError"
 echo "rank 1 stopped; the job ended in ${took} s with status $status (timeout ${timeout_s} s); rank 0 printed:"
-grep -o "train_tiny_lm: [^(]*communicator.*" "$log"
+grep -o "train_tiny_lm: .*$communicator.*" "$log"
 exit 0
