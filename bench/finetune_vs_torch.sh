@@ -4,7 +4,7 @@
 # the given shape with Llama 3's tokenizer layout (tests/text/golden/llama3), sequences of SEQ tokens,
 # BATCH per step, AdamW and clipping on both sides. tp runs at TP 1 and 2 (local backend: ranks as
 # threads); PyTorch is one process with one intra-op thread.
-#   bench/finetune_vs_torch.sh PYTHON_WITH_TORCH_AND_TRANSFORMERS [HIDDEN LAYERS HEADS KV_HEADS FFN SEQ BATCH STEPS]
+#   [TP_FINETUNE=build/examples/finetune] bench/finetune_vs_torch.sh PYTHON_WITH_TORCH_AND_TRANSFORMERS [HIDDEN LAYERS HEADS KV_HEADS FFN SEQ BATCH STEPS]
 set -euo pipefail
 top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py=$1
@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 for _ in 1 2 3 4; do cat "$top/examples/data/genesis.txt"; done > "$work/data.txt"
 echo "shape: hidden $hidden, $layers layers, $heads heads over $kv kv heads, ffn $ffn, vocabulary 1203; $batch x $seq tokens per step, $steps steps"
 for world in 1 2; do
-  "$top/build/examples/finetune" --backend local --world "$world" --threads 1 --model "$work/model" --data "$work/data.txt" \
+  "${TP_FINETUNE:-$top/build/examples/finetune}" --backend local --world "$world" --threads 1 --model "$work/model" --data "$work/data.txt" \
     --seq-length "$seq" --micro-batch-size "$batch" --train-iters $((steps + 2)) --lr 1e-4 --lr-warmup-iters 1 \
     --log-interval 1000 > "$work/tp$world.log"
   # The steady rate: the last progress line covers steps 2 .. steps + 2 (the first line is step 1 alone).
