@@ -149,6 +149,13 @@ class JsonConfig {
     if (!v.is_string()) TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected a string", file_, key, v.dump());
     return v.get<std::string>();
   }
+  /// An object-valued key as a config of its own ("<file>: <key>" in errors); nullopt if absent.
+  std::optional<JsonConfig> object(const char* key) const {
+    if (!has(key)) return std::nullopt;
+    if (!j_[key].is_object())
+      TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected an object", file_, key, j_[key].dump());
+    return JsonConfig(j_[key], file_ + ": " + key);
+  }
   /// The first string of an array-valued key (config.json's "architectures"); "" if absent or not one.
   std::string first_string(const char* key) const {
     if (!has(key) || !j_[key].is_array() || j_[key].empty() || !j_[key][0].is_string()) return {};
@@ -218,6 +225,13 @@ inline TransformerConfig read_hugging_face_config(const std::filesystem::path& c
     t.max_positions = c.integer("max_position_embeddings");
     t.norm_eps = c.number("rms_norm_eps", 1e-6);
     t.rope_theta = c.number("rope_theta", 10000.0);
+    // transformers 5 writes the rotary settings as "rope_parameters": {"rope_theta", "rope_type"}.
+    if (const auto rope = c.object("rope_parameters")) {
+      TP_CHECK(!c.has("rope_theta") || rope->number("rope_theta", t.rope_theta) == t.rope_theta,
+               "{}: keys 'rope_theta' and 'rope_parameters.rope_theta' disagree", file);
+      t.rope_theta = rope->number("rope_theta", t.rope_theta);
+      rope->refuse_unless("rope_type", "default", "rotary embeddings without scaling");
+    }
     t.tie_embeddings = c.boolean("tie_word_embeddings", false);
     t.activation = Activation::swiglu;
     const std::string act = c.string("hidden_act", "silu");
