@@ -187,7 +187,9 @@ void keep_other_tensors(Transformer<T, Device>& model, const SafetensorsCheckpoi
   for (const auto& t : layout) mapped.insert(t.name);
   std::vector<T> host;
   for (const std::string& name : ckpt.names()) {
-    if (mapped.count(name)) continue;
+    // The masked-LM decoder's weight is the word embedding (transformers ties them and
+    // save_pretrained leaves it out); a copy kept here would go stale as tp trains the embedding.
+    if (mapped.count(name) || name == "cls.predictions.decoder.weight") continue;
     const SafetensorsFile& file = ckpt.file_of(name);
     const SafetensorsTensor& t = file.tensor(name);
     if (t.dtype != "F64" && t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16") continue;

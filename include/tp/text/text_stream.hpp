@@ -19,6 +19,7 @@
 #error "tp/text/text_stream.hpp needs the tp::text CMake component: target_link_libraries(... tp::text)"
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
