@@ -37,6 +37,7 @@
 
 #include "tp/core/error.hpp"
 #include "tp/text/tokenizer.hpp"
+#include "tp/text/unicode.hpp"
 
 namespace tp::text {
 
@@ -113,11 +114,27 @@ inline std::string normalize_template(std::string_view t) {
   return out.substr(first, out.find_last_not_of(" \t\r\n") - first + 1);
 }
 
-/// Python's str.strip(): Jinja's `trim` filter.
+/// Python's str.isspace() for one character: bidirectional class WS, B or S, or category Zs.
+inline bool python_space(char32_t c) {
+  const auto dir = u_charDirection(static_cast<UChar32>(c));
+  return dir == U_WHITE_SPACE_NEUTRAL || dir == U_BLOCK_SEPARATOR || dir == U_SEGMENT_SEPARATOR ||
+         u_charType(static_cast<UChar32>(c)) == U_SPACE_SEPARATOR;
+}
+
+/// Python's str.strip() (Unicode whitespace too): Jinja's `trim` filter.
 inline std::string trim(std::string_view s) {
-  const auto first = s.find_first_not_of(" \t\r\n\v\f");
-  if (first == std::string_view::npos) return {};
-  return std::string(s.substr(first, s.find_last_not_of(" \t\r\n\v\f") - first + 1));
+  const std::string text = unicode::to_valid_utf8(s);
+  std::size_t begin = 0, end = 0;
+  bool seen = false;
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t at = i;
+    if (!python_space(unicode::next_code_point(text, i))) {
+      if (!seen) begin = at;
+      seen = true;
+      end = i;
+    }
+  }
+  return seen ? text.substr(begin, end - begin) : std::string();
 }
 
 }  // namespace detail

@@ -62,7 +62,7 @@ def tokenizer(family, template=None):
 
 def templates():
     """(name, tokenizer family, template or None for the family's own, conversations)."""
-    user = [{"role": "user", "content": "  Hello, who are you? \n"}]
+    user = [{"role": "user", "content": "\u3000 Hello, who are you? \n\u00a0"}]
     turns = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": " Four. "},
              {"role": "user", "content": "And times 3, in Greek: ένα δύο 🙂"}]
     system = [{"role": "system", "content": "Answer briefly."}] + turns
