@@ -13,7 +13,9 @@
 ///
 /// The pieces put together are decode(generated) for the byte-level and SentencePiece-style
 /// decoders tp has (tests/text/text_stream_test.cpp), except that a generation cut inside a
-/// character ends in U+FFFD only at finish().
+/// character ends in U+FFFD only at finish(), and that SentencePiece's byte fallback reads a run
+/// of byte tokens that is not valid UTF-8 as one U+FFFD per byte, so a byte that arrives later can
+/// turn a character already printed into U+FFFDs in decode() (only ill-formed byte runs do this).
 
 #ifndef TP_HAS_TEXT
 #error "tp/text/text_stream.hpp needs the tp::text CMake component: target_link_libraries(... tp::text)"
