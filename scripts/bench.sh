@@ -268,3 +268,30 @@ if [ -x "$build/bench/tp_bench_blas" ] && [ -x "$build/bench/tp_bench_layers" ];
   rm -f "$bf16_blas" "$bf16_layers"
 fi
 echo "bench.sh: wrote $root/BENCHMARKS.md and $root/docs/bench/*.png in ${elapsed}s of benchmarks" >&2
+
+# Fine-tuning: examples/finetune's tokens/s at TP 1 and 2 beside PyTorch eager fine-tuning the same
+# Llama shape (bench/finetune_vs_torch.sh; the peer needs transformers in the PyPI venv). Uses the
+# examples of the main build (scripts/test.sh's build/), which this bench build does not compile.
+finetune_bin=${TP_FINETUNE:-$root/build/examples/finetune}
+if [ $peer -eq 1 ] && [ -x "$finetune_bin" ] && [ -x "$venv/bin/python" ]; then
+  "$venv/bin/python" -c "import transformers" 2>/dev/null ||
+    "$venv/bin/pip" install -q transformers safetensors >>"$results/peer-venv.txt" 2>&1 || true
+  if "$venv/bin/python" -c "import transformers" 2>/dev/null; then
+    finetune_log="$results/finetune.txt"
+    TP_FINETUNE=$finetune_bin "$root/bench/finetune_vs_torch.sh" "$venv/bin/python" >"$finetune_log" 2>"$results/finetune-err.txt" ||
+      echo "bench.sh: finetune_vs_torch.sh failed (see $results/finetune-err.txt)" >&2
+    {
+      echo
+      echo "## Fine-tuning: examples/finetune beside PyTorch eager"
+      echo
+      echo 'A random-initialised LlamaForCausalLM (hidden 256, 4 layers, 8 heads over 4 kv heads, SwiGLU 688,'
+      echo 'vocabulary 1203), float32, 4 sequences of 128 tokens per step, AdamW and clipping at 1.0 on both sides;'
+      echo 'tp at TP 1 and 2 (ranks as threads, one BLAS thread each), PyTorch (PyPI) eager in one process with one'
+      echo 'intra-op thread. `bench/finetune_vs_torch.sh` with the PyPI venv'"'"'s python.'
+      echo
+      echo '```'
+      cat "$finetune_log"
+      echo '```'
+    } >>"$root/BENCHMARKS.md"
+  fi
+fi

@@ -188,7 +188,7 @@ TYPED_TEST(Golden, ForwardLossAndEveryGradientMatchTransformers) {
 
       // Every gradient, written in Hugging Face's layout and compared with the golden one.
       const fs::path grads = world_dir(world, name) / "grads.safetensors";
-      models::detail::save_hugging_face_tensors(*comm, *model, grads, /*gradients=*/true);
+      models::save_hugging_face_tensors(*comm, *model, models::hugging_face_gradients(*model), grads);
       const SafetensorsFile ours(grads);
       const SafetensorsFile original(dir / "model.safetensors");
       // Each gradient within tol of its own largest value; but a gradient that is zero in exact
@@ -210,6 +210,28 @@ TYPED_TEST(Golden, ForwardLossAndEveryGradientMatchTransformers) {
         ++compared;
       }
       EXPECT_EQ(compared, original.header().tensors.size());
+
+      // AdamW's moments under Hugging Face's names: after one step from zero, exp_avg is
+      // (1 - beta1) g and exp_avg_sq (1 - beta2) g^2 of the golden gradient g.
+      AdamW<T> adamw(ctx, model->parameters(), {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999});
+      adamw.step();
+      const fs::path moments = world_dir(world, name) / "moments.safetensors";
+      models::save_hugging_face_tensors(*comm, *model, models::hugging_face_moments(*model, adamw), moments);
+      const SafetensorsFile saved_moments(moments);
+      EXPECT_EQ(saved_moments.header().tensors.size(), 2 * original.header().tensors.size());
+      for (const auto& [tensor, info] : original.header().tensors) {
+        SCOPED_TRACE(tensor);
+        Full m = read_full(golden, "grad." + tensor), v = m;
+        for (auto& x : m.data) x *= 1 - 0.9;
+        for (auto& x : v.data) x = (1 - 0.999) * x * x;
+        const Full got_m = read_full(saved_moments, "exp_avg." + tensor), got_v = read_full(saved_moments, "exp_avg_sq." + tensor);
+        EXPECT_EQ(saved_moments.tensor("exp_avg." + tensor).shape, info.shape);
+        const double own = m.max_abs(), s = scale * (1 - 0.9);
+        const double err_m = relative_error(m, ConstView<double>(got_m.data.data(), got_m.rows, got_m.cols));
+        EXPECT_LE(own > 1e-12 * s ? err_m : err_m * own / s, tol) << "exp_avg";
+        if (own > 1e-6 * s)  // squares of rounding noise say nothing
+          EXPECT_LE(relative_error(v, ConstView<double>(got_v.data.data(), got_v.rows, got_v.cols)), 4 * tol) << "exp_avg_sq";
+      }
       comm->barrier();  // the file is rewritten by the next model
     });
   }
@@ -315,6 +337,46 @@ TYPED_TEST(Golden, SavedBackInHuggingFaceLayoutReloadsTheSame) {
       comm->barrier();
     });
   }
+}
+
+/// A BertForPreTraining checkpoint (pooler, masked-LM and next-sentence heads besides the encoder,
+/// all under "bert."/"cls." names) saved by tp comes back whole: every tensor with its name, shape
+/// and value, and config.json's class, at every TP degree.
+TYPED_TEST(Golden, BertSavedWholeWithPoolerAndHeads) {
+  using T = TypeParam;
+  const fs::path dir = golden_root / "bert-heads";
+  const auto config = models::read_hugging_face_config(dir / "config.json");
+  EXPECT_EQ(config.bert_class, "BertForPreTraining");
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size();
+    SCOPED_TRACE(fmt::format("bert-heads at world {} rank {}", world, comm->rank()));
+    if (!heads_split(config, world)) return;
+    const Context<Cpu> ctx(comm);
+    auto model = models::open_hugging_face<T>(ctx, dir);
+    EXPECT_EQ(model->kept_tensors().size(), 9u);  // pooler 2, predictions 5, seq_relationship 2
+    const fs::path out = world_dir(world, "bert-heads") / "saved";
+    models::save_hugging_face(*comm, *model, out);
+    EXPECT_EQ(read_json_key(out / "config.json", "model_type"), "bert");
+    std::ifstream in(out / "config.json");
+    EXPECT_EQ(nlohmann::json::parse(in).at("architectures"), nlohmann::json::array({"BertForPreTraining"}));
+    const SafetensorsFile original(dir / "model.safetensors"), saved(out / "model.safetensors");
+    EXPECT_EQ(saved.header().tensors.size(), original.header().tensors.size());
+    for (const auto& [tensor, info] : original.header().tensors) {
+      SCOPED_TRACE(tensor);
+      ASSERT_TRUE(saved.contains(tensor));
+      EXPECT_EQ(saved.tensor(tensor).shape, info.shape);
+      EXPECT_EQ(read_full<T>(saved, tensor).data, read_full<T>(original, tensor).data);  // float32 values, exact
+    }
+    // Saved and reloaded: the same again (the heads ride along a second time).
+    auto reloaded = models::open_hugging_face<T>(ctx, out);
+    ASSERT_EQ(reloaded->kept_tensors().size(), model->kept_tensors().size());
+    for (std::size_t i = 0; i < model->kept_tensors().size(); ++i) {
+      EXPECT_EQ(reloaded->kept_tensors()[i].name, model->kept_tensors()[i].name);
+      EXPECT_EQ(to_host<T>(ctx, ConstView<T>(reloaded->kept_tensors()[i].value.view())),
+                to_host<T>(ctx, ConstView<T>(model->kept_tensors()[i].value.view())));
+    }
+    comm->barrier();
+  });
 }
 
 }  // namespace

@@ -93,6 +93,18 @@ TEST(HuggingFaceConfig, MistralWithoutASlidingWindowIsLlama) {
   });
 }
 
+// transformers 5 writes rope_theta inside rope_parameters (tests/golden/chat/'s configs).
+TEST(HuggingFaceConfig, ReadsRopeThetaFromRopeParameters) {
+  TP_LOCAL_ONLY();
+  const fs::path dir = test::test_dir();
+  auto config = read_json(golden_root / "llama" / "config.json");
+  config.erase("rope_theta");
+  config["rope_parameters"] = {{"rope_theta", 1000000.0}, {"rope_type", "default"}};
+  std::ofstream(dir / "config.json") << config.dump();
+  EXPECT_EQ(models::read_hugging_face_config(dir / "config.json").rope_theta, 1e6);
+  EXPECT_EQ(models::read_hugging_face_config(golden_root / "chat" / "qwen2-chat" / "config.json").rope_theta, 10000.0);
+}
+
 TEST(HuggingFaceConfig, WrittenConfigsReadBackTheSame) {
   TP_LOCAL_ONLY();
   const fs::path dir = test::test_dir();
@@ -129,6 +141,10 @@ TEST(HuggingFaceConfig, RefusesUnknownMissingMistypedAndInconsistentConfigs) {
       {"negative size", with([](auto& j) { j["intermediate_size"] = -1; }), {"ffn must be positive, got -1"}},
       {"sliding window", with([](auto& j) { j["model_type"] = "mistral"; j["sliding_window"] = 16; }),
        {"'sliding_window' is 16", "max_position_embeddings 64"}},
+      {"rope type", with([](auto& j) { j["rope_parameters"] = {{"rope_theta", 1e4}, {"rope_type", "linear"}}; }),
+       {"rope_parameters: key 'rope_type' is \"linear\""}},
+      {"two rope thetas", with([](auto& j) { j["rope_parameters"] = {{"rope_theta", 5e5}, {"rope_type", "default"}}; }),
+       {"'rope_theta' and 'rope_parameters.rope_theta' disagree"}},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -33,6 +34,9 @@ struct GenerateOptions {
   SamplingOptions sampling{};
   /// Ids that end the generation (the id itself is kept as the last token), e.g. the model's EOS.
   std::vector<std::int64_t> stop_tokens{};
+  /// Called with each new token as soon as it is chosen (to print text as it arrives; see
+  /// tp/text/text_stream.hpp), on every rank that passes one.
+  std::function<void(std::int64_t)> on_token{};
 };
 
 struct GenerateResult {
@@ -114,6 +118,7 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
   std::int64_t token = detail::choose_last(ctx, model.forward(ids.view(), AttentionBatch{.lengths = {n}}, cache),
                                            vocab_range, vocab, options.sampling, 0);
   result.tokens.push_back(token);
+  if (options.on_token) options.on_token(token);
   result.prefill_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
   start = Clock::now();
@@ -123,6 +128,7 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
     token = detail::choose_last(ctx, model.forward(next.view(), AttentionBatch{.lengths = {1}}, cache), vocab_range,
                                 vocab, options.sampling, static_cast<std::uint64_t>(i));
     result.tokens.push_back(token);
+    if (options.on_token) options.on_token(token);
   }
   result.decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;

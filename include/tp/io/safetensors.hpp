@@ -249,6 +249,18 @@ class SafetensorsCheckpoint {
   bool contains(std::string_view name) const {
     return files_.size() == 1 && owner_.empty() ? files_[0]->contains(name) : owner_.find(name) != owner_.end();
   }
+  /// Every tensor's name, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    if (owner_.empty()) {
+      for (const auto& f : files_)
+        for (const auto& [name, t] : f->header().tensors) out.push_back(name);
+    } else {
+      for (const auto& [name, file] : owner_) out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
   /// The file that holds `name`; throws IoError naming the checkpoint and the tensor if none does.
   const SafetensorsFile& file_of(std::string_view name) const {
     if (owner_.empty() && files_.size() == 1) {

@@ -62,6 +62,10 @@ struct TransformerConfig {
   bool tie_embeddings = false;
   bool qkv_bias = false, dense_bias = false, mlp_bias = false;
   Activation activation = Activation::gelu_tanh;
+  /// bert: config.json's architectures[0] when it is a BERT class ("BertForMaskedLM",
+  /// "BertForPreTraining", ...), written back on save so that the heads the checkpoint kept
+  /// (Transformer::kept_tensors) load where they belong; empty: "BertModel".
+  std::string bert_class;
 
   bool decoder() const { return arch != Architecture::bert; }
 
@@ -189,6 +193,18 @@ class JsonConfig {
     if (!v.json().is_string()) v.expected("a string");
     return v.json().get<std::string>();
   }
+  /// An object-valued key as a config of its own ("<file>: <key>" in errors); nullopt if absent.
+  std::optional<JsonConfig> object(const char* key) const {
+    if (!has(key)) return std::nullopt;
+    if (!j_[key].is_object())
+      TP_THROW(InvalidArgument, "{}: key '{}' is {}, expected an object", file_, key, j_[key].dump());
+    return JsonConfig(j_[key], file_ + ": " + key);
+  }
+  /// The first string of an array-valued key (config.json's "architectures"); "" if absent or not one.
+  std::string first_string(const char* key) const {
+    if (!has(key) || !j_[key].is_array() || j_[key].empty() || !j_[key][0].is_string()) return {};
+    return j_[key][0].get<std::string>();
+  }
   /// Refuses a key whose value tp would not honour (anything but absent, null or `ok`).
   void refuse_unless(const char* key, const nlohmann::json& ok, std::string_view why) const {
     if (has(key) && j_[key] != ok)
@@ -262,6 +278,13 @@ inline TransformerConfig read_hugging_face_config(const std::filesystem::path& c
     t.max_positions = c.integer("max_position_embeddings");
     t.norm_eps = c.number("rms_norm_eps", 1e-6);
     t.rope_theta = c.number("rope_theta", 10000.0);
+    // transformers 5 writes the rotary settings as "rope_parameters": {"rope_theta", "rope_type"}.
+    if (const auto rope = c.object("rope_parameters")) {
+      TP_CHECK(!c.has("rope_theta") || rope->number("rope_theta", t.rope_theta) == t.rope_theta,
+               "{}: keys 'rope_theta' and 'rope_parameters.rope_theta' disagree", file);
+      t.rope_theta = rope->number("rope_theta", t.rope_theta);
+      rope->refuse_unless("rope_type", "default", "rotary embeddings without scaling");
+    }
     t.tie_embeddings = c.boolean("tie_word_embeddings", false);
     t.activation = Activation::swiglu;
     const std::string act = c.string("hidden_act", "silu");
@@ -292,6 +315,7 @@ inline TransformerConfig read_hugging_face_config(const std::filesystem::path& c
     t.activation = detail::activation_from(c, "hidden_act", c.string("hidden_act", "gelu"));
     t.qkv_bias = t.dense_bias = t.mlp_bias = true;
     c.refuse_unless("position_embedding_type", "absolute", "learned absolute positions");
+    if (const std::string cls = c.first_string("architectures"); cls.starts_with("Bert")) t.bert_class = cls;
   } else {
     TP_THROW(InvalidArgument, "{}: model_type \"{}\" is not one tp loads (gpt2, llama, qwen2, mistral, bert)", file,
              t.model_type);
@@ -345,7 +369,7 @@ inline nlohmann::ordered_json hugging_face_config_json(const TransformerConfig& 
     case Architecture::bert:
       TP_CHECK(t.kv_heads == t.heads && t.head_dim * t.heads == t.hidden,
                "bert config: BERT has multi-head attention of hidden / heads per head");
-      j = {{"architectures", {"BertModel"}}, {"model_type", "bert"},
+      j = {{"architectures", {t.bert_class.empty() ? std::string("BertModel") : t.bert_class}}, {"model_type", "bert"},
            {"vocab_size", t.vocab}, {"hidden_size", t.hidden}, {"num_hidden_layers", t.layers},
            {"num_attention_heads", t.heads}, {"intermediate_size", t.ffn},
            {"max_position_embeddings", t.max_positions}, {"type_vocab_size", t.type_vocab},

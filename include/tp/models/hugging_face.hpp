@@ -36,6 +36,7 @@
 #include "tp/io/safetensors.hpp"
 #include "tp/models/config.hpp"
 #include "tp/models/transformer.hpp"
+#include "tp/optim/adamw.hpp"
 
 namespace tp::models {
 
@@ -175,6 +176,34 @@ inline Region region_of(const HuggingFaceTensor& t, std::int64_t tp_cols) {
   return {t.offset, t.offset + rows, 0, tp_cols};
 }
 
+/// BERT: every floating-point tensor of the checkpoint that the layout does not map (the pooler,
+/// a BertForMaskedLM's or BertForPreTraining's heads) is read whole onto every rank and kept, so
+/// that save_hugging_face writes the checkpoint whole. Integer buffers (an old checkpoint's
+/// embeddings.position_ids) are left out: transformers rebuilds them. Decoders keep nothing.
+template <class T, class Device>
+void keep_other_tensors(Transformer<T, Device>& model, const SafetensorsCheckpoint& ckpt,
+                        const std::vector<HuggingFaceTensor>& layout, const std::string& prefix) {
+  model.kept_tensors().clear();
+  model.checkpoint_prefix() = prefix;
+  if (model.config().arch != Architecture::bert) return;
+  std::set<std::string, std::less<>> mapped;
+  for (const auto& t : layout) mapped.insert(t.name);
+  std::vector<T> host;
+  for (const std::string& name : ckpt.names()) {
+    // The masked-LM decoder's weight is the word embedding (transformers ties them and
+    // save_pretrained leaves it out); a copy kept here would go stale as tp trains the embedding.
+    if (mapped.count(name) || name == "cls.predictions.decoder.weight") continue;
+    const SafetensorsFile& file = ckpt.file_of(name);
+    const SafetensorsTensor& t = file.tensor(name);
+    if (t.dtype != "F64" && t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16") continue;
+    host.assign(static_cast<std::size_t>(t.numel()), T(0));
+    file.read_block(name, 0, 0, MatrixView<T>(host.data(), t.rows(), t.cols()));
+    Tensor<T, Device> value(model.context().device, t.rows(), t.cols());
+    model.context().device->from_host(ConstView<T>(host.data(), t.rows(), t.cols()), value.view());
+    model.kept_tensors().push_back({name, t.shape, std::move(value)});
+  }
+}
+
 }  // namespace detail
 
 struct HuggingFaceLoadOptions {
@@ -301,6 +330,7 @@ void load_hugging_face_tensors(Transformer<T, Device>& model, const SafetensorsC
              p.cols.begin, p.cols.end, model.context().rank());
     dev.from_host(ConstView<T>(host.data(), p.rows.size(), p.cols.size()), p.value);
   }
+  detail::keep_other_tensors(model, ckpt, layout, prefix);
 }
 
 }  // namespace detail
@@ -333,22 +363,27 @@ namespace detail {
 
 /// The model's parameters (or, with `gradients`, their gradients) as records of Hugging Face's
 /// tensors, for save_safetensors; `buffers` holds the transposed copies GPT-2's Conv1D needs.
+/// Records named `strip` + tp's name (AdamW's moments: "adamw.exp_avg.") come out as `add` + Hugging
+/// Face's name.
 template <class T, class Device>
-std::vector<Parameter<T>> hugging_face_records(Transformer<T, Device>& model, const std::vector<HuggingFaceTensor>& layout,
-                                               bool gradients, std::vector<Tensor<T, Device>>& buffers) {
-  const Context<Device>& ctx = model.context();
+std::vector<Parameter<T>> hugging_face_records(const Context<Device>& ctx, const std::vector<Parameter<T>>& params,
+                                               const std::vector<HuggingFaceTensor>& layout, bool gradients,
+                                               std::vector<Tensor<T, Device>>& buffers, std::string_view strip = {},
+                                               std::string_view add = {}) {
   std::vector<Parameter<T>> out;
   std::vector<T> a, b;
-  for (const auto& p : model.parameters()) {
+  for (const auto& p : params) {
+    if (!std::string_view(p.name).starts_with(strip)) continue;
+    const std::string_view tp_name = std::string_view(p.name).substr(strip.size());
     const MatrixView<T> src = gradients ? p.grad : p.value;
     for (const auto& t : layout) {
-      if (t.tp != p.name) continue;
+      if (t.tp != tp_name) continue;
       const Region g = region_of(t, p.full_cols);
       const std::int64_t r0 = std::max(g.r0, p.rows.begin), r1 = std::min(g.r1, p.rows.end);
       const std::int64_t c0 = std::max(g.c0, p.cols.begin), c1 = std::min(g.c1, p.cols.end);
       if (r0 >= r1 || c0 >= c1) continue;
       const MatrixView<T> part = src.block(r0 - p.rows.begin, c0 - p.cols.begin, r1 - r0, c1 - c0);
-      Parameter<T> q{t.name, part, part, 0, 0, {}, {}, p.copy, p.weight_decay};
+      Parameter<T> q{std::string(add) + t.name, part, part, 0, 0, {}, {}, p.copy, p.weight_decay};
       if (t.shape.size() == 1) {
         q.full_rows = 1;
         q.full_cols = t.shape[0];
@@ -380,19 +415,45 @@ std::vector<Parameter<T>> hugging_face_records(Transformer<T, Device>& model, co
   return out;
 }
 
+template <class T, class Device>
+std::vector<Parameter<T>> hugging_face_records(Transformer<T, Device>& model, const std::vector<HuggingFaceTensor>& layout,
+                                               bool gradients, std::vector<Tensor<T, Device>>& buffers) {
+  return hugging_face_records(model.context(), model.parameters(), layout, gradients, buffers);
+}
+
+/// The prefix of the model's own tensor names in what tp saves: the checkpoint's it was loaded
+/// from ("bert." beside a BERT's heads), else the architecture's (GPT2LMHeadModel's
+/// "transformer.", LlamaForCausalLM's "model.", BertModel's none).
+template <class T, class Device>
+std::string save_prefix(Transformer<T, Device>& model) {
+  const TransformerConfig& c = model.config();
+  if (c.arch == Architecture::bert && !model.checkpoint_prefix().empty()) return model.checkpoint_prefix();
+  return c.arch == Architecture::gpt2 ? "transformer." : c.arch == Architecture::llama ? "model." : "";
+}
+
+/// A record of a whole tensor every rank holds (rank 0 writes it).
+template <class T>
+Parameter<T> whole_record(const std::string& name, MatrixView<T> value) {
+  return Parameter<T>{name, value, value, value.rows, value.cols, {0, value.rows}, {0, value.cols}, 0, false};
+}
+
 /// Writes the model's weights (or gradients) as Hugging Face's model.safetensors at `path`.
 template <class T, class Device>
 void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model, const std::filesystem::path& path,
                                bool gradients) {
-  const TransformerConfig& c = model.config();
-  const std::string prefix = c.arch == Architecture::gpt2 ? "transformer." : c.arch == Architecture::llama ? "model." : "";
-  const auto layout = hugging_face_layout(c, prefix);
+  const auto layout = hugging_face_layout(model.config(), save_prefix(model));
   std::vector<Tensor<T, Device>> buffers;
   buffers.reserve(layout.size() * 4);  // views into them must stay valid
-  const auto records = hugging_face_records(model, layout, gradients, buffers);
+  auto records = hugging_face_records(model, layout, gradients, buffers);
   std::map<std::string, std::vector<std::int64_t>, std::less<>> shapes;
   for (const auto& t : layout)
     if (t.shape.size() == 1) shapes[t.name] = t.shape;
+  // The tensors tp kept but does not train have no gradient: they are weights only.
+  if (!gradients)
+    for (auto& k : model.kept_tensors()) {
+      records.push_back(whole_record(k.name, k.value.view()));
+      if (k.shape.size() != 2) shapes[k.name] = k.shape;
+    }
   // transformers' from_pretrained reads only files whose metadata says "pt".
   save_safetensors<T>(comm, *model.context().device, records, path, {{"format", "pt"}}, shapes);
 }
@@ -480,6 +541,63 @@ void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const 
   comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
   if (failed)
     TP_THROW(IoError, "{}: not saved: {}", target.string(), comm.rank() == 0 ? error : "rank 0 could not commit it");
+}
+
+/// Tensors of a model under Hugging Face's names and in its layout (GPT-2's Conv1D transposed, q/k/v
+/// and gate/up apart), as this rank holds them: records for save_safetensors (several may share a
+/// name: disjoint blocks of one tensor; Parameter::rows/cols place each block in the full tensor).
+/// `buffers` hold the transposed copies some records point into; both live as long as the struct.
+/// The records point into the model (or optimizer) otherwise: read them before the next step.
+template <class T, class Device>
+struct HuggingFaceTensors {
+  std::vector<Parameter<T>> records;
+  std::vector<Tensor<T, Device>> buffers;
+};
+
+/// The model's gradients under Hugging Face's names (record.value is the gradient), e.g. to compare
+/// with PyTorch's param.grad of the same checkpoint. Local: no communication.
+template <class T, class Device>
+HuggingFaceTensors<T, Device> hugging_face_gradients(Transformer<T, Device>& model) {
+  HuggingFaceTensors<T, Device> out;
+  const auto layout = hugging_face_layout(model.config(), detail::save_prefix(model));
+  out.buffers.reserve(layout.size() * 4);  // views into them must stay valid
+  out.records = detail::hugging_face_records(model, layout, /*gradients=*/true, out.buffers);
+  return out;
+}
+
+/// AdamW's moments of the model's parameters under Hugging Face's names: "exp_avg.<name>" and
+/// "exp_avg_sq.<name>" (PyTorch's AdamW state keys). `optimizer` must hold the model's parameters
+/// (as built from model.parameters()). Local: no communication.
+template <class T, class Device>
+HuggingFaceTensors<T, Device> hugging_face_moments(Transformer<T, Device>& model, AdamW<T, Device>& optimizer) {
+  HuggingFaceTensors<T, Device> out;
+  const auto layout = hugging_face_layout(model.config(), detail::save_prefix(model));
+  out.buffers.reserve(layout.size() * 8);
+  const auto state = optimizer.state();
+  for (const char* kind : {"exp_avg.", "exp_avg_sq."}) {
+    auto r = detail::hugging_face_records(model.context(), state, layout, /*gradients=*/false, out.buffers,
+                                          std::string("adamw.") + kind, kind);
+    out.records.insert(out.records.end(), r.begin(), r.end());
+  }
+  TP_CHECK(!out.records.empty() || state.empty(),
+           "hugging_face_moments: the optimizer's {} moments are of no parameter of the model", state.size());
+  return out;
+}
+
+/// Writes `tensors` (hugging_face_gradients or hugging_face_moments) as one full safetensors file
+/// at `path`, atomically, biases and norms 1-D as Hugging Face stores them. Collective over `comm`,
+/// the model's group.
+template <class T, class Device>
+void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model,
+                               const HuggingFaceTensors<T, Device>& tensors, const std::filesystem::path& path) {
+  std::map<std::string, std::vector<std::int64_t>, std::less<>> shapes;
+  const auto layout = hugging_face_layout(model.config(), detail::save_prefix(model));
+  for (const auto& r : tensors.records)
+    for (const auto& t : layout)
+      if (t.shape.size() == 1 && std::string_view(r.name).ends_with(t.name) &&
+          (r.name.size() == t.name.size() || r.name[r.name.size() - t.name.size() - 1] == '.'))
+        shapes[r.name] = t.shape;
+  save_safetensors<T>(comm, *model.context().device, tensors.records, path, {{"format", "pt"}}, shapes);
 }
 
 }  // namespace tp::models

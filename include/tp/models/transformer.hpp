@@ -264,6 +264,19 @@ class Transformer {
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
   TransformerLayer<T, Device>& layer(std::int64_t i) { return *layers_.at(static_cast<std::size_t>(i)); }
 
+  /// A tensor of the checkpoint the model was loaded from that tp does not compute with (BERT's
+  /// pooler, its masked-LM and next-sentence heads), held whole on every rank, unchanged by
+  /// training, so that saving writes the checkpoint whole (tp/models/hugging_face.hpp).
+  struct KeptTensor {
+    std::string name;                 ///< the checkpoint's, e.g. "bert.pooler.dense.weight"
+    std::vector<std::int64_t> shape;  ///< as stored
+    Tensor<T, Device> value;          ///< [rows, cols] of the shape seen as a matrix
+  };
+  std::vector<KeptTensor>& kept_tensors() { return kept_; }
+  /// The prefix of the checkpoint's names for the model's own tensors ("bert." in a
+  /// BertForMaskedLM or BertForPreTraining checkpoint); empty: the architecture's default.
+  std::string& checkpoint_prefix() { return checkpoint_prefix_; }
+
  private:
   static void add_impl(const Device& dev, ConstView<T> y, MatrixView<T> x) { tp::ops::add(dev, y, x); }
   void add(const Tensor<T, Device>& y, Tensor<T, Device>& x) { add_impl(*ctx_.device, y.view(), x.view()); }
@@ -336,6 +349,8 @@ class Transformer {
   std::unique_ptr<ColumnParallelLinear<T, Device>> head_;
   Tensor<T, Device> x_, dx_, sum_;
   Tensor<std::int64_t, Device> positions_, types_;
+  std::vector<KeptTensor> kept_;
+  std::string checkpoint_prefix_;
 };
 
 }  // namespace tp::models
