@@ -6,12 +6,17 @@
 
 #include "tp/train/trainer.hpp"
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/harness.hpp"
 #include "tp/optim/adamw.hpp"
 #include "tp/optim/clip_grad_norm.hpp"
+#include "tp/train/checkpoint.hpp"
 
 namespace tp {
 namespace {
@@ -74,16 +79,19 @@ std::vector<std::vector<double>> values(models::Transformer<T>& model) {
 
 AdamWOptions kAdamW{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
 
-/// `steps` Trainer steps on `mesh`, each DP rank on its rows of the global batch.
+/// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
+/// from `resume` and saving under `save` at the end when given.
 template <class T>
-TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options) {
+TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
+               const std::filesystem::path& resume = {}, const std::filesystem::path& save = {}) {
   models::Transformer<T> model(mesh.tp_context(), config, 11);
   options.adamw = kAdamW;
   Trainer<T> trainer(mesh, model, options);
+  if (!resume.empty()) load_training_checkpoint(trainer, resume);
   const Range rows = Trainer<T>::dp_rows(mesh, kRows);
   TrainRun run;
   std::vector<std::int64_t> ids, targets;
-  for (int s = 0; s < steps; ++s) {
+  for (int s = static_cast<int>(trainer.steps_done()); s < steps; ++s) {
     global_batch(config.vocab, s, ids, targets);
     const ConstView<std::int64_t> all_ids(ids.data(), kRows, kSeq), all_targets(targets.data(), kRows, kSeq);
     const auto r = trainer.step(all_ids.block(rows.begin, 0, rows.size(), kSeq),
@@ -92,6 +100,7 @@ TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int 
     run.losses.push_back(r.loss);
   }
   run.params = values(model);
+  if (!save.empty()) save_training_checkpoint(trainer, save);
   return run;
 }
 
@@ -224,6 +233,38 @@ TEST(Trainer, BucketsEqualPlainAllReduce) {
           EXPECT_EQ(got.params, want.params) << "bucket " << bucket << " overlap " << overlap;
         }
     }
+  });
+}
+
+/// A checkpoint saved at TP 2 x DP 2 with ZeRO-1 (at 4 ranks; elsewhere at the world's last mesh)
+/// resumes on every mesh of the world, ZeRO-1 or not, with the uninterrupted run's next losses
+/// (double: within 1e-12).
+TEST(Trainer, ResumesAtAnyMesh) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    std::int64_t id = ::getpid();  // one directory for all ranks (processes under mpirun)
+    comm->broadcast(std::span<std::int64_t>(&id, 1), 0);
+    const auto dir = std::filesystem::temp_directory_path() /
+                     fmt::format("tp_trainer_resume_{}_{}_{}", test::harness_backend(), n, id);
+    const MeshDims saved = n == 4 ? MeshDims{.tp = 2, .dp = 2} : meshes(n).back();
+    const auto config = tiny_config(true, n == 3);
+    const Mesh<> at(comm, saved);
+    const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
+    const TrainRun full = train<double>(at, config, 6, zero1);
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+    comm->barrier();
+    train<double>(at, config, 3, zero1, {}, dir);
+    for (const MeshDims dims : meshes(n))
+      for (const int zero : {0, 1}) {
+        if (zero == 1 && dims.dp == 1) continue;
+        const Mesh<> mesh(comm, dims);
+        const TrainRun resumed = train<double>(mesh, config, 6, {.zero = zero, .bucket_size = 700}, dir);
+        expect_close(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()), 1e-12,
+                     fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp, saved.dp,
+                                 dims.tp, dims.dp, zero));
+      }
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
   });
 }
 
