@@ -204,12 +204,13 @@ class Training {
   /// Continues from a checkpoint saved at any mesh: a root (its latest step), a step directory or
   /// a resume.safetensors. Throws InvalidArgument when it is of another model.
   void load(const std::filesystem::path& path) {
-    const auto meta = tp::load_training_checkpoint(trainer_, path);
-    const auto config = meta.find("tiny_lm.config");
-    const std::string mine = config_.describe();
-    if (config == meta.end() || config->second != mine)
-      TP_THROW(tp::InvalidArgument, "{}: the checkpoint is of the model '{}', this run is '{}'", path.string(),
-               config == meta.end() ? std::string("(none)") : config->second, mine);
+    tp::load_training_checkpoint(trainer_, path, [&](const tp::SafetensorsMetadata& meta, const std::filesystem::path& file) {
+      const auto config = meta.find("tiny_lm.config");
+      const std::string mine = config_.describe();
+      if (config == meta.end() || config->second != mine)
+        TP_THROW(tp::InvalidArgument, "{}: the checkpoint is of the model '{}', this run is '{}'", file.string(),
+                 config == meta.end() ? std::string("(none)") : config->second, mine);
+    });
   }
 
  private:

@@ -20,6 +20,7 @@
 
 #include <charconv>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -115,10 +116,14 @@ std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, cons
 /// Loads a checkpoint written by save_training_checkpoint at any mesh into `trainer` (master
 /// weights, moments, step count, loss scale; the model's weights rewritten) and returns the file's
 /// metadata for the caller's own entries. `path`: a checkpoint root (its latest complete step,
-/// picked by world rank 0 for all), a step directory or a resume.safetensors file. Throws IoError
-/// when there is none or it is not a resume file. Collective over the mesh's world.
+/// picked by world rank 0 for all), a step directory or a resume.safetensors file. `check(metadata,
+/// file)`, when given, runs before anything is loaded (a trainer refuses another model's
+/// checkpoint there, leaving its state as it was). Throws IoError when there is none or it is not a
+/// resume file. Collective over the mesh's world.
 template <class T, class Device>
-SafetensorsMetadata load_training_checkpoint(Trainer<T, Device>& trainer, std::filesystem::path path) {
+SafetensorsMetadata load_training_checkpoint(
+    Trainer<T, Device>& trainer, std::filesystem::path path,
+    const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
   const Mesh<Device>& mesh = trainer.mesh();
   std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
   if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))
@@ -139,6 +144,7 @@ SafetensorsMetadata load_training_checkpoint(Trainer<T, Device>& trainer, std::f
   const auto [end, ec] = std::from_chars(found->second.data(), found->second.data() + found->second.size(), count);
   if (ec != std::errc() || end != found->second.data() + found->second.size() || count < 0)
     TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), found->second);
+  if (check) check(metadata, path);
 
   // Every rank reads its TP blocks into full buckets, then keeps its shard.
   auto full = detail::gather_state(trainer);
