@@ -319,8 +319,13 @@ TEST(Trainer, BadInputIsRefusedByName) {
     if (comm->rank() == 1) config.ffn = 64;
     models::Transformer<float> model(mesh.tp_context(), config, 1);
     EXPECT_THAT([&] { Trainer<float>(mesh, model, {}); }, ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("DP rank")));
-    // Non-finite gradients: a named error, or a skipped step when configured.
     models::Transformer<float> good(mesh.tp_context(), tiny_config(true), 1);
+    // Gradients the backward never reported are refused, not reduced as zeros.
+    GradBuffer<float, float> unreported(mesh, good.parameters());
+    unreported.accumulate(1, good.parameters().size());
+    EXPECT_THAT([&] { unreported.finish(); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("waits for 1 of its")));
+    // Non-finite gradients: a named error, or a skipped step when configured.
     for (const bool skip : {false, true}) {
       Trainer<float> trainer(mesh, good, {.skip_non_finite = skip});
       auto p = good.parameters().back();

@@ -122,8 +122,15 @@ class GradBuffer {
 
   /// Every bucket reduced: waits for the started ones, reduces the others. Before the optimizer.
   void finish() {
-    for (std::size_t i = 0; i < buckets_.size(); ++i)
-      if (!buckets_[i].started) start(i);
+    for (std::size_t i = 0; i < buckets_.size(); ++i) {
+      const Bucket& b = buckets_[i];
+      // A parameter the backward never reported would be reduced as zeros: refuse, naming it.
+      TP_CHECK(!last_ || b.pending == 0,
+               "GradBuffer: bucket {} still waits for {} of its {} parameters (it starts with '{}'): the model's backward did "
+               "not report them (Transformer::set_grad_ready_hook, or accumulate() by hand)",
+               i, b.pending, b.params.size(), params_[b.params.front()].name);
+      if (!b.started) start(i);
+    }
     for (auto& b : buckets_)
       if (b.work) {
         b.work->wait();
