@@ -130,9 +130,14 @@ TrainRun train_plain(const Mesh<>& mesh, const models::TransformerConfig& config
     Tensor<T, Cpu> g(n, 1);
     std::fill_n(g.data(), n, static_cast<T>(1.0 / tokens));
     model.backward(loss_fn.backward(g.view()).view());
-    for (const auto& p : params)
+    for (const auto& p : params) {
+      if (p.grad.contiguous()) {  // one all-reduce per parameter; a strided block row by row
+        mesh.dp_comm().all_reduce(std::span<T>(p.grad.data, static_cast<std::size_t>(p.grad.size())));
+        continue;
+      }
       for (std::int64_t r = 0; r < p.grad.rows; ++r)
         mesh.dp_comm().all_reduce(std::span<T>(&p.grad(r, 0), static_cast<std::size_t>(p.grad.cols)));
+    }
     mesh.dp_comm().all_reduce(std::span<double>(&sum, 1));
     if (clip > 0) clip_grad_norm<T>(mesh.tp_context(), std::span<const Parameter<T>>(params), clip);
     opt.set_lr(1e-2 * (1 + s % 3) / 3);
