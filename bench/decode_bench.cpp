@@ -23,7 +23,7 @@
 #include <chrono>
 #include <vector>
 
-#include "train_tiny_lm/model.hpp"
+#include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
 
@@ -106,8 +106,8 @@ int main(int argc, char** argv) {
       const bool lead = comm->rank() == 0;
       Triad triad(triad_mb << 20);
 
-      tiny_lm::TinyLm<float> lm(ctx, model);
-      const std::int64_t params = lm.parameter_count();
+      tp::models::Transformer<float> lm(ctx, model.transformer(), model.seed);
+      const std::int64_t params = tiny_lm::parameter_count(lm);
       // Bytes a decoded token reads: every weight (the tied table once, by the LM head; the
       // embedding lookup reads one row) and the KV cache, at its mean length.
       const std::int64_t head_dim = model.hidden / model.heads;

@@ -1,9 +1,11 @@
-/// Trains a small byte-level language model (model.hpp: GPT-2 style, or Llama style with --arch
-/// llama) on examples/data/genesis.txt with its weights split across ranks, printing the loss and
-/// tokens per second, saving checkpoints and resuming from them, and saving the final model as a
-/// Hugging Face checkpoint (--save-hf, llama) that examples/generate and transformers load.
+/// Trains a small byte-level language model (a tp::models::Transformer, GPT-2 style, or Llama
+/// style with --arch llama; tiny_lm.hpp) on examples/data/genesis.txt through tp::Trainer on a
+/// TP x DP mesh, printing the loss and tokens per second, saving checkpoints and resuming from
+/// them at any mesh, and saving the final model as a Hugging Face checkpoint (--save-hf, llama)
+/// that examples/generate and transformers load.
 ///
-///   mpirun -np 2 train_tiny_lm                                  # 2 MPI ranks, the defaults
+///   mpirun -np 2 train_tiny_lm                                  # 2 MPI ranks, TP 2, the defaults
+///   mpirun -np 4 train_tiny_lm --tp 2 --dp 2 --zero 1           # TP 2 x DP 2, ZeRO-1
 ///   mpirun -np 2 train_tiny_lm --arch llama --save-hf tiny      # Llama style; tiny/config.json + model.safetensors
 ///   train_tiny_lm --backend local --world 4 --steps 100
 ///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/step-000300/
@@ -18,7 +20,7 @@
 #include <ctime>
 #include <optional>
 
-#include "train_tiny_lm/model.hpp"
+#include "train_tiny_lm/tiny_lm.hpp"
 
 #ifndef TP_TINY_LM_DATA
 #define TP_TINY_LM_DATA "examples/data/genesis.txt"
@@ -40,7 +42,8 @@ int main(int argc, char** argv) {
   std::string backend = "mpi", data_path = TP_TINY_LM_DATA, checkpoint, resume, arch = "gpt2", save_hf;
   int world = 2, timeout = 300;
   std::int64_t log_every = 10, checkpoint_every = 0, stop_after = 0;
-  int keep_checkpoints = 2;
+  int keep_checkpoints = 2, tp_size = 0, dp_size = 1;
+  std::string precision = "fp32", recompute = "none";
   tiny_lm::ModelConfig model;
   tiny_lm::TrainConfig train;
   // A repeated option takes its last value, so scripts/demo.sh's defaults can be overridden after `--`.
@@ -51,6 +54,22 @@ int main(int argc, char** argv) {
   app.add_option("--world", world, "ranks in this process (local, or gloo without mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, mpi, gloo) before failing with an error")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--tp", tp_size, "tensor-parallel size: consecutive ranks (0: world / dp)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--dp", dp_size, "data-parallel size: the global batch split over dp groups (world = tp x dp)")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--precision", precision, "fp32 (bf16 and f16 are not wired yet)")->capture_default_str();
+  app.add_option("--recompute", recompute, "activation recomputation per layer: none, selective (attention core: "
+                 "what tp's attention always does) or full")
+      ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
+  app.add_option("--micro-batches", train.micro_batches, "gradient accumulation: micro-batches per step per DP rank")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--zero", train.zero, "1: ZeRO-1, optimizer state sharded over the DP group")
+      ->check(CLI::IsMember({0, 1}))->capture_default_str();
+  app.add_option("--bucket-size", train.bucket_size, "elements per gradient bucket (0: Megatron's default)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_flag("--overlap,!--no-overlap", train.overlap, "start each bucket's DP reduction during backward")
       ->capture_default_str();
   app.add_option("--steps", train.steps, "total optimizer steps (the learning-rate schedule ends here)")
       ->check(CLI::PositiveNumber)
@@ -74,12 +93,12 @@ int main(int argc, char** argv) {
                  "checkpoint directory (its latest complete step), a step directory or a resume.safetensors to continue from, at any world size");
   app.add_option("--log-every", log_every, "print every N steps")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--hidden", model.hidden, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", model.heads, "attention heads (a multiple of the world size)")->capture_default_str();
+  app.add_option("--heads", model.heads, "attention heads (a multiple of the TP size)")->capture_default_str();
   app.add_option("--kv-heads", model.kv_heads, "key/value heads (grouped-query attention)")->capture_default_str();
   app.add_option("--layers", model.layers, "transformer blocks")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--ffn", model.ffn, "MLP width (0: 4 * hidden)")->capture_default_str();
   app.add_option("--seq-len", model.seq_len, "tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--batch", model.batch, "sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", model.batch, "sequences per step (the global batch, split over the DP ranks)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--lr", train.lr, "peak learning rate")->capture_default_str();
   app.add_option("--min-lr", train.min_lr, "final learning rate of the cosine decay")->capture_default_str();
   app.add_option("--warmup", train.warmup, "linear warmup steps")->check(CLI::PositiveNumber)->capture_default_str();
@@ -87,6 +106,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::int64_t last = stop_after > 0 ? std::min(stop_after, train.steps) : train.steps;
   model.arch = tiny_lm::parse_arch(arch);
+  train.recompute = tp::models::parse_recompute(recompute);
+  if (precision != "fp32") {
+    fmt::print(stderr, "train_tiny_lm: --precision {}: only fp32 is wired so far (tp::Trainer's master weights are "
+                       "fp32; the bf16 and f16 element types come with the CPU bf16 kernels)\n", precision);
+    return 2;
+  }
   if (!save_hf.empty() && !model.llama()) {
     fmt::print(stderr, "train_tiny_lm: --save-hf needs --arch llama (Hugging Face's GPT-2 has neither grouped-query "
                        "attention nor an untied head)\n");
@@ -97,27 +122,30 @@ int main(int argc, char** argv) {
     const tiny_lm::TextData data(data_path);
     tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
       // One BLAS thread per rank, asked for explicitly: the ranks already share the cores.
-      tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));
+      const tp::Mesh<> mesh(comm, {.tp = tp_size > 0 ? tp_size : comm->size() / dp_size, .dp = dp_size},
+                            std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));
       const bool lead = comm->rank() == 0;
-      tiny_lm::Trainer<float> trainer(ctx, model, train);
+      tiny_lm::Training<float> trainer(mesh, model, train);
       if (!resume.empty()) trainer.load(resume);
       // A checkpoint at or past the last step leaves nothing to train: say so rather than report a loss.
       TP_CHECK(trainer.steps_done() < last, "{}: the checkpoint is at step {}, at or past the {} {}; nothing to train",
                resume, trainer.steps_done(), stop_after > 0 && stop_after < train.steps ? "--stop-after" : "--steps",
                last);
       if (lead) {
-        fmt::print("train_tiny_lm: {} backend, world {}, {} parameters ({}), {} bytes of text, {}\n", comm->backend(),
-                   comm->size(), trainer.model().parameter_count(), model.describe(), data.size(),
-                   tp::Cpu::blas_name());
-        fmt::print("  steps {} of {}, lr {} (warmup {}, cosine to {}), AdamW weight decay {}, clip {}{}\n",
+        fmt::print("train_tiny_lm: {} backend, world {} = TP {} x DP {}, {} parameters ({}), {} bytes of text, {}\n",
+                   comm->backend(), comm->size(), mesh.tp(), mesh.dp(), tiny_lm::parameter_count(trainer.model()),
+                   model.describe(), data.size(), tp::Cpu::blas_name());
+        fmt::print("  steps {} of {}, lr {} (warmup {}, cosine to {}), AdamW weight decay {}, clip {}, {} micro-batches, "
+                   "zero {}, recompute {}, {}overlapped DP reduction{}\n",
                    trainer.steps_done(), train.steps, train.lr, train.warmup, train.min_lr, train.weight_decay,
-                   train.clip, resume.empty() ? "" : fmt::format(", resumed from {}", resume));
+                   train.clip, train.micro_batches, train.zero, recompute, train.overlap ? "" : "no ",
+                   resume.empty() ? "" : fmt::format(", resumed from {}", resume));
       }
       auto t0 = std::chrono::steady_clock::now();
       double c0 = cpu_seconds();
       const auto start = t0;
       std::int64_t since = 0;
-      tiny_lm::StepResult r;
+      tp::StepResult r;
       while (trainer.steps_done() < last) {
         r = trainer.step(data);
         ++since;
@@ -150,7 +178,9 @@ int main(int argc, char** argv) {
         if (lead) fmt::print("  saved {} at step {}\n", saved.string(), trainer.steps_done());
       }
       if (!save_hf.empty()) {
-        tiny_lm::save_hugging_face(trainer.model(), save_hf);
+        // The DP groups hold the same weights: the ranks of DP group 0 write, the others wait.
+        if (mesh.dp_rank() == 0) tp::models::save_hugging_face(mesh.tp_comm(), trainer.model(), save_hf);
+        comm->barrier();
         if (lead) fmt::print("  saved a Hugging Face checkpoint (LlamaForCausalLM) in {}\n", save_hf);
       }
       if (lead)

@@ -13,7 +13,7 @@
 #include "tp/device/cpu.hpp"
 #include "tp/inference/generate.hpp"
 #include "tp/models/hugging_face.hpp"
-#include "train_tiny_lm/model.hpp"
+#include "train_tiny_lm/tiny_lm.hpp"
 
 namespace tiny_lm {
 namespace {
@@ -38,7 +38,7 @@ std::vector<std::int64_t> generate_at(const ModelConfig& config, int world, std:
                                       const tp::SamplingOptions& sampling) {
   std::vector<std::vector<std::int64_t>> tokens(static_cast<std::size_t>(world));
   tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
-    TinyLm<double> model(tp::Context<>(comm), config);
+    tp::models::Transformer<double> model(tp::Context<>(comm), config.transformer(), config.seed);
     const auto out = tp::generate(model, kPrompt, count, {.sampling = sampling});
     EXPECT_EQ(out.prompt_tokens, static_cast<std::int64_t>(kPrompt.size()));
     EXPECT_GT(out.prefill_seconds, 0);
@@ -61,7 +61,7 @@ TEST_P(TinyLmGenerate, CachedLogitsEqualRecomputation) {
     const ModelConfig config = model_for(GetParam(), world);
     tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
       const tp::Context<> ctx(comm);
-      TinyLm<double> model(ctx, config);
+      tp::models::Transformer<double> model(ctx, config.transformer(), config.seed);
       const tp::Range v = model.vocab_range();
       auto cache = model.make_cache(1, 16);
       std::vector<std::int64_t> seq = kPrompt;
@@ -112,7 +112,7 @@ TEST_P(TinyLmGenerate, SameTokensAtEveryTpDegree) {
   // Greedy = the argmax of the whole-sequence logits, step by step.
   const auto greedy = generate_at(model_for(arch, 1), 1, 6, {});
   tp::run_local(1, [&](std::shared_ptr<tp::Communicator> comm) {
-    TinyLm<double> model(tp::Context<>(comm), model_for(arch, 1));
+    tp::models::Transformer<double> model(tp::Context<>(comm), model_for(arch, 1).transformer(), 11);
     std::vector<std::int64_t> seq = kPrompt;
     for (const std::int64_t token : greedy) {
       tp::Tensor<std::int64_t, tp::Cpu> ids(1, static_cast<std::int64_t>(seq.size()));
@@ -129,7 +129,7 @@ TEST_P(TinyLmGenerate, StopsAndRefusesBadInput) {
   const ModelConfig config = model_for(GetParam(), 1);
   const auto greedy = generate_at(config, 1, 8, {});
   tp::run_local(2, [&](std::shared_ptr<tp::Communicator> comm) {
-    TinyLm<double> model(tp::Context<>(comm), config);
+    tp::models::Transformer<double> model(tp::Context<>(comm), config.transformer(), config.seed);
     // A stop token ends the generation with it.
     const auto stopped = tp::generate(model, kPrompt, 8, {.stop_tokens = {greedy[2]}});
     const auto first = std::find(greedy.begin(), greedy.end(), greedy[2]) - greedy.begin();
@@ -146,23 +146,20 @@ TEST_P(TinyLmGenerate, StopsAndRefusesBadInput) {
                 ::testing::ThrowsMessage<tp::InvalidArgument>(HasSubstr("token id 300")));
     if (!config.llama()) {  // learned positions end at seq_len
       EXPECT_THAT([&] { tp::generate(model, kPrompt, 30); },
-                  ::testing::ThrowsMessage<tp::InvalidArgument>(HasSubstr("has 32 learned positions; a cache of 37")));
+                  ::testing::ThrowsMessage<tp::InvalidArgument>(HasSubstr("a cache of 37 tokens is longer than the 32 learned positions")));
     }
   });
 }
 
 /// The llama architecture's weights file is a Hugging Face LlamaForCausalLM checkpoint: Llama's
-/// tensor names and shapes, no lm_head (tied), plus config.json; gpt2 is refused.
+/// tensor names and shapes, no lm_head (tied), plus config.json.
 TEST(TinyLmHuggingFace, LlamaSavesInHuggingFaceLayout) {
   const fs::path dir = fs::temp_directory_path() / fmt::format("tp_tiny_lm_hf_{}", ::getpid());
   fs::remove_all(dir);
   const ModelConfig config = model_for(Arch::llama, 1);
   tp::run_local(2, [&](std::shared_ptr<tp::Communicator> comm) {
-    TinyLm<float> model(tp::Context<>(comm), config);
-    save_hugging_face(model, dir);
-    TinyLm<float> gpt2(tp::Context<>(comm), model_for(Arch::gpt2, 1));
-    EXPECT_THAT([&] { save_hugging_face(gpt2, dir / "gpt2"); },
-                ::testing::ThrowsMessage<tp::InvalidArgument>(HasSubstr("train with --arch llama")));
+    tp::models::Transformer<float> model(tp::Context<>(comm), config.transformer(), config.seed);
+    tp::models::save_hugging_face(*comm, model, dir);
   });
   const tp::SafetensorsFile file(dir / "model.safetensors");
   const std::int64_t h = config.hidden, kv = config.kv_heads * (config.hidden / config.heads), f = config.ffn_size();
@@ -204,8 +201,8 @@ TEST(TinyLmHuggingFace, TransformerLoadsWhatTinyLmSaves) {
     fs::remove_all(dir);
     tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
       const tp::Context<> ctx(comm);
-      TinyLm<double> tiny(ctx, model_for(Arch::llama, world));
-      save_hugging_face(tiny, dir);
+      tp::models::Transformer<double> tiny(ctx, model_for(Arch::llama, world).transformer(), 11);
+      tp::models::save_hugging_face(*comm, tiny, dir);
       const auto loaded = tp::models::open_hugging_face<double>(ctx, dir);
       ASSERT_EQ(loaded->vocab_range(), tiny.vocab_range());
       tp::Tensor<std::int64_t, tp::Cpu> ids(1, static_cast<std::int64_t>(kPrompt.size()));

@@ -1,6 +1,8 @@
 /// The tiny language model of examples/train_tiny_lm, in both architectures (gpt2, llama), trains
-/// the same at TP 1, 2, 3 and 4 (losses agree step by step to float32 rounding), and a run resumed
-/// from a checkpoint continues with the losses of the uninterrupted run, also at another TP degree.
+/// the same at TP 1, 2, 3 and 4 and on TP x DP meshes (losses agree step by step to float32
+/// rounding), and a run resumed from a checkpoint continues with the losses of the uninterrupted
+/// run, also at another TP degree and another mesh (saved at TP 2 x DP 2, resumed at TP 1 x DP 4
+/// and TP 4 x DP 1, with and without ZeRO-1).
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -10,7 +12,7 @@
 
 #include "tp/comm/local_communicator.hpp"
 #include "tp/device/cpu.hpp"
-#include "train_tiny_lm/model.hpp"
+#include "train_tiny_lm/tiny_lm.hpp"
 
 namespace tiny_lm {
 namespace {
@@ -42,10 +44,14 @@ const TextData& text() {
 /// Runs steps [first, last) at `world` ranks, resuming from `resume` when given and saving to `save`
 /// at the end when given; returns rank 0's losses (every rank's must be identical: checked).
 std::vector<double> train(Arch arch, int world, int first, int last, const fs::path& resume = {},
-                          const fs::path& save = {}) {
+                          const fs::path& save = {}, int dp = 1, int zero = 0) {
   std::vector<std::vector<double>> losses(static_cast<std::size_t>(world));
   tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
-    Trainer<float> trainer(tp::Context<>(comm), tiny_model(arch), tiny_train());
+    const tp::Mesh<> mesh(comm, {.tp = world / dp, .dp = dp});
+    TrainConfig config = tiny_train();
+    config.zero = zero;
+    config.bucket_size = 5000;  // several buckets
+    Training<float> trainer(mesh, tiny_model(arch), config);
     if (!resume.empty()) trainer.load(resume);
     EXPECT_EQ(trainer.steps_done(), first);
     while (trainer.steps_done() < last) losses[comm->rank()].push_back(trainer.step(text()).loss);
@@ -121,11 +127,31 @@ TEST_P(TrainTinyLm, ResumeContinuesTheSameRun) {
   tp::run_local(1, [&](std::shared_ptr<tp::Communicator> comm) {
     ModelConfig other = tiny_model(arch);
     other.seed = 8;
-    Trainer<float> trainer(tp::Context<>(comm), other, tiny_train());
+    const tp::Mesh<> mesh(comm, {.tp = 1});
+    Training<float> trainer(mesh, other, tiny_train());
     EXPECT_THAT([&] { trainer.load(dir); },
                 ::testing::ThrowsMessage<tp::InvalidArgument>(
                     AllOf(HasSubstr("resume.safetensors"), HasSubstr("seed=7"), HasSubstr("seed=8"))));
   });
+  fs::remove_all(dir);
+}
+
+/// Data parallel: TP 2 x DP 2, TP 1 x DP 4 (ZeRO-1 and not) take TP 1's steps on the whole batch;
+/// a checkpoint saved at TP 2 x DP 2 with ZeRO-1 (moments and master weights sharded over DP)
+/// resumes at TP 1 x DP 4 and TP 4 x DP 1 with the losses of the uninterrupted run.
+TEST_P(TrainTinyLm, MeshesTrainAndResumeAlike) {
+  const Arch arch = GetParam();
+  const fs::path dir = fs::temp_directory_path() / fmt::format("tp_tiny_lm_mesh_{}_{}", arch_name(arch), ::getpid());
+  fs::remove_all(dir);
+  const auto tp1 = train(arch, 1, 0, kSteps);
+  expect_close(train(arch, 4, 0, kSteps, {}, {}, 2, 1), tp1, "TP 2 x DP 2, ZeRO-1");
+  expect_close(train(arch, 4, 0, kSteps, {}, {}, 4, 0), tp1, "TP 1 x DP 4");
+  const auto head = train(arch, 4, 0, 2, {}, dir, 2, 1);
+  expect_close(head, std::vector<double>(tp1.begin(), tp1.begin() + 2), "the first steps at TP 2 x DP 2");
+  const std::vector<double> tail(tp1.begin() + 2, tp1.end());
+  expect_close(train(arch, 4, 2, kSteps, dir, {}, 4, 1), tail, "saved at TP 2 x DP 2, resumed at TP 1 x DP 4, ZeRO-1");
+  expect_close(train(arch, 4, 2, kSteps, dir, {}, 4, 0), tail, "saved at TP 2 x DP 2, resumed at TP 1 x DP 4");
+  expect_close(train(arch, 4, 2, kSteps, dir, {}, 1, 0), tail, "saved at TP 2 x DP 2, resumed at TP 4 x DP 1");
   fs::remove_all(dir);
 }
 
@@ -146,7 +172,8 @@ TEST_P(TrainTinyLm, LossesAgreeAtTp3WithAnOddVocabulary) {
   auto run = [&](int world) {
     std::vector<std::vector<double>> losses(static_cast<std::size_t>(world));
     tp::run_local(world, [&](std::shared_ptr<tp::Communicator> comm) {
-      Trainer<float> trainer(tp::Context<>(comm), model, tiny_train());
+      const tp::Mesh<> mesh(comm, {.tp = world});
+      Training<float> trainer(mesh, model, tiny_train());
       while (trainer.steps_done() < kSteps) losses[comm->rank()].push_back(trainer.step(text()).loss);
     });
     for (int r = 1; r < world; ++r) EXPECT_EQ(losses[r], losses[0]) << "rank " << r << " of " << world;

@@ -21,14 +21,26 @@
 /// last hidden states [tokens, hidden], the same on every rank. backward takes the gradient of
 /// that output and accumulates every parameter's gradient. Incremental decoding: make_cache, then
 /// forward(ids, batch, cache) with the new tokens of each sequence (inference only).
+///
+/// Training at scale (tp/train/): set_grad_ready_hook(f) has backward call f(first, last) as soon
+/// as the gradients of parameters()[first, last) are final (after each layer's backward, after the
+/// final norm and head, after the embeddings), which is when data-parallel reduction of their
+/// bucket may start. set_recompute(full) keeps only each layer's input in forward (the layer runs
+/// under tp::NoGrad) and reruns the layer's forward just before its backward: the same arithmetic
+/// on the same input, so the same gradients bit for bit. `selective` (Megatron: the attention core
+/// only) is what the attention layer always does, rebuilding the softmax from q, k and the saved
+/// log-sum-exp in backward, so it is the same as `none` here.
 
 #include <cstdint>
+#include <functional>
+#include <string_view>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "tp/core/context.hpp"
+#include "tp/core/grad_mode.hpp"
 #include "tp/core/ops.hpp"
 #include "tp/core/parameter.hpp"
 #include "tp/layers/attention_batch.hpp"
@@ -97,9 +109,22 @@ struct TransformerCache {
   }
 };
 
+/// Activation recomputation per layer (Megatron's --recompute-granularity).
+enum class Recompute { none, selective, full };
+
+inline Recompute parse_recompute(std::string_view name) {
+  if (name == "none") return Recompute::none;
+  if (name == "selective") return Recompute::selective;
+  if (name == "full") return Recompute::full;
+  TP_THROW(InvalidArgument, "recompute '{}' is not one of none, selective, full", name);
+}
+
 template <class T, class Device = Cpu>
 class Transformer {
  public:
+  /// f(first, last): the gradients of parameters()[first, last) are final for this backward.
+  using GradReadyHook = std::function<void(std::size_t, std::size_t)>;
+
   using Cache = TransformerCache<T, Device>;
 
   /// A model of `config` with freshly initialised weights (keyed by `seed`, the same full tensors
@@ -128,6 +153,14 @@ class Transformer {
         head_ = std::make_unique<ColumnParallelLinear<T, Device>>(
             ctx_, c.hidden, c.vocab, ColumnParallelOptions{.bias = false, .name = "lm_head", .seed = seed});
     }
+    ranges_.embeddings_end = count(embed_) + count(position_) + count(token_type_) + count(embed_norm_);
+    std::size_t n = ranges_.embeddings_end;
+    for (auto& l : layers_) {
+      ranges_.layer_ends.push_back(n += l->norm1.parameters().size() + l->attention.parameters().size() +
+                                        l->norm2.parameters().size() + l->mlp.parameters().size());
+    }
+    ranges_.layers_end = n;
+    ranges_.total = n + count(final_norm_) + count(head_);
   }
 
   Transformer(const Transformer&) = delete;
@@ -143,10 +176,22 @@ class Transformer {
              "{}: token types are BERT's; this is a {} model", config_.model_type, config_.model_type);
     embed(ids, batch, token_types, nullptr);
     if (config_.decoder()) {
-      for (auto& l : layers_) {
-        add(l->attention.forward(l->norm1.forward(x_.view()).view(), batch), x_);
-        add(l->mlp.forward(l->norm2.forward(x_.view()).view()), x_);
+      const bool keep_inputs = recompute_ == Recompute::full && grad_enabled();
+      if (keep_inputs) {
+        inputs_.resize(layers_.size());
+        batch_ = batch;
       }
+      for (std::size_t i = 0; i < layers_.size(); ++i) {
+        if (keep_inputs) {
+          // Only the layer's input is kept; its forward runs without saving for a backward.
+          ctx_.device->copy(ConstView<T>(x_.view()), tp::detail::ensure(inputs_[i], ctx_, tokens, config_.hidden));
+          const NoGrad no_grad;
+          decoder_layer_forward(*layers_[i], x_, batch);
+        } else {
+          decoder_layer_forward(*layers_[i], x_, batch);
+        }
+      }
+      recomputed_ = keep_inputs;
       return head_forward();
     }
     for (auto& l : layers_) {
@@ -185,13 +230,22 @@ class Transformer {
     if (config_.decoder()) {
       const auto& dy = tied_head_ ? tied_head_->backward(grad_output) : head_->backward(grad_output);
       dev.copy(final_norm_->backward(dy.view()).view(), dx);
-      for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
-        auto& l = **it;
+      grads_ready(ranges_.layers_end, ranges_.total);  // final norm, untied head
+      for (std::size_t i = layers_.size(); i-- > 0;) {
+        auto& l = *layers_[i];
+        if (recomputed_) {
+          // The layer's forward again, from its kept input, saving for this backward.
+          MatrixView<T> y = tp::detail::ensure(recompute_x_, ctx_, tokens, config_.hidden);
+          dev.copy(ConstView<T>(inputs_[i].view()), y);
+          decoder_layer_forward(l, recompute_x_, batch_);
+        }
         add(l.norm2.backward(l.mlp.backward(dx).view()), dx_);
         add(l.norm1.backward(l.attention.backward(dx).view()), dx_);
+        grads_ready(ranges_.layer_begin(i), ranges_.layer_begin(i + 1));
       }
       embed_->backward(dx);
       if (position_) position_->backward(dx);
+      grads_ready(0, ranges_.embeddings_end);
       return;
     }
     TP_CHECK(grad_output.rows == tokens && grad_output.cols == config_.hidden,
@@ -205,12 +259,25 @@ class Transformer {
       add(l.mlp.backward(dx).view(), dx_);
       dev.copy(l.norm1.backward(dx).view(), dx);
       add(l.attention.backward(dx).view(), dx_);
+      const auto i = static_cast<std::size_t>(layers_.rend() - it - 1);
+      grads_ready(ranges_.layer_begin(i), ranges_.layer_begin(i + 1));
     }
     const auto& de = embed_norm_->backward(dx);
     embed_->backward(de.view());
     position_->backward(de.view());
     token_type_->backward(de.view());
+    grads_ready(0, ranges_.embeddings_end);
   }
+
+  /// Called by backward with the parameter ranges whose gradients are final (see the top).
+  void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
+  /// Activation recomputation of every layer (decoders; BERT runs without).
+  void set_recompute(Recompute r) {
+    TP_CHECK(r != Recompute::full || config_.decoder(), "{}: recomputation is implemented for decoders",
+             config_.model_type);
+    recompute_ = r;
+  }
+  Recompute recompute() const { return recompute_; }
 
   /// Every parameter this rank holds, in a fixed order (embeddings, layers, final norm, head).
   std::vector<Parameter<T>> parameters() {
@@ -278,6 +345,25 @@ class Transformer {
   std::string& checkpoint_prefix() { return checkpoint_prefix_; }
 
  private:
+  /// Where each part's parameters start and end in parameters().
+  struct Ranges {
+    std::size_t embeddings_end = 0, layers_end = 0, total = 0;
+    std::vector<std::size_t> layer_ends;
+    std::size_t layer_begin(std::size_t i) const { return i == 0 ? embeddings_end : layer_ends[i - 1]; }
+  };
+  template <class P>
+  static std::size_t count(const std::unique_ptr<P>& p) {
+    return p ? p->parameters().size() : 0;
+  }
+  void grads_ready(std::size_t first, std::size_t last) {
+    if (grad_ready_ && first < last) grad_ready_(first, last);
+  }
+  /// x += attention(norm1(x)); x += mlp(norm2(x)).
+  void decoder_layer_forward(TransformerLayer<T, Device>& l, Tensor<T, Device>& x, const AttentionBatch& batch) {
+    add(l.attention.forward(l.norm1.forward(x.view()).view(), batch), x);
+    add(l.mlp.forward(l.norm2.forward(x.view()).view()), x);
+  }
+
   static void add_impl(const Device& dev, ConstView<T> y, MatrixView<T> x) { tp::ops::add(dev, y, x); }
   void add(const Tensor<T, Device>& y, Tensor<T, Device>& x) { add_impl(*ctx_.device, y.view(), x.view()); }
   void add(ConstView<T> y, Tensor<T, Device>& x) { add_impl(*ctx_.device, y, x.view()); }
@@ -351,6 +437,13 @@ class Transformer {
   Tensor<std::int64_t, Device> positions_, types_;
   std::vector<KeptTensor> kept_;
   std::string checkpoint_prefix_;
+  Ranges ranges_;
+  GradReadyHook grad_ready_;
+  Recompute recompute_ = Recompute::none;
+  bool recomputed_ = false;           ///< the last forward kept only the layers' inputs
+  std::vector<Tensor<T, Device>> inputs_;  ///< each layer's input (full recomputation)
+  Tensor<T, Device> recompute_x_;
+  AttentionBatch batch_;
 };
 
 }  // namespace tp::models

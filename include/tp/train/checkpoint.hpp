@@ -1,0 +1,167 @@
+#pragma once
+/// Training checkpoints of a tp::Trainer at any mesh: saved at (tp, dp), resumed at any (tp', dp').
+///
+/// A step's directory (tp/io/checkpoint.hpp: written under a temporary name, fsynced, renamed) holds
+///   resume.safetensors  the master weights under the parameters' own names (so it is also a plain
+///                       weights file, in the master type), the AdamW moments
+///                       "adamw.exp_avg.<name>" / "adamw.exp_avg_sq.<name>", and in __metadata__
+///                       "adamw.step", the loss scale and the caller's entries (the model's
+///                       description, the data position)
+///   model.safetensors   the model's weights in T
+/// all stored as full tensors, as tp/io/resume.hpp stores them for TP: under ZeRO-1 the DP ranks
+/// all-gather their shards of each bucket first, and the ranks of DP group 0 write the blocks
+/// their TP ranks hold (a block several TP ranks hold, Parameter::copy, once). Loading reads each
+/// rank's blocks of every full tensor into its buckets and keeps its own shard, whatever the
+/// mesh that saved them.
+
+#ifndef TP_HAS_IO
+#error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
+#endif
+
+#include <charconv>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tp/io/checkpoint.hpp"
+#include "tp/io/safetensors.hpp"
+#include "tp/train/trainer.hpp"
+
+namespace tp {
+
+namespace detail {
+
+/// Full buckets of master weights and moments on every rank (ZeRO-1: all-gathered over DP).
+template <class T, class Device>
+struct FullOptimizerState {
+  using M = typename Trainer<T, Device>::Master;
+  std::vector<std::vector<M>> master, exp_avg, exp_avg_sq;
+
+  /// The three kinds of state of parameter k as records of its block of the full tensors.
+  std::vector<Parameter<M>> records(Trainer<T, Device>& trainer) {
+    auto& grads = trainer.grads();
+    std::vector<Parameter<M>> out;
+    for (int kind = 0; kind < 3; ++kind) {
+      auto& buffers = kind == 0 ? master : kind == 1 ? exp_avg : exp_avg_sq;
+      const char* prefix = kind == 0 ? "" : kind == 1 ? "adamw.exp_avg." : "adamw.exp_avg_sq.";
+      for (std::size_t k = 0; k < grads.parameters().size(); ++k) {
+        const Parameter<T>& p = grads.parameters()[k];
+        const GradSegment& s = grads.segments()[k];
+        Parameter<M> r{.name = prefix + p.name,
+                       .value = MatrixView<M>(buffers[s.bucket].data() + s.offset, p.value.rows, p.value.cols),
+                       .grad = {},
+                       .full_rows = p.full_rows,
+                       .full_cols = p.full_cols,
+                       .rows = p.rows,
+                       .cols = p.cols,
+                       .copy = p.copy,
+                       .weight_decay = p.weight_decay};
+        out.push_back(r);
+      }
+    }
+    return out;
+  }
+};
+
+template <class T, class Device>
+FullOptimizerState<T, Device> gather_state(Trainer<T, Device>& trainer) {
+  FullOptimizerState<T, Device> full;
+  auto& opt = trainer.optimizer();
+  Communicator& dp = trainer.mesh().dp_comm();
+  const bool shard = trainer.grads().options().shard && dp.size() > 1;
+  for (std::size_t i = 0; i < opt.shards().size(); ++i) {
+    const auto& s = opt.shards()[i];
+    const auto n = static_cast<std::size_t>(trainer.grads().buckets()[i].size);
+    for (int kind = 0; kind < 3; ++kind) {
+      const auto& mine = kind == 0 ? s.master : kind == 1 ? s.exp_avg : s.exp_avg_sq;
+      auto& out = (kind == 0 ? full.master : kind == 1 ? full.exp_avg : full.exp_avg_sq).emplace_back(n);
+      if (shard)
+        dp.all_gather(std::span<const typename FullOptimizerState<T, Device>::M>(mine), std::span(out));
+      else
+        std::copy(mine.begin(), mine.end(), out.begin());
+    }
+  }
+  return full;
+}
+
+}  // namespace detail
+
+/// Writes step trainer.steps_done()'s checkpoint under `root` as one unit and returns its
+/// directory; keeps the newest `keep` steps (0: all). Collective over the mesh's world.
+template <class T, class Device>
+std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, const std::filesystem::path& root,
+                                               SafetensorsMetadata metadata = {}, int keep = 0) {
+  const Mesh<Device>& mesh = trainer.mesh();
+  auto& opt = trainer.optimizer();
+  metadata["format"] = "tp.resume";
+  metadata["adamw.step"] = std::to_string(opt.step_count());
+  metadata["mesh"] = fmt::format("tp={} dp={} zero={}", mesh.tp(), mesh.dp(), trainer.options().zero);
+  if (trainer.loss_scaler()) metadata["loss_scale"] = fmt::format("{}", trainer.loss_scaler()->scale());
+  return save_checkpoint(
+      mesh.world(), root, opt.step_count(),
+      [&](const std::filesystem::path& dir) {
+        auto full = detail::gather_state(trainer);
+        if (mesh.dp_rank() != 0) return;
+        const auto records = full.records(trainer);
+        const Cpu host;
+        save_safetensors<typename Trainer<T, Device>::Master>(mesh.tp_comm(), host, records, dir / "resume.safetensors",
+                                                              metadata);
+        const auto params = trainer.model().parameters();
+        save_safetensors<T>(mesh.tp_comm(), *mesh.tp_context().device, params, dir / "model.safetensors", metadata);
+      },
+      {.keep = keep});
+}
+
+/// Loads a checkpoint written by save_training_checkpoint at any mesh into `trainer` (master
+/// weights, moments, step count, loss scale; the model's weights rewritten) and returns the file's
+/// metadata for the caller's own entries. `path`: a checkpoint root (its latest complete step,
+/// picked by world rank 0 for all), a step directory or a resume.safetensors file. `check(metadata,
+/// file)`, when given, runs before anything is loaded (a trainer refuses another model's
+/// checkpoint there, leaving its state as it was). Throws IoError when there is none or it is not a
+/// resume file. Collective over the mesh's world.
+template <class T, class Device>
+SafetensorsMetadata load_training_checkpoint(
+    Trainer<T, Device>& trainer, std::filesystem::path path,
+    const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
+  const Mesh<Device>& mesh = trainer.mesh();
+  std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
+  if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))
+    if (const auto latest = latest_checkpoint(path)) step = *checkpoint_step(latest->filename().string());
+  mesh.world().broadcast(std::span<std::int64_t>(&step, 1), 0);
+  if (step >= 0) path /= checkpoint_name(step);
+  if (std::filesystem::is_directory(path)) {
+    if (!std::filesystem::exists(path / "resume.safetensors"))
+      TP_THROW(IoError, "{}: no complete checkpoint in it (a step-NNNNNN directory holding resume.safetensors)",
+               path.string());
+    path /= "resume.safetensors";
+  }
+  const SafetensorsCheckpoint checkpoint(path);
+  const SafetensorsMetadata& metadata = checkpoint.metadata();
+  const auto found = metadata.find("adamw.step");
+  if (found == metadata.end()) TP_THROW(IoError, "{}: not a resume file: no adamw.step in __metadata__", path.string());
+  std::int64_t count = -1;
+  const auto [end, ec] = std::from_chars(found->second.data(), found->second.data() + found->second.size(), count);
+  if (ec != std::errc() || end != found->second.data() + found->second.size() || count < 0)
+    TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), found->second);
+  if (check) check(metadata, path);
+
+  // Every rank reads its TP blocks into full buckets, then keeps its shard.
+  auto full = detail::gather_state(trainer);
+  const Cpu host;
+  for (const auto& r : full.records(trainer)) load_parameter(host, r, checkpoint);
+  auto& opt = trainer.optimizer();
+  for (std::size_t i = 0; i < opt.shards().size(); ++i) {
+    auto& s = opt.shards()[i];
+    std::copy(full.master[i].begin() + s.begin, full.master[i].begin() + s.end, s.master.begin());
+    std::copy(full.exp_avg[i].begin() + s.begin, full.exp_avg[i].begin() + s.end, s.exp_avg.begin());
+    std::copy(full.exp_avg_sq[i].begin() + s.begin, full.exp_avg_sq[i].begin() + s.end, s.exp_avg_sq.begin());
+  }
+  opt.write_weights();
+  opt.set_step_count(count);
+  if (const auto scale = metadata.find("loss_scale"); scale != metadata.end() && trainer.loss_scaler())
+    trainer.loss_scaler()->set_scale(std::stod(scale->second));
+  return metadata;
+}
+
+}  // namespace tp

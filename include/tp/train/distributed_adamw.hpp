@@ -1,0 +1,192 @@
+#pragma once
+/// AdamW on master weights in the type M over the main gradients of a GradBuffer (Megatron-Core's
+/// DistributedOptimizer, llm.c's ZeRO-1):
+///
+///   zero 0  every DP rank holds the master weights and both moments of every parameter it holds
+///           (its TP shard) and updates all of them from the all-reduced gradients.
+///   zero 1  the buckets are cut into dp equal shards; DP rank d holds the master weights and the
+///           moments of shard d only (memory ~1/dp), updates it from the reduce-scattered
+///           gradients, and an all-gather of the new master weights over the DP group writes every
+///           parameter back.
+///
+/// The model's weights (type T) are copies of the master weights, rewritten after every update; for
+/// T = M they are equal, and the update is element for element tp::AdamW's (tp::ops::adamw_step),
+/// so zero 0, zero 1 and tp::AdamW over all-reduced gradients take the same steps.
+///
+/// The global gradient norm (for clipping and the inf/nan check) counts every element of the full
+/// model once: a replicated parameter on TP rank 0 only, a block several TP ranks hold
+/// (Parameter::copy) on its copy 0 only, and under zero 1 each DP rank its shard; one all-reduce
+/// over the TP group (zero 0) or the world (zero 1). A non-finite norm throws NumericalError
+/// naming the step, or (skip_non_finite) skips the step, leaving weights and moments untouched.
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "tp/core/error.hpp"
+#include "tp/ops/adamw.hpp"
+#include "tp/optim/adamw.hpp"
+#include "tp/train/grad_buffer.hpp"
+
+namespace tp {
+
+template <class T, class M, class Device = Cpu>
+class DistributedAdamW {
+ public:
+  /// A part of parameter k that lies in this rank's shard of its bucket: elements [begin, end) of
+  /// the parameter (row-major), at `at` in the shard's state.
+  struct Piece {
+    std::size_t param = 0;
+    std::int64_t begin = 0, end = 0, at = 0;
+  };
+  struct Shard {
+    std::int64_t begin = 0, end = 0;  ///< elements of the bucket
+    std::vector<M> master, exp_avg, exp_avg_sq;
+    std::vector<Piece> pieces;
+  };
+
+  DistributedAdamW(GradBuffer<T, M, Device>& grads, AdamWOptions options = {})
+      : grads_(&grads), options_(options) {
+    // The checks of tp::AdamW's constructor, on no parameters.
+    (void)AdamW<M, Device>(grads.mesh().tp_context(), {}, options);
+    const auto& params = grads.parameters();
+    const auto& segs = grads.segments();
+    for (std::size_t i = 0; i < grads.buckets().size(); ++i) {
+      Shard s;
+      std::tie(s.begin, s.end) = grads.shard(i);
+      for (std::size_t k : grads.buckets()[i].params) {
+        const GradSegment& g = segs[k];
+        const std::int64_t lo = std::max(s.begin, g.offset), hi = std::min(s.end, g.offset + g.size);
+        if (lo < hi) s.pieces.push_back({k, lo - g.offset, hi - g.offset, lo - s.begin});
+      }
+      const auto n = static_cast<std::size_t>(s.end - s.begin);
+      s.master.assign(n, M(0));
+      s.exp_avg.assign(n, M(0));
+      s.exp_avg_sq.assign(n, M(0));
+      for (const Piece& p : s.pieces)
+        for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(at(params[p.param].value, e));
+      shards_.push_back(std::move(s));
+    }
+    (void)params;
+  }
+
+  /// The L2 norm of the reduced main gradients over the whole model (see the header comment).
+  /// Collective over the world. After GradBuffer::finish().
+  double grad_norm() {
+    const Mesh<Device>& mesh = grads_->mesh();
+    double local = 0;
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      const M* g = grads_->buckets()[i].data.data();
+      for (const Piece& p : shards_[i].pieces) {
+        if (!counted(grads_->parameters()[p.param])) continue;
+        const M* seg = g + grads_->segments()[p.param].offset;
+        for (std::int64_t e = p.begin; e < p.end; ++e) local += static_cast<double>(seg[e]) * static_cast<double>(seg[e]);
+      }
+    }
+    Communicator& comm = grads_->options().shard ? mesh.world() : mesh.tp_comm();
+    if (comm.size() > 1) comm.all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
+    return std::sqrt(local);
+  }
+
+  /// Scales this rank's (shard of the) main gradients by `factor`.
+  void scale_grads(double factor) {
+    const M f = static_cast<M>(factor);
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      M* g = grads_->buckets()[i].data.data();
+      for (const Piece& p : shards_[i].pieces) {
+        M* seg = g + grads_->segments()[p.param].offset;
+        for (std::int64_t e = p.begin; e < p.end; ++e) seg[e] *= f;
+      }
+    }
+  }
+
+  /// One AdamW update of this rank's shard from the main gradients, then the model's weights
+  /// rewritten from the master weights (zero 1: all-gathered over the DP group).
+  void step() {
+    ++step_;
+    const auto& params = grads_->parameters();
+    const Cpu host;
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      Shard& s = shards_[i];
+      const M* g = grads_->buckets()[i].data.data();
+      for (const Piece& p : s.pieces) {
+        const Parameter<T>& param = params[p.param];
+        const bool decay = options_.decay_vectors || param.weight_decay;
+        const std::int64_t n = p.end - p.begin;
+        auto view = [&](std::vector<M>& v) { return MatrixView<M>(v.data() + p.at, 1, n); };
+        tp::ops::adamw_step(host, view(s.master), ConstView<M>(g + grads_->segments()[p.param].offset + p.begin, 1, n),
+                            view(s.exp_avg), view(s.exp_avg_sq), options_.lr, options_.beta1, options_.beta2,
+                            options_.eps, decay ? options_.weight_decay : 0.0, step_);
+      }
+    }
+    write_weights();
+  }
+
+  /// Rewrites every parameter from the master weights (all-gathered under zero 1).
+  void write_weights() {
+    const auto& params = grads_->parameters();
+    const auto& segs = grads_->segments();
+    Communicator& dp = grads_->mesh().dp_comm();
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      Shard& s = shards_[i];
+      if (grads_->options().shard && dp.size() > 1) {
+        std::vector<M> full(static_cast<std::size_t>(grads_->buckets()[i].size));
+        dp.all_gather(std::span<const M>(s.master), std::span<M>(full));
+        for (std::size_t k : grads_->buckets()[i].params)
+          for (std::int64_t e = 0; e < segs[k].size; ++e) at(params[k].value, e) = static_cast<T>(full[segs[k].offset + e]);
+      } else {
+        for (const Piece& p : s.pieces)
+          for (std::int64_t e = p.begin; e < p.end; ++e) at(params[p.param].value, e) = static_cast<T>(s.master[p.at + e - p.begin]);
+      }
+    }
+  }
+
+  /// Reads the master weights back from the model's weights (after loading weights into it).
+  void read_weights() {
+    const auto& params = grads_->parameters();
+    for (Shard& s : shards_)
+      for (const Piece& p : s.pieces)
+        for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(at(params[p.param].value, e));
+  }
+
+  double lr() const { return options_.lr; }
+  void set_lr(double lr) {
+    TP_CHECK(std::isfinite(lr) && lr >= 0, "DistributedAdamW: learning rate must be finite and >= 0, got {}", lr);
+    options_.lr = lr;
+  }
+  std::int64_t step_count() const { return step_; }
+  void set_step_count(std::int64_t step) {
+    TP_CHECK(step >= 0, "DistributedAdamW: step count {} is negative", step);
+    step_ = step;
+  }
+  const AdamWOptions& options() const { return options_; }
+  std::vector<Shard>& shards() { return shards_; }
+  GradBuffer<T, M, Device>& grads() { return *grads_; }
+
+  /// Bytes of optimizer state on this rank: master weights and two moments, in M.
+  std::int64_t state_bytes() const {
+    std::int64_t n = 0;
+    for (const Shard& s : shards_) n += 3 * static_cast<std::int64_t>(s.master.size());
+    return n * static_cast<std::int64_t>(sizeof(M));
+  }
+
+  /// Whether parameter p counts in global reductions on this TP rank (see the header comment).
+  bool counted(const Parameter<T>& p) const {
+    return p.sharded() ? p.copy == 0 : grads_->mesh().tp_rank() == 0;
+  }
+
+  /// Element e (row-major) of a parameter's view.
+  template <class U>
+  static U& at(MatrixView<U> v, std::int64_t e) {
+    return v(e / v.cols, e % v.cols);
+  }
+
+ private:
+  GradBuffer<T, M, Device>* grads_;
+  AdamWOptions options_;
+  std::vector<Shard> shards_;
+  std::int64_t step_ = 0;
+};
+
+}  // namespace tp

@@ -1,0 +1,355 @@
+/// tp::Trainer on TP x DP meshes against the unsharded computation: the losses of every mesh the
+/// world size allows (TP 2 x DP 2, TP 1 x DP 4, TP 4 x DP 1, uneven TP 3, ...) follow TP 1 x DP 1
+/// on the global batch; ZeRO-1 and the bucketed, overlapped reduction against tp::AdamW over
+/// plain per-parameter all-reduces; micro-batches against one batch; full recomputation bit for
+/// bit; bad meshes and non-finite gradients refused by name.
+
+#include "tp/train/trainer.hpp"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/harness.hpp"
+#include "tp/optim/adamw.hpp"
+#include "tp/optim/clip_grad_norm.hpp"
+#include "tp/train/checkpoint.hpp"
+
+namespace tp {
+namespace {
+
+using test::on_ranks;
+using ::testing::HasSubstr;
+
+/// A small Llama (untied head: a column-parallel lm_head; 2 kv heads: replicated at TP 4) or GPT-2
+/// (tied head, LayerNorm, biases, learned positions); `uneven`: vocab 257, 6 heads over 3 kv heads
+/// and ffn 100, which split unevenly over 3 ranks (86/86/85 vocabulary rows, 34/33/33 ffn).
+models::TransformerConfig tiny_config(bool llama, bool uneven = false) {
+  models::TransformerConfig c;
+  c.arch = llama ? models::Architecture::llama : models::Architecture::gpt2;
+  c.model_type = llama ? "llama" : "gpt2";
+  c.vocab = uneven ? 257 : 64;
+  c.hidden = uneven ? 36 : 32;
+  c.heads = uneven ? 6 : 4;
+  c.kv_heads = uneven ? 3 : 2;
+  c.head_dim = c.hidden / c.heads;
+  c.layers = 2;
+  c.ffn = uneven ? 100 : 48;
+  c.max_positions = 16;
+  c.rope_theta = llama ? 10000 : 0;
+  c.tie_embeddings = !llama;
+  c.qkv_bias = c.dense_bias = c.mlp_bias = !llama;
+  c.activation = llama ? Activation::swiglu : Activation::gelu_tanh;
+  return c;
+}
+
+constexpr std::int64_t kRows = 12, kSeq = 8;  // global batch: 12 sequences (splits over dp 1-4)
+
+/// Step s's global batch: pseudo-random ids, the target a fixed function of the id (learnable),
+/// every 7th target masked (-100).
+void global_batch(std::int64_t vocab, std::int64_t step, std::vector<std::int64_t>& ids, std::vector<std::int64_t>& targets) {
+  ids.resize(kRows * kSeq);
+  targets.resize(kRows * kSeq);
+  std::uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(step + 1);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    ids[i] = static_cast<std::int64_t>((x >> 33) % static_cast<std::uint64_t>(vocab));
+    targets[i] = i % 7 == 3 ? -100 : (ids[i] * 5 + 3) % vocab;
+  }
+}
+
+struct TrainRun {
+  std::vector<double> losses;
+  std::vector<std::vector<double>> params;  ///< this rank's parameters at the end
+};
+
+template <class T>
+std::vector<std::vector<double>> values(models::Transformer<T>& model) {
+  std::vector<std::vector<double>> out;
+  for (const auto& p : model.parameters()) {
+    auto& v = out.emplace_back();
+    for (std::int64_t r = 0; r < p.value.rows; ++r)
+      for (std::int64_t c = 0; c < p.value.cols; ++c) v.push_back(static_cast<double>(p.value(r, c)));
+  }
+  return out;
+}
+
+AdamWOptions kAdamW{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+
+/// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
+/// from `resume` and saving under `save` at the end when given.
+template <class T>
+TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
+               const std::filesystem::path& resume = {}, const std::filesystem::path& save = {}) {
+  models::Transformer<T> model(mesh.tp_context(), config, 11);
+  options.adamw = kAdamW;
+  Trainer<T> trainer(mesh, model, options);
+  if (!resume.empty()) load_training_checkpoint(trainer, resume);
+  const Range rows = Trainer<T>::dp_rows(mesh, kRows);
+  TrainRun run;
+  std::vector<std::int64_t> ids, targets;
+  for (int s = static_cast<int>(trainer.steps_done()); s < steps; ++s) {
+    global_batch(config.vocab, s, ids, targets);
+    const ConstView<std::int64_t> all_ids(ids.data(), kRows, kSeq), all_targets(targets.data(), kRows, kSeq);
+    const auto r = trainer.step(all_ids.block(rows.begin, 0, rows.size(), kSeq),
+                                all_targets.block(rows.begin, 0, rows.size(), kSeq), 1e-2 * (1 + s % 3) / 3);
+    EXPECT_FALSE(r.skipped);
+    run.losses.push_back(r.loss);
+  }
+  run.params = values(model);
+  if (!save.empty()) save_training_checkpoint(trainer, save);
+  return run;
+}
+
+/// The reference step: tp::AdamW over the model's own parameters, each gradient all-reduced over
+/// the DP group on its own (the plain per-parameter reduction), tp::clip_grad_norm over the TP group.
+template <class T>
+TrainRun train_plain(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, double clip) {
+  models::Transformer<T> model(mesh.tp_context(), config, 11);
+  const auto params = model.parameters();
+  AdamW<T> opt(mesh.tp_context(), params, kAdamW);
+  VocabParallelCrossEntropy<T, Cpu> loss_fn(mesh.tp_context(), config.vocab);
+  const Range rows = Trainer<T>::dp_rows(mesh, kRows);
+  TrainRun run;
+  std::vector<std::int64_t> ids, targets;
+  for (int s = 0; s < steps; ++s) {
+    global_batch(config.vocab, s, ids, targets);
+    double tokens = 0;
+    for (auto t : targets) tokens += t != -100;
+    const std::int64_t n = rows.size() * kSeq;
+    Tensor<std::int64_t, Cpu> id(1, n), tg(1, n);
+    std::copy_n(ids.begin() + rows.begin * kSeq, n, id.data());
+    std::copy_n(targets.begin() + rows.begin * kSeq, n, tg.data());
+    const auto& logits = model.forward(id.view(), AttentionBatch::uniform(rows.size(), kSeq));
+    const auto& loss = loss_fn.forward(logits.view(), tg.view());
+    double sum = 0;
+    for (std::int64_t i = 0; i < n; ++i) sum += static_cast<double>(loss.data()[i]);
+    Tensor<T, Cpu> g(n, 1);
+    std::fill_n(g.data(), n, static_cast<T>(1.0 / tokens));
+    model.backward(loss_fn.backward(g.view()).view());
+    for (const auto& p : params) {
+      if (p.grad.contiguous()) {  // one all-reduce per parameter; a strided block row by row
+        mesh.dp_comm().all_reduce(std::span<T>(p.grad.data, static_cast<std::size_t>(p.grad.size())));
+        continue;
+      }
+      for (std::int64_t r = 0; r < p.grad.rows; ++r)
+        mesh.dp_comm().all_reduce(std::span<T>(&p.grad(r, 0), static_cast<std::size_t>(p.grad.cols)));
+    }
+    mesh.dp_comm().all_reduce(std::span<double>(&sum, 1));
+    if (clip > 0) clip_grad_norm<T>(mesh.tp_context(), std::span<const Parameter<T>>(params), clip);
+    opt.set_lr(1e-2 * (1 + s % 3) / 3);
+    opt.step();
+    opt.zero_grad();
+    run.losses.push_back(sum / tokens);
+  }
+  run.params = values(model);
+  return run;
+}
+
+/// The meshes a world of n ranks has: every tp dividing n.
+std::vector<MeshDims> meshes(int n) {
+  std::vector<MeshDims> out;
+  for (int tp = 1; tp <= n; ++tp)
+    if (n % tp == 0) out.push_back({.tp = tp, .dp = n / tp});
+  return out;
+}
+
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rel, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], rel * std::max(1.0, std::abs(want[i]))) << what << ", element " << i;
+}
+
+/// Every mesh of the world against TP 1 x DP 1 on the whole batch (a one-rank communicator split
+/// off on every rank): the losses of 20 steps, for both architectures, with 2 micro-batches where
+/// the rows allow, ZeRO-1 on the even meshes, small buckets so that there are several. Float: the
+/// losses within 1e-6 relative (the sharded GEMMs and the DP sum add in another order: a few ulps
+/// per step, which AdamW carries on); double: 1e-12.
+template <class T>
+void meshes_follow_one_rank(double rel) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const Mesh<> solo(comm->split(comm->rank(), 0), {.tp = 1});
+    for (const bool llama : {true, false}) {
+      const auto config = tiny_config(llama, n == 3);
+      const TrainRun want = train<T>(solo, config, 20, {});
+      for (const MeshDims dims : meshes(n)) {
+        const Mesh<> mesh(comm, dims);
+        const int mb = (kRows / dims.dp) % 2 == 0 ? 2 : 1;
+        const TrainRun got = train<T>(mesh, config, 20,
+                                 {.micro_batches = mb, .zero = dims.dp % 2 == 0 ? 1 : 0, .bucket_size = 2000});
+        expect_close(got.losses, want.losses, rel,
+                     fmt::format("{} TP {} x DP {} ({} micro-batches) vs TP 1 x DP 1", config.model_type, dims.tp,
+                                 dims.dp, mb));
+      }
+    }
+  });
+}
+
+/// Float runs with AdamW's eps at 1e-6: with 1e-8, the uneven TP 3 Llama's losses leave 1e-6 at
+/// step 6 (7e-5 by step 19) while its double run agrees to 1e-12: a parameter whose gradient is at
+/// the float rounding level gets an update of lr * sign(rounding noise) from Adam when eps is far
+/// below it, which turns the ulps of the sharded sums into a different step. eps 1e-6 (above such
+/// gradients) keeps Adam from amplifying noise; every mesh then agrees to 1e-6 for 20 steps.
+TEST(Trainer, MeshesFollowOneRankFloat) {
+  kAdamW.eps = 1e-6;
+  meshes_follow_one_rank<float>(1e-6);
+  kAdamW.eps = 1e-8;
+}
+TEST(Trainer, MeshesFollowOneRankDouble) { meshes_follow_one_rank<double>(1e-12); }
+
+/// ZeRO-1 (and zero 0) over buckets against tp::AdamW over per-parameter all-reduces: the same
+/// parameters after 10 steps, double within 1e-12 (the global norm sums in another order).
+TEST(Trainer, ZeroOneMatchesUnshardedAdamW) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    for (const MeshDims dims : meshes(comm->size())) {
+      const Mesh<> mesh(comm, dims);
+      const auto config = tiny_config(true, dims.tp == 3);
+      const TrainRun want = train_plain<double>(mesh, config, 10, 1.0);
+      for (const int zero : {0, 1}) {
+        const TrainRun got = train<double>(mesh, config, 10, {.zero = zero, .bucket_size = 1500});
+        expect_close(got.losses, want.losses, 1e-12, fmt::format("zero {} losses", zero));
+        ASSERT_EQ(got.params.size(), want.params.size());
+        for (std::size_t k = 0; k < got.params.size(); ++k)
+          expect_close(got.params[k], want.params[k], 1e-12,
+                       fmt::format("zero {} TP {} x DP {} parameter {}", zero, dims.tp, dims.dp, k));
+      }
+    }
+  });
+}
+
+/// Without clipping, float: bucketed reduction, overlapped with backward or not, equals the plain
+/// per-parameter all-reduce exactly at DP 1 and 2 (a sum of two is the same in any order; at DP 3
+/// and 4 a backend may add a bucket's elements in an order that depends on their place).
+TEST(Trainer, BucketsEqualPlainAllReduce) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    for (const MeshDims dims : meshes(comm->size())) {
+      if (dims.dp > 2) continue;
+      const Mesh<> mesh(comm, dims);
+      const auto config = tiny_config(false, dims.tp == 3);
+      const TrainRun want = train_plain<float>(mesh, config, 5, 0);
+      for (const bool overlap : {true, false})
+        for (const std::int64_t bucket : {std::int64_t{1}, std::int64_t{3000}, std::int64_t{0}}) {
+          const TrainRun got = train<float>(mesh, config, 5, {.bucket_size = bucket, .overlap = overlap, .clip = 0});
+          EXPECT_EQ(got.losses, want.losses) << "bucket " << bucket << " overlap " << overlap;
+          EXPECT_EQ(got.params, want.params) << "bucket " << bucket << " overlap " << overlap;
+        }
+    }
+  });
+}
+
+/// A checkpoint saved at TP 2 x DP 2 with ZeRO-1 (at 4 ranks; elsewhere at the world's last mesh)
+/// resumes on every mesh of the world, ZeRO-1 or not, with the uninterrupted run's next losses
+/// (double: within 1e-12).
+TEST(Trainer, ResumesAtAnyMesh) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    std::int64_t id = ::getpid();  // one directory for all ranks (processes under mpirun)
+    comm->broadcast(std::span<std::int64_t>(&id, 1), 0);
+    const auto dir = std::filesystem::temp_directory_path() /
+                     fmt::format("tp_trainer_resume_{}_{}_{}", test::harness_backend(), n, id);
+    const MeshDims saved = n == 4 ? MeshDims{.tp = 2, .dp = 2} : meshes(n).back();
+    const auto config = tiny_config(true, n == 3);
+    const Mesh<> at(comm, saved);
+    const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
+    const TrainRun full = train<double>(at, config, 6, zero1);
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+    comm->barrier();
+    train<double>(at, config, 3, zero1, {}, dir);
+    for (const MeshDims dims : meshes(n))
+      for (const int zero : {0, 1}) {
+        if (zero == 1 && dims.dp == 1) continue;
+        const Mesh<> mesh(comm, dims);
+        const TrainRun resumed = train<double>(mesh, config, 6, {.zero = zero, .bucket_size = 700}, dir);
+        expect_close(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()), 1e-12,
+                     fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp, saved.dp,
+                                 dims.tp, dims.dp, zero));
+      }
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+  });
+}
+
+/// Full recomputation: the same losses and parameters bit for bit (the same arithmetic again).
+TEST(Trainer, RecomputationIsBitForBit) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = comm->size()});
+    for (const bool llama : {true, false}) {
+      const auto config = tiny_config(llama, comm->size() == 3);
+      const TrainRun want = train<float>(mesh, config, 3, {});
+      for (const auto r : {models::Recompute::selective, models::Recompute::full}) {
+        const TrainRun got = train<float>(mesh, config, 3, {.micro_batches = 2, .recompute = r});
+        const TrainRun base = train<float>(mesh, config, 3, {.micro_batches = 2});
+        EXPECT_EQ(got.losses, base.losses);
+        EXPECT_EQ(got.params, base.params);
+      }
+      (void)want;
+    }
+  });
+}
+
+/// ZeRO-1's optimizer state per rank falls as 1/dp (to a bucket's padding).
+TEST(Trainer, ZeroOneShardsTheOptimizerState) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const Mesh<> mesh(comm, {.tp = 1});
+    models::Transformer<float> a(mesh.tp_context(), tiny_config(true), 1), b(mesh.tp_context(), tiny_config(true), 1);
+    Trainer<float> plain(mesh, a, {.zero = 0}), zero(mesh, b, {.zero = 1});
+    const auto full = plain.optimizer().state_bytes(), shard = zero.optimizer().state_bytes();
+    std::int64_t elements = 0;
+    for (const auto& p : a.parameters()) elements += p.value.size();
+    EXPECT_EQ(full, 3 * elements * 4);
+    EXPECT_LE(shard, full / n + 3 * 4 * n);
+    EXPECT_GE(shard, full / n - 3 * 4 * n);
+  });
+}
+
+TEST(Trainer, BadInputIsRefusedByName) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    if (n == 1) {
+      EXPECT_THAT([&] { Mesh<>(comm, {.tp = 0}); }, ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("tp = 0")));
+      return;
+    }
+    // A world that is not tp x dp: named with both, on every rank, before any split.
+    EXPECT_THAT([&] { Mesh<>(comm, {.tp = n, .dp = 2}); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr(fmt::format("world has {}", n))));
+    if (n == 3) EXPECT_THAT([&] { Mesh<>(comm, {.tp = 2}); }, ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("tp 2")));
+    const Mesh<> mesh(comm, {.tp = 1});
+    // DP ranks that build different models: the bucket check names the ranks.
+    auto config = tiny_config(true);
+    if (comm->rank() == 1) config.ffn = 64;
+    models::Transformer<float> model(mesh.tp_context(), config, 1);
+    EXPECT_THAT([&] { Trainer<float>(mesh, model, {}); }, ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("DP rank")));
+    models::Transformer<float> good(mesh.tp_context(), tiny_config(true), 1);
+    // Gradients the backward never reported are refused, not reduced as zeros.
+    GradBuffer<float, float> unreported(mesh, good.parameters());
+    unreported.accumulate(1, good.parameters().size());
+    EXPECT_THAT([&] { unreported.finish(); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("waits for 1 of its")));
+    // Non-finite gradients: a named error, or a skipped step when configured.
+    for (const bool skip : {false, true}) {
+      Trainer<float> trainer(mesh, good, {.skip_non_finite = skip});
+      auto p = good.parameters().back();
+      p.value(0, 0) = std::numeric_limits<float>::infinity();
+      std::vector<std::int64_t> ids, targets;
+      global_batch(64, 0, ids, targets);
+      const Range rows = Trainer<float>::dp_rows(mesh, kRows);
+      const ConstView<std::int64_t> i(ids.data() + rows.begin * kSeq, rows.size(), kSeq),
+          t(targets.data() + rows.begin * kSeq, rows.size(), kSeq);
+      if (!skip) {
+        EXPECT_THAT([&] { trainer.step(i, t, 1e-3); }, ::testing::ThrowsMessage<Error>(HasSubstr("inf or nan")));
+      } else {
+        EXPECT_TRUE(trainer.step(i, t, 1e-3).skipped);
+        EXPECT_EQ(trainer.steps_done(), 0);
+      }
+      p.value(0, 0) = 0;
+    }
+  });
+}
+
+}  // namespace
+}  // namespace tp
