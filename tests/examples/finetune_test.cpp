@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "finetune/finetune.hpp"
 #include "tp/comm/local_communicator.hpp"

@@ -178,31 +178,35 @@ TEST(LinearOpErrors, BadShapesAndOverlapsAreRefused) {
 /// a vector remainder, and dw/dx starts that are written over (NaN), scaled or added to.
 TYPED_TEST(LinearOps, StreamingKernelsAtEveryTokenCount) {
   using T = TypeParam;
-  const auto dev = std::make_shared<Cpu>();
-  test::for_each_cpu_isa([&] {
-    for (const auto [n, k] : {std::pair<std::int64_t, std::int64_t>{37, 53}, {64, 131}, {9, 16}})
-      for (std::int64_t m = 1; m <= detail::kStreamingMaxTokens; ++m)
-        for (const double beta : {0.0, 0.5}) {
-          SCOPED_TRACE(fmt::format("m {} n {} k {} beta {}", m, n, k, beta));
-          const auto x = test::random_matrix<T>(m, k, ref::test_seed(1));
-          const auto w = test::random_matrix<T>(n, k, ref::test_seed(2));
-          const auto dy = test::random_matrix<T>(m, n, ref::test_seed(3));
-          const auto y0 = test::random_matrix<T>(m, n, ref::test_seed(4));
-          const auto dx0 = test::random_matrix<T>(m, k, ref::test_seed(5));
-          const auto dw0 = test::random_matrix<T>(n, k, ref::test_seed(6));
-          const double nan = std::numeric_limits<double>::quiet_NaN();
-          const auto start = [&](const ref::Matrix& m0) { return beta == 0 ? ref::map(m0, [&](double) { return nan; }) : m0; };
-          const auto x_d = upload<T>(dev, x), w_d = upload<T>(dev, w), dy_d = upload<T>(dev, dy);
-          auto y_d = upload<T>(dev, start(y0)), dx_d = upload<T>(dev, start(dx0)), dw_d = upload<T>(dev, start(dw0));
-          detail::streaming_linear_forward<T>(x_d.view(), w_d.view(), T(beta), y_d.view(), 1);
-          detail::streaming_linear_backward<T>(dy_d.view(), x_d.view(), w_d.view(), T(beta), dx_d.view(), T(beta),
-                                               dw_d.view(), 1);
-          const auto plus = [&](ref::Matrix a, const ref::Matrix& m0) { return beta == 0 ? a : ref::add(a, ref::scale(m0, beta)); };
-          TP_EXPECT_CLOSE(T, download(*dev, y_d), plus(ref::matmul(x, false, w, true), y0));
-          TP_EXPECT_CLOSE(T, download(*dev, dx_d), plus(ref::matmul(dy, false, w, false), dx0));
-          TP_EXPECT_CLOSE(T, download(*dev, dw_d), plus(ref::matmul(dy, true, x, false), dw0));
-        }
-  });
+  if constexpr (is_float16_v<T>) {
+    GTEST_SKIP() << "the streaming kernels are float and double only (16-bit types run as GEMMs)";
+  } else {
+    const auto dev = std::make_shared<Cpu>();
+    test::for_each_cpu_isa([&] {
+      for (const auto [n, k] : {std::pair<std::int64_t, std::int64_t>{37, 53}, {64, 131}, {9, 16}})
+        for (std::int64_t m = 1; m <= detail::kStreamingMaxTokens; ++m)
+          for (const double beta : {0.0, 0.5}) {
+            SCOPED_TRACE(fmt::format("m {} n {} k {} beta {}", m, n, k, beta));
+            const auto x = test::random_matrix<T>(m, k, ref::test_seed(1));
+            const auto w = test::random_matrix<T>(n, k, ref::test_seed(2));
+            const auto dy = test::random_matrix<T>(m, n, ref::test_seed(3));
+            const auto y0 = test::random_matrix<T>(m, n, ref::test_seed(4));
+            const auto dx0 = test::random_matrix<T>(m, k, ref::test_seed(5));
+            const auto dw0 = test::random_matrix<T>(n, k, ref::test_seed(6));
+            const double nan = std::numeric_limits<double>::quiet_NaN();
+            const auto start = [&](const ref::Matrix& m0) { return beta == 0 ? ref::map(m0, [&](double) { return nan; }) : m0; };
+            const auto x_d = upload<T>(dev, x), w_d = upload<T>(dev, w), dy_d = upload<T>(dev, dy);
+            auto y_d = upload<T>(dev, start(y0)), dx_d = upload<T>(dev, start(dx0)), dw_d = upload<T>(dev, start(dw0));
+            detail::streaming_linear_forward<T>(x_d.view(), w_d.view(), T(beta), y_d.view(), 1);
+            detail::streaming_linear_backward<T>(dy_d.view(), x_d.view(), w_d.view(), T(beta), dx_d.view(), T(beta),
+                                                 dw_d.view(), 1);
+            const auto plus = [&](ref::Matrix a, const ref::Matrix& m0) { return beta == 0 ? a : ref::add(a, ref::scale(m0, beta)); };
+            TP_EXPECT_CLOSE(T, download(*dev, y_d), plus(ref::matmul(x, false, w, true), y0));
+            TP_EXPECT_CLOSE(T, download(*dev, dx_d), plus(ref::matmul(dy, false, w, false), dx0));
+            TP_EXPECT_CLOSE(T, download(*dev, dw_d), plus(ref::matmul(dy, true, x, false), dw0));
+          }
+    });
+  }
 }
 
 /// TP_CPU_ISA's names: an unknown one is refused by name; every one this CPU runs is taken.

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -97,6 +98,72 @@ inline std::string verify_resume_file(const SafetensorsFile& file, bool checksum
   return {};
 }
 
+
+/// Adds "checksum.<name>" of every tensor to `metadata`: each rank sums its share over the blocks
+/// it writes (one writer per block, as save_safetensors writes them) and one all_reduce over `comm`
+/// adds the shares up. Collective over `comm`, the communicator the file is saved over.
+template <class T, class Device>
+void add_checksums(Communicator& comm, const Device& device, const std::vector<Parameter<T>>& tensors,
+                   SafetensorsMetadata& metadata) {
+  std::map<std::string, std::size_t, std::less<>> slot;
+  for (const auto& p : tensors) slot.emplace(p.name, slot.size());
+  std::vector<std::int64_t> sums(slot.size(), 0);
+  std::vector<T> host;
+  for (const auto& p : tensors) {
+    if (!writes_record(p, comm.rank())) continue;
+    host.resize(static_cast<std::size_t>(p.value.size()));
+    const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
+    device.to_host(ConstView<T>(p.value), h);
+    std::uint64_t sum = 0;
+    for (std::int64_t r = 0; r < h.rows; ++r)
+      sum += checksum_bytes(reinterpret_cast<const unsigned char*>(h.row(r)), sizeof(T), h.cols,
+                            (p.rows.begin + r) * p.full_cols + p.cols.begin);
+    auto& s = sums[slot.at(p.name)];
+    s = static_cast<std::int64_t>((static_cast<std::uint64_t>(s) + sum) & 0xFFFFFFFFull);
+  }
+  comm.all_reduce(std::span<std::int64_t>(sums), ReduceOp::sum);  // < 2^32 per rank: no overflow
+  for (const auto& [name, i] : slot)
+    metadata["checksum." + name] = fmt::format("{:08x}", static_cast<std::uint64_t>(sums[i]) & 0xFFFFFFFFull);
+}
+
+/// Rank 0 of `comm` verifies the resume file at `path` (every value finite, and every tensor's
+/// checksum where its metadata has them: a file written before checksums has only the first) and
+/// every rank throws its verdict, naming the file and the tensor. Collective over `comm`.
+inline void verify_resume_file(Communicator& comm, const std::filesystem::path& path,
+                               const SafetensorsMetadata& metadata) {
+  std::string error;
+  if (comm.rank() == 0) {
+    const auto first = metadata.lower_bound("checksum.");
+    const bool has_checksums = first != metadata.end() && first->first.starts_with("checksum.");
+    try {
+      error = verify_resume_file(SafetensorsFile(path), has_checksums);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  // Rank 0's verdict, its text included, so that every rank throws the same message.
+  std::int64_t length = static_cast<std::int64_t>(error.size());
+  comm.broadcast(std::span<std::int64_t>(&length, 1), 0);
+  if (length > 0) {
+    std::vector<std::uint8_t> text(error.begin(), error.end());
+    text.resize(static_cast<std::size_t>(length));
+    comm.broadcast(std::span<std::uint8_t>(text), 0);
+    TP_THROW(IoError, "{}: {}", path.string(), std::string(text.begin(), text.end()));
+  }
+}
+
+/// The step count of a resume file ("adamw.step" in its __metadata__); IoError naming the file
+/// when there is none or it is not a count.
+inline std::int64_t resume_step(const SafetensorsMetadata& metadata, const std::filesystem::path& path) {
+  const auto step = metadata.find("adamw.step");
+  if (step == metadata.end()) TP_THROW(IoError, "{}: not a resume file: no adamw.step in __metadata__", path.string());
+  std::int64_t count = -1;
+  const auto [end, ec] = std::from_chars(step->second.data(), step->second.data() + step->second.size(), count);
+  if (ec != std::errc() || end != step->second.data() + step->second.size() || count < 0)
+    TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), step->second);
+  return count;
+}
+
 }  // namespace detail
 
 /// Saves the optimizer's parameters, moments and step, with a checksum of every tensor.
@@ -113,26 +180,7 @@ void save_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path,
   metadata["adamw.betas"] = fmt::format("{},{}", o.beta1, o.beta2);
   metadata["adamw.eps"] = fmt::format("{}", o.eps);
   metadata["adamw.weight_decay"] = fmt::format("{}", o.weight_decay);
-  // Each rank's share of each tensor's checksum, over the blocks it writes (one writer per block).
-  std::map<std::string, std::size_t, std::less<>> slot;
-  for (const auto& p : tensors) slot.emplace(p.name, slot.size());
-  std::vector<std::int64_t> sums(slot.size(), 0);
-  std::vector<T> host;
-  for (const auto& p : tensors) {
-    if (!detail::writes_record(p, ctx.rank())) continue;
-    host.resize(static_cast<std::size_t>(p.value.size()));
-    const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
-    ctx.device->to_host(ConstView<T>(p.value), h);
-    std::uint64_t sum = 0;
-    for (std::int64_t r = 0; r < h.rows; ++r)
-      sum += detail::checksum_bytes(reinterpret_cast<const unsigned char*>(h.row(r)), sizeof(T), h.cols,
-                                    (p.rows.begin + r) * p.full_cols + p.cols.begin);
-    auto& s = sums[slot.at(p.name)];
-    s = static_cast<std::int64_t>((static_cast<std::uint64_t>(s) + sum) & 0xFFFFFFFFull);
-  }
-  ctx.comm->all_reduce(std::span<std::int64_t>(sums), ReduceOp::sum);  // < 2^32 per rank: no overflow
-  for (const auto& [name, i] : slot)
-    metadata["checksum." + name] = fmt::format("{:08x}", static_cast<std::uint64_t>(sums[i]) & 0xFFFFFFFFull);
+  detail::add_checksums<T>(*ctx.comm, *ctx.device, tensors, metadata);
   save_safetensors<T>(*ctx.comm, *ctx.device, tensors, path, metadata);
 }
 
@@ -145,32 +193,9 @@ template <class T, class Device>
 SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path) {
   const SafetensorsCheckpoint checkpoint(path);
   const SafetensorsMetadata& metadata = checkpoint.metadata();
-  const auto step = metadata.find("adamw.step");
-  if (step == metadata.end()) TP_THROW(IoError, "{}: not a resume file: no adamw.step in __metadata__", path.string());
-  std::int64_t count = -1;
-  const auto [end, ec] = std::from_chars(step->second.data(), step->second.data() + step->second.size(), count);
-  if (ec != std::errc() || end != step->second.data() + step->second.size() || count < 0)
-    TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), step->second);
+  const std::int64_t count = detail::resume_step(metadata, path);
   const auto& ctx = optimizer.context();
-  std::string error;
-  if (ctx.rank() == 0) {
-    const bool has_checksums = metadata.lower_bound("checksum.") != metadata.end() &&
-                               metadata.lower_bound("checksum.")->first.starts_with("checksum.");
-    try {
-      error = detail::verify_resume_file(SafetensorsFile(path), has_checksums);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  // Rank 0's verdict, its text included, so that every rank throws the same message.
-  std::int64_t length = static_cast<std::int64_t>(error.size());
-  ctx.comm->broadcast(std::span<std::int64_t>(&length, 1), 0);
-  if (length > 0) {
-    std::vector<std::uint8_t> text(error.begin(), error.end());
-    text.resize(static_cast<std::size_t>(length));
-    ctx.comm->broadcast(std::span<std::uint8_t>(text), 0);
-    TP_THROW(IoError, "{}: {}", path.string(), std::string(text.begin(), text.end()));
-  }
+  detail::verify_resume_file(*ctx.comm, path, metadata);
   const Device& device = *ctx.device;
   for (const auto& p : optimizer.parameters()) load_parameter(device, p, checkpoint);
   for (const auto& p : optimizer.state()) load_parameter(device, p, checkpoint);

@@ -271,16 +271,6 @@ class SafetensorsCheckpoint {
     if (it == owner_.end()) TP_THROW(IoError, "{}: no tensor '{}' in the checkpoint's weight_map", path_, name);
     return *files_[it->second];
   }
-  /// The names of all its tensors, sorted.
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    if (owner_.empty() && files_.size() == 1) {
-      for (const auto& [name, t] : files_[0]->header().tensors) out.push_back(name);
-    } else {
-      for (const auto& [name, f] : owner_) out.push_back(name);
-    }
-    return out;
-  }
   /// The metadata of the first (or only) file.
   const SafetensorsMetadata& metadata() const {
     static const SafetensorsMetadata none;

@@ -291,10 +291,6 @@ inline std::vector<HuggingFaceTensor> check_hugging_face_tensors(const Transform
   return layout;
 }
 
-}  // namespace detail
-
-namespace detail {
-
 /// Reads each rank's blocks of the checked `layout` from `ckpt` into the model's parameters.
 template <class T, class Device>
 void load_hugging_face_tensors(Transformer<T, Device>& model, const SafetensorsCheckpoint& ckpt,
@@ -330,7 +326,7 @@ void load_hugging_face_tensors(Transformer<T, Device>& model, const SafetensorsC
              p.cols.begin, p.cols.end, model.context().rank());
     dev.from_host(ConstView<T>(host.data(), p.rows.size(), p.cols.size()), p.value);
   }
-  detail::keep_other_tensors(model, ckpt, layout, prefix);
+  detail::keep_other_tensors(model, ckpt, layout, detect_checkpoint(ckpt).second);
 }
 
 }  // namespace detail

@@ -5,8 +5,9 @@
 ///   resume.safetensors  the master weights under the parameters' own names (so it is also a plain
 ///                       weights file, in the master type), the AdamW moments
 ///                       "adamw.exp_avg.<name>" / "adamw.exp_avg_sq.<name>", and in __metadata__
-///                       "adamw.step", the loss scale and the caller's entries (the model's
-///                       description, the data position)
+///                       "adamw.step", the loss scale, a checksum of every tensor (as
+///                       tp/io/resume.hpp writes and verifies them) and the caller's entries (the
+///                       model's description, the data position)
 ///   model.safetensors   the model's weights in T
 /// all stored as full tensors, as tp/io/resume.hpp stores them for TP: under ZeRO-1 the DP ranks
 /// all-gather their shards of each bucket first, and the ranks of DP group 0 write the blocks
@@ -18,13 +19,13 @@
 #error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
 #endif
 
-#include <charconv>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "tp/io/checkpoint.hpp"
+#include "tp/io/resume.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/train/trainer.hpp"
 
@@ -105,8 +106,10 @@ std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, cons
         if (mesh.dp_rank() != 0) return;
         const auto records = full.records(trainer);
         const Cpu host;
+        SafetensorsMetadata with_checksums = metadata;
+        detail::add_checksums<typename Trainer<T, Device>::Master>(mesh.tp_comm(), host, records, with_checksums);
         save_safetensors<typename Trainer<T, Device>::Master>(mesh.tp_comm(), host, records, dir / "resume.safetensors",
-                                                              metadata);
+                                                              with_checksums);
         const auto params = trainer.model().parameters();
         save_safetensors<T>(mesh.tp_comm(), *mesh.tp_context().device, params, dir / "model.safetensors", metadata);
       },
@@ -118,7 +121,8 @@ std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, cons
 /// metadata for the caller's own entries. `path`: a checkpoint root (its latest complete step,
 /// picked by world rank 0 for all), a step directory or a resume.safetensors file. `check(metadata,
 /// file)`, when given, runs before anything is loaded (a trainer refuses another model's
-/// checkpoint there, leaving its state as it was). Throws IoError when there is none or it is not a
+/// checkpoint there, leaving its state as it was); then world rank 0 checks every tensor against
+/// its checksum and for non-finite values (tp/io/resume.hpp), refusing the file on every rank. Throws IoError when there is none or it is not a
 /// resume file. Collective over the mesh's world.
 template <class T, class Device>
 SafetensorsMetadata load_training_checkpoint(
@@ -138,13 +142,9 @@ SafetensorsMetadata load_training_checkpoint(
   }
   const SafetensorsCheckpoint checkpoint(path);
   const SafetensorsMetadata& metadata = checkpoint.metadata();
-  const auto found = metadata.find("adamw.step");
-  if (found == metadata.end()) TP_THROW(IoError, "{}: not a resume file: no adamw.step in __metadata__", path.string());
-  std::int64_t count = -1;
-  const auto [end, ec] = std::from_chars(found->second.data(), found->second.data() + found->second.size(), count);
-  if (ec != std::errc() || end != found->second.data() + found->second.size() || count < 0)
-    TP_THROW(IoError, "{}: adamw.step is '{}', not a step count", path.string(), found->second);
+  const std::int64_t count = detail::resume_step(metadata, path);
   if (check) check(metadata, path);
+  detail::verify_resume_file(mesh.world(), path, metadata);
 
   // Every rank reads its TP blocks into full buckets, then keeps its shard.
   auto full = detail::gather_state(trainer);
