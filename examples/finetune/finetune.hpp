@@ -140,7 +140,7 @@ struct Batch {
   std::int64_t tokens = 0;  ///< real (unpadded) tokens through the model
 };
 
-inline Batch make_batch(const std::vector<Example>& examples, const Options& o, std::int64_t step) {
+inline Batch global_batch(const std::vector<Example>& examples, const Options& o, std::int64_t step) {
   const auto picked = batch_of(examples.size(), o, step);
   std::int64_t cols = 1;
   for (const std::size_t i : picked) cols = std::max(cols, static_cast<std::int64_t>(examples[i].ids.size()) - 1);
@@ -166,6 +166,7 @@ struct StepResult {
   double grad_norm = 0;   ///< before clipping
   double lr = 0;
   std::int64_t tokens = 0;  ///< real tokens of the global batch through the model (all DP ranks)
+  std::int64_t sequences = 0;  ///< rows this DP rank trained on (global batch size / dp)
 };
 
 /// The model on one rank of the mesh, tp::Trainer over it and the schedule. Collective over the
@@ -190,15 +191,28 @@ class Finetune {
              "micro-batches", options.global_batch_size, mesh.dp(), rows_.size(), options.micro_batches);
   }
 
+  /// This DP rank's rows of step `step`'s global batch (tokens: the global batch's), what step() trains on.
+  Batch local_batch(const std::vector<Example>& examples, std::int64_t step) const {
+    const Batch b = global_batch(examples, options_, step);
+    const std::int64_t cols = b.ids.view().cols;
+    Batch out{tp::Tensor<std::int64_t, tp::Cpu>(rows_.size(), cols), tp::Tensor<std::int64_t, tp::Cpu>(rows_.size(), cols),
+              b.tokens};
+    auto ids = out.ids.view();
+    auto targets = out.targets.view();
+    for (std::int64_t r = 0; r < rows_.size(); ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        ids(r, c) = b.ids.view()(rows_.begin + r, c);
+        targets(r, c) = b.targets.view()(rows_.begin + r, c);
+      }
+    return out;
+  }
+
   /// One optimizer step on the global batch of steps_done() from `examples` (this DP rank's rows).
   StepResult step(const std::vector<Example>& examples) {
     const std::int64_t s = steps_done();
-    const Batch b = make_batch(examples, options_, s);
-    auto mine = [&](const tp::Tensor<std::int64_t, tp::Cpu>& t) {
-      return tp::ConstView<std::int64_t>(t.view()).block(rows_.begin, 0, rows_.size(), t.view().cols);
-    };
-    const tp::StepResult r = trainer_.step(mine(b.ids), mine(b.targets), schedule_(s));
-    return {.loss = r.loss, .grad_norm = r.grad_norm, .lr = r.lr, .tokens = b.tokens};
+    const Batch b = local_batch(examples, s);
+    const tp::StepResult r = trainer_.step(b.ids.view(), b.targets.view(), schedule_(s));
+    return {.loss = r.loss, .grad_norm = r.grad_norm, .lr = r.lr, .tokens = b.tokens, .sequences = b.ids.view().rows};
   }
 
   std::int64_t steps_done() const { return trainer_.steps_done(); }

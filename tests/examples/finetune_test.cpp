@@ -198,9 +198,33 @@ TEST(Finetune, Tp2Dp2TakesTheStepsOfTp1Dp1) {
   o.train_iters = 4;
   const auto want = losses_on(1, 1, o, examples, 4);
   expect_losses_near(losses_on(2, 2, o, examples, 4), want, "TP 2 x DP 2");
-  // The DP groups train on different sequences: every step's global batch has distinct examples.
-  const auto b = finetune::batch_of(examples.size(), o, 0);
-  EXPECT_NE(b[0], b[2]);
+  // Each DP rank trains on its own half of the global batch (the losses alone would not tell: every
+  // DP rank training on the whole batch takes the same steps), the TP ranks of a group on the same.
+  const auto global = finetune::global_batch(examples, o, 0);
+  const auto rows = [](const Tensor<std::int64_t, Cpu>& t, std::int64_t begin, std::int64_t end) {
+    std::vector<std::int64_t> out;
+    for (std::int64_t r = begin; r < end; ++r)
+      for (std::int64_t c = 0; c < t.view().cols; ++c) out.push_back(t.view()(r, c));
+    return out;
+  };
+  std::vector<std::vector<std::int64_t>> ids(4), targets(4);
+  std::vector<std::int64_t> trained(4);
+  run_local(4, [&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = 2, .dp = 2});
+    finetune::Finetune<float> run(mesh, model_dir, o);
+    const auto b = run.local_batch(examples, 0);
+    const auto rank = static_cast<std::size_t>(comm->rank());
+    ids[rank] = rows(b.ids, 0, b.ids.view().rows);
+    targets[rank] = rows(b.targets, 0, b.targets.view().rows);
+    trained[rank] = run.step(examples).sequences;  // what the step handed the Trainer
+  });
+  EXPECT_EQ(trained, std::vector<std::int64_t>(4, 2));
+  for (int rank = 0; rank < 4; ++rank) {
+    const std::int64_t dp_rank = rank / 2;
+    EXPECT_EQ(ids[static_cast<std::size_t>(rank)], rows(global.ids, 2 * dp_rank, 2 * dp_rank + 2)) << "rank " << rank;
+    EXPECT_EQ(targets[static_cast<std::size_t>(rank)], rows(global.targets, 2 * dp_rank, 2 * dp_rank + 2)) << "rank " << rank;
+  }
+  EXPECT_NE(rows(global.ids, 0, 2), rows(global.ids, 2, 4));
 }
 
 TEST(Finetune, CheckpointOfTp2Dp1ContinuesAtTp1Dp2) {
