@@ -14,9 +14,9 @@
 /// the step), the learning rate, the gradient norm before clipping, tokens per second and the
 /// time left. --save DIR writes DIR/step-NNNNNN/{resume,model}.safetensors (fp32 master weights,
 /// AdamW moments, step; the model's weights) every --save-interval steps and at the end, each step
-/// as one unit (tp/train/checkpoint.hpp); --load continues from one at any TP x DP. --save-hf DIR writes a Hugging Face directory
-/// (config.json, model.safetensors and the tokenizer files of --model) that transformers'
-/// from_pretrained and examples/generate load.
+/// as one unit (tp/train/checkpoint.hpp); --load continues from one at any TP x DP. --save-hf DIR
+/// writes a Hugging Face directory (config.json, model.safetensors and the tokenizer files of
+/// --model) that transformers' from_pretrained and examples/generate load.
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
