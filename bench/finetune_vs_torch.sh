@@ -18,7 +18,7 @@ for _ in 1 2 3 4; do cat "$top/examples/data/genesis.txt"; done > "$work/data.tx
 echo "shape: hidden $hidden, $layers layers, $heads heads over $kv kv heads, ffn $ffn, vocabulary 1203; $batch x $seq tokens per step, $steps steps"
 for world in 1 2; do
   "${TP_FINETUNE:-$top/build/examples/finetune}" --backend local --world "$world" --threads 1 --model "$work/model" --data "$work/data.txt" \
-    --seq-length "$seq" --micro-batch-size "$batch" --train-iters $((steps + 2)) --lr 1e-4 --lr-warmup-iters 1 \
+    --seq-length "$seq" --global-batch-size "$batch" --train-iters $((steps + 2)) --lr 1e-4 --lr-warmup-iters 1 \
     --log-interval 1000 > "$work/tp$world.log"
   # The steady rate: the last progress line covers steps 2 .. steps + 2 (the first line is step 1 alone).
   rate=$(grep '^step' "$work/tp$world.log" | tail -1 | sed 's/.* \([0-9]*\) tokens\/s.*/\1/')

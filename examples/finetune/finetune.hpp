@@ -1,38 +1,34 @@
 #pragma once
-/// Fine-tuning a Hugging Face causal LM (GPT-2, Llama, Qwen2, Mistral) with tensor parallelism: the
-/// data (a text file, or JSONL of {"prompt", "completion"} with the loss on the completion only),
-/// the learning-rate schedule, and the training loop in one place (`Finetune`), which
+/// Fine-tuning a Hugging Face causal LM (GPT-2, Llama, Qwen2, Mistral) on a TP x DP mesh: the data
+/// (a text file, or JSONL of {"prompt", "completion"} with the loss on the completion only), the
+/// batches, and a run of tp::Trainer with its cosine schedule and checkpoints (`Finetune`), which
 /// examples/finetune/main.cpp drives and tests/examples/finetune_test.cpp checks.
 ///
-/// One step: the batch's sequences packed into one [1, tokens] row (AttentionBatch lengths, no
-/// padding), the model's logits split by vocabulary, VocabParallelCrossEntropy with the prompt
-/// positions ignored (-100), the mean over the counted tokens, backward, clip_grad_norm, the
-/// cosine learning rate, AdamW. Everything that decides a step (the batch, the learning rate) is a
-/// function of (seed, step), never of the TP degree, so a resumed run or another TP degree trains
-/// the same model.
+/// One step: the step's global batch of sequences, each padded to the longest of the batch, the
+/// targets of prompt and padding positions -100 (so the loss is the mean over the completion
+/// tokens; causal attention keeps the padding after a sequence out of its positions), this DP
+/// rank's rows of it handed to tp::Trainer (micro-batches, DP reduction, ZeRO-1, clipping,
+/// recomputation, AdamW on fp32 master weights). Everything that decides a step (the batch, the
+/// learning rate) is a function of (seed, step), never of the mesh, so a resumed run or another
+/// TP x DP trains the same model, to float rounding.
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <numbers>
+#include <memory>
 #include <numeric>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <tp/io/checkpoint.hpp>
-#include <tp/io/resume.hpp>
-#include <tp/layers/vocab_parallel_cross_entropy.hpp>
 #include <tp/models/hugging_face.hpp>
-#include <tp/optim/adamw.hpp>
-#include <tp/optim/clip_grad_norm.hpp>
 #include <tp/io/json_file.hpp>
 #include <tp/text/tokenizer.hpp>
 #include <tp/tp.hpp>
+#include <tp/train/checkpoint.hpp>
+#include <tp/train/schedule.hpp>
+#include <tp/train/trainer.hpp>
 
 namespace finetune {
 
@@ -99,32 +95,31 @@ inline std::vector<Example> read_examples(const std::filesystem::path& file, con
 }
 
 struct Options {
-  std::int64_t train_iters = 100;    ///< steps; the cosine decay reaches min_lr here
-  std::int64_t micro_batch_size = 4;  ///< sequences per step
+  std::int64_t train_iters = 100;        ///< steps; the cosine decay reaches min_lr here
+  std::int64_t global_batch_size = 4;    ///< sequences per step, split over the DP ranks
+  int micro_batches = 1;                 ///< gradient accumulation: micro-batches per step per DP rank
+  int zero = 0;                          ///< 1: ZeRO-1, the optimizer state sharded over the DP group
+  tp::models::Recompute recompute = tp::models::Recompute::none;
   double lr = 1e-4, min_lr = 1e-5;
   std::int64_t lr_warmup_iters = 10;
   double weight_decay = 0.0;
   double clip_grad = 1.0;  ///< global gradient norm clip (0: none)
   std::uint64_t seed = 1234;
+
+  /// The learning rate of each step: linear warmup, then cosine decay to min_lr at train_iters.
+  tp::CosineSchedule schedule() const {
+    return {.lr = lr, .min_lr = min_lr, .warmup = lr_warmup_iters, .steps = train_iters};
+  }
 };
 
-/// Learning rate at `step` (0-based): linear warmup, then cosine decay to min_lr at train_iters.
-inline double learning_rate(const Options& o, std::int64_t step) {
-  if (step < o.lr_warmup_iters) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.lr_warmup_iters);
-  if (step >= o.train_iters) return o.min_lr;
-  const double progress = static_cast<double>(step - o.lr_warmup_iters) /
-                          static_cast<double>(std::max<std::int64_t>(1, o.train_iters - o.lr_warmup_iters));
-  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
-}
-
-/// The examples of step `step`: the k-th sequence of the run (k = step * batch + b) is example
-/// perm_e[k mod n] of epoch e = k / n, each epoch's permutation drawn from (seed, e).
+/// The examples of step `step`: the k-th sequence of the run (k = step * global_batch_size + b) is
+/// example perm_e[k mod n] of epoch e = k / n, each epoch's permutation drawn from (seed, e).
 inline std::vector<std::size_t> batch_of(std::size_t n, const Options& o, std::int64_t step) {
   std::vector<std::size_t> out;
   std::int64_t cached_epoch = -1;
   std::vector<std::size_t> perm(n);
-  for (std::int64_t b = 0; b < o.micro_batch_size; ++b) {
-    const auto k = static_cast<std::uint64_t>(step * o.micro_batch_size + b);
+  for (std::int64_t b = 0; b < o.global_batch_size; ++b) {
+    const auto k = static_cast<std::uint64_t>(step * o.global_batch_size + b);
     const auto epoch = static_cast<std::int64_t>(k / n);
     if (epoch != cached_epoch) {
       std::iota(perm.begin(), perm.end(), std::size_t{0});
@@ -137,110 +132,132 @@ inline std::vector<std::size_t> batch_of(std::size_t n, const Options& o, std::i
   return out;
 }
 
-struct StepResult {
-  double loss = 0;        ///< mean over the counted tokens
-  double grad_norm = 0;   ///< before clipping
-  double lr = 0;
-  std::int64_t tokens = 0;  ///< tokens through the model
+/// The global batch of a step as [global_batch_size, longest - 1] ids and targets: each sequence's
+/// ids but its last, its next tokens as targets where counted, -100 elsewhere (the prompt, and the
+/// padding after a shorter sequence, whose ids are 0).
+struct Batch {
+  tp::Tensor<std::int64_t, tp::Cpu> ids, targets;
+  std::int64_t tokens = 0;  ///< real (unpadded) tokens through the model
 };
 
-/// The model, its optimizer and the loop. Collective over the context's communicator (the TP group).
+inline Batch global_batch(const std::vector<Example>& examples, const Options& o, std::int64_t step) {
+  const auto picked = batch_of(examples.size(), o, step);
+  std::int64_t cols = 1;
+  for (const std::size_t i : picked) cols = std::max(cols, static_cast<std::int64_t>(examples[i].ids.size()) - 1);
+  Batch b{tp::Tensor<std::int64_t, tp::Cpu>(o.global_batch_size, cols),
+          tp::Tensor<std::int64_t, tp::Cpu>(o.global_batch_size, cols)};
+  auto ids = b.ids.view();
+  auto targets = b.targets.view();
+  for (std::int64_t r = 0; r < o.global_batch_size; ++r) {
+    const Example& e = examples[picked[static_cast<std::size_t>(r)]];
+    const auto n = static_cast<std::int64_t>(e.ids.size()) - 1;
+    for (std::int64_t t = 0; t < cols; ++t) {
+      const auto at = static_cast<std::size_t>(t);
+      ids(r, t) = t < n ? e.ids[at] : 0;
+      targets(r, t) = t < n && e.counted[at + 1] ? e.ids[at + 1] : -100;
+    }
+    b.tokens += std::max<std::int64_t>(n, 0);
+  }
+  return b;
+}
+
+struct StepResult {
+  double loss = 0;        ///< mean over the counted tokens of the global batch
+  double grad_norm = 0;   ///< before clipping
+  double lr = 0;
+  std::int64_t tokens = 0;  ///< real tokens of the global batch through the model (all DP ranks)
+  std::int64_t sequences = 0;  ///< rows this DP rank trained on (global batch size / dp)
+};
+
+/// The model on one rank of the mesh, tp::Trainer over it and the schedule. Collective over the
+/// mesh's world.
 template <class T = float, class Device = tp::Cpu>
 class Finetune {
  public:
-  Finetune(const tp::Context<Device>& ctx, const std::filesystem::path& model_dir, Options options)
-      : ctx_(ctx), options_(options), model_(tp::models::open_hugging_face<T>(ctx, model_dir)),
-        ce_(ctx, model_->config().vocab),
-        adamw_(ctx, model_->parameters(), {.lr = options.lr, .weight_decay = options.weight_decay}) {
-    TP_CHECK(model_->config().decoder(), "{}: a {} model is an encoder; finetune trains causal language models",
-             model_dir.string(), model_->config().model_type);
-    TP_CHECK(options.micro_batch_size > 0 && options.train_iters > 0 && options.lr_warmup_iters >= 0,
-             "finetune: micro batch size {} and train iters {} must be positive, warmup {} not negative",
-             options.micro_batch_size, options.train_iters, options.lr_warmup_iters);
+  Finetune(const tp::Mesh<Device>& mesh, const std::filesystem::path& model_dir, Options options)
+      : options_(check(options)),
+        model_(tp::models::open_hugging_face<T>(mesh.tp_context(), model_dir)),
+        trainer_(mesh, *model_,
+                 {.micro_batches = options.micro_batches,
+                  .zero = options.zero,
+                  .adamw = {.lr = options.lr, .weight_decay = options.weight_decay},
+                  .clip = options.clip_grad,
+                  .recompute = options.recompute}),
+        schedule_(options.schedule()),
+        rows_(tp::Trainer<T, Device>::dp_rows(mesh, options.global_batch_size)) {
+    schedule_.validate();
+    TP_CHECK(rows_.size() % options.micro_batches == 0,
+             "finetune: a global batch of {} sequences over dp = {} is {} per DP rank, which does not split into {} "
+             "micro-batches", options.global_batch_size, mesh.dp(), rows_.size(), options.micro_batches);
   }
 
-  /// One optimizer step on the batch of step_done() from `examples`.
-  StepResult step(const std::vector<Example>& examples) {
-    const std::int64_t s = adamw_.step_count();
-    std::vector<std::int64_t> ids, targets, lengths;
-    std::int64_t counted = 0;
-    for (const std::size_t i : batch_of(examples.size(), options_, s)) {
-      const Example& e = examples[i];
-      const auto n = static_cast<std::int64_t>(e.ids.size()) - 1;
-      if (n < 1) continue;
-      lengths.push_back(n);
-      for (std::int64_t t = 0; t < n; ++t) {
-        ids.push_back(e.ids[static_cast<std::size_t>(t)]);
-        const bool c = e.counted[static_cast<std::size_t>(t + 1)];
-        targets.push_back(c ? e.ids[static_cast<std::size_t>(t + 1)] : -100);
-        counted += c;
+  /// This DP rank's rows of step `step`'s global batch (tokens: the global batch's), what step() trains on.
+  Batch local_batch(const std::vector<Example>& examples, std::int64_t step) const {
+    const Batch b = global_batch(examples, options_, step);
+    const std::int64_t cols = b.ids.view().cols;
+    Batch out{tp::Tensor<std::int64_t, tp::Cpu>(rows_.size(), cols), tp::Tensor<std::int64_t, tp::Cpu>(rows_.size(), cols),
+              b.tokens};
+    auto ids = out.ids.view();
+    auto targets = out.targets.view();
+    for (std::int64_t r = 0; r < rows_.size(); ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        ids(r, c) = b.ids.view()(rows_.begin + r, c);
+        targets(r, c) = b.targets.view()(rows_.begin + r, c);
       }
-    }
-    TP_CHECK(counted > 0, "finetune: step {} has no counted token", s);
-    const auto tokens = static_cast<std::int64_t>(ids.size());
-    const auto& dev = ctx_.device;
-    tp::Tensor<std::int64_t, Device> d_ids(dev, 1, tokens), d_targets(dev, 1, tokens);
-    dev->from_host(tp::ConstView<std::int64_t>(ids.data(), 1, tokens), d_ids.view());
-    dev->from_host(tp::ConstView<std::int64_t>(targets.data(), 1, tokens), d_targets.view());
-
-    model_->zero_grad();
-    const auto& logits = model_->forward(d_ids.view(), tp::AttentionBatch{.lengths = lengths});
-    const auto& per_token = ce_.forward(logits.view(), d_targets.view());
-    std::vector<T> host(static_cast<std::size_t>(tokens));
-    dev->to_host(tp::ConstView<T>(per_token.view()), tp::MatrixView<T>(host.data(), tokens, 1));
-    StepResult r;
-    for (const T l : host) r.loss += static_cast<double>(l);
-    r.loss /= static_cast<double>(counted);
-    std::vector<T> g(static_cast<std::size_t>(tokens), T(1) / static_cast<T>(counted));
-    tp::Tensor<T, Device> grad_loss(dev, tokens, 1);
-    dev->from_host(tp::ConstView<T>(g.data(), tokens, 1), grad_loss.view());
-    model_->backward(ce_.backward(grad_loss.view()).view());
-    const auto params = adamw_.parameters();
-    r.grad_norm = options_.clip_grad > 0 ? tp::clip_grad_norm<T>(ctx_, std::span(params), options_.clip_grad)
-                                         : tp::grad_norm<T>(ctx_, std::span(params));
-    r.lr = learning_rate(options_, s);
-    adamw_.set_lr(r.lr);
-    adamw_.step();
-    r.tokens = tokens;
-    return r;
+    return out;
   }
 
-  std::int64_t steps_done() const { return adamw_.step_count(); }
+  /// One optimizer step on the global batch of steps_done() from `examples` (this DP rank's rows).
+  StepResult step(const std::vector<Example>& examples) {
+    const std::int64_t s = steps_done();
+    const Batch b = local_batch(examples, s);
+    const tp::StepResult r = trainer_.step(b.ids.view(), b.targets.view(), schedule_(s));
+    return {.loss = r.loss, .grad_norm = r.grad_norm, .lr = r.lr, .tokens = b.tokens, .sequences = b.ids.view().rows};
+  }
 
-  /// Writes <root>/step-NNNNNN/resume.safetensors (weights, AdamW moments, step) as one unit.
+  std::int64_t steps_done() const { return trainer_.steps_done(); }
+
+  /// Writes <root>/step-NNNNNN/ (tp/train/checkpoint.hpp: master weights, AdamW moments, step, the
+  /// model's weights) as one unit, keeping the newest `keep` steps (0: all).
   std::filesystem::path save(const std::filesystem::path& root, int keep) {
-    return tp::save_checkpoint(
-        *ctx_.comm, root, steps_done(),
-        [&](const std::filesystem::path& dir) {
-          tp::save_resume(adamw_, dir / "resume.safetensors", {{"finetune.seed", std::to_string(options_.seed)}});
-        },
-        {.keep = keep});
+    return tp::save_training_checkpoint(trainer_, root, data_metadata(), keep);
   }
 
-  /// Continues from a checkpoint root (its latest step), a step directory or a resume file.
+  /// Continues from a checkpoint saved at any mesh: a root (its latest step), a step directory or a
+  /// resume.safetensors. Throws InvalidArgument when its data order (seed, global batch) differs.
   void load(const std::filesystem::path& from) {
-    std::filesystem::path file = from;
-    if (std::filesystem::is_directory(from)) {
-      const auto latest = tp::checkpoint_step(from.filename().string()) ? std::optional(from) : tp::latest_checkpoint(from);
-      TP_CHECK(latest, "{}: no complete checkpoint (step-NNNNNN) to resume from", from.string());
-      file = *latest / "resume.safetensors";
-    }
-    const auto metadata = tp::load_resume(adamw_, file);
-    const auto seed = metadata.find("finetune.seed");
-    TP_CHECK(seed != metadata.end() && seed->second == std::to_string(options_.seed),
-             "{}: the checkpoint was written with seed {}, this run has seed {}: its batches would differ",
-             file.string(), seed == metadata.end() ? "(none)" : seed->second, options_.seed);
+    tp::load_training_checkpoint(trainer_, from, [&](const tp::SafetensorsMetadata& meta, const std::filesystem::path& file) {
+      for (const auto& [key, mine] : data_metadata()) {
+        const auto it = meta.find(key);
+        if (it == meta.end() || it->second != mine)
+          TP_THROW(tp::InvalidArgument, "{}: the checkpoint was written with {} {}, this run has {}: its batches would differ",
+                   file.string(), key, it == meta.end() ? std::string("(none)") : it->second, mine);
+      }
+    });
   }
 
   tp::models::Transformer<T, Device>& model() { return *model_; }
+  tp::Trainer<T, Device>& trainer() { return trainer_; }
   const Options& options() const { return options_; }
 
  private:
-  tp::Context<Device> ctx_;
+  static Options check(const Options& o) {
+    TP_CHECK(o.global_batch_size > 0 && o.train_iters > 0 && o.lr_warmup_iters >= 0,
+             "finetune: global batch size {} and train iters {} must be positive, warmup {} not negative",
+             o.global_batch_size, o.train_iters, o.lr_warmup_iters);
+    return o;
+  }
+
+  tp::SafetensorsMetadata data_metadata() const {
+    return {{"finetune.seed", std::to_string(options_.seed)},
+            {"finetune.global_batch_size", std::to_string(options_.global_batch_size)}};
+  }
+
   Options options_;
   std::unique_ptr<tp::models::Transformer<T, Device>> model_;
-  tp::VocabParallelCrossEntropy<T, Device> ce_;
-  tp::AdamW<T, Device> adamw_;
+  tp::Trainer<T, Device> trainer_;
+  tp::CosineSchedule schedule_;
+  tp::Range rows_;
 };
 
 }  // namespace finetune

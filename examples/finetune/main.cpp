@@ -1,20 +1,22 @@
 /// Fine-tunes a Hugging Face checkpoint directory (GPT-2, Llama, Qwen2, Mistral: config.json,
 /// model.safetensors, tokenizer.json) on a text file or a JSONL of {"prompt", "completion"} (the
-/// loss on the completion only), with the weights split across the ranks (tensor parallelism),
-/// float32, AdamW, a cosine learning rate after a linear warmup and gradient clipping
-/// (finetune.hpp holds the data, the schedule and the loop).
+/// loss on the completion only) through tp::Trainer on a TP x DP mesh (the weights split over the
+/// TP ranks, the global batch over the DP groups, --zero 1 the optimizer state too), float32 with
+/// fp32 AdamW master weights, micro-batches, recomputation, a cosine learning rate after a linear
+/// warmup and gradient clipping (finetune.hpp holds the data, the batches and the run).
 ///
 ///   mpirun -np 2 finetune --model SmolLM2-135M --data qa.jsonl --train-iters 200 --lr 1e-4 \
 ///       --save ckpt --save-interval 50 --save-hf tuned
-///   finetune --backend local --world 2 --model SmolLM2-135M --data notes.txt --load ckpt ...  # resume
+///   mpirun -np 4 finetune --tp 2 --dp 2 --zero 1 --global-batch-size 8 --micro-batches 2 ...
+///   finetune --backend local --world 2 --dp 2 --model SmolLM2-135M --data notes.txt --load ckpt ...  # resume
 ///
 /// Every --log-interval steps rank 0 prints the step, the loss (mean over the counted tokens of
 /// the step), the learning rate, the gradient norm before clipping, tokens per second and the
-/// time left. --save DIR writes DIR/step-NNNNNN/resume.safetensors (weights, AdamW moments, step)
-/// every --save-interval steps and at the end, each step as one unit (tp/io/checkpoint.hpp);
-/// --load continues from one at any world size. --save-hf DIR writes a Hugging Face directory
-/// (config.json, model.safetensors and the tokenizer files of --model) that transformers'
-/// from_pretrained and examples/generate load.
+/// time left. --save DIR writes DIR/step-NNNNNN/{resume,model}.safetensors (fp32 master weights,
+/// AdamW moments, step; the model's weights) every --save-interval steps and at the end, each step
+/// as one unit (tp/train/checkpoint.hpp); --load continues from one at any TP x DP. --save-hf DIR
+/// writes a Hugging Face directory (config.json, model.safetensors and the tokenizer files of
+/// --model) that transformers' from_pretrained and examples/generate load.
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
@@ -32,9 +34,9 @@ std::string duration(double seconds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Fine-tune a Hugging Face checkpoint with tensor parallelism"};
-  std::string backend = "mpi", model_dir, data_path, save, load, save_hf;
-  int world = 2, timeout = 300, threads = 1, keep = 0;
+  CLI::App app{"Fine-tune a Hugging Face checkpoint with tensor and data parallelism"};
+  std::string backend = "mpi", model_dir, data_path, save, load, save_hf, precision = "fp32", recompute = "none";
+  int world = 2, timeout = 300, threads = 1, keep = 0, tp_size = 0, dp_size = 1;
   std::int64_t seq_length = 256, save_interval = 0, log_interval = 10;
   finetune::Options o;
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -48,10 +50,22 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--timeout", timeout, "seconds a rank waits for its peers (local, gloo) before failing")
       ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--tp", tp_size, "tensor-parallel size: consecutive ranks (0: world / dp)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--dp", dp_size, "data-parallel size: the global batch split over dp groups (world = tp x dp)")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--zero", o.zero, "1: ZeRO-1, optimizer state sharded over the DP group")
+      ->check(CLI::IsMember({0, 1}))->capture_default_str();
+  app.add_option("--precision", precision, "fp32 (bf16 and f16 are not wired yet)")->capture_default_str();
+  app.add_option("--recompute", recompute, "activation recomputation per layer: none, selective (attention core: "
+                 "what tp's attention always does) or full")
+      ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
   app.add_option("--threads", threads, "BLAS threads per rank")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--seq-length", seq_length, "tokens per sequence (text windows; JSONL records are cut here)")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--micro-batch-size", o.micro_batch_size, "sequences per step")
+  app.add_option("--global-batch-size", o.global_batch_size, "sequences per step, split over the DP ranks")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--micro-batches", o.micro_batches, "gradient accumulation: micro-batches per step per DP rank")
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--train-iters", o.train_iters, "optimizer steps")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
@@ -71,6 +85,12 @@ int main(int argc, char** argv) {
   app.add_option("--save-hf", save_hf, "at the end, write a Hugging Face checkpoint directory (with --model's tokenizer)");
   app.add_option("--log-interval", log_interval, "print every N steps")->check(CLI::PositiveNumber)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  o.recompute = tp::models::parse_recompute(recompute);
+  if (precision != "fp32") {
+    fmt::print(stderr, "finetune: --precision {}: only fp32 is wired so far (tp::Trainer's master weights are fp32; "
+                       "the bf16 and f16 element types come with the CPU bf16 kernels)\n", precision);
+    return 2;
+  }
 
   try {
     const std::filesystem::path dir(model_dir);
@@ -80,20 +100,22 @@ int main(int argc, char** argv) {
     for (const auto& e : examples) example_tokens += static_cast<std::int64_t>(e.ids.size());
     tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
                [&](std::shared_ptr<tp::Communicator> comm) {
-      tp::Context<> ctx(comm, std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = threads}));
+      const tp::Mesh<> mesh(comm, {.tp = tp_size > 0 ? tp_size : comm->size() / dp_size, .dp = dp_size},
+                            std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = threads}));
       const bool lead = comm->rank() == 0;
-      finetune::Finetune<float> run(ctx, dir, o);
+      finetune::Finetune<float> run(mesh, dir, o);
       if (!load.empty()) run.load(load);
       const auto& c = run.model().config();
       if (lead) {
-        fmt::print("finetune: {} backend, world {}, {}: {} (hidden {}, {} layers, {} heads over {} kv heads, vocabulary "
+        fmt::print("finetune: {} backend, world {} = TP {} x DP {}, {}: {} (hidden {}, {} layers, {} heads over {} kv heads, vocabulary "
                    "{}), {}: {} examples, {} tokens\n",
-                   comm->backend(), comm->size(), model_dir, c.model_type, c.hidden, c.layers, c.heads, c.kv_heads,
+                   comm->backend(), comm->size(), mesh.tp(), mesh.dp(), model_dir, c.model_type, c.hidden, c.layers, c.heads, c.kv_heads,
                    c.vocab, data_path, examples.size(), example_tokens);
         fmt::print("  steps {} of {}, {} sequences of up to {} tokens each, lr {} (warmup {}, cosine to {}), weight "
-                   "decay {}, clip {}{}\n",
-                   run.steps_done(), o.train_iters, o.micro_batch_size, seq_length, o.lr, o.lr_warmup_iters, o.min_lr,
-                   o.weight_decay, o.clip_grad, load.empty() ? "" : fmt::format(", resumed from {}", load));
+                   "decay {}, clip {}, {} micro-batches, zero {}, recompute {}{}\n",
+                   run.steps_done(), o.train_iters, o.global_batch_size, seq_length, o.lr, o.lr_warmup_iters, o.min_lr,
+                   o.weight_decay, o.clip_grad, o.micro_batches, o.zero, recompute,
+                   load.empty() ? "" : fmt::format(", resumed from {}", load));
       }
       const auto start = std::chrono::steady_clock::now();
       auto t0 = start;
@@ -135,7 +157,9 @@ int main(int argc, char** argv) {
         if (lead) fmt::print("  saved {}\n", saved.string());
       }
       if (!save_hf.empty()) {
-        tp::models::save_hugging_face(*comm, run.model(), save_hf);
+        // The DP groups hold the same weights: the ranks of DP group 0 write, the others wait.
+        if (mesh.dp_rank() == 0) tp::models::save_hugging_face(mesh.tp_comm(), run.model(), save_hf);
+        comm->barrier();
         if (lead) {
           for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                 "generation_config.json", "chat_template.jinja"})

@@ -2,15 +2,19 @@
 /// Llama, 4 heads over 2 kv heads, Llama 3's tokenizer): the JSONL data counts only completion
 /// tokens; a few steps at TP 2 lower the loss; the directory save_hugging_face writes reloads at TP
 /// 1 and 4 to the logits of the fine-tuned model; a run resumed from a step checkpoint continues
-/// with the same losses as an uninterrupted one.
+/// with the same losses as an uninterrupted one; TP 2 x DP 2 takes the losses of TP 1 x DP 1 on the
+/// same global batch, and a checkpoint of TP 2 x DP 1 continues at TP 1 x DP 2 (ZeRO-1,
+/// micro-batches) with the uninterrupted run's losses, to float rounding.
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
 
 #include "finetune/finetune.hpp"
 #include "tp/comm/local_communicator.hpp"
+#include "tp/train/mesh.hpp"
 
 namespace tp {
 namespace {
@@ -28,8 +32,35 @@ fs::path scratch(const std::string& what) {
 }
 
 finetune::Options options() {
-  return {.train_iters = 8, .micro_batch_size = 4, .lr = 1e-2, .min_lr = 1e-3, .lr_warmup_iters = 1,
+  return {.train_iters = 8, .global_batch_size = 4, .lr = 1e-2, .min_lr = 1e-3, .lr_warmup_iters = 1,
           .weight_decay = 0.01, .clip_grad = 1.0, .seed = 7};
+}
+
+/// float32 rounding of the sharded GEMMs and reductions, the project's float32 tolerance.
+constexpr double kRelTol = 1e-6;
+
+void expect_losses_near(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], kRelTol * std::abs(want[i])) << what << ", loss " << i;
+    worst = std::max(worst, std::abs(got[i] - want[i]) / std::abs(want[i]));
+  }
+  std::printf("%s: largest relative loss difference %.2e\n", what.c_str(), worst);
+}
+
+/// The losses of `steps` steps on a mesh of tp x dp local ranks (world rank 0's).
+std::vector<double> losses_on(int tp, int dp, finetune::Options o, const std::vector<finetune::Example>& examples,
+                              std::int64_t steps) {
+  std::vector<double> out;
+  run_local(tp * dp, [&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = tp, .dp = dp});
+    finetune::Finetune<float> run(mesh, model_dir, o);
+    std::vector<double> mine;
+    while (run.steps_done() < steps) mine.push_back(run.step(examples).loss);
+    if (comm->rank() == 0) out = mine;
+  });
+  return out;
 }
 
 /// This rank's logits on fixed ids, gathered to full rows [tokens, vocab] on every rank.
@@ -91,8 +122,9 @@ TEST(Finetune, LossFallsAtTp2AndTheSavedDirectoryReloadsAtTp1And4) {
   std::vector<double> losses;
   std::vector<float> logits;
   run_local(2, [&](std::shared_ptr<Communicator> comm) {
-    const Context<Cpu> ctx(comm);
-    finetune::Finetune<float> run(ctx, model_dir, options());
+    const Mesh<> mesh(comm, {.tp = 2});
+    const Context<Cpu>& ctx = mesh.tp_context();
+    finetune::Finetune<float> run(mesh, model_dir, options());
     std::vector<double> mine;
     while (run.steps_done() < run.options().train_iters) mine.push_back(run.step(examples).loss);
     models::save_hugging_face(*comm, run.model(), out);
@@ -124,16 +156,16 @@ TEST(Finetune, ResumedRunContinuesWithTheSameLosses) {
   const fs::path root = scratch("resume");
   std::vector<double> straight, resumed;
   run_local(2, [&](std::shared_ptr<Communicator> comm) {
-    const Context<Cpu> ctx(comm);
+    const Mesh<> mesh(comm, {.tp = 2});
     std::vector<double> a, b;
     {
-      finetune::Finetune<float> run(ctx, model_dir, options());
+      finetune::Finetune<float> run(mesh, model_dir, options());
       while (run.steps_done() < 8) {
         a.push_back(run.step(examples).loss);
         if (run.steps_done() == 4) run.save(root, 0);
       }
     }
-    finetune::Finetune<float> again(ctx, model_dir, options());
+    finetune::Finetune<float> again(mesh, model_dir, options());
     again.load(root);
     EXPECT_EQ(again.steps_done(), 4);
     while (again.steps_done() < 8) b.push_back(again.step(examples).loss);
@@ -147,12 +179,84 @@ TEST(Finetune, ResumedRunContinuesWithTheSameLosses) {
   for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(resumed[i], straight[4 + i]) << "step " << 5 + i;
   // Another seed's checkpoint is refused: its batches would differ.
   run_local(1, [&](std::shared_ptr<Communicator> comm) {
-    const Context<Cpu> ctx(comm);
+    const Mesh<> mesh(comm, {.tp = 1});
     auto o = options();
     o.seed = 8;
-    finetune::Finetune<float> other(ctx, model_dir, o);
+    finetune::Finetune<float> other(mesh, model_dir, o);
     EXPECT_THROW(other.load(root), InvalidArgument);
+    o = options();
+    o.global_batch_size = 2;
+    finetune::Finetune<float> smaller(mesh, model_dir, o);
+    EXPECT_THROW(smaller.load(root), InvalidArgument);
   });
+}
+
+TEST(Finetune, Tp2Dp2TakesTheStepsOfTp1Dp1) {
+  const auto tok = text::Tokenizer::from_directory(model_dir);
+  const auto examples = finetune::read_examples(data_file, tok, 64);
+  auto o = options();
+  o.train_iters = 4;
+  const auto want = losses_on(1, 1, o, examples, 4);
+  expect_losses_near(losses_on(2, 2, o, examples, 4), want, "TP 2 x DP 2");
+  // Each DP rank trains on its own half of the global batch (the losses alone would not tell: every
+  // DP rank training on the whole batch takes the same steps), the TP ranks of a group on the same.
+  const auto global = finetune::global_batch(examples, o, 0);
+  const auto rows = [](const Tensor<std::int64_t, Cpu>& t, std::int64_t begin, std::int64_t end) {
+    std::vector<std::int64_t> out;
+    for (std::int64_t r = begin; r < end; ++r)
+      for (std::int64_t c = 0; c < t.view().cols; ++c) out.push_back(t.view()(r, c));
+    return out;
+  };
+  std::vector<std::vector<std::int64_t>> ids(4), targets(4);
+  std::vector<std::int64_t> trained(4);
+  run_local(4, [&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = 2, .dp = 2});
+    finetune::Finetune<float> run(mesh, model_dir, o);
+    const auto b = run.local_batch(examples, 0);
+    const auto rank = static_cast<std::size_t>(comm->rank());
+    ids[rank] = rows(b.ids, 0, b.ids.view().rows);
+    targets[rank] = rows(b.targets, 0, b.targets.view().rows);
+    trained[rank] = run.step(examples).sequences;  // what the step handed the Trainer
+  });
+  EXPECT_EQ(trained, std::vector<std::int64_t>(4, 2));
+  for (int rank = 0; rank < 4; ++rank) {
+    const std::int64_t dp_rank = rank / 2;
+    EXPECT_EQ(ids[static_cast<std::size_t>(rank)], rows(global.ids, 2 * dp_rank, 2 * dp_rank + 2)) << "rank " << rank;
+    EXPECT_EQ(targets[static_cast<std::size_t>(rank)], rows(global.targets, 2 * dp_rank, 2 * dp_rank + 2)) << "rank " << rank;
+  }
+  EXPECT_NE(rows(global.ids, 0, 2), rows(global.ids, 2, 4));
+}
+
+TEST(Finetune, CheckpointOfTp2Dp1ContinuesAtTp1Dp2) {
+  const auto tok = text::Tokenizer::from_directory(model_dir);
+  const auto examples = finetune::read_examples(data_file, tok, 64);
+  const fs::path root = scratch("mesh_resume");
+  std::vector<double> straight, resumed;
+  run_local(2, [&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = 2, .dp = 1});
+    finetune::Finetune<float> run(mesh, model_dir, options());
+    std::vector<double> mine;
+    while (run.steps_done() < 8) {
+      mine.push_back(run.step(examples).loss);
+      if (run.steps_done() == 4) run.save(root, 0);
+    }
+    if (comm->rank() == 0) straight = mine;
+  });
+  auto o = options();
+  o.zero = 1;
+  o.micro_batches = 2;
+  run_local(2, [&](std::shared_ptr<Communicator> comm) {
+    const Mesh<> mesh(comm, {.tp = 1, .dp = 2});
+    finetune::Finetune<float> run(mesh, model_dir, o);
+    run.load(root);
+    EXPECT_EQ(run.steps_done(), 4);
+    std::vector<double> mine;
+    while (run.steps_done() < 8) mine.push_back(run.step(examples).loss);
+    if (comm->rank() == 0) resumed = mine;
+  });
+  ASSERT_EQ(straight.size(), 8u);
+  expect_losses_near(resumed, std::vector<double>(straight.begin() + 4, straight.end()),
+                     "resumed at TP 1 x DP 2 (ZeRO-1, 2 micro-batches) from TP 2 x DP 1");
 }
 
 }  // namespace

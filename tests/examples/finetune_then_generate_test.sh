@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # examples/finetune on the command line: a tiny Llama checkpoint with Llama 3's tokenizer
 # (tests/golden/chat/llama3-chat) fine-tuned on prompt/completion JSONL at TP 2, with its progress
-# lines, step checkpoints, a resume at TP 1 and --save-hf; then examples/generate --chat on the
+# lines, step checkpoints, a resume at TP 1 x DP 2 (ZeRO-1, micro-batches) and --save-hf; then examples/generate --chat on the
 # saved directory gives the same greedy ids at TP 1 and 2; bad data is refused by name.
 #   finetune_then_generate_test.sh <finetune> <generate> <source dir> <work dir>
 set -euo pipefail
@@ -9,7 +9,7 @@ finetune=$1 generate=$2 src=$3 work=$4
 rm -rf "$work"
 mkdir -p "$work"
 model=$src/golden/chat/llama3-chat data=$src/examples/data/finetune.jsonl
-common=(--model "$model" --data "$data" --micro-batch-size 4 --lr 1e-2 --min-lr 1e-3 --lr-warmup-iters 1 --log-interval 2)
+common=(--model "$model" --data "$data" --global-batch-size 4 --lr 1e-2 --min-lr 1e-3 --lr-warmup-iters 1 --log-interval 2)
 "$finetune" --backend local --world 2 "${common[@]}" --train-iters 6 --save "$work/ckpt" --save-interval 2 \
   --keep-checkpoints 2 --save-hf "$work/hf" | tee "$work/ft.log"
 grep -Eq '^step +6/6  loss [0-9.]+  lr [0-9.e+-]+  grad_norm [0-9.]+  [0-9]+ tokens/s  ETA 0m00s$' "$work/ft.log"
@@ -20,8 +20,10 @@ first=$(grep -E '^step +1/' "$work/ft.log" | sed 's/.*loss \([0-9.]*\).*/\1/')
 last=$(grep -E '^step +6/' "$work/ft.log" | sed 's/.*loss \([0-9.]*\).*/\1/')
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' || { echo "FAIL: loss $first -> $last did not fall" >&2; exit 1; }
 
-# Resumed at TP 1 from the latest step, to step 8.
-"$finetune" --backend local --world 1 "${common[@]}" --train-iters 8 --load "$work/ckpt" | tee "$work/resume.log"
+# Resumed at TP 1 x DP 2 with ZeRO-1 and 2 micro-batches from the latest step, to step 8.
+"$finetune" --backend local --world 2 --tp 1 --dp 2 --zero 1 --micro-batches 2 --recompute full "${common[@]}" \
+  --train-iters 8 --load "$work/ckpt" | tee "$work/resume.log"
+grep -q "world 2 = TP 1 x DP 2" "$work/resume.log"
 grep -q "steps 6 of 8" "$work/resume.log"
 grep -Eq '^step +8/8 ' "$work/resume.log"
 
@@ -39,4 +41,13 @@ if "$finetune" --backend local --world 1 --model "$model" --data "$work/bad.json
   echo "FAIL: bad JSONL accepted" >&2; exit 1
 fi
 grep -q "bad.jsonl:2" "$work/err.log"
+# A 16-bit precision is refused by name, a world that is not tp x dp too.
+if "$finetune" --backend local --world 1 --model "$model" --data "$data" --precision bf16 2> "$work/err.log"; then
+  echo "FAIL: --precision bf16 accepted" >&2; exit 1
+fi
+grep -q "precision bf16" "$work/err.log"
+if "$finetune" --backend local --world 2 --tp 2 --dp 2 --model "$model" --data "$data" 2> "$work/err.log"; then
+  echo "FAIL: tp 2 x dp 2 on a world of 2 accepted" >&2; exit 1
+fi
+grep -q "tp 2 x dp 2" "$work/err.log"
 echo "finetune_then_generate: OK"
