@@ -57,24 +57,32 @@ class Collectives : public ::testing::Test {};
 using Elements = ::testing::Types<float, double, std::int32_t, std::int64_t, bf16, f16>;
 TYPED_TEST_SUITE(Collectives, Elements);
 
+/// all_reduce of n elements, out of place and in place, against the expected values; the input
+/// must come back as it was.
+template <class T>
+void check_all_reduce(Communicator& comm, ReduceOp op, std::size_t n) {
+  const int world = comm.size(), rank = comm.rank();
+  const auto send = rank_values<T>(rank, n);
+  test::Buffer<T> recv(n, T(-1)), inplace = send;
+  comm.all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
+  comm.all_reduce(std::span<T>(inplace), op);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const T want = reduce_expected<T>(op, world, i);
+    wrong += (recv[i] != want) + (inplace[i] != want);
+  }
+  EXPECT_EQ(wrong, 0u) << name(op) << " of " << n << " elements";
+  for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(send[i], value<T>(rank, i)) << "the input was written";
+}
+
 TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    const int world = comm->size(), rank = comm->rank();
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max})
       for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4099}}) {
         // NCCL multiplies 16-bit values in their own type at each step of its ring, not once in float.
         if (is_float16_v<T> && op == ReduceOp::prod && comm->backend() == "nccl") continue;
-        const auto send = rank_values<T>(rank, n);
-        test::Buffer<T> recv(n, T(-1)), inplace = send;
-        comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
-        comm->all_reduce(std::span<T>(inplace), op);
-        std::size_t wrong = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-          const T want = reduce_expected<T>(op, world, i);
-          wrong += (recv[i] != want) + (inplace[i] != want);
-        }
-        EXPECT_EQ(wrong, 0u) << name(op) << " of " << n << " elements";
+        check_all_reduce<T>(*comm, op, n);
       }
   });
 }
@@ -85,21 +93,10 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
 TYPED_TEST(Collectives, AllReduceOnBothSidesOfTheFusedSize) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    const int world = comm->size(), rank = comm->rank();
     const std::size_t fused = 2048 / sizeof(T);
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
       for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
-        const auto send = rank_values<T>(rank, n);
-        test::Buffer<T> recv(n, T(-1)), inplace = send;
-        comm->all_reduce(send.data(), recv.data(), n, dtype_of<T>, op);
-        comm->all_reduce(std::span<T>(inplace), op);
-        std::size_t wrong = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-          const T want = reduce_expected<T>(op, world, i);
-          wrong += (recv[i] != want) + (inplace[i] != want);
-        }
-        EXPECT_EQ(wrong, 0u) << name(op) << " of " << n << " elements";
-        for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(send[i], value<T>(rank, i)) << "the input was written";
+        check_all_reduce<T>(*comm, op, n);
       }
   });
 }
