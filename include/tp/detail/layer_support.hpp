@@ -51,6 +51,12 @@ class SavedActivation {
   int pending_ = 0;
 };
 
+/// Frees each tensor's memory (an empty tensor, no device); ensure() allocates it again.
+template <class... Tensors>
+void release(Tensors&... ts) {
+  ((ts = Tensors()), ...);
+}
+
 /// Makes `t` a rows x cols tensor on `ctx`'s device, allocating only when it must grow.
 template <class T, class Device>
 MatrixView<T> ensure(Tensor<T, Device>& t, const Context<Device>& ctx, std::int64_t rows, std::int64_t cols) {

@@ -118,6 +118,11 @@ class ColumnParallelLinear {
   /// Marks the saved input as used without a backward: the next backward needs a new forward.
   void forget_forward() { saved_.forget(); }
 
+  /// Frees the buffers of forward and backward (saved input, outputs, scratch), keeping weights
+  /// and gradients; the next forward allocates them again. Activation recomputation calls it
+  /// between a layer's forward and its rerun (tp::models::Transformer, Recompute::full).
+  void release_activations() { detail::release(input_, shard_out_, full_out_, gather_scratch_, grad_input_, grad_full_); }
+
   void zero_grad() {
     ctx_.device->fill(weight_grad_.view(), T(0));
     if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));

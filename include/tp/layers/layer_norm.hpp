@@ -97,6 +97,11 @@ class LayerNorm {
     return grad_input_;
   }
 
+  /// Frees the buffers of forward and backward (saved input, outputs, scratch), keeping weights
+  /// and gradients; the next forward allocates them again. Activation recomputation calls it
+  /// between a layer's forward and its rerun (tp::models::Transformer, Recompute::full).
+  void release_activations() { detail::release(input_, output_, mean_, rstd_, grad_input_, partial_grads_); }
+
   void zero_grad() {
     ctx_.device->fill(weight_grad_.view(), T(0));
     ctx_.device->fill(bias_grad_.view(), T(0));

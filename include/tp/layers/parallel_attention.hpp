@@ -285,6 +285,15 @@ class ParallelAttention {
     return grad_input_;
   }
 
+  /// Frees the buffers of forward and backward (saved input, outputs, scratch), keeping weights
+  /// and gradients; the next forward allocates them again. Activation recomputation calls it
+  /// between a layer's forward and its rerun (tp::models::Transformer, Recompute::full).
+  void release_activations() {
+    detail::release(input_, qkv_, context_, grad_qkv_, kv_grad_, kv_bias_grad_, grad_input_, grad_full_, lse_,
+                    positions_);
+    dense_.release_activations();
+  }
+
   void zero_grad() {
     ctx_.device->fill(weight_grad_.view(), T(0));
     if (options_.bias) ctx_.device->fill(bias_grad_.view(), T(0));

@@ -111,6 +111,15 @@ class ParallelMLP {
     return fc1_.backward(dh);
   }
 
+  /// Frees the buffers of forward and backward (saved input, outputs, scratch), keeping weights
+  /// and gradients; the next forward allocates them again. Activation recomputation calls it
+  /// between a layer's forward and its rerun (tp::models::Transformer, Recompute::full).
+  void release_activations() {
+    detail::release(act_, grad_h_);
+    fc1_.release_activations();
+    fc2_.release_activations();
+  }
+
   void zero_grad() {
     fc1_.zero_grad();
     fc2_.zero_grad();

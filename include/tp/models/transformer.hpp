@@ -26,10 +26,10 @@
 /// as the gradients of parameters()[first, last) are final (after each layer's backward, after the
 /// final norm and head, after the embeddings), which is when data-parallel reduction of their
 /// bucket may start. set_recompute(full) keeps only each layer's input in forward (the layer runs
-/// under tp::NoGrad) and reruns the layer's forward just before its backward: the same arithmetic
-/// on the same input, so the same gradients bit for bit. `selective` (Megatron: the attention core
-/// only) is what the attention layer always does, rebuilding the softmax from q, k and the saved
-/// log-sum-exp in backward, so it is the same as `none` here.
+/// under tp::NoGrad and then frees its buffers) and reruns the layer's forward just before its
+/// backward, freeing the buffers again after it: the same arithmetic on the same input, so the
+/// same gradients bit for bit, with one layer's activations alive at a time instead of all of
+/// them. `selective` is the same as `none`, see Recompute.
 
 #include <cstdint>
 #include <functional>
@@ -70,6 +70,7 @@ class Norm {
   const Tensor<T, Device>& backward(ConstView<T> dy) { return rms_ ? rms_->backward(dy) : ln_->backward(dy); }
   std::vector<Parameter<T>> parameters() { return rms_ ? rms_->parameters() : ln_->parameters(); }
   void zero_grad() { rms_ ? rms_->zero_grad() : ln_->zero_grad(); }
+  void release_activations() { rms_ ? rms_->release_activations() : ln_->release_activations(); }
 
  private:
   std::unique_ptr<LayerNorm<T, Device>> ln_;
@@ -95,6 +96,14 @@ struct TransformerLayer {
                    .seed = seed}),
         norm2(ctx, c, name + ".norm2"),
         mlp(ctx, c.hidden, c.ffn, {.activation = c.activation, .bias = c.mlp_bias, .name = name + ".mlp", .seed = seed}) {}
+
+  /// Frees every buffer of the layer's forward and backward (full recomputation, between them).
+  void release_activations() {
+    norm1.release_activations();
+    attention.release_activations();
+    norm2.release_activations();
+    mlp.release_activations();
+  }
 };
 
 /// One KvCache per layer, for `batch` sequences of up to `max_len` tokens.
@@ -110,6 +119,15 @@ struct TransformerCache {
 };
 
 /// Activation recomputation per layer (Megatron's --recompute-granularity).
+///
+/// - none: every layer keeps its activations from forward to backward.
+/// - selective: Megatron recomputes the attention core (QK^T, softmax, dropout, times V) because
+///   it stores the [heads, s, s] scores and probabilities, quadratic in the sequence. tp's
+///   attention never stores them: its forward keeps q, k, v, the context and one log-sum-exp per
+///   row (all linear in s) and its backward rebuilds the softmax from them, flash-style. So the
+///   attention core is recomputed under every setting and `selective` keeps exactly what `none`
+///   keeps (tests/train/trainer_test.cpp checks the same gradients and the same peak memory).
+/// - full: each layer keeps only its input and reruns its forward in backward (Transformer).
 enum class Recompute { none, selective, full };
 
 inline Recompute parse_recompute(std::string_view name) {
@@ -187,6 +205,7 @@ class Transformer {
           ctx_.device->copy(ConstView<T>(x_.view()), tp::detail::ensure(inputs_[i], ctx_, tokens, config_.hidden));
           const NoGrad no_grad;
           decoder_layer_forward(*layers_[i], x_, batch);
+          layers_[i]->release_activations();
         } else {
           decoder_layer_forward(*layers_[i], x_, batch);
         }
@@ -241,6 +260,7 @@ class Transformer {
         }
         add(l.norm2.backward(l.mlp.backward(dx).view()), dx_);
         add(l.norm1.backward(l.attention.backward(dx).view()), dx_);
+        if (recomputed_) l.release_activations();  // one layer's buffers at a time
         grads_ready(ranges_.layer_begin(i), ranges_.layer_begin(i + 1));
       }
       embed_->backward(dx);

@@ -33,6 +33,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <compare>
 #include <cstdint>
 #include <cstdio>
@@ -278,6 +279,31 @@ class DnnlMatmulCache {
 }  // namespace detail
 #endif
 
+/// Bytes held by one Cpu instance's allocations (Tensor buffers), now and at the peak since the
+/// last reset: per rank where each rank has its own Cpu (one process per rank, or a Mesh given
+/// `std::make_shared<Cpu>()` per thread). Two relaxed atomic operations per allocation, which
+/// tp's layers make once and then reuse, so it is always on. A copied Cpu counts from zero.
+class CpuMemoryCounter {
+ public:
+  CpuMemoryCounter() = default;
+  CpuMemoryCounter(const CpuMemoryCounter&) {}
+  CpuMemoryCounter& operator=(const CpuMemoryCounter&) { return *this; }
+
+  void add(std::int64_t bytes) {
+    const std::int64_t now = current_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    std::int64_t peak = peak_.load(std::memory_order_relaxed);
+    while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+  }
+  void sub(std::int64_t bytes) { current_.fetch_sub(bytes, std::memory_order_relaxed); }
+  std::int64_t current() const { return current_.load(std::memory_order_relaxed); }
+  std::int64_t peak() const { return peak_.load(std::memory_order_relaxed); }
+  void reset_peak() { peak_.store(current(), std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::int64_t> current_{0}, peak_{0};
+};
+
 struct CpuOptions {
   /// BLAS threads; 0 leaves the process's setting alone (OPENBLAS_NUM_THREADS, or what an earlier
   /// call set). OpenBLAS keeps one setting for the whole process, so only a caller that asks
@@ -405,12 +431,22 @@ class Cpu {
 
   template <class T>
   T* allocate(std::int64_t n) const {
-    return static_cast<T*>(::operator new (static_cast<std::size_t>(n) * sizeof(T), std::align_val_t{64}));
+    T* p = static_cast<T*>(::operator new (static_cast<std::size_t>(n) * sizeof(T), std::align_val_t{64}));
+    memory_.add(n * static_cast<std::int64_t>(sizeof(T)));
+    return p;
   }
+  /// `n` is the count given to allocate (Tensor passes its capacity).
   template <class T>
-  void deallocate(T* p, std::int64_t) const {
+  void deallocate(T* p, std::int64_t n) const noexcept {
     ::operator delete (p, std::align_val_t{64});
+    memory_.sub(n * static_cast<std::int64_t>(sizeof(T)));
   }
+
+  /// Bytes of this instance's allocations now, and at most since construction or the last
+  /// reset_peak_memory_stats (PyTorch's names for the CUDA caching allocator's counters).
+  std::int64_t memory_allocated() const { return memory_.current(); }
+  std::int64_t max_memory_allocated() const { return memory_.peak(); }
+  void reset_peak_memory_stats() const { memory_.reset_peak(); }
 
   /// dst = src, within this device's memory; `to_host` and `from_host` cross to the host (a copy here).
   template <class T>
@@ -553,6 +589,7 @@ class Cpu {
 
   Options options_;
   bool half_gemm_by_rows_ = false;  // see detail::half_gemm_by_rows
+  mutable CpuMemoryCounter memory_;
 };
 static_assert(Device<Cpu>);
 
