@@ -126,7 +126,7 @@ struct TransformerCache {
 ///   attention never stores them: its forward keeps q, k, v, the context and one log-sum-exp per
 ///   row (all linear in s) and its backward rebuilds the softmax from them, flash-style. So the
 ///   attention core is recomputed under every setting and `selective` keeps exactly what `none`
-///   keeps (tests/train/trainer_test.cpp checks the same gradients and the same peak memory).
+///   keeps (tests/train/trainer_test.cpp checks the same gradients, memory_test.cpp the same peak).
 /// - full: each layer keeps only its input and reruns its forward in backward (Transformer).
 enum class Recompute { none, selective, full };
 
