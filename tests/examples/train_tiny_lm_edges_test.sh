@@ -74,7 +74,7 @@ for p in fp32 bf16 f16; do
   timeout 120 "$bin" "${small[@]}" --steps 30 --log-every 10 --precision "$p" >"$root/$p.log" 2>&1 ||
     fail "--precision $p failed" "$root/$p.log"
 done
-first=$(sed -En 's/^step +1  loss \([0-9.]*\).*/\1/p' "$root/fp32.log")
+first=$(sed -En 's/^step +1  loss ([0-9.]*).*/\1/p' "$root/fp32.log")
 if grep -q "precision bf16 (fp32 main gradients and master weights)" "$root/bf16.log" &&
   grep -Eq "loss scale [0-9.e+]+  skipped [0-9]+" "$root/f16.log" &&
   awk -v a="$(final_loss "$root/fp32.log")" -v b="$(final_loss "$root/bf16.log")" -v c="$(final_loss "$root/f16.log")" \
