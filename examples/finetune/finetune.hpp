@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -105,6 +106,8 @@ struct Options {
   double weight_decay = 0.0;
   double clip_grad = 1.0;  ///< global gradient norm clip (0: none)
   std::uint64_t seed = 1234;
+  /// Dynamic loss scaling (--precision f16); none: no scaling.
+  std::optional<tp::LossScalerOptions> loss_scaling{};
 
   /// The learning rate of each step: linear warmup, then cosine decay to min_lr at train_iters.
   tp::CosineSchedule schedule() const {
@@ -167,6 +170,7 @@ struct StepResult {
   double lr = 0;
   std::int64_t tokens = 0;  ///< real tokens of the global batch through the model (all DP ranks)
   std::int64_t sequences = 0;  ///< rows this DP rank trained on (global batch size / dp)
+  bool skipped = false;        ///< inf/nan gradients (f16's loss scale too high): nothing was updated
 };
 
 /// The model on one rank of the mesh, tp::Trainer over it and the schedule. Collective over the
@@ -182,6 +186,7 @@ class Finetune {
                   .zero = options.zero,
                   .adamw = {.lr = options.lr, .weight_decay = options.weight_decay},
                   .clip = options.clip_grad,
+                  .loss_scaling = options.loss_scaling,
                   .recompute = options.recompute}),
         schedule_(options.schedule()),
         rows_(tp::Trainer<T, Device>::dp_rows(mesh, options.global_batch_size)) {
@@ -212,7 +217,8 @@ class Finetune {
     const std::int64_t s = steps_done();
     const Batch b = local_batch(examples, s);
     const tp::StepResult r = trainer_.step(b.ids.view(), b.targets.view(), schedule_(s));
-    return {.loss = r.loss, .grad_norm = r.grad_norm, .lr = r.lr, .tokens = b.tokens, .sequences = b.ids.view().rows};
+    return {.loss = r.loss, .grad_norm = r.grad_norm, .lr = r.lr, .tokens = b.tokens, .sequences = b.ids.view().rows,
+            .skipped = r.skipped};
   }
 
   std::int64_t steps_done() const { return trainer_.steps_done(); }

@@ -1,9 +1,11 @@
 /// Fine-tunes a Hugging Face checkpoint directory (GPT-2, Llama, Qwen2, Mistral: config.json,
 /// model.safetensors, tokenizer.json) on a text file or a JSONL of {"prompt", "completion"} (the
 /// loss on the completion only) through tp::Trainer on a TP x DP mesh (the weights split over the
-/// TP ranks, the global batch over the DP groups, --zero 1 the optimizer state too), float32 with
-/// fp32 AdamW master weights, micro-batches, recomputation, a cosine learning rate after a linear
-/// warmup and gradient clipping (finetune.hpp holds the data, the batches and the run).
+/// TP ranks, the global batch over the DP groups, --zero 1 the optimizer state too), in float32,
+/// bf16 or f16 (--precision; 16-bit weights and activations, fp32 main gradients; f16 with dynamic
+/// loss scaling) with fp32 AdamW master weights, micro-batches, recomputation, a cosine learning
+/// rate after a linear warmup and gradient clipping (finetune.hpp holds the data, the batches and
+/// the run).
 ///
 ///   mpirun -np 2 finetune --model SmolLM2-135M --data qa.jsonl --train-iters 200 --lr 1e-4 \
 ///       --save ckpt --save-interval 50 --save-hf tuned
@@ -56,7 +58,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--zero", o.zero, "1: ZeRO-1, optimizer state sharded over the DP group")
       ->check(CLI::IsMember({0, 1}))->capture_default_str();
-  app.add_option("--precision", precision, "fp32 (bf16 and f16 are not wired yet)")->capture_default_str();
+  app.add_option("--precision", precision, "fp32, bf16 or f16 (16-bit weights and activations, fp32 main gradients and "
+                 "master weights; f16 with dynamic loss scaling)")
+      ->check(CLI::IsMember({"fp32", "bf16", "f16"}))->capture_default_str();
   app.add_option("--recompute", recompute, "activation recomputation per layer: none, selective (attention core: "
                  "what tp's attention always does) or full")
       ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
@@ -86,11 +90,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-interval", log_interval, "print every N steps")->check(CLI::PositiveNumber)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   o.recompute = tp::models::parse_recompute(recompute);
-  if (precision != "fp32") {
-    fmt::print(stderr, "finetune: --precision {}: only fp32 is wired so far (tp::Trainer's master weights are fp32; "
-                       "the bf16 and f16 element types come with the CPU bf16 kernels)\n", precision);
-    return 2;
-  }
+  if (precision == "f16") o.loss_scaling = tp::LossScalerOptions{};
 
   try {
     const std::filesystem::path dir(model_dir);
@@ -98,12 +98,12 @@ int main(int argc, char** argv) {
     const auto examples = finetune::read_examples(data_path, tokenizer, seq_length);
     std::int64_t example_tokens = 0;
     for (const auto& e : examples) example_tokens += static_cast<std::int64_t>(e.ids.size());
-    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
-               [&](std::shared_ptr<tp::Communicator> comm) {
+    // The run in the model type T (float, tp::bf16 or tp::f16), on one rank.
+    const auto train = [&]<class T>(std::shared_ptr<tp::Communicator> comm) {
       const tp::Mesh<> mesh(comm, {.tp = tp_size > 0 ? tp_size : comm->size() / dp_size, .dp = dp_size},
                             std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = threads}));
       const bool lead = comm->rank() == 0;
-      finetune::Finetune<float> run(mesh, dir, o);
+      finetune::Finetune<T> run(mesh, dir, o);
       if (!load.empty()) run.load(load);
       const auto& c = run.model().config();
       if (lead) {
@@ -112,9 +112,10 @@ int main(int argc, char** argv) {
                    comm->backend(), comm->size(), mesh.tp(), mesh.dp(), model_dir, c.model_type, c.hidden, c.layers, c.heads, c.kv_heads,
                    c.vocab, data_path, examples.size(), example_tokens);
         fmt::print("  steps {} of {}, {} sequences of up to {} tokens each, lr {} (warmup {}, cosine to {}), weight "
-                   "decay {}, clip {}, {} micro-batches, zero {}, recompute {}{}\n",
+                   "decay {}, clip {}, {} micro-batches, zero {}, recompute {}, precision {}{}{}\n",
                    run.steps_done(), o.train_iters, o.global_batch_size, seq_length, o.lr, o.lr_warmup_iters, o.min_lr,
-                   o.weight_decay, o.clip_grad, o.micro_batches, o.zero, recompute,
+                   o.weight_decay, o.clip_grad, o.micro_batches, o.zero, recompute, precision,
+                   precision == "fp32" ? "" : " (fp32 main gradients and master weights)",
                    load.empty() ? "" : fmt::format(", resumed from {}", load));
       }
       const auto start = std::chrono::steady_clock::now();
@@ -124,8 +125,20 @@ int main(int argc, char** argv) {
       double loss_sum = 0;
       std::int64_t losses = 0;
       finetune::StepResult r;
+      int skipped_in_row = 0;
       while (run.steps_done() < o.train_iters) {
         r = run.step(examples);
+        if (r.skipped) {  // f16: inf/nan gradients at this loss scale; the scaler backed off
+          // The scale halves per skip: 64 in a row means gradients that overflow at any scale.
+          if (++skipped_in_row == 64)
+            TP_THROW(tp::Error, "step {}: {} steps in a row skipped for inf/nan gradients (loss scale now {}); the run "
+                     "diverged", run.steps_done() + 1, skipped_in_row, run.trainer().loss_scaler()->scale());
+          if (lead)
+            fmt::print("step {:5d}/{}  skipped: inf/nan gradients, loss scale now {}\n", run.steps_done() + 1,
+                       o.train_iters, run.trainer().loss_scaler()->scale());
+          continue;
+        }
+        skipped_in_row = 0;
         tokens += r.tokens;
         all_tokens += r.tokens;
         loss_sum += r.loss;
@@ -137,10 +150,13 @@ int main(int argc, char** argv) {
           comm->all_reduce(std::span<double>(&wall, 1), tp::ReduceOp::max);  // the slowest rank's
           const double total = std::chrono::duration<double>(t1 - start).count();
           const double eta = total / static_cast<double>(s - first) * static_cast<double>(o.train_iters - s);
+          const auto& scaler = run.trainer().loss_scaler();
           if (lead)
-            fmt::print("step {:5d}/{}  loss {:.4f}  lr {:.2e}  grad_norm {:.3f}  {:.0f} tokens/s  ETA {}\n", s,
+            fmt::print("step {:5d}/{}  loss {:.4f}  lr {:.2e}  grad_norm {:.3f}  {:.0f} tokens/s  ETA {}{}\n", s,
                        o.train_iters, loss_sum / static_cast<double>(losses), r.lr, r.grad_norm,
-                       static_cast<double>(tokens) / wall, duration(eta));
+                       static_cast<double>(tokens) / wall, duration(eta),
+                       scaler ? fmt::format("  loss scale {}  skipped {}", scaler->scale(), run.trainer().steps_skipped())
+                              : "");
           std::fflush(stdout);
           t0 = t1;
           tokens = 0;
@@ -171,9 +187,18 @@ int main(int argc, char** argv) {
       }
       const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (lead)
-        fmt::print("done: {} steps, {} tokens in {:.1f} s, {:.0f} tokens/s\n", run.steps_done() - first, all_tokens,
-                   total, static_cast<double>(all_tokens) / total);
-    });
+        fmt::print("done: {} steps, {} tokens in {:.1f} s, {:.0f} tokens/s{}\n", run.steps_done() - first, all_tokens,
+                   total, static_cast<double>(all_tokens) / total,
+                   run.trainer().loss_scaler()
+                       ? fmt::format(", {} steps skipped (f16 overflow)", run.trainer().steps_skipped())
+                       : "");
+    };
+    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
+               [&](std::shared_ptr<tp::Communicator> comm) {
+                 if (precision == "bf16") train.template operator()<tp::bf16>(comm);
+                 else if (precision == "f16") train.template operator()<tp::f16>(comm);
+                 else train.template operator()<float>(comm);
+               });
   } catch (const std::exception& e) {
     fmt::print(stderr, "finetune: {}\n", e.what());
     return 1;

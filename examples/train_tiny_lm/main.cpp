@@ -8,6 +8,7 @@
 ///   mpirun -np 4 train_tiny_lm --tp 2 --dp 2 --zero 1           # TP 2 x DP 2, ZeRO-1
 ///   mpirun -np 2 train_tiny_lm --arch llama --save-hf tiny      # Llama style; tiny/config.json + model.safetensors
 ///   train_tiny_lm --backend local --world 4 --steps 100
+///   train_tiny_lm --backend local --world 2 --precision bf16   # bf16 weights, fp32 master weights
 ///   train_tiny_lm --steps 600 --stop-after 300 --checkpoint ck  # stop half-way, saving ck/step-000300/
 ///   train_tiny_lm --steps 600 --resume ck                       # continue from ck's latest step
 
@@ -59,7 +60,9 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--dp", dp_size, "data-parallel size: the global batch split over dp groups (world = tp x dp)")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--precision", precision, "fp32 (bf16 and f16 are not wired yet)")->capture_default_str();
+  app.add_option("--precision", precision, "fp32, bf16 or f16 (16-bit weights and activations, fp32 main gradients and "
+                 "master weights; f16 with dynamic loss scaling)")
+      ->check(CLI::IsMember({"fp32", "bf16", "f16"}))->capture_default_str();
   app.add_option("--recompute", recompute, "activation recomputation per layer: none, selective (attention core: "
                  "what tp's attention always does) or full")
       ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
@@ -107,11 +110,7 @@ int main(int argc, char** argv) {
   const std::int64_t last = stop_after > 0 ? std::min(stop_after, train.steps) : train.steps;
   model.arch = tiny_lm::parse_arch(arch);
   train.recompute = tp::models::parse_recompute(recompute);
-  if (precision != "fp32") {
-    fmt::print(stderr, "train_tiny_lm: --precision {}: only fp32 is wired so far (tp::Trainer's master weights are "
-                       "fp32; the bf16 and f16 element types come with the CPU bf16 kernels)\n", precision);
-    return 2;
-  }
+  if (precision == "f16") train.loss_scaling = tp::LossScalerOptions{};
   if (!save_hf.empty() && !model.llama()) {
     fmt::print(stderr, "train_tiny_lm: --save-hf needs --arch llama (Hugging Face's GPT-2 has neither grouped-query "
                        "attention nor an untied head)\n");
@@ -120,12 +119,13 @@ int main(int argc, char** argv) {
 
   try {
     const tiny_lm::TextData data(data_path);
-    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv, [&](std::shared_ptr<tp::Communicator> comm) {
+    // The run in the model type T (float, tp::bf16 or tp::f16), on one rank.
+    const auto run = [&]<class T>(std::shared_ptr<tp::Communicator> comm) {
       // One BLAS thread per rank, asked for explicitly: the ranks already share the cores.
       const tp::Mesh<> mesh(comm, {.tp = tp_size > 0 ? tp_size : comm->size() / dp_size, .dp = dp_size},
                             std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1}));
       const bool lead = comm->rank() == 0;
-      tiny_lm::Training<float> trainer(mesh, model, train);
+      tiny_lm::Training<T> trainer(mesh, model, train);
       if (!resume.empty()) trainer.load(resume);
       // A checkpoint at or past the last step leaves nothing to train: say so rather than report a loss.
       TP_CHECK(trainer.steps_done() < last, "{}: the checkpoint is at step {}, at or past the {} {}; nothing to train",
@@ -136,9 +136,10 @@ int main(int argc, char** argv) {
                    comm->backend(), comm->size(), mesh.tp(), mesh.dp(), tiny_lm::parameter_count(trainer.model()),
                    model.describe(), data.size(), tp::Cpu::blas_name());
         fmt::print("  steps {} of {}, lr {} (warmup {}, cosine to {}), AdamW weight decay {}, clip {}, {} micro-batches, "
-                   "zero {}, recompute {}, {}overlapped DP reduction{}\n",
+                   "zero {}, recompute {}, {}overlapped DP reduction, precision {}{}{}\n",
                    trainer.steps_done(), train.steps, train.lr, train.warmup, train.min_lr, train.weight_decay,
-                   train.clip, train.micro_batches, train.zero, recompute, train.overlap ? "" : "no ",
+                   train.clip, train.micro_batches, train.zero, recompute, train.overlap ? "" : "no ", precision,
+                   precision == "fp32" ? "" : " (fp32 main gradients and master weights)",
                    resume.empty() ? "" : fmt::format(", resumed from {}", resume));
       }
       auto t0 = std::chrono::steady_clock::now();
@@ -146,10 +147,22 @@ int main(int argc, char** argv) {
       const auto start = t0;
       std::int64_t since = 0;
       tp::StepResult r;
+      int skipped_in_row = 0;
       while (trainer.steps_done() < last) {
         r = trainer.step(data);
-        ++since;
         const std::int64_t s = trainer.steps_done();
+        if (r.skipped) {  // f16: inf/nan gradients at this loss scale; the scaler backed off
+          // The scale halves per skip: 64 in a row means gradients that overflow at any scale.
+          if (++skipped_in_row == 64)
+            TP_THROW(tp::Error, "step {}: {} steps in a row skipped for inf/nan gradients (loss scale now {}); the run "
+                     "diverged", s + 1, skipped_in_row, trainer.trainer().loss_scaler()->scale());
+          if (lead)
+            fmt::print("step {:5d}  skipped: inf/nan gradients, loss scale now {}\n", s + 1,
+                       trainer.trainer().loss_scaler()->scale());
+          continue;
+        }
+        skipped_in_row = 0;
+        ++since;
         // A diverged run stops at once (its checkpoints would only carry the NaN on).
         if (!std::isfinite(r.loss))
           TP_THROW(tp::Error, "step {}: the loss is {}; stopping (the run diverged; lower --lr or resume from an "
@@ -161,9 +174,13 @@ int main(int argc, char** argv) {
           comm->all_reduce(std::span<double>(&wall, 1), tp::ReduceOp::max);
           if (backend != "local") comm->all_reduce(std::span<double>(&cpu, 1), tp::ReduceOp::sum);
           const double tokens = static_cast<double>(since * model.tokens());
+          const auto& scaler = trainer.trainer().loss_scaler();
           if (lead)
-            fmt::print("step {:5d}  loss {:.6f}  lr {:.2e}  grad_norm {:.3f}  {:8.0f} tok/s  ({:.0f} tok per CPU s)\n",
-                       s, r.loss, r.lr, r.grad_norm, tokens / wall, tokens / cpu);
+            fmt::print("step {:5d}  loss {:.6f}  lr {:.2e}  grad_norm {:.3f}  {:8.0f} tok/s  ({:.0f} tok per CPU s){}\n",
+                       s, r.loss, r.lr, r.grad_norm, tokens / wall, tokens / cpu,
+                       scaler ? fmt::format("  loss scale {}  skipped {}", scaler->scale(),
+                                            trainer.trainer().steps_skipped())
+                              : "");
           t0 = t1;
           c0 = cpu_seconds();
           since = 0;
@@ -184,9 +201,18 @@ int main(int argc, char** argv) {
         if (lead) fmt::print("  saved a Hugging Face checkpoint (LlamaForCausalLM) in {}\n", save_hf);
       }
       if (lead)
-        fmt::print("done: {} steps, final loss {:.4f}, {:.1f} s\n", trainer.steps_done(), r.loss,
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    });
+        fmt::print("done: {} steps, final loss {:.4f}, {:.1f} s{}\n", trainer.steps_done(), r.loss,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                   trainer.trainer().loss_scaler()
+                       ? fmt::format(", {} steps skipped (f16 overflow)", trainer.trainer().steps_skipped())
+                       : "");
+    };
+    tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
+               [&](std::shared_ptr<tp::Communicator> comm) {
+                 if (precision == "bf16") run.template operator()<tp::bf16>(comm);
+                 else if (precision == "f16") run.template operator()<tp::f16>(comm);
+                 else run.template operator()<float>(comm);
+               });
   } catch (const std::exception& e) {
     fmt::print(stderr, "train_tiny_lm: {}\n", e.what());
     return 1;

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -117,6 +118,8 @@ struct TrainConfig {
   std::int64_t bucket_size = 0;
   bool overlap = true;
   tp::models::Recompute recompute = tp::models::Recompute::none;
+  /// Dynamic loss scaling (--precision f16); none: no scaling.
+  std::optional<tp::LossScalerOptions> loss_scaling{};
 };
 
 /// The training text as byte ids, and batches drawn from it by (seed, step): sequence b of step s
@@ -173,6 +176,7 @@ class Training {
                   .overlap = train.overlap,
                   .adamw = {.lr = train.lr, .weight_decay = train.weight_decay},
                   .clip = train.clip,
+                  .loss_scaling = train.loss_scaling,
                   .recompute = train.recompute}),
         schedule_{.lr = train.lr, .min_lr = train.min_lr, .warmup = train.warmup, .steps = train.steps} {
     TP_CHECK(train.clip > 0 && train.warmup > 0 && train.steps > 0,

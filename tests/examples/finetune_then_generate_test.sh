@@ -2,7 +2,8 @@
 # examples/finetune on the command line: a tiny Llama checkpoint with Llama 3's tokenizer
 # (tests/golden/chat/llama3-chat) fine-tuned on prompt/completion JSONL at TP 2, with its progress
 # lines, step checkpoints, a resume at TP 1 x DP 2 (ZeRO-1, micro-batches) and --save-hf; then examples/generate --chat on the
-# saved directory gives the same greedy ids at TP 1 and 2; bad data is refused by name.
+# saved directory gives the same greedy ids at TP 1 and 2; bf16 and f16 fine-tune; bad data and an
+# unknown precision are refused by name.
 #   finetune_then_generate_test.sh <finetune> <generate> <source dir> <work dir>
 set -euo pipefail
 finetune=$1 generate=$2 src=$3 work=$4
@@ -41,11 +42,18 @@ if "$finetune" --backend local --world 1 --model "$model" --data "$work/bad.json
   echo "FAIL: bad JSONL accepted" >&2; exit 1
 fi
 grep -q "bad.jsonl:2" "$work/err.log"
-# A 16-bit precision is refused by name, a world that is not tp x dp too.
-if "$finetune" --backend local --world 1 --model "$model" --data "$data" --precision bf16 2> "$work/err.log"; then
-  echo "FAIL: --precision bf16 accepted" >&2; exit 1
+# bf16 and f16 (with its loss scale and skipped steps in the progress line) fine-tune at TP 2;
+# another precision is refused by name, a world that is not tp x dp too.
+for p in bf16 f16; do
+  "$finetune" --backend local --world 2 "${common[@]}" --train-iters 2 --precision "$p" | tee "$work/$p.log"
+  grep -q "precision $p (fp32 main gradients and master weights)" "$work/$p.log"
+  grep -Eq '^step +2/2  loss [0-9.]+ ' "$work/$p.log"
+done
+grep -Eq '^step +2/2  .*  loss scale [0-9.e+]+  skipped [0-9]+$' "$work/f16.log"
+if "$finetune" --backend local --world 1 --model "$model" --data "$data" --precision fp8 2> "$work/err.log"; then
+  echo "FAIL: --precision fp8 accepted" >&2; exit 1
 fi
-grep -q "precision bf16" "$work/err.log"
+grep -q "fp8" "$work/err.log"
 if "$finetune" --backend local --world 2 --tp 2 --dp 2 --model "$model" --data "$data" 2> "$work/err.log"; then
   echo "FAIL: tp 2 x dp 2 on a world of 2 accepted" >&2; exit 1
 fi

@@ -2,7 +2,8 @@
 # examples/train_tiny_lm at its edges (issue 27): --save-hf into a directory whose config.json is a
 # planted link (the link is replaced, its target untouched); --resume from a checkpoint at or past
 # --steps (an error, exit non-zero, not "final loss 0.0000"); a run whose loss goes non-finite
-# stops at once, naming the step; a resume file with a flipped bit is refused, naming the tensor.
+# stops at once, naming the step; a resume file with a flipped bit is refused, naming the tensor;
+# --precision bf16 and f16 train like fp32, another precision is refused by name.
 #
 #   train_tiny_lm_edges_test.sh TRAIN_TINY_LM_BINARY
 set -u
@@ -64,6 +65,28 @@ if [ "$status" -ne 0 ] && grep -q "has checksum .*, but __metadata__ records" "$
   echo "ok bit flip: exit $status, $(grep -o "tensor '[^']*' has checksum" "$root/flip.log" | head -1)"
 else
   fail "a flipped bit in the resume file went unnoticed (exit $status)" "$root/flip.log"
+fi
+
+# 5. --precision: bf16 and f16 train (the loss falls as fp32's does; f16 shows its loss scale and
+#    skipped steps), anything else is refused by name.
+final_loss() { sed -n 's/^done: .*final loss \([0-9.]*\).*/\1/p' "$1"; }
+for p in fp32 bf16 f16; do
+  timeout 120 "$bin" "${small[@]}" --steps 30 --log-every 10 --precision "$p" >"$root/$p.log" 2>&1 ||
+    fail "--precision $p failed" "$root/$p.log"
+done
+first=$(sed -En 's/^step +1  loss ([0-9.]*).*/\1/p' "$root/fp32.log")
+if grep -q "precision bf16 (fp32 main gradients and master weights)" "$root/bf16.log" &&
+  grep -Eq "loss scale [0-9.e+]+  skipped [0-9]+" "$root/f16.log" &&
+  awk -v a="$(final_loss "$root/fp32.log")" -v b="$(final_loss "$root/bf16.log")" -v c="$(final_loss "$root/f16.log")" \
+    -v f="${first:-0}" 'BEGIN { exit !(b < f && c < f && (b - a) ^ 2 < (0.05 * a) ^ 2 && (c - a) ^ 2 < (0.05 * a) ^ 2) }'; then
+  echo "ok precision: final losses fp32 $(final_loss "$root/fp32.log"), bf16 $(final_loss "$root/bf16.log"), f16 $(final_loss "$root/f16.log")"
+else
+  fail "--precision bf16/f16 did not train like fp32 (first loss ${first:-?})" "$root/f16.log"
+fi
+if ! timeout 60 "$bin" "${small[@]}" --steps 2 --precision fp8 >"$root/fp8.log" 2>&1 && grep -q "fp8" "$root/fp8.log"; then
+  echo "ok precision fp8: refused by name"
+else
+  fail "--precision fp8 was not refused by name" "$root/fp8.log"
 fi
 
 [ "$failures" -eq 0 ] || exit 1

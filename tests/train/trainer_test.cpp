@@ -17,92 +17,14 @@
 #include "tp/optim/adamw.hpp"
 #include "tp/optim/clip_grad_norm.hpp"
 #include "tp/train/checkpoint.hpp"
+#include "train/tiny_training.hpp"
 
 namespace tp {
 namespace {
 
 using test::on_ranks;
 using ::testing::HasSubstr;
-
-/// A small Llama (untied head: a column-parallel lm_head; 2 kv heads: replicated at TP 4) or GPT-2
-/// (tied head, LayerNorm, biases, learned positions); `uneven`: vocab 257, 6 heads over 3 kv heads
-/// and ffn 100, which split unevenly over 3 ranks (86/86/85 vocabulary rows, 34/33/33 ffn).
-models::TransformerConfig tiny_config(bool llama, bool uneven = false) {
-  models::TransformerConfig c;
-  c.arch = llama ? models::Architecture::llama : models::Architecture::gpt2;
-  c.model_type = llama ? "llama" : "gpt2";
-  c.vocab = uneven ? 257 : 64;
-  c.hidden = uneven ? 36 : 32;
-  c.heads = uneven ? 6 : 4;
-  c.kv_heads = uneven ? 3 : 2;
-  c.head_dim = c.hidden / c.heads;
-  c.layers = 2;
-  c.ffn = uneven ? 100 : 48;
-  c.max_positions = 16;
-  c.rope_theta = llama ? 10000 : 0;
-  c.tie_embeddings = !llama;
-  c.qkv_bias = c.dense_bias = c.mlp_bias = !llama;
-  c.activation = llama ? Activation::swiglu : Activation::gelu_tanh;
-  return c;
-}
-
-constexpr std::int64_t kRows = 12, kSeq = 8;  // global batch: 12 sequences (splits over dp 1-4)
-
-/// Step s's global batch: pseudo-random ids, the target a fixed function of the id (learnable),
-/// every 7th target masked (-100).
-void global_batch(std::int64_t vocab, std::int64_t step, std::vector<std::int64_t>& ids, std::vector<std::int64_t>& targets) {
-  ids.resize(kRows * kSeq);
-  targets.resize(kRows * kSeq);
-  std::uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(step + 1);
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    ids[i] = static_cast<std::int64_t>((x >> 33) % static_cast<std::uint64_t>(vocab));
-    targets[i] = i % 7 == 3 ? -100 : (ids[i] * 5 + 3) % vocab;
-  }
-}
-
-struct TrainRun {
-  std::vector<double> losses;
-  std::vector<std::vector<double>> params;  ///< this rank's parameters at the end
-};
-
-template <class T>
-std::vector<std::vector<double>> values(models::Transformer<T>& model) {
-  std::vector<std::vector<double>> out;
-  for (const auto& p : model.parameters()) {
-    auto& v = out.emplace_back();
-    for (std::int64_t r = 0; r < p.value.rows; ++r)
-      for (std::int64_t c = 0; c < p.value.cols; ++c) v.push_back(static_cast<double>(p.value(r, c)));
-  }
-  return out;
-}
-
-AdamWOptions kAdamW{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
-
-/// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
-/// from `resume` and saving under `save` at the end when given.
-template <class T>
-TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
-               const std::filesystem::path& resume = {}, const std::filesystem::path& save = {}) {
-  models::Transformer<T> model(mesh.tp_context(), config, 11);
-  options.adamw = kAdamW;
-  Trainer<T> trainer(mesh, model, options);
-  if (!resume.empty()) load_training_checkpoint(trainer, resume);
-  const Range rows = Trainer<T>::dp_rows(mesh, kRows);
-  TrainRun run;
-  std::vector<std::int64_t> ids, targets;
-  for (int s = static_cast<int>(trainer.steps_done()); s < steps; ++s) {
-    global_batch(config.vocab, s, ids, targets);
-    const ConstView<std::int64_t> all_ids(ids.data(), kRows, kSeq), all_targets(targets.data(), kRows, kSeq);
-    const auto r = trainer.step(all_ids.block(rows.begin, 0, rows.size(), kSeq),
-                                all_targets.block(rows.begin, 0, rows.size(), kSeq), 1e-2 * (1 + s % 3) / 3);
-    EXPECT_FALSE(r.skipped);
-    run.losses.push_back(r.loss);
-  }
-  run.params = values(model);
-  if (!save.empty()) save_training_checkpoint(trainer, save);
-  return run;
-}
+using namespace tiny_training;
 
 /// The reference step: tp::AdamW over the model's own parameters, each gradient all-reduced over
 /// the DP group on its own (the plain per-parameter reduction), tp::clip_grad_norm over the TP group.
@@ -243,7 +165,7 @@ TEST(Trainer, BucketsEqualPlainAllReduce) {
 
 /// A checkpoint saved at TP 2 x DP 2 with ZeRO-1 (at 4 ranks; elsewhere at the world's last mesh)
 /// resumes on every mesh of the world, ZeRO-1 or not, with the uninterrupted run's next losses
-/// (double: within 1e-12).
+/// (double: within 1e-12); a float trainer refuses its double master weights by name.
 TEST(Trainer, ResumesAtAnyMesh) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
@@ -268,6 +190,11 @@ TEST(Trainer, ResumesAtAnyMesh) {
                      fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp, saved.dp,
                                  dims.tp, dims.dp, zero));
       }
+    // Master weights in double: a float trainer (fp32 master weights) refuses them by name.
+    models::Transformer<float> f(at.tp_context(), config, 1);
+    Trainer<float> tf(at, f, zero1);
+    EXPECT_THAT([&] { load_training_checkpoint(tf, dir); },
+                ::testing::ThrowsMessage<IoError>(HasSubstr("master weights are F64 (saved by a F64 run)")));
     comm->barrier();
     if (comm->rank() == 0) std::filesystem::remove_all(dir);
   });

@@ -9,6 +9,14 @@
 ///                       tp/io/resume.hpp writes and verifies them) and the caller's entries (the
 ///                       model's description, the data position)
 ///   model.safetensors   the model's weights in T
+/// The master weights of float, bf16 and f16 models are fp32 alike, so a checkpoint resumes across
+/// those precisions exactly: the master weights and moments are read as they were saved and the
+/// model's weights rewritten from them, rounded to the resuming model's type ("precision" in the
+/// metadata says which type saved it). A double model's master weights are double: a checkpoint
+/// whose master type is not the trainer's is refused, naming both, rather than silently rounded.
+/// The loss scale is restored when both runs scale (f16); a run without a scaler ignores it, and a
+/// scaling run resumed from one without starts at its initial scale.
+///
 /// all stored as full tensors, as tp/io/resume.hpp stores them for TP: under ZeRO-1 the DP ranks
 /// all-gather their shards of each bucket first, and the ranks of DP group 0 write the blocks
 /// their TP ranks hold (a block several TP ranks hold, Parameter::copy, once). Loading reads each
@@ -19,6 +27,8 @@
 #error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
 #endif
 
+#include <algorithm>
+#include <charconv>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -97,8 +107,12 @@ std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, cons
   auto& opt = trainer.optimizer();
   metadata["format"] = "tp.resume";
   metadata["adamw.step"] = std::to_string(opt.step_count());
+  metadata["precision"] = std::string(detail::safetensors_dtype_name(dtype_of<T>));
   metadata["mesh"] = fmt::format("tp={} dp={} zero={}", mesh.tp(), mesh.dp(), trainer.options().zero);
-  if (trainer.loss_scaler()) metadata["loss_scale"] = fmt::format("{}", trainer.loss_scaler()->scale());
+  if (trainer.loss_scaler()) {
+    metadata["loss_scale"] = fmt::format("{}", trainer.loss_scaler()->scale());
+    metadata["loss_scale.clean_steps"] = std::to_string(trainer.loss_scaler()->clean_steps());
+  }
   return save_checkpoint(
       mesh.world(), root, opt.step_count(),
       [&](const std::filesystem::path& dir) {
@@ -144,6 +158,22 @@ SafetensorsMetadata load_training_checkpoint(
   const SafetensorsMetadata& metadata = checkpoint.metadata();
   const std::int64_t count = detail::resume_step(metadata, path);
   if (check) check(metadata, path);
+  {  // The master type: the dtype of the first parameter's master weights in the file.
+    using M = typename Trainer<T, Device>::Master;
+    const auto& params = trainer.grads().parameters();
+    TP_CHECK(!params.empty(), "load_training_checkpoint: the model has no parameters");
+    const std::string& name = params.front().name;
+    const std::string& saved = checkpoint.file_of(name).tensor(name).dtype;
+    const std::string_view want = detail::safetensors_dtype_name(dtype_of<M>);
+    if (saved != want) {
+      const auto precision = metadata.find("precision");
+      TP_THROW(IoError,
+               "{}: the master weights are {} (saved by a {} run) but this {} trainer's are {}: a checkpoint resumes "
+               "across fp32, bf16 and f16 (fp32 master weights alike), not between double and those",
+               path.string(), saved, precision == metadata.end() ? "?" : precision->second,
+               detail::safetensors_dtype_name(dtype_of<T>), want);
+    }
+  }
   detail::verify_resume_file(mesh.world(), path, metadata);
 
   // Every rank reads its TP blocks into full buckets, then keeps its shard.
@@ -159,8 +189,22 @@ SafetensorsMetadata load_training_checkpoint(
   }
   opt.write_weights();
   opt.set_step_count(count);
-  if (const auto scale = metadata.find("loss_scale"); scale != metadata.end() && trainer.loss_scaler())
-    trainer.loss_scaler()->set_scale(std::stod(scale->second));
+  if (const auto scale = metadata.find("loss_scale"); scale != metadata.end() && trainer.loss_scaler()) {
+    auto& scaler = *trainer.loss_scaler();
+    double value = 0;
+    std::int64_t clean = 0;
+    const auto parse = [&](const std::string& key, auto& out) {
+      const std::string& text = metadata.at(key);
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+      if (ec != std::errc() || end != text.data() + text.size())
+        TP_THROW(IoError, "{}: {} is '{}', not a number", path.string(), key, text);
+    };
+    parse("loss_scale", value);
+    if (metadata.count("loss_scale.clean_steps")) parse("loss_scale.clean_steps", clean);
+    scaler.set_scale(value);
+    // A resuming run with a shorter growth interval grows at its next clean step.
+    scaler.set_clean_steps(std::min(clean, scaler.options().growth_interval - 1));
+  }
   return metadata;
 }
 

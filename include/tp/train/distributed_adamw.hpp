@@ -16,11 +16,14 @@
 /// The global gradient norm (for clipping and the inf/nan check) counts every element of the full
 /// model once: a replicated parameter on TP rank 0 only, a block several TP ranks hold
 /// (Parameter::copy) on its copy 0 only, and under zero 1 each DP rank its shard; one all-reduce
-/// over the TP group (zero 0) or the world (zero 1). A non-finite norm throws NumericalError
+/// over the TP group (zero 0) or the world (zero 1); a non-finite element of an uncounted part
+/// (a replicated parameter on TP rank 1, say) makes the norm NaN all the same, since this rank
+/// updates it. A non-finite norm throws NumericalError
 /// naming the step, or (skip_non_finite) skips the step, leaving weights and moments untouched.
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -79,8 +82,14 @@ class DistributedAdamW {
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       const M* g = grads_->buckets()[i].data.data();
       for (const Piece& p : shards_[i].pieces) {
-        if (!counted(grads_->parameters()[p.param])) continue;
         const M* seg = g + grads_->segments()[p.param].offset;
+        if (!counted(grads_->parameters()[p.param])) {
+          // Not counted here, but updated here: a non-finite element still makes the norm NaN, so
+          // that every rank skips (or refuses) the step rather than this one applying it.
+          for (std::int64_t e = p.begin; e < p.end; ++e)
+            if (!std::isfinite(static_cast<double>(seg[e]))) local = std::numeric_limits<double>::quiet_NaN();
+          continue;
+        }
         for (std::int64_t e = p.begin; e < p.end; ++e) local += static_cast<double>(seg[e]) * static_cast<double>(seg[e]);
       }
     }

@@ -15,6 +15,13 @@
 /// ignore_index) is masked out of the loss, as a fine-tuning loop masks its prompt. The loss is the
 /// mean over the global batch's unmasked tokens, so TP x DP takes the steps of TP 1 x DP 1 on the
 /// whole batch, to rounding. Checkpoints at any mesh: tp/train/checkpoint.hpp.
+///
+/// Mixed precision: Trainer<bf16> and Trainer<f16> train a Transformer<bf16/f16> (16-bit weights
+/// and activations; the ops compute in float and round their outputs once). Its gradients go into
+/// fp32 main gradients after each layer's backward, AdamW updates fp32 master weights and writes
+/// the 16-bit weights from them. f16 wants TrainerOptions::loss_scaling (DynamicLossScaler): the
+/// loss gradient carries the scale, a step with inf/nan gradients is skipped on every rank and the
+/// scale backed off.
 
 #include <cstdint>
 #include <optional>
@@ -95,6 +102,17 @@ class Trainer {
     if (mesh_->dp() > 1) mesh_->dp_comm().all_reduce(std::span<double>(&tokens, 1), ReduceOp::sum);
     TP_CHECK(tokens > 0, "Trainer: every target of the global batch is masked ({}); nothing to learn from", kIgnore);
     const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
+    // The loss gradient seeds the backward with loss_scale / tokens in T. A 16-bit T rounds that
+    // factor (bf16 by up to 2^-9 relative, the same for every gradient: a bias, not noise), so the
+    // main gradients are divided by the factor actually used, times tokens, rather than by
+    // loss_scale: the fp32 main gradients are then the unbiased mean. Float and double keep the
+    // exact arithmetic of a plain loop (seed 1 / tokens, no division).
+    const T seed = static_cast<T>(loss_scale / tokens);
+    const double unscale = sizeof(T) == 2 ? static_cast<double>(seed) * tokens : loss_scale;
+    TP_CHECK(std::isfinite(unscale) && unscale > 0,
+             "Trainer: the loss gradient seed loss_scale {} / {} tokens is {} in {}: out of the type's range (lower "
+             "the loss scale or the tokens per step)",
+             loss_scale, tokens, static_cast<double>(seed), tp::name(dtype_of<T>));
 
     grads_.zero();
     double loss_sum = 0;
@@ -115,7 +133,7 @@ class Trainer {
       dev.to_host(loss.view(), MatrixView<T>(grad_host.data(), n, 1));
       for (std::int64_t i = 0; i < n; ++i) loss_sum += static_cast<double>(grad_host[i]);
       // d(global mean)/d(token loss), times the loss scale; masked tokens get 0 from the loss anyway.
-      std::fill(grad_host.begin(), grad_host.end(), static_cast<T>(loss_scale / tokens));
+      std::fill(grad_host.begin(), grad_host.end(), seed);
       dev.from_host(ConstView<T>(grad_host.data(), n, 1), tp::detail::ensure(grad_loss_, mesh_->tp_context(), n, 1));
       grads_.set_last_micro_batch(m == mb - 1);
       model_->backward(loss_fn_.backward(grad_loss_.view()).view());
@@ -124,7 +142,7 @@ class Trainer {
     if (mesh_->dp() > 1) mesh_->dp_comm().all_reduce(std::span<double>(&loss_sum, 1), ReduceOp::sum);
 
     StepResult r{.loss = loss_sum / tokens, .lr = lr};
-    if (loss_scale != 1.0) optimizer_.scale_grads(1.0 / loss_scale);
+    if (unscale != 1.0) optimizer_.scale_grads(1.0 / unscale);
     r.grad_norm = optimizer_.grad_norm();
     const bool finite = std::isfinite(r.grad_norm);
     if (scaler_ ? !scaler_->update(finite) : !finite) {

@@ -1,0 +1,112 @@
+#pragma once
+/// The tiny models, batches and training loop that the tp::Trainer test bodies share
+/// (trainer_test.cpp, precision_test.cpp).
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tp/train/checkpoint.hpp"
+#include "tp/train/trainer.hpp"
+
+namespace tp::tiny_training {
+
+/// A small Llama (untied head: a column-parallel lm_head; 2 kv heads: replicated at TP 4) or GPT-2
+/// (tied head, LayerNorm, biases, learned positions); `uneven`: vocab 257, 6 heads over 3 kv heads
+/// and ffn 100, which split unevenly over 3 ranks (86/86/85 vocabulary rows, 34/33/33 ffn).
+inline models::TransformerConfig tiny_config(bool llama, bool uneven = false) {
+  models::TransformerConfig c;
+  c.arch = llama ? models::Architecture::llama : models::Architecture::gpt2;
+  c.model_type = llama ? "llama" : "gpt2";
+  c.vocab = uneven ? 257 : 64;
+  c.hidden = uneven ? 36 : 32;
+  c.heads = uneven ? 6 : 4;
+  c.kv_heads = uneven ? 3 : 2;
+  c.head_dim = c.hidden / c.heads;
+  c.layers = 2;
+  c.ffn = uneven ? 100 : 48;
+  c.max_positions = 16;
+  c.rope_theta = llama ? 10000 : 0;
+  c.tie_embeddings = !llama;
+  c.qkv_bias = c.dense_bias = c.mlp_bias = !llama;
+  c.activation = llama ? Activation::swiglu : Activation::gelu_tanh;
+  return c;
+}
+
+inline constexpr std::int64_t kRows = 12, kSeq = 8;  // global batch: 12 sequences (splits over dp 1-4)
+
+/// Step s's global batch: pseudo-random ids, the target a fixed function of the id (learnable),
+/// every 7th target masked (-100).
+inline void global_batch(std::int64_t vocab, std::int64_t step, std::vector<std::int64_t>& ids,
+                         std::vector<std::int64_t>& targets) {
+  ids.resize(kRows * kSeq);
+  targets.resize(kRows * kSeq);
+  std::uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(step + 1);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    ids[i] = static_cast<std::int64_t>((x >> 33) % static_cast<std::uint64_t>(vocab));
+    targets[i] = i % 7 == 3 ? -100 : (ids[i] * 5 + 3) % vocab;
+  }
+}
+
+struct TrainRun {
+  std::vector<double> losses;
+  std::vector<std::vector<double>> params;  ///< this rank's parameters at the end
+  std::int64_t skipped = 0;                 ///< steps the trainer skipped (inf/nan gradients)
+};
+
+template <class T>
+std::vector<std::vector<double>> values(models::Transformer<T>& model) {
+  std::vector<std::vector<double>> out;
+  for (const auto& p : model.parameters()) {
+    auto& v = out.emplace_back();
+    for (std::int64_t r = 0; r < p.value.rows; ++r)
+      for (std::int64_t c = 0; c < p.value.cols; ++c) v.push_back(static_cast<double>(p.value(r, c)));
+  }
+  return out;
+}
+
+inline AdamWOptions kAdamW{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+
+/// Called before each step s (the trainer and s): plants faults, changes the loss scale; returns
+/// whether to take step s (false: batch s is left out, its loss recorded as NaN).
+template <class T>
+using BeforeStep = std::function<bool(Trainer<T>&, int)>;
+
+/// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
+/// from `resume` and saving under `save` at the end when given. Without loss scaling every step
+/// must be applied.
+template <class T>
+TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
+               const std::filesystem::path& resume = {}, const std::filesystem::path& save = {},
+               const BeforeStep<T>& before = {}) {
+  models::Transformer<T> model(mesh.tp_context(), config, 11);
+  options.adamw = kAdamW;
+  Trainer<T> trainer(mesh, model, options);
+  if (!resume.empty()) load_training_checkpoint(trainer, resume);
+  const Range rows = Trainer<T>::dp_rows(mesh, kRows);
+  TrainRun run;
+  std::vector<std::int64_t> ids, targets;
+  for (int s = static_cast<int>(trainer.steps_done()); s < steps; ++s) {
+    if (before && !before(trainer, s)) {
+      run.losses.push_back(std::numeric_limits<double>::quiet_NaN());
+      continue;
+    }
+    global_batch(config.vocab, s, ids, targets);
+    const ConstView<std::int64_t> all_ids(ids.data(), kRows, kSeq), all_targets(targets.data(), kRows, kSeq);
+    const auto r = trainer.step(all_ids.block(rows.begin, 0, rows.size(), kSeq),
+                                all_targets.block(rows.begin, 0, rows.size(), kSeq), 1e-2 * (1 + s % 3) / 3);
+    if (!options.loss_scaling) EXPECT_FALSE(r.skipped);
+    run.losses.push_back(r.loss);
+  }
+  run.skipped = trainer.steps_skipped();
+  run.params = values(model);
+  if (!save.empty()) save_training_checkpoint(trainer, save);
+  return run;
+}
+
+}  // namespace tp::tiny_training
