@@ -6,7 +6,8 @@
 #         ranks are processes, and their uninstrumented libraries' own threads only give TSan noise).
 # Any report fails the run. OpenBLAS and OpenMP run one thread (their uninstrumented pools are
 # invisible to TSan and would be reported as races); LeakSanitizer is off under mpirun, where Open
-# MPI's own allocations at exit would drown ours.
+# MPI's own allocations at exit would drown ours. scripts/tsan.supp lists what TSan cannot judge in
+# uninstrumented libraries, and why.
 #
 #   scripts/sanitize.sh [asan|tsan|all] [-- extra gtest arguments, e.g. --gtest_filter=Local*]
 # Build directories: $TP_SANITIZE_DIR (default build-sanitize)/{asan,tsan}.
@@ -60,7 +61,7 @@ if [ "$which" = tsan ] || [ "$which" = all ]; then
   dir="$root/tsan"
   configure "$dir" "-fsanitize=thread"
   cmake --build "$dir" -j "$jobs" --target tp_tests
-  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$top/scripts/tsan.supp"
   run tsan.tp_tests "$dir/tests/tp_tests" "${gtest_args[@]}"
 fi
 if [ ${#failed[@]} -gt 0 ]; then
