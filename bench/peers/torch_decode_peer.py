@@ -17,6 +17,7 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import sys
 import time
+import warnings
 
 import torch
 
@@ -24,6 +25,9 @@ import torch
 def main(vocab, hidden, layers, heads, kv_heads, ffn, prompt, new_tokens, reps):
     import transformers
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    # past_key_values is deprecated (not gone) in transformers 5; the one name every 4.x and 5.x takes.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
