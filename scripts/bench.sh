@@ -205,7 +205,8 @@ done
 
 # Generation: decode (batch 1) and prefill tokens/s of a ~100M-parameter Llama-style model and a
 # SmolLM2-135M-shaped one at TP 1 and 2 over MPI, on this CPU's kernels and on the AVX2 clone
-# (TP_CPU_ISA=avx2; the AVX2 CPUs' figures on an AVX-512 machine), against the triad bandwidth
+# (TP_CPU_ISA=avx2, and OpenBLAS's Haswell kernels, which tp::Cpu's GEMMs then take: the AVX2 CPUs'
+# figures on an AVX-512 machine), against the triad bandwidth
 # and sgemm limits measured in the same run; then TP 1 beside PyTorch eager (decode_vs_torch.sh).
 if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
   decode_log="$results/decode.txt"
@@ -217,7 +218,7 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
       [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
       for world in 1 2; do
         # shellcheck disable=SC2046
-        env $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2) mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_decode" \
+        env $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell) mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_decode" \
           --backend=mpi $header $([ $shape = smollm2 ] && echo "${smollm2_shape[@]}") \
           >>"$decode_log" 2>/dev/null || echo "bench.sh: decode ($shape, $isa) at world $world failed" >&2
         header=
@@ -237,8 +238,9 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
     echo 'the sgemm rate (a 1024^3 tp::Cpu GEMM on every rank at once) over 2 FLOPs per block weight and the causal'
     echo 'attention per prompt token, and the LM head once per prompt (only the last position'"'"'s logits choose the'
     echo 'next token; `Transformer::next_token_logits`). `clone` is the kernels'"'"' instruction set (avx2 forced'
-    echo 'with TP_CPU_ISA=avx2, as on an AVX2 CPU). `build-bench/bench/tp_bench_decode [--vocab 49152 --hidden 576'
-    echo '--layers 30 --heads 9 --kv-heads 3 --ffn 1536]` under `[TP_CPU_ISA=avx2] mpirun -np 1|2`.'
+    echo 'with TP_CPU_ISA=avx2 and OPENBLAS_CORETYPE=Haswell, as on an AVX2 CPU, where tp::Cpu takes OpenBLAS for'
+    echo 'GEMMs). `build-bench/bench/tp_bench_decode [--vocab 49152 --hidden 576 --layers 30 --heads 9 --kv-heads 3'
+    echo '--ffn 1536]` under `[TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell] mpirun -np 1|2`.'
     echo
     cat "$decode_log"
   } >>"$root/BENCHMARKS.md"
