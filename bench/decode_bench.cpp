@@ -5,17 +5,20 @@
 ///   the triad (a = b + s c, STREAM's kernel, 3 x 4 bytes per element) run by all ranks at once,
 ///   one thread each, as the ranks run;
 /// - prefill (the prompt in one forward) is GEMMs, so its limit is the GEMM rate: tokens/s <=
-///   sgemm FLOP/s (a 1024^3 tp::Cpu GEMM, all ranks at once) / FLOPs per prompt token.
+///   sgemm FLOP/s (a 1024^3 tp::Cpu GEMM, all ranks at once) / FLOPs per prompt token, which
+///   count the LM head once per prompt (only the last position's logits choose the next token).
 ///
 /// The model is the llama architecture of examples/train_tiny_lm (RMSNorm, RoPE, SwiGLU, GQA, tied
 /// embeddings) with random weights, ~100 M parameters by default, in float32. Prints one markdown
-/// table row per run (scripts/bench.sh puts them into BENCHMARKS.md):
+/// table row per run (scripts/bench.sh puts them into BENCHMARKS.md), naming the kernels' clone
+/// (TP_CPU_ISA=avx2 runs the AVX2 one on an AVX-512 machine):
 ///
 ///   mpirun -np 2 build/bench/tp_bench_decode            # TP 2 over MPI
 ///   build/bench/tp_bench_decode --backend local --world 1
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
+#include <tp/device/cpu/simd.hpp>
 #include <tp/inference/generate.hpp>
 #include <tp/tp.hpp>
 
@@ -94,8 +97,9 @@ int main(int argc, char** argv) {
   app.add_option("--new-tokens", new_tokens, "decoded tokens")->capture_default_str();
   app.add_option("--reps", reps, "generations timed (the best is reported)")->capture_default_str();
   app.add_option("--triad-mb", triad_mb, "MiB per triad array (well above the caches)")->capture_default_str();
-  bool header = false;
+  bool header = false, no_verify = false;
   app.add_flag("--header", header, "print the table header first");
+  app.add_flag("--no-verify-collectives", no_verify, "switch collective verification off (to see what it costs)");
   CLI11_PARSE(app, argc, argv);
   model.seq_len = prompt + new_tokens;
 
@@ -104,6 +108,7 @@ int main(int argc, char** argv) {
       auto cpu = std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = threads});
       const tp::Context<> ctx(comm, cpu);
       const bool lead = comm->rank() == 0;
+      if (no_verify) comm->set_verify_collectives(false);
       Triad triad(triad_mb << 20);
 
       tp::models::Transformer<float> lm(ctx, model.transformer(), model.seed);
@@ -114,10 +119,14 @@ int main(int argc, char** argv) {
       const double kv_bytes = 2.0 * 4.0 * static_cast<double>(model.layers * model.kv_heads * head_dim) *
                               (static_cast<double>(prompt) + 0.5 * static_cast<double>(new_tokens));
       const double weight_bytes = 4.0 * static_cast<double>(params);
-      // FLOPs per prompt token: 2 per weight of the blocks and the LM head (logits for every prompt
-      // token), plus causal attention (q k^T and p v over on average prompt / 2 keys).
-      const double prefill_flops = 2.0 * static_cast<double>(params) +
-                                   2.0 * 2.0 * static_cast<double>(model.layers * model.hidden) * (0.5 * static_cast<double>(prompt));
+      // FLOPs per prompt token: 2 per weight of the blocks, plus causal attention (q k^T and p v
+      // over on average prompt / 2 keys), plus the LM head's 2 per weight once per prompt: the
+      // next token needs the logits of the last position only (tp::generate computes no others).
+      const double head_weights = static_cast<double>(model.vocab * model.hidden);
+      const double block_weights = static_cast<double>(params) - head_weights - static_cast<double>(model.hidden);
+      const double prefill_flops = 2.0 * block_weights +
+                                   2.0 * 2.0 * static_cast<double>(model.layers * model.hidden) * (0.5 * static_cast<double>(prompt)) +
+                                   2.0 * head_weights / static_cast<double>(prompt);
       std::vector<std::int64_t> ids(static_cast<std::size_t>(prompt));
       for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 7919) % static_cast<std::size_t>(model.vocab));
 
@@ -141,13 +150,14 @@ int main(int argc, char** argv) {
       const double decode_limit = bw / (weight_bytes + kv_bytes), prefill_limit = flops / prefill_flops;
       if (lead) {
         if (header) {
-          fmt::print("| TP | backend | parameters | weights | triad GB/s (all ranks) | decode tok/s | limit | ratio | "
+          fmt::print("| TP | backend | clone | parameters | weights | triad GB/s (all ranks) | decode tok/s | limit | ratio | "
                      "sgemm GFLOP/s (all ranks) | prefill tok/s ({} tokens) | limit | ratio |\n",
                      prompt);
-          fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+          fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         }
-        fmt::print("| {} | {} | {:.1f} M | {:.0f} MB | {:.1f} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {:.0f} | {:.0f} | {:.2f} |\n",
-                   comm->size(), comm->backend(), 1e-6 * static_cast<double>(params), 1e-6 * weight_bytes, 1e-9 * bw,
+        fmt::print("| {} | {}{} | {} | {:.1f} M | {:.0f} MB | {:.1f} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {:.0f} | {:.0f} | {:.2f} |\n",
+                   comm->size(), comm->backend(), no_verify ? " (no verification)" : "",
+                   tp::detail::simd::isa_name(tp::detail::simd::active_isa()), 1e-6 * static_cast<double>(params), 1e-6 * weight_bytes, 1e-9 * bw,
                    decode_tps, decode_limit, decode_tps / decode_limit, 1e-9 * flops, prefill_tps, prefill_limit,
                    prefill_tps / prefill_limit);
       }

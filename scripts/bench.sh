@@ -204,28 +204,67 @@ done
 } >>"$root/BENCHMARKS.md"
 
 # Generation: decode (batch 1) and prefill tokens/s of a ~100M-parameter Llama-style model at TP 1
-# and 2 over MPI, against the triad bandwidth and sgemm limits measured in the same run.
+# and 2 over MPI and a SmolLM2-135M-shaped one at TP 1, on this CPU's kernels and on the AVX2 clone
+# (TP_CPU_ISA=avx2, and OpenBLAS's Haswell kernels, which tp::Cpu's GEMMs then take: the AVX2 CPUs'
+# figures on an AVX-512 machine), against the triad bandwidth
+# and sgemm limits measured in the same run; then TP 1 beside PyTorch eager (decode_vs_torch.sh).
 if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
   decode_log="$results/decode.txt"
   : >"$decode_log"
-  for world in 1 2; do
-    mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_decode" --backend=mpi $([ $world = 1 ] && echo --header) \
-      >>"$decode_log" 2>/dev/null || echo "bench.sh: decode at world $world failed" >&2
+  smollm2_shape=(--vocab 49152 --hidden 576 --layers 30 --heads 9 --kv-heads 3 --ffn 1536)
+  header=--header
+  for shape in 100m smollm2; do
+    for isa in native avx2; do
+      [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
+      # SmolLM2-135M's 9 heads over 3 kv heads split over 1 or 3 ranks, not 2: TP 1 only here.
+      for world in 1 $([ $shape = 100m ] && echo 2); do
+        # shellcheck disable=SC2046
+        env $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell) mpirun -np "$world" --oversubscribe "$build/bench/tp_bench_decode" \
+          --backend=mpi $header $([ $shape = smollm2 ] && echo "${smollm2_shape[@]}") \
+          >>"$decode_log" 2>/dev/null || echo "bench.sh: decode ($shape, $isa) at world $world failed" >&2
+        header=
+      done
+    done
   done
   {
     echo
     echo "## Generation: decode and prefill against the machine's limits"
     echo
-    echo 'A Llama-style model of 100 M parameters (hidden 768, 12 layers, 12 heads over 4 kv heads, SwiGLU 2048,'
-    echo 'vocabulary 32000 tied; examples/train_tiny_lm'"'"'s llama architecture), float32, random weights, one BLAS'
-    echo 'thread per rank: `tp::generate` of 32 tokens after a 128-token prompt, best of 5 after a warm-up run. Decode reads every'
-    echo 'weight once per token, so its limit is the triad bandwidth (all ranks at once) over the weight and KV'
-    echo 'bytes; prefill is GEMMs, so its limit is the sgemm rate (a 1024^3 tp::Cpu GEMM on every rank at once)'
-    echo 'over 2 FLOPs per weight and the causal attention per prompt token. `build-bench/bench/tp_bench_decode`'
-    echo 'under `mpirun -np 1|2`.'
+    echo 'Two Llama-style models (RMSNorm, RoPE, SwiGLU, GQA, tied embeddings; examples/train_tiny_lm'"'"'s llama'
+    echo 'architecture), float32, random weights: 100 M parameters (hidden 768, 12 layers, 12 heads over 4 kv heads,'
+    echo 'SwiGLU 2048, vocabulary 32000) and the shape of SmolLM2-135M (hidden 576, 30 layers, 9 heads over 3 kv'
+    echo 'heads, SwiGLU 1536, vocabulary 49152; TP 1 only, its heads do not split over 2). One BLAS thread per rank: `tp::generate` of 32 tokens after a'
+    echo '128-token prompt, best of 5 after a warm-up run. Decode reads every weight once per token, so its limit is'
+    echo 'the triad bandwidth (all ranks at once) over the weight and KV bytes; prefill is GEMMs, so its limit is'
+    echo 'the sgemm rate (a 1024^3 tp::Cpu GEMM on every rank at once) over 2 FLOPs per block weight and the causal'
+    echo 'attention per prompt token, and the LM head once per prompt (only the last position'"'"'s logits choose the'
+    echo 'next token; `Transformer::next_token_logits`). `clone` is the kernels'"'"' instruction set (avx2 forced'
+    echo 'with TP_CPU_ISA=avx2 and OPENBLAS_CORETYPE=Haswell, as on an AVX2 CPU, where tp::Cpu takes OpenBLAS for'
+    echo 'GEMMs). `build-bench/bench/tp_bench_decode [--vocab 49152 --hidden 576 --layers 30 --heads 9 --kv-heads 3'
+    echo '--ffn 1536]` under `[TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell] mpirun -np 1|2`.'
     echo
     cat "$decode_log"
   } >>"$root/BENCHMARKS.md"
+  # Beside PyTorch eager (transformers' LlamaForCausalLM, one thread), when pip can install it.
+  if [ $peer -eq 1 ]; then
+    torch_decode_log="$results/decode-torch.txt"
+    TP_BENCH_DECODE=$build/bench/tp_bench_decode TP_TORCH_VENV=$venv "$root/bench/decode_vs_torch.sh" \
+      >"$torch_decode_log" 2>"$results/decode-torch-err.txt" ||
+      echo "bench.sh: decode_vs_torch.sh failed (see $results/decode-torch-err.txt)" >&2
+    {
+      echo
+      echo "### Generation beside PyTorch eager"
+      echo
+      echo 'The 100 M model at TP 1 (one thread) beside transformers'"'"' LlamaForCausalLM of the same shape under'
+      echo 'PyTorch eager with one intra-op thread, greedy through its DynamicCache, the prompt'"'"'s logits for the'
+      echo 'last position only (as generate() asks); turns alternate, each the best of 3 generations.'
+      echo '`bench/decode_vs_torch.sh` (TP_BENCH_DECODE=build-bench/bench/tp_bench_decode).'
+      echo
+      echo '```'
+      cat "$torch_decode_log"
+      echo '```'
+    } >>"$root/BENCHMARKS.md"
+  fi
 fi
 
 # The measurements behind tp::Cpu's GEMM library rule: single-thread sgemm, OpenBLAS beside oneDNN

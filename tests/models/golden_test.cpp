@@ -5,6 +5,7 @@
 /// within 1e-5 of the largest golden value, double within 1e-11 of the float64 goldens), and its
 /// greedy generation token for token over 32 steps through the KV cache. A model saved back in
 /// Hugging Face's layout holds the same tensors and reloads to the same weights.
+/// next_token_logits gives the rows of the logits at each sequence's last token.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -298,6 +299,61 @@ TYPED_TEST(Golden, VariableLengthsAndPaddingMatchTransformers) {
       }
       ASSERT_EQ(static_cast<std::int64_t>(got.size()), want.rows * cols.size());
       EXPECT_LE(relative_error(want, ConstView<double>(got.data(), want.rows, cols.size()), cols.begin), golden_tolerance<T>);
+    });
+  }
+}
+
+/// next_token_logits: the packed sequences through a cache give transformers' logits at each
+/// sequence's last token (one row per sequence); one more token per sequence gives the rows
+/// forward(ids, batch, cache) gives for it on a second cache. A sequence without a new token is
+/// refused.
+TYPED_TEST(Golden, NextTokenLogitsAreEachSequencesLastRow) {
+  using T = TypeParam;
+  for (const char* name : golden_models) {
+    const fs::path dir = golden_root / name;
+    const auto config = models::read_hugging_face_config(dir / "config.json");
+    if (!config.decoder()) continue;
+    const SafetensorsFile golden(dir / "golden.safetensors");
+    const Full want = read_full(golden, "packed_logits");
+    const auto lengths = read_ids(golden, "packed_lengths");
+    on_ranks([&](std::shared_ptr<Communicator> comm) {
+      SCOPED_TRACE(fmt::format("{} at world {} rank {}", name, comm->size(), comm->rank()));
+      if (!heads_split(config, comm->size())) return;
+      const Context<Cpu> ctx(comm);
+      auto model = models::open_hugging_face<T>(ctx, dir);
+      const auto sequences = static_cast<std::int64_t>(lengths.size());
+      const std::int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+      auto cache = model->make_cache(sequences, longest + 1), other = model->make_cache(sequences, longest + 1);
+      const Range cols = model->vocab_range();
+      const auto ids = device_ids<T>(ctx, read_ids(golden, "packed_ids"));
+      const AttentionBatch batch{.lengths = lengths};
+      const auto got = to_host<T>(ctx, model->next_token_logits(ids.view(), batch, cache).view());
+      ASSERT_EQ(static_cast<std::int64_t>(got.size()), sequences * cols.size());
+      Full last{sequences, want.cols, {}};
+      std::int64_t end = 0;
+      for (const std::int64_t n : lengths) {
+        end += n;
+        for (std::int64_t c = 0; c < want.cols; ++c) last.data.push_back(want(end - 1, c));
+      }
+      EXPECT_LE(relative_error(last, ConstView<double>(got.data(), sequences, cols.size()), cols.begin),
+                golden_tolerance<T>);
+
+      // One more token in every sequence: the same rows as forward's on a cache at the same point.
+      (void)model->forward(ids.view(), batch, other);
+      std::vector<std::int64_t> step_ids;
+      for (std::int64_t b = 0; b < sequences; ++b) step_ids.push_back((7 * b + 3) % config.vocab);
+      const auto step = device_ids<T>(ctx, step_ids);
+      const AttentionBatch ones{.lengths = std::vector<std::int64_t>(static_cast<std::size_t>(sequences), 1)};
+      const auto full = to_host<T>(ctx, model->forward(step.view(), ones, other).view());
+      const Full want_step{sequences, cols.size(), full};
+      const auto got_step = to_host<T>(ctx, model->next_token_logits(step.view(), ones, cache).view());
+      EXPECT_LE(relative_error(want_step, ConstView<double>(got_step.data(), sequences, cols.size())),
+                golden_tolerance<T>);
+
+      AttentionBatch empty = ones;
+      empty.lengths.back() = 0;
+      const auto fewer = device_ids<T>(ctx, std::vector<std::int64_t>(step_ids.begin(), step_ids.end() - 1));
+      EXPECT_THROW((void)model->next_token_logits(fewer.view(), empty, cache), InvalidArgument);
     });
   }
 }

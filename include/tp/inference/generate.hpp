@@ -11,6 +11,9 @@
 ///   const Tensor<T, Device>& logits = model.forward(ids /*[1, tokens], device*/, AttentionBatch, cache);
 ///     // this rank's logits [tokens, vocab_range().size()]
 ///   model.vocab_range(), model.config().vocab, model.context().
+/// A model that also has next_token_logits(ids, batch, cache) (the logits of the last new token
+/// alone, [1, vocab_range().size()]) is run through it, so that the prefill projects one row onto
+/// the vocabulary, not the whole prompt.
 
 #include <algorithm>
 #include <chrono>
@@ -60,6 +63,16 @@ struct GenerateResult {
 };
 
 namespace detail {
+
+/// The logits that choose the next token: the model's next_token_logits when it has one, else the
+/// logits of every new token (choose_last takes the last row of either).
+template <class Model, class Cache>
+decltype(auto) next_logits(Model& model, ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
+  if constexpr (requires { model.next_token_logits(ids, batch, cache); })
+    return model.next_token_logits(ids, batch, cache);
+  else
+    return model.forward(ids, batch, cache);
+}
 
 /// The token chosen from the last row of a logits shard.
 template <class T, class Device>
@@ -115,7 +128,7 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
 
   auto start = Clock::now();
   device->from_host(ConstView<std::int64_t>(prompt.data(), 1, n), ids.view());
-  std::int64_t token = detail::choose_last(ctx, model.forward(ids.view(), AttentionBatch{.lengths = {n}}, cache),
+  std::int64_t token = detail::choose_last(ctx, detail::next_logits(model, ids.view(), AttentionBatch{.lengths = {n}}, cache),
                                            vocab_range, vocab, options.sampling, 0);
   result.tokens.push_back(token);
   if (options.on_token) options.on_token(token);
@@ -125,7 +138,7 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
   Ids next(device, 1, 1);
   for (std::int64_t i = 1; i < max_new_tokens && !is_stop(token); ++i) {
     device->from_host(ConstView<std::int64_t>(&token, 1, 1), next.view());
-    token = detail::choose_last(ctx, model.forward(next.view(), AttentionBatch{.lengths = {1}}, cache), vocab_range,
+    token = detail::choose_last(ctx, detail::next_logits(model, next.view(), AttentionBatch{.lengths = {1}}, cache), vocab_range,
                                 vocab, options.sampling, static_cast<std::uint64_t>(i));
     result.tokens.push_back(token);
     if (options.on_token) options.on_token(token);

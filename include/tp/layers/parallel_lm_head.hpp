@@ -60,7 +60,8 @@ class ParallelLMHead {
     else
       dev.copy(x, input);
     const ConstView<T> table = embedding_->weight();
-    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), table, T(0), detail::ensure(logits_, ctx, tokens, table.rows));
+    // A linear layer's forward (the streaming kernels at few tokens, as the other layers' at decode).
+    tp::ops::linear_forward<T>(dev, ConstView<T>(input), table, ConstView<T>{}, detail::ensure(logits_, ctx, tokens, table.rows));
     saved_.on_forward();
     return logits_;
   }
@@ -79,8 +80,7 @@ class ParallelLMHead {
              embedding_->vocab_range().end, ctx.rank(), ctx.world());
     const Device& dev = *ctx.device;
     MatrixView<T> dx = detail::ensure(options_.sequence_parallel ? grad_full_ : grad_input_, ctx, tokens, hidden);
-    dev.gemm(Op::n, Op::n, T(1), grad_logits, table, T(0), dx);
-    dev.gemm(Op::t, Op::n, T(1), grad_logits, input_.view(), T(1), embedding_->weight_grad());
+    tp::ops::linear_backward<T>(dev, grad_logits, input_.view(), table, T(0), dx, T(1), embedding_->weight_grad());
     if (!options_.sequence_parallel) {
       detail::all_reduce_sum(ctx, dx);
       return grad_input_;

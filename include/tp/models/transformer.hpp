@@ -20,7 +20,8 @@
 /// [tokens, vocab_range().size()] (VocabParallelCrossEntropy's split and tp::sample's); BERT's
 /// last hidden states [tokens, hidden], the same on every rank. backward takes the gradient of
 /// that output and accumulates every parameter's gradient. Incremental decoding: make_cache, then
-/// forward(ids, batch, cache) with the new tokens of each sequence (inference only).
+/// forward(ids, batch, cache) with the new tokens of each sequence (inference only), or
+/// next_token_logits(ids, batch, cache) for the logits of each sequence's last new token alone.
 ///
 /// Training at scale (tp/train/): set_grad_ready_hook(f) has backward call f(first, last) as soon
 /// as the gradients of parameters()[first, last) are final (after each layer's backward, after the
@@ -228,17 +229,29 @@ class Transformer {
   /// Decoders: batch.lengths[b] new tokens of cached sequence b, after what `cache` holds; returns
   /// their logits. Inference only (no backward).
   const Tensor<T, Device>& forward(ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
-    TP_CHECK(config_.decoder(), "{}: a KV cache is for decoders; BERT attends in both directions", config_.model_type);
-    TP_CHECK(cache.layers.size() == layers_.size(), "{}: the cache has {} layers, the model {}", config_.model_type,
-             cache.layers.size(), layers_.size());
-    check_ids(ids, batch);
-    embed(ids, batch, {}, &cache);
-    for (std::size_t i = 0; i < layers_.size(); ++i) {
-      auto& l = *layers_[i];
-      add(l.attention.forward(l.norm1.forward(x_.view()).view(), batch, cache.layers[i]), x_);
-      add(l.mlp.forward(l.norm2.forward(x_.view()).view()), x_);
-    }
+    cached_layers_forward(ids, batch, cache);
     return head_forward();
+  }
+
+  /// Decoders: forward(ids, batch, cache), but only the logits that choose each sequence's next
+  /// token: row b is the logits after sequence b's last new token, [batch.lengths.size(),
+  /// vocab_range().size()]. The final norm and the LM head run on those rows alone, which spares a
+  /// prompt of n tokens n - 1 rows of the vocabulary projection (tp::generate's prefill). Every
+  /// sequence needs at least one new token. Inference only; valid until the next forward.
+  const Tensor<T, Device>& next_token_logits(ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
+    for (std::size_t b = 0; b < batch.lengths.size(); ++b)
+      TP_CHECK(batch.lengths[b] > 0,
+               "{}: next_token_logits needs a new token in every sequence; sequence {} of {} has {}", config_.model_type,
+               b, batch.lengths.size(), batch.lengths[b]);
+    cached_layers_forward(ids, batch, cache);
+    const auto sequences = static_cast<std::int64_t>(batch.lengths.size());
+    MatrixView<T> last = tp::detail::ensure(last_, ctx_, sequences, config_.hidden);
+    std::int64_t end = 0;
+    for (std::int64_t b = 0; b < sequences; ++b) {
+      end += batch.lengths[static_cast<std::size_t>(b)];
+      ctx_.device->copy(ConstView<T>(x_.view().rows_range(end - 1, 1)), last.rows_range(b, 1));
+    }
+    return head_forward(ConstView<T>(last));
   }
 
   /// The gradient of forward's output (same shape) -> every parameter's gradient, accumulated.
@@ -441,9 +454,24 @@ class Transformer {
     }
   }
 
-  const Tensor<T, Device>& head_forward() {
-    const auto& h = final_norm_->forward(x_.view());
+  const Tensor<T, Device>& head_forward() { return head_forward(ConstView<T>(x_.view())); }
+  const Tensor<T, Device>& head_forward(ConstView<T> x) {
+    const auto& h = final_norm_->forward(x);
     return tied_head_ ? tied_head_->forward(h.view()) : head_->forward(h.view());
+  }
+
+  /// x_ = the last hidden states (before the final norm) of the new tokens, through `cache`.
+  void cached_layers_forward(ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
+    TP_CHECK(config_.decoder(), "{}: a KV cache is for decoders; BERT attends in both directions", config_.model_type);
+    TP_CHECK(cache.layers.size() == layers_.size(), "{}: the cache has {} layers, the model {}", config_.model_type,
+             cache.layers.size(), layers_.size());
+    check_ids(ids, batch);
+    embed(ids, batch, {}, &cache);
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      auto& l = *layers_[i];
+      add(l.attention.forward(l.norm1.forward(x_.view()).view(), batch, cache.layers[i]), x_);
+      add(l.mlp.forward(l.norm2.forward(x_.view()).view()), x_);
+    }
   }
 
   Context<Device> ctx_;
@@ -453,7 +481,7 @@ class Transformer {
   std::vector<std::unique_ptr<TransformerLayer<T, Device>>> layers_;
   std::unique_ptr<ParallelLMHead<T, Device>> tied_head_;
   std::unique_ptr<ColumnParallelLinear<T, Device>> head_;
-  Tensor<T, Device> x_, dx_, sum_;
+  Tensor<T, Device> x_, dx_, sum_, last_;
   Tensor<std::int64_t, Device> positions_, types_;
   std::vector<KeptTensor> kept_;
   std::string checkpoint_prefix_;
