@@ -128,8 +128,9 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
 
   auto start = Clock::now();
   device->from_host(ConstView<std::int64_t>(prompt.data(), 1, n), ids.view());
-  std::int64_t token = detail::choose_last(ctx, detail::next_logits(model, ids.view(), AttentionBatch{.lengths = {n}}, cache),
-                                           vocab_range, vocab, options.sampling, 0);
+  std::int64_t token =
+      detail::choose_last(ctx, detail::next_logits(model, ids.view(), AttentionBatch{.lengths = {n}}, cache),
+                          vocab_range, vocab, options.sampling, 0);
   result.tokens.push_back(token);
   if (options.on_token) options.on_token(token);
   result.prefill_seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -138,8 +139,8 @@ GenerateResult generate(Model& model, std::span<const std::int64_t> prompt, std:
   Ids next(device, 1, 1);
   for (std::int64_t i = 1; i < max_new_tokens && !is_stop(token); ++i) {
     device->from_host(ConstView<std::int64_t>(&token, 1, 1), next.view());
-    token = detail::choose_last(ctx, detail::next_logits(model, next.view(), AttentionBatch{.lengths = {1}}, cache), vocab_range,
-                                vocab, options.sampling, static_cast<std::uint64_t>(i));
+    token = detail::choose_last(ctx, detail::next_logits(model, next.view(), AttentionBatch{.lengths = {1}}, cache),
+                                vocab_range, vocab, options.sampling, static_cast<std::uint64_t>(i));
     result.tokens.push_back(token);
     if (options.on_token) options.on_token(token);
   }

@@ -61,7 +61,8 @@ class ParallelLMHead {
       dev.copy(x, input);
     const ConstView<T> table = embedding_->weight();
     // A linear layer's forward (the streaming kernels at few tokens, as the other layers' at decode).
-    tp::ops::linear_forward<T>(dev, ConstView<T>(input), table, ConstView<T>{}, detail::ensure(logits_, ctx, tokens, table.rows));
+    tp::ops::linear_forward<T>(dev, ConstView<T>(input), table, ConstView<T>{},
+                               detail::ensure(logits_, ctx, tokens, table.rows));
     saved_.on_forward();
     return logits_;
   }
