@@ -9,6 +9,7 @@
 
 #include "common/harness.hpp"
 #include "tp/train/trainer.hpp"
+#include "train/tiny_training.hpp"
 
 namespace tp {
 namespace {
@@ -38,23 +39,12 @@ TEST(CpuMemory, CountsAllocationsAndThePeak) {
   EXPECT_EQ(c.device().memory_allocated(), 100);
 }
 
-/// A Llama of 6 layers (GPT-2 when !llama) whose activations outweigh its weights; uneven splits at TP 3.
+/// The trainer tests' tiny Llama (GPT-2 when !llama), with 6 layers and room for 32 positions, so
+/// that its activations outweigh its weights; uneven splits at TP 3.
 models::TransformerConfig config(bool llama, bool uneven) {
-  models::TransformerConfig c;
-  c.arch = llama ? models::Architecture::llama : models::Architecture::gpt2;
-  c.model_type = llama ? "llama" : "gpt2";
-  c.vocab = uneven ? 257 : 64;
-  c.hidden = uneven ? 36 : 32;
-  c.heads = uneven ? 6 : 4;
-  c.kv_heads = uneven ? 3 : 2;
-  c.head_dim = c.hidden / c.heads;
+  models::TransformerConfig c = tiny_training::tiny_config(llama, uneven);
   c.layers = 6;
-  c.ffn = uneven ? 100 : 48;
   c.max_positions = 64;
-  c.rope_theta = llama ? 10000 : 0;
-  c.tie_embeddings = !llama;
-  c.qkv_bias = c.dense_bias = c.mlp_bias = !llama;
-  c.activation = llama ? Activation::swiglu : Activation::gelu_tanh;
   return c;
 }
 

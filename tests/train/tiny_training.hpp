@@ -1,6 +1,6 @@
 #pragma once
 /// The tiny models, batches and training loop that the tp::Trainer test bodies share
-/// (trainer_test.cpp, precision_test.cpp).
+/// (trainer_test.cpp, precision_test.cpp; memory_test.cpp takes the config).
 
 #include <cstdint>
 #include <filesystem>
