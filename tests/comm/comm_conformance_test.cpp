@@ -87,17 +87,17 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
   });
 }
 
-/// Around 2 KiB, where MPI's verified all_reduce (three ranks or more) switches from carrying the
-/// data with its call signature (one message to every peer, reduced on the host) to the signature
-/// exchange followed by MPI's own all_reduce; and nothing at all. Every backend runs it.
+/// Around the sizes where a verified all_reduce switches from carrying its data with its call
+/// signature (reduced on the host) to the signature exchange followed by the backend's own
+/// all_reduce: 2 KiB on MPI, 64 KiB on Gloo; and nothing at all. Every backend runs it.
 TYPED_TEST(Collectives, AllReduceOnBothSidesOfTheFusedSize) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    const std::size_t fused = 2048 / sizeof(T);
-    for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
-      for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
-        check_all_reduce<T>(*comm, op, n);
-      }
+    for (std::size_t fused : {2048 / sizeof(T), 65536 / sizeof(T)})
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
+        for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
+          check_all_reduce<T>(*comm, op, n);
+        }
   });
 }
 
@@ -310,6 +310,22 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
     expect_disagreement(*comm, reduce(8, ReduceOp::sum),
                         [&](Communicator& c) { c.all_reduce_async(f.data(), f.data(), 7, DType::f32)->wait(); },
                         "all_reduce(8 x float32, sum)", "all_reduce(7 x float32, sum)");
+    // The same across Gloo's fused size (64 KiB), and two calls that both fit it but differ by one
+    // element at its very end: every rank pads its message to the same size, whatever it called.
+    constexpr std::size_t gloo_fused = 65536 / sizeof(float);
+    test::Buffer<float> huge(gloo_fused + 1, 1.f);
+    const auto reduce_huge = [&](std::size_t n) {
+      return [&, n](Communicator& c) { c.all_reduce(huge.data(), huge.data(), n, DType::f32); };
+    };
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum), reduce_huge(gloo_fused + 1), "all_reduce(8 x float32, sum)",
+                        fmt::format("all_reduce({} x float32, sum)", gloo_fused + 1));
+    expect_disagreement(*comm, reduce_huge(gloo_fused), reduce_huge(gloo_fused + 1),
+                        fmt::format("all_reduce({} x float32, sum)", gloo_fused),
+                        fmt::format("all_reduce({} x float32, sum)", gloo_fused + 1));
+    expect_disagreement(*comm, reduce_huge(gloo_fused), reduce_huge(gloo_fused - 1),
+                        fmt::format("all_reduce({} x float32, sum)", gloo_fused),
+                        fmt::format("all_reduce({} x float32, sum)", gloo_fused - 1));
+    for (float v : huge) ASSERT_EQ(v, 1.f) << "a rejected all_reduce wrote its buffer";
     for (float v : f) ASSERT_EQ(v, 1.f) << "a rejected all_reduce wrote its buffer";
     expect_disagreement(*comm, [&](Communicator& c) { c.broadcast(std::span<float>(f), 0); },
                         [&](Communicator& c) { c.broadcast(std::span<float>(f), last); },

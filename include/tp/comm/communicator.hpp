@@ -195,22 +195,28 @@ class Communicator {
   /// Gathers every rank's packed call signature (CallSignature::words integers each, in rank
   /// order) into `all`; both live in host memory. The default is an all-gather on the backend;
   /// backends whose buffers must live elsewhere (device memory) override it.
+  /// A backend with fused verification (fused_capacity() > 0) sends them as bare messages of
+  /// do_exchange_messages instead, so that they meet a peer's fused all_reduce in the same exchange.
   virtual void do_exchange_signatures(const std::int64_t* mine, std::int64_t* all) {
+    if (fused_capacity() > 0) return exchange_bare_signatures(mine, all);
     const std::vector<std::size_t> counts(size(), detail::CallSignature::words);
     do_all_gather_v(mine, all, counts, DType::i64, nullptr);
   }
 
   /// Fused verification (optional; zero turns it off). The most payload bytes a message of
-  /// do_exchange_messages may carry after its signature: the same on every rank, since a rank
-  /// receives every peer's message into that much room. A backend that implements it must also
-  /// exchange bare signatures through do_exchange_messages (with no payload), so that a rank on the
-  /// fused path and a peer verifying another call meet in the same messages and both see the
-  /// mismatch.
+  /// do_exchange_messages may carry after its signature: the same on every rank (it depends on the
+  /// world size at most), since a rank receives every peer's message into that much room. Bare
+  /// signatures then travel through do_exchange_messages too (with no payload; the default
+  /// do_exchange_signatures), so that a rank on the fused path and a peer verifying another call
+  /// meet in the same messages and both see the mismatch.
   virtual std::size_t fused_capacity() const { return 0; }
   /// Sends the `bytes` at `mine` (a packed signature, then up to fused_capacity() payload bytes)
   /// to every peer and receives each peer q's message at `all + q * stride`, stride being
-  /// fused_stride(); rank() 's own slot is left alone. Returns once every message has arrived and
-  /// every send is complete; throws CommError on failure or timeout.
+  /// fused_stride(); rank()'s own slot may be used as the backend's send buffer (`mine` never lies
+  /// in it). Whatever a rank calls, the exchange must have the same shape on every rank (room for
+  /// the largest message from each peer, or every message padded to the stride), so that ranks
+  /// that disagree still complete it. Returns once every message has arrived and every send is
+  /// complete; throws CommError on failure or timeout.
   virtual void do_exchange_messages(const std::byte* /*mine*/, std::size_t /*bytes*/, std::byte* /*all*/) {
     TP_THROW(CommError, "{} communicator: no message exchange for fused verification", backend());
   }
@@ -233,6 +239,18 @@ class Communicator {
       rethrow_exchange_failure(call, e);
     }
     detail::check_signatures(all, size(), rank(), backend());
+  }
+  /// Bare signatures as messages of do_exchange_messages (fused verification on).
+  void exchange_bare_signatures(const std::int64_t* mine, std::int64_t* all) {
+    constexpr std::size_t words = detail::CallSignature::words, head = words * sizeof(std::int64_t);
+    const std::size_t stride = fused_stride();
+    const int n = size(), me = rank();
+    signature_room_.resize(stride * static_cast<std::size_t>(n));
+    do_exchange_messages(reinterpret_cast<const std::byte*>(mine), head, signature_room_.data());
+    for (int q = 0; q < n; ++q)
+      std::memcpy(all + words * static_cast<std::size_t>(q),
+                  q == me ? static_cast<const void*>(mine) : signature_room_.data() + stride * static_cast<std::size_t>(q),
+                  head);
   }
   [[noreturn]] void rethrow_exchange_failure(const detail::CallSignature& call, const CommError& e) const {
     TP_THROW(CommError, "{} communicator, rank {} of {}: exchanging call signatures before {}: {}", backend(), rank(),
@@ -294,7 +312,7 @@ class Communicator {
 
   bool verify_ = true;
   // Reused by fused_all_reduce: every rank's message, then this rank's; the signatures; the inputs.
-  std::vector<std::byte> scratch_;
+  std::vector<std::byte> scratch_, signature_room_;
   std::vector<std::int64_t> signatures_;
   std::vector<const void*> sources_;
 };
