@@ -11,12 +11,13 @@
 /// compare them, so that ranks that disagree all throw the same CommError naming the ranks and each
 /// call, before any of the caller's buffers is written, instead of hanging or returning garbage.
 /// On its own the exchange is one small all-gather per collective. Backends that implement the
-/// message hooks (`fused_capacity`, `do_exchange_messages`: MPI) carry a small all_reduce's data in
-/// the same messages as its signature, one message to every peer, and reduce locally once every
-/// signature matched, so verification adds no round trip there (bench/comm_bench.cpp measures
-/// both). Switch it off with `set_verify_collectives(false)` on every rank alike, never on some
+/// message hooks (`fused_capacity`, `do_exchange_messages`: MPI and Gloo) carry a small
+/// all_reduce's data in the same exchange as its signature and reduce locally once every signature
+/// matched, so verification adds no round trip there (bench/comm_bench.cpp measures both;
+/// docs/design.md says why the data of larger calls cannot move before the check). Switch it off with `set_verify_collectives(false)` on every rank alike, never on some
 /// ranks only.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -220,6 +221,11 @@ class Communicator {
   virtual void do_exchange_messages(const std::byte* /*mine*/, std::size_t /*bytes*/, std::byte* /*all*/) {
     TP_THROW(CommError, "{} communicator: no message exchange for fused verification", backend());
   }
+  /// The largest all_reduce (in bytes) that goes the fused way, at least fused_capacity(): its
+  /// first fused_capacity() bytes travel with the signature, the rest in an all-gather
+  /// (do_all_gather_v) that starts only once every signature matched, so every rank knows the
+  /// sizes agree. Worth it where the backend's all_reduce takes more steps than two exchanges.
+  virtual std::size_t fused_limit() const { return fused_capacity(); }
   std::size_t fused_stride() const { return detail::CallSignature::words * sizeof(std::int64_t) + fused_capacity(); }
 
  private:
@@ -261,17 +267,20 @@ class Communicator {
   /// buffers, a dtype the host reduces, and a payload that fits every peer's room.
   bool fuses(const detail::CallSignature& call, Stream stream) const {
     return verify_ && size() > 1 && fused_capacity() > 0 && stream == nullptr && call.dtype != DType::f16 && call.dtype != DType::bf16 &&
-           call.count <= fused_capacity() / size_of(call.dtype);
+           call.count <= std::max(fused_capacity(), fused_limit()) / size_of(call.dtype);
   }
 
-  /// A verified all_reduce in one round: every rank sends its signature and its whole input to
-  /// every peer, checks every peer's signature, and only then reduces the inputs on the host in
-  /// rank order (the same result on every rank, as the backends' own all_reduce gives). Ranks that
-  /// disagree throw before `recv` is written; the peers' payloads (the bytes each sent, which
-  /// never exceed the room for them) land in scratch memory only.
+  /// A verified all_reduce in one round: every rank sends its signature and its input (up to
+  /// fused_capacity() bytes of it) to every peer, checks every peer's signature, and only then
+  /// gathers the rest of the inputs, if any, and reduces them on the host in rank order (the same
+  /// result on every rank, as the backends' own all_reduce gives). Ranks that disagree throw before
+  /// `recv` is written and before any further data moves; the peers' payloads (the bytes each
+  /// sent, which never exceed the room for them) land in scratch memory only.
   void fused_all_reduce(const detail::CallSignature& call, const void* send, void* recv) {
     constexpr std::size_t words = detail::CallSignature::words, head = words * sizeof(std::int64_t);
-    const std::size_t bytes = call.count * size_of(call.dtype), stride = fused_stride();
+    const std::size_t elem = size_of(call.dtype), stride = fused_stride();
+    const std::size_t first = std::min(call.count, fused_capacity() / elem), rest = call.count - first;
+    const std::size_t bytes = first * elem;
     const int n = size(), me = rank();
     scratch_.resize(stride * static_cast<std::size_t>(n) + head + bytes);
     std::byte* all = scratch_.data();
@@ -285,14 +294,25 @@ class Communicator {
       rethrow_exchange_failure(call, e);
     }
     signatures_.resize(words * static_cast<std::size_t>(n));
-    sources_.resize(static_cast<std::size_t>(n));
+    sources_.resize(2 * static_cast<std::size_t>(n));
     for (int q = 0; q < n; ++q) {
       const std::byte* from = q == me ? message : all + stride * static_cast<std::size_t>(q);
       std::memcpy(signatures_.data() + words * static_cast<std::size_t>(q), from, head);
       sources_[static_cast<std::size_t>(q)] = q == me ? send : from + head;
     }
     detail::check_signatures(signatures_, n, me, backend());
-    detail::reduce_host(call.dtype, call.reduce, sources_.data(), n, 0, call.count, recv, "fused all_reduce");
+    if (rest > 0) {  // every rank's count is known to be the same now
+      const std::size_t rest_bytes = rest * elem;
+      rest_.resize(rest_bytes * static_cast<std::size_t>(n));
+      const std::vector<std::size_t> counts(static_cast<std::size_t>(n), rest);
+      do_all_gather_v(static_cast<const std::byte*>(send) + bytes, rest_.data(), counts, call.dtype, nullptr);
+      for (int q = 0; q < n; ++q)
+        sources_[static_cast<std::size_t>(n + q)] = rest_.data() + rest_bytes * static_cast<std::size_t>(q);
+    }
+    detail::reduce_host(call.dtype, call.reduce, sources_.data(), n, 0, first, recv, "fused all_reduce");
+    if (rest > 0)
+      detail::reduce_host(call.dtype, call.reduce, sources_.data() + n, n, 0, rest, static_cast<std::byte*>(recv) + bytes,
+                          "fused all_reduce");
   }
   static std::size_t total(std::span<const std::size_t> counts) {
     return std::accumulate(counts.begin(), counts.end(), std::size_t{0});
@@ -311,8 +331,9 @@ class Communicator {
   }
 
   bool verify_ = true;
-  // Reused by fused_all_reduce: every rank's message, then this rank's; the signatures; the inputs.
-  std::vector<std::byte> scratch_, signature_room_;
+  // Reused by fused_all_reduce: every rank's message, then this rank's; the signatures; the inputs
+  // (their first parts, then the rest, gathered); the bare signatures' messages.
+  std::vector<std::byte> scratch_, signature_room_, rest_;
   std::vector<std::int64_t> signatures_;
   std::vector<const void*> sources_;
 };

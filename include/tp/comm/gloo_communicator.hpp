@@ -257,16 +257,24 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
-  /// Fused verification (Communicator::fused_all_reduce): an all_reduce of up to 64 KiB travels
-  /// with its signature in one all-gather of fixed-size messages, signature and payload padded to
-  /// the stride, and is reduced on the host once every signature matched; bare signatures (every
-  /// other verified call) travel in the same all-gather. Every rank sends and receives the same
-  /// bytes whatever it called, so ranks that disagree complete the exchange and all see the
-  /// mismatch. A ring all-gather takes n-1 steps where gloo's ring all_reduce takes 2(n-1), and
-  /// below 64 KiB a step costs gloo's TCP round trip, not the bytes, so the fused call is no
-  /// slower than gloo's all_reduce alone and the padding costs little (docs/design.md).
+  /// Fused verification (Communicator::fused_all_reduce): the first 64 KiB of an all_reduce travel
+  /// with its signature in one all-gather of fixed-size messages (signature and payload padded to
+  /// the stride), and the input is reduced on the host once every signature matched; bare
+  /// signatures (every other verified call) travel in the same all-gather. Every rank sends and
+  /// receives the same bytes whatever it called, so ranks that disagree complete the exchange and
+  /// all see the mismatch. A ring all-gather takes n-1 steps where gloo's ring all_reduce takes
+  /// 2(n-1), and at these sizes a step costs gloo's TCP round trip more than the bytes, so the
+  /// fused call is no slower than gloo's all_reduce alone and the padding costs little
+  /// (docs/design.md).
   static constexpr std::size_t fused_bytes = std::size_t{64} << 10;
   std::size_t fused_capacity() const override { return fused_bytes; }
+  /// Up to 1 MiB the rest of the input follows in a second all-gather once the signatures
+  /// matched: two rounds of messages, as many as gloo's ring all_reduce needs at two ranks (its
+  /// reduce-scatter and all-gather) and fewer than at more, each a TCP round trip that costs more
+  /// than the bytes below this size; above it the bytes (every rank receives every input, twice a
+  /// ring's) outweigh the round trip that the separate signature exchange costs.
+  static constexpr std::size_t fused_limit_bytes = std::size_t{1} << 20;
+  std::size_t fused_limit() const override { return fused_limit_bytes; }
 
   void do_exchange_messages(const std::byte* mine, std::size_t bytes, std::byte* all) override {
     check_usable("call signature exchange");

@@ -11,24 +11,55 @@
 
 namespace tp::detail {
 
+template <ReduceOp Op, class A>
+constexpr A combine(A acc, A v) {
+  if constexpr (Op == ReduceOp::sum) return acc + v;
+  if constexpr (Op == ReduceOp::prod) return acc * v;
+  if constexpr (Op == ReduceOp::min) return std::min(acc, v);
+  if constexpr (Op == ReduceOp::max) return std::max(acc, v);
+}
+
+/// One block of M elements (a compile-time count, which -O2's cheap vectorizer asks for): every
+/// source's block is read before dst's block is written.
+template <class T, ReduceOp Op, std::size_t M>
+void reduce_block(const void* const* srcs, int n, std::size_t offset, T* out) {
+  using A = accum_t<T>;
+  A acc[M];
+  const T* first = static_cast<const T*>(srcs[0]) + offset;
+  for (std::size_t i = 0; i < M; ++i) acc[i] = static_cast<A>(first[i]);
+  for (int q = 1; q < n; ++q) {
+    const T* src = static_cast<const T*>(srcs[q]) + offset;
+    for (std::size_t i = 0; i < M; ++i) acc[i] = combine<Op>(acc[i], static_cast<A>(src[i]));
+  }
+  for (std::size_t i = 0; i < M; ++i) out[i] = static_cast<T>(acc[i]);
+}
+
+/// In blocks that fit the L1 cache, so that dst may alias srcs[q] + offset, and the loops
+/// vectorize: the op is a template argument, not a switch per element. The last elements (fewer
+/// than a block) go one at a time. Each element is reduced in rank order, whatever the path.
+template <class T, ReduceOp Op>
+void reduce_blocks(const void* const* srcs, int n, std::size_t offset, std::size_t count, T* out) {
+  using A = accum_t<T>;
+  constexpr std::size_t block = 256;
+  std::size_t i = 0;
+  for (; i + block <= count; i += block) reduce_block<T, Op, block>(srcs, n, offset + i, out + i);
+  for (; i < count; ++i) {
+    A acc = static_cast<const T*>(srcs[0])[offset + i];
+    for (int q = 1; q < n; ++q) acc = combine<Op>(acc, static_cast<A>(static_cast<const T*>(srcs[q])[offset + i]));
+    out[i] = static_cast<T>(acc);
+  }
+}
+
 /// The 16-bit types accumulate in float and round once, so a sum over ranks is the correctly
 /// rounded float sum, not a chain of 16-bit roundings.
 template <class T>
 void reduce_typed(ReduceOp op, const void* const* srcs, int n, std::size_t offset, std::size_t count, void* dst) {
-  using A = accum_t<T>;
   T* out = static_cast<T*>(dst);
-  for (std::size_t i = 0; i < count; ++i) {
-    A acc = static_cast<const T*>(srcs[0])[offset + i];
-    for (int q = 1; q < n; ++q) {
-      const A v = static_cast<const T*>(srcs[q])[offset + i];
-      switch (op) {
-        case ReduceOp::sum: acc = acc + v; break;
-        case ReduceOp::prod: acc = acc * v; break;
-        case ReduceOp::min: acc = std::min(acc, v); break;
-        case ReduceOp::max: acc = std::max(acc, v); break;
-      }
-    }
-    out[i] = static_cast<T>(acc);  // every source is read before the write, so dst may alias srcs[q] + offset
+  switch (op) {
+    case ReduceOp::sum: return reduce_blocks<T, ReduceOp::sum>(srcs, n, offset, count, out);
+    case ReduceOp::prod: return reduce_blocks<T, ReduceOp::prod>(srcs, n, offset, count, out);
+    case ReduceOp::min: return reduce_blocks<T, ReduceOp::min>(srcs, n, offset, count, out);
+    case ReduceOp::max: return reduce_blocks<T, ReduceOp::max>(srcs, n, offset, count, out);
   }
 }
 
