@@ -62,7 +62,7 @@ if [ $quick -eq 1 ]; then
   peer_tokens=(8 512)
   worlds=(1 2)
 else
-  comm_args=(--benchmark_min_time=0.1)
+  comm_args=(--min-bytes=4 --benchmark_min_time=0.1)  # from 4 B: what verification costs a tiny all_reduce
   tokens=1,8,64,512,2048
   layer_args=(--hidden=1024 --benchmark_min_time=0.2)
   side_args=(--layers=column,row --modes=fwd,fwdbwd --hidden=1024,2048 --tokens=8,512 --sgemm=none --triad=none
