@@ -89,12 +89,12 @@ TYPED_TEST(Collectives, AllReduceEveryOpInPlaceAndOutOfPlace) {
 
 /// Around the sizes where a verified all_reduce changes ways: MPI carries up to 2 KiB with its
 /// call signature (reduced on the host), Gloo 64 KiB, and Gloo gathers the rest of the input up to
-/// 1 MiB after the signatures; above, the signature exchange is followed by the backend's own
+/// 256 KiB after the signatures; above, the signature exchange is followed by the backend's own
 /// all_reduce. And nothing at all. Every backend runs it.
 TYPED_TEST(Collectives, AllReduceOnBothSidesOfTheFusedSize) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
-    for (std::size_t fused : {std::size_t{2048} / sizeof(T), std::size_t{65536} / sizeof(T), std::size_t{1 << 20} / sizeof(T)})
+    for (std::size_t fused : {std::size_t{2048} / sizeof(T), std::size_t{65536} / sizeof(T), std::size_t{256 << 10} / sizeof(T)})
       for (ReduceOp op : {ReduceOp::sum, ReduceOp::max})
         for (std::size_t n : {std::size_t{0}, fused - 1, fused, fused + 1}) {
           check_all_reduce<T>(*comm, op, n);
@@ -313,9 +313,9 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
                         "all_reduce(8 x float32, sum)", "all_reduce(7 x float32, sum)");
     // The same across Gloo's fused size (64 KiB), and two calls that both fit it but differ by one
     // element at its very end: every rank pads its message to the same size, whatever it called.
-    // Then calls whose rest Gloo gathers after the signatures (up to 1 MiB) that differ, and one
+    // Then calls whose rest Gloo gathers after the signatures (up to 256 KiB) that differ, and one
     // across that limit: no rest may move before the signatures are compared.
-    constexpr std::size_t gloo_fused = 65536 / sizeof(float), gloo_limit = (1 << 20) / sizeof(float);
+    constexpr std::size_t gloo_fused = 65536 / sizeof(float), gloo_limit = (256 << 10) / sizeof(float);
     test::Buffer<float> huge(gloo_limit + 1, 1.f);
     const auto reduce_huge = [&](std::size_t n) {
       return [&, n](Communicator& c) { c.all_reduce(huge.data(), huge.data(), n, DType::f32); };

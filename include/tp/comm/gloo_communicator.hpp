@@ -268,12 +268,13 @@ class GlooCommunicator final : public Communicator {
   /// (docs/design.md).
   static constexpr std::size_t fused_bytes = std::size_t{64} << 10;
   std::size_t fused_capacity() const override { return fused_bytes; }
-  /// Up to 1 MiB the rest of the input follows in a second all-gather once the signatures
+  /// Up to 256 KiB the rest of the input follows in a second all-gather once the signatures
   /// matched: two rounds of messages, as many as gloo's ring all_reduce needs at two ranks (its
   /// reduce-scatter and all-gather) and fewer than at more, each a TCP round trip that costs more
-  /// than the bytes below this size; above it the bytes (every rank receives every input, twice a
-  /// ring's) outweigh the round trip that the separate signature exchange costs.
-  static constexpr std::size_t fused_limit_bytes = std::size_t{1} << 20;
+  /// than the bytes at this size; by 1 MiB the bytes (every rank receives every input, twice a
+  /// ring's at four ranks) outweighed the round trip that the separate signature exchange costs
+  /// (measured, docs/design.md).
+  static constexpr std::size_t fused_limit_bytes = std::size_t{256} << 10;
   std::size_t fused_limit() const override { return fused_limit_bytes; }
 
   void do_exchange_messages(const std::byte* mine, std::size_t bytes, std::byte* all) override {
