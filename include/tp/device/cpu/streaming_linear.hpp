@@ -44,22 +44,31 @@ using simd::load;
 using simd::store;
 using simd::Vec;
 
-/// Register blocking per instruction set: `rows` weight rows at a time, so that each load of x
-/// (and each load and store of dx) serves that many rows, and at most `tokens` tokens per pass over
-/// a block of rows, so that the accumulators stay in registers: forward keeps rows x tokens partial
-/// sums, a weight vector per row and an x vector; backward a weight and a dw vector per row and an
-/// x and a dx vector (the rows x tokens gradients are broadcast from L1). More tokens take several
-/// passes over the block of rows, which then comes from L1, not memory. AVX2 and SSE have 16 vector
-/// registers, AVX-512 32. Chosen by measurement (thread CPU time, 1 to 8 tokens, 4096x1024 and
-/// 1024x4096 weights, on an AVX-512 Xeon running each instruction set's code): AVX-512 4 rows x 6
-/// tokens and 4 x 5 beat 8 x 3 and 8 x 2 (backward at 8 tokens 3.4 against 5.0 ms); AVX2 4 x 3 and
-/// 4 x 2 (one register over in forward) beat 2 x 6 and 2 x 4 by 5-15% and 1 x 8 and 1 x 6 by 10-25%.
-template <Isa I>
+/// Register blocking per instruction set and token count: `rows` weight rows at a time, so that
+/// each load of x (and each load and store of dx) serves that many rows, and at most `tokens`
+/// tokens per pass over a block of rows, so that the accumulators stay in registers: forward keeps
+/// rows x tokens partial sums, a weight vector per row and an x vector; backward a weight and a dw
+/// vector per row and an x and a dx vector (the rows x tokens gradients are broadcast from L1, so
+/// the token count does not take registers). More tokens take several passes over the block of
+/// rows, which then comes from L1 or L2, not memory, but costs the arithmetic's loads again (and in
+/// backward dw's loads and stores). AVX2 and SSE have 16 vector registers, AVX-512 32. Chosen by
+/// measurement (thread CPU time, 1 to 16 tokens, 4096x1024 and 1024x4096 weights, on an AVX-512
+/// Xeon running each instruction set's code, weights in the last-level cache):
+///   forward, AVX-512: 4 rows x up to 6 tokens, but 3 x 8 (24 sums, one pass) at 7 and 8 tokens,
+///     0.96 against 1.05 ms at 8 (4 x 6 stays ahead at 4, 12 and 16: 1.36 against 1.80 ms at 12);
+///   forward, AVX2 and baseline: 3 x 4 (12 sums, 3 weights, one x: the 16 registers exactly) beat
+///     4 x 3 (one register over, so the weights were reloaded from memory operands) by 20-30% at
+///     4 and 8 tokens and 5-15% at 12 and 16, and 2 x 4, 2 x 6, 1 x 8 and 3 x 3 by 10-30%;
+///   backward, every instruction set: 4 rows x all 16 tokens in one pass beat the earlier 4 x 5
+///     (AVX-512) and 4 x 2 (AVX2) by 25-40% at 8 tokens (AVX2 2.2 against 3.6 ms per 16 MiB
+///     weight) and 35-50% at 12 and 16, and 8 x 4 and 6 x 4 by 30%; alike at 1 and 2 tokens.
+template <Isa I, int M>
 struct Blocking {
-  static constexpr int forward_rows = 4;
-  static constexpr int forward_tokens = I == Isa::avx512 ? 6 : 3;
+  static constexpr bool avx512 = I == Isa::avx512;
+  static constexpr int forward_rows = avx512 ? (M == 7 || M == 8 ? 3 : 4) : 3;
+  static constexpr int forward_tokens = avx512 ? (M == 7 || M == 8 ? 8 : 6) : 4;
   static constexpr int backward_rows = 4;
-  static constexpr int backward_tokens = I == Isa::avx512 ? 5 : 2;
+  static constexpr int backward_tokens = 16;
 };
 
 /// Tokens per pass for M tokens and at most `Max` per pass, as even as possible (8 tokens with 6
@@ -95,11 +104,11 @@ template <Isa I, class T, int M, int R>
     }
 }
 
-/// forward_block for all M tokens, in passes of at most Blocking<I>::forward_tokens.
+/// forward_block for all M tokens, in passes of at most Blocking<I, M>::forward_tokens.
 template <Isa I, class T, int M, int R>
 [[gnu::always_inline]] inline void forward_tokens(const T* x, std::int64_t ldx, const T* w, std::int64_t ldw, T beta,
                                                   T* y, std::int64_t ldy, std::int64_t k, std::int64_t j0) {
-  constexpr int C = kChunk<M, Blocking<I>::forward_tokens>, Full = M / C, Rest = M % C;
+  constexpr int C = kChunk<M, Blocking<I, M>::forward_tokens>, Full = M / C, Rest = M % C;
   for (int q = 0; q < Full; ++q) forward_block<I, T, C, R>(x + q * C * ldx, ldx, w, ldw, beta, y + q * C * ldy, ldy, k, j0);
   if constexpr (Rest > 0)
     forward_block<I, T, Rest, R>(x + Full * C * ldx, ldx, w, ldw, beta, y + Full * C * ldy, ldy, k, j0);
@@ -110,7 +119,7 @@ template <Isa I, class T, int M>
 [[gnu::always_inline]] inline void forward_rows(const T* x, std::int64_t ldx, const T* w, std::int64_t ldw, T beta,
                                                 T* y, std::int64_t ldy, std::int64_t k, std::int64_t j0,
                                                 std::int64_t j1) {
-  constexpr int R = Blocking<I>::forward_rows;
+  constexpr int R = Blocking<I, M>::forward_rows;
   std::int64_t j = j0;
   for (; j + R <= j1; j += R) forward_tokens<I, T, M, R>(x, ldx, w, ldw, beta, y, ldy, k, j);
   for (; j < j1; ++j) forward_tokens<I, T, M, 1>(x, ldx, w, ldw, beta, y, ldy, k, j);
@@ -163,13 +172,13 @@ template <Isa I, class T, int M, int R, DwStart Start>
     }
 }
 
-/// backward_block for all M tokens, in passes of at most Blocking<I>::backward_tokens; the first
+/// backward_block for all M tokens, in passes of at most Blocking<I, M>::backward_tokens; the first
 /// starts dw as Start says, the others add to it.
 template <Isa I, class T, int M, int R, DwStart Start>
 [[gnu::always_inline]] inline void backward_tokens(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx,
                                                    const T* w, std::int64_t ldw, T* dx, std::int64_t lddx, T beta,
                                                    T* dw, std::int64_t lddw, std::int64_t k, std::int64_t j0) {
-  constexpr int C = kChunk<M, Blocking<I>::backward_tokens>, Full = M / C, Rest = M % C;
+  constexpr int C = kChunk<M, Blocking<I, M>::backward_tokens>, Full = M / C, Rest = M % C;
   backward_block<I, T, C, R, Start>(dy, lddy, x, ldx, w, ldw, dx, lddx, beta, dw, lddw, k, j0);
   for (int q = 1; q < Full; ++q)
     backward_block<I, T, C, R, DwStart::add>(dy + q * C * lddy, lddy, x + q * C * ldx, ldx, w, ldw, dx + q * C * lddx,
@@ -184,7 +193,7 @@ template <Isa I, class T, int M>
 [[gnu::always_inline]] inline void backward_rows(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx,
                                                  const T* w, std::int64_t ldw, T* dx, std::int64_t lddx, T beta, T* dw,
                                                  std::int64_t lddw, std::int64_t k, std::int64_t j0, std::int64_t j1) {
-  constexpr int R = Blocking<I>::backward_rows;
+  constexpr int R = Blocking<I, M>::backward_rows;
   std::int64_t j = j0;
   if (beta == T(0)) {
     for (; j + R <= j1; j += R)
