@@ -395,8 +395,10 @@ class ParallelAttention {
     else
       dev.copy(x, input);
     MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
-    dev.gemm(Op::n, Op::t, T(1), ConstView<T>(input), weight_.view(), T(0), qkv);
-    if (options_.bias) tp::ops::add_bias(dev, qkv, bias_.view());
+    // Through the linear op, not a bare GEMM: at few tokens (decoding) it takes the CPU's streaming
+    // kernels, where Cpu::gemm would run a GEMV per token.
+    tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(),
+                               options_.bias ? ConstView<T>(bias_.view()) : ConstView<T>{}, qkv);
     return qkv;
   }
 
