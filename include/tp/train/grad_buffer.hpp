@@ -31,7 +31,7 @@
 /// parameter's gradient is copied to the host when the hook reports it, and the DP reductions go
 /// through device buffers (tp/train/host_collectives.hpp) and block: the CUDA path is correct but
 /// does not overlap communication with the backward nor keep the main gradients on the GPU
-/// (docs/design.md, "Training on tp::Cuda").
+/// (docs/design.md, "Training at scale").
 
 #include <algorithm>
 #include <cstdint>
