@@ -163,6 +163,9 @@ if [ "$mode" = tests ]; then
   [ -d "$work/openblas" ] || tar -xJf "$deps/openblas.tar.xz" -C "$work"
   mode_flags=(-DTP_BUILD_TESTS=ON -DTP_BUILD_GPU_BENCH=OFF -DTP_CUDA_TEST_UNITS="${TP_CUDA_TEST_UNITS:-$jobs}"
     -DCMAKE_PREFIX_PATH="$work/openblas" -DGTest_DIR="$gtest_dir")
+  # nlohmann json (tp::io): the models and the trainer on the GPU (tp_cuda_train_tests); packed since
+  # scripts/pack-gpu-deps.sh carries it, absent from older .deps/ (those binaries are then not built).
+  [ -d "$deps/nlohmann_json" ] && mode_flags+=(-Dnlohmann_json_DIR="$deps/nlohmann_json/share/cmake/nlohmann_json")
 else
   mode_flags=(-DTP_BUILD_TESTS=OFF -DTP_BUILD_GPU_BENCH=ON
     -Dbenchmark_DIR="$deps/benchmark/lib/x86_64-linux-gnu/cmake/benchmark")
@@ -198,6 +201,8 @@ if [ "$mode" = tests ]; then
   targets=$test_targets
   [ -n "$targets" ] || { note "- no CUDA test binary in this configuration (build.log)"; finish "nothing to build" 2; }
   echo "$test_targets" | grep -q tp_nccl_tests || note "- tp_nccl_tests: not in this configuration (no NCCL found), not built"
+  echo "$test_targets" | grep -q tp_cuda_train_tests ||
+    note "- tp_cuda_train_tests: not in this configuration (no nlohmann json: rerun scripts/pack-gpu-deps.sh), not built"
 else
   targets=$bench_target
   [ -n "$bench_target" ] || { note "- tp_bench_gpu_layers is not in this configuration (Google Benchmark not found?)"; finish "nothing to run" 2; }

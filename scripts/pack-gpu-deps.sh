@@ -10,6 +10,8 @@
 #   .deps/src/googletest     /usr/src/googletest (Debian's googletest sources; built on the GPU machine)
 #   .deps/benchmark          Google Benchmark as Debian ships it (libbenchmark.so 1.7.1, headers, CMake files)
 #   .deps/fmt                {fmt} headers and a CMake package making fmt::fmt header-only
+#   .deps/nlohmann_json      nlohmann json (header-only) and its CMake package: tp::io, which the
+#                            models and the trainer need (tp_cuda_train_tests, tp_nccl_train_tests)
 #   .deps/openblas.tar.xz    a static OpenBLAS (only the members the project's cblas_* / openblas_* calls
 #                            pull in, read from the sources) and its headers: the CUDA tests' references run
 #                            on tp::Cpu (GEMM and GEMV)
@@ -55,6 +57,12 @@ if(PACKAGE_FIND_VERSION VERSION_EQUAL PACKAGE_VERSION)
   set(PACKAGE_VERSION_EXACT TRUE)
 endif()
 CMAKE
+
+echo "nlohmann_json <- /usr/include/nlohmann and its CMake package (header-only)"
+# The package's targets file finds the headers three directories above itself (share/cmake/<name>).
+mkdir -p "$deps/nlohmann_json/include" "$deps/nlohmann_json/share/cmake"
+cp -r /usr/include/nlohmann "$deps/nlohmann_json/include/"
+cp -r /usr/share/cmake/nlohmann_json "$deps/nlohmann_json/share/cmake/"
 
 echo "openblas <- Debian's static libopenblas, trimmed to the members tp links"
 archive=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.a

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -59,13 +60,16 @@ struct TrainRun {
   std::int64_t skipped = 0;                 ///< steps the trainer skipped (inf/nan gradients)
 };
 
-template <class T>
-std::vector<std::vector<double>> values(models::Transformer<T>& model) {
+/// This rank's parameters, on the host (copied from a device's memory).
+template <class T, class Device>
+std::vector<std::vector<double>> values(models::Transformer<T, Device>& model) {
   std::vector<std::vector<double>> out;
+  std::vector<T> host;
   for (const auto& p : model.parameters()) {
+    host.resize(static_cast<std::size_t>(p.value.size()));
+    model.context().device->to_host(ConstView<T>(p.value), MatrixView<T>(host.data(), p.value.rows, p.value.cols));
     auto& v = out.emplace_back();
-    for (std::int64_t r = 0; r < p.value.rows; ++r)
-      for (std::int64_t c = 0; c < p.value.cols; ++c) v.push_back(static_cast<double>(p.value(r, c)));
+    for (const T& x : host) v.push_back(static_cast<double>(x));
   }
   return out;
 }
@@ -74,21 +78,24 @@ inline AdamWOptions kAdamW{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8,
 
 /// Called before each step s (the trainer and s): plants faults, changes the loss scale; returns
 /// whether to take step s (false: batch s is left out, its loss recorded as NaN).
-template <class T>
-using BeforeStep = std::function<bool(Trainer<T>&, int)>;
+template <class T, class Device = Cpu>
+using BeforeStep = std::function<bool(Trainer<T, Device>&, int)>;
 
 /// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
 /// from `resume` and saving under `save` at the end when given. Without loss scaling every step
-/// must be applied.
-template <class T>
-TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
+/// must be applied. On a device (tp::Cuda: trainer_cuda_test.cu) the same steps, without
+/// checkpoints (training checkpoints are host-device only).
+template <class T, class Device = Cpu>
+TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
                const std::filesystem::path& resume = {}, const std::filesystem::path& save = {},
-               const BeforeStep<T>& before = {}) {
-  models::Transformer<T> model(mesh.tp_context(), config, 11);
+               const std::type_identity_t<BeforeStep<T, Device>>& before = {}) {
+  models::Transformer<T, Device> model(mesh.tp_context(), config, 11);
   options.adamw = kAdamW;
-  Trainer<T> trainer(mesh, model, options);
-  if (!resume.empty()) load_training_checkpoint(trainer, resume);
-  const Range rows = Trainer<T>::dp_rows(mesh, kRows);
+  Trainer<T, Device> trainer(mesh, model, options);
+  if constexpr (Device::on_host) {
+    if (!resume.empty()) load_training_checkpoint(trainer, resume);
+  }
+  const Range rows = Trainer<T, Device>::dp_rows(mesh, kRows);
   TrainRun run;
   std::vector<std::int64_t> ids, targets;
   for (int s = static_cast<int>(trainer.steps_done()); s < steps; ++s) {
@@ -105,7 +112,11 @@ TrainRun train(const Mesh<>& mesh, const models::TransformerConfig& config, int 
   }
   run.skipped = trainer.steps_skipped();
   run.params = values(model);
-  if (!save.empty()) save_training_checkpoint(trainer, save);
+  if constexpr (Device::on_host) {
+    if (!save.empty()) save_training_checkpoint(trainer, save);
+  } else {
+    TP_CHECK(resume.empty() && save.empty(), "tiny_training::train: no checkpoints on a device");
+  }
   return run;
 }
 

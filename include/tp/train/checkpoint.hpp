@@ -43,6 +43,17 @@ namespace tp {
 
 namespace detail {
 
+/// Training checkpoints read and write the model's weights and the communicators' buffers in host
+/// memory; a trainer on a device (tp::Cuda) is refused by name rather than handed device pointers.
+template <class Device>
+void require_host_trainer(const char* what) {
+  if constexpr (!Device::on_host)
+    TP_THROW(InvalidArgument,
+             "{}: training checkpoints of a trainer on a device (not tp::Cpu) are not supported yet; save the "
+             "model's weights (tp/io) or train on tp::Cpu to checkpoint",
+             what);
+}
+
 /// Full buckets of master weights and moments on every rank (ZeRO-1: all-gathered over DP).
 template <class T, class Device>
 struct FullOptimizerState {
@@ -103,6 +114,7 @@ FullOptimizerState<T, Device> gather_state(Trainer<T, Device>& trainer) {
 template <class T, class Device>
 std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, const std::filesystem::path& root,
                                                SafetensorsMetadata metadata = {}, int keep = 0) {
+  detail::require_host_trainer<Device>("save_training_checkpoint");
   const Mesh<Device>& mesh = trainer.mesh();
   auto& opt = trainer.optimizer();
   metadata["format"] = "tp.resume";
@@ -142,6 +154,7 @@ template <class T, class Device>
 SafetensorsMetadata load_training_checkpoint(
     Trainer<T, Device>& trainer, std::filesystem::path path,
     const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
+  detail::require_host_trainer<Device>("load_training_checkpoint");
   const Mesh<Device>& mesh = trainer.mesh();
   std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
   if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))

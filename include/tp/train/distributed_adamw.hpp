@@ -20,6 +20,11 @@
 /// (a replicated parameter on TP rank 1, say) makes the norm NaN all the same, since this rank
 /// updates it. A non-finite norm throws NumericalError
 /// naming the step, or (skip_non_finite) skips the step, leaving weights and moments untouched.
+///
+/// Master weights and moments live in host memory on every device and the update runs on the
+/// host (tp::ops::adamw_step on tp::Cpu). On tp::Cuda the model's weights are read from and
+/// written to device memory a parameter at a time (Device::to_host / from_host), and the norm's
+/// and ZeRO-1's collectives are staged through device buffers (tp/train/host_collectives.hpp).
 
 #include <cmath>
 #include <cstdint>
@@ -53,7 +58,6 @@ class DistributedAdamW {
       : grads_(&grads), options_(options) {
     // The checks of tp::AdamW's constructor, on no parameters.
     (void)AdamW<M, Device>(grads.mesh().tp_context(), {}, options);
-    const auto& params = grads.parameters();
     const auto& segs = grads.segments();
     for (std::size_t i = 0; i < grads.buckets().size(); ++i) {
       Shard s;
@@ -67,11 +71,9 @@ class DistributedAdamW {
       s.master.assign(n, M(0));
       s.exp_avg.assign(n, M(0));
       s.exp_avg_sq.assign(n, M(0));
-      for (const Piece& p : s.pieces)
-        for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(at(params[p.param].value, e));
       shards_.push_back(std::move(s));
     }
-    (void)params;
+    read_weights();
   }
 
   /// The L2 norm of the reduced main gradients over the whole model (see the header comment).
@@ -94,7 +96,7 @@ class DistributedAdamW {
       }
     }
     Communicator& comm = grads_->options().shard ? mesh.world() : mesh.tp_comm();
-    if (comm.size() > 1) comm.all_reduce(std::span<double>(&local, 1), ReduceOp::sum);
+    detail::host_all_reduce(comm, mesh.tp_context().device, std::span<double>(&local, 1));
     return std::sqrt(local);
   }
 
@@ -137,16 +139,15 @@ class DistributedAdamW {
     const auto& params = grads_->parameters();
     const auto& segs = grads_->segments();
     Communicator& dp = grads_->mesh().dp_comm();
+    const auto& dev = grads_->mesh().tp_context().device;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       Shard& s = shards_[i];
       if (grads_->options().shard && dp.size() > 1) {
         std::vector<M> full(static_cast<std::size_t>(grads_->buckets()[i].size));
-        dp.all_gather(std::span<const M>(s.master), std::span<M>(full));
-        for (std::size_t k : grads_->buckets()[i].params)
-          for (std::int64_t e = 0; e < segs[k].size; ++e) at(params[k].value, e) = static_cast<T>(full[segs[k].offset + e]);
+        detail::host_all_gather(dp, dev, std::span<const M>(s.master), std::span<M>(full));
+        for (std::size_t k : grads_->buckets()[i].params) store(k, 0, segs[k].size, full.data() + segs[k].offset);
       } else {
-        for (const Piece& p : s.pieces)
-          for (std::int64_t e = p.begin; e < p.end; ++e) at(params[p.param].value, e) = static_cast<T>(s.master[p.at + e - p.begin]);
+        for (const Piece& p : s.pieces) store(p.param, p.begin, p.end, s.master.data() + p.at);
       }
     }
   }
@@ -154,9 +155,18 @@ class DistributedAdamW {
   /// Reads the master weights back from the model's weights (after loading weights into it).
   void read_weights() {
     const auto& params = grads_->parameters();
+    std::vector<T> host;
     for (Shard& s : shards_)
-      for (const Piece& p : s.pieces)
-        for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(at(params[p.param].value, e));
+      for (const Piece& p : s.pieces) {
+        const MatrixView<T> v = params[p.param].value;
+        if constexpr (Device::on_host) {
+          for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(at(v, e));
+        } else {
+          host.resize(static_cast<std::size_t>(v.size()));
+          grads_->mesh().tp_context().device->to_host(ConstView<T>(v), MatrixView<T>(host.data(), v.rows, v.cols));
+          for (std::int64_t e = p.begin; e < p.end; ++e) s.master[p.at + e - p.begin] = static_cast<M>(host[e]);
+        }
+      }
   }
 
   double lr() const { return options_.lr; }
@@ -185,6 +195,23 @@ class DistributedAdamW {
     return p.sharded() ? p.copy == 0 : grads_->mesh().tp_rank() == 0;
   }
 
+  /// Writes elements [begin, end) of parameter k's weights (row-major) from `master`, rounded to T.
+  /// A device's weights are written whole (from_host): the pieces of a parameter on one rank then
+  /// cover it, which they do (without ZeRO-1, or at dp 1, a shard is its whole bucket).
+  void store(std::size_t k, std::int64_t begin, std::int64_t end, const M* master) {
+    const MatrixView<T> v = grads_->parameters()[k].value;
+    if constexpr (Device::on_host) {
+      for (std::int64_t e = begin; e < end; ++e) at(v, e) = static_cast<T>(master[e - begin]);
+    } else {
+      TP_CHECK(begin == 0 && end == v.size(),
+               "DistributedAdamW: parameter '{}' ({} elements) written in part ([{}, {})) on a device",
+               grads_->parameters()[k].name, v.size(), begin, end);
+      staged_.resize(static_cast<std::size_t>(v.size()));
+      for (std::int64_t e = 0; e < end; ++e) staged_[e] = static_cast<T>(master[e]);
+      grads_->mesh().tp_context().device->from_host(ConstView<T>(staged_.data(), v.rows, v.cols), v);
+    }
+  }
+
   /// Element e (row-major) of a parameter's view.
   template <class U>
   static U& at(MatrixView<U> v, std::int64_t e) {
@@ -196,6 +223,7 @@ class DistributedAdamW {
   AdamWOptions options_;
   std::vector<Shard> shards_;
   std::int64_t step_ = 0;
+  std::vector<T> staged_;  ///< a parameter's new weights on their way to a device
 };
 
 }  // namespace tp

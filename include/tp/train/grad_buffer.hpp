@@ -25,8 +25,13 @@
 ///
 /// Every DP rank must build the same layout: the constructor checks it collectively (the bucket
 /// sizes and a hash of the parameter names and shapes, all-gathered over the DP group) and throws
-/// naming the first rank and bucket that differ. The buffers live in host memory: a host device
-/// (tp::Cpu) only, for now.
+/// naming the first rank and bucket that differ.
+///
+/// The buffers live in host memory on every device. On tp::Cuda (Device::on_host false) a
+/// parameter's gradient is copied to the host when the hook reports it, and the DP reductions go
+/// through device buffers (tp/train/host_collectives.hpp) and block: the CUDA path is correct but
+/// does not overlap communication with the backward nor keep the main gradients on the GPU
+/// (docs/design.md, "Training at scale").
 
 #include <algorithm>
 #include <cstdint>
@@ -37,6 +42,7 @@
 
 #include "tp/comm/communicator.hpp"
 #include "tp/core/parameter.hpp"
+#include "tp/train/host_collectives.hpp"
 #include "tp/train/mesh.hpp"
 
 namespace tp {
@@ -59,8 +65,6 @@ struct GradSegment {
 
 template <class T, class M, class Device = Cpu>
 class GradBuffer {
-  static_assert(Device::on_host, "tp::GradBuffer keeps its main gradients in host memory: a host device only");
-
  public:
   struct Bucket {
     std::vector<std::size_t> params;  ///< indices into the parameter list, in backward order
@@ -113,8 +117,14 @@ class GradBuffer {
       Bucket& b = buckets_[s.bucket];
       TP_CHECK(!b.started, "GradBuffer: '{}' reported after its bucket {} was reduced", p.name, s.bucket);
       M* out = b.data.data() + s.offset;
-      for (std::int64_t r = 0; r < p.grad.rows; ++r)
-        for (std::int64_t c = 0; c < p.grad.cols; ++c) *out++ += static_cast<M>(p.grad(r, c));
+      if constexpr (Device::on_host) {
+        for (std::int64_t r = 0; r < p.grad.rows; ++r)
+          for (std::int64_t c = 0; c < p.grad.cols; ++c) *out++ += static_cast<M>(p.grad(r, c));
+      } else {
+        staged_.resize(static_cast<std::size_t>(p.grad.size()));
+        mesh_->tp_context().device->to_host(ConstView<T>(p.grad), MatrixView<T>(staged_.data(), p.grad.rows, p.grad.cols));
+        for (const T& g : staged_) *out++ += static_cast<M>(g);
+      }
       mesh_->tp_context().device->fill(p.grad, T(0));
       if (last_ && --b.pending == 0 && options_.overlap) start(s.bucket);
     }
@@ -177,15 +187,18 @@ class GradBuffer {
     b.started = true;
     Communicator& dp = mesh_->dp_comm();
     if (dp.size() == 1) return;
+    const auto& dev = mesh_->tp_context().device;
     if (options_.shard) {
       // The Communicator has no asynchronous reduce-scatter: this one blocks (still started as soon
       // as the bucket is final). In place: rank r's shard lands in its own place in the bucket.
       const auto [begin, end] = shard(i);
       std::vector<M> mine(static_cast<std::size_t>(end - begin));
-      dp.reduce_scatter(std::span<const M>(b.data), std::span<M>(mine));
+      detail::host_reduce_scatter(dp, dev, std::span<const M>(b.data), std::span<M>(mine));
       std::copy(mine.begin(), mine.end(), b.data.begin() + begin);
-    } else {
+    } else if constexpr (Device::on_host) {
       b.work = dp.all_reduce_async(b.data.data(), b.data.data(), b.data.size(), dtype_of<M>, ReduceOp::sum);
+    } else {
+      detail::host_all_reduce(dp, dev, std::span<M>(b.data));  // staged through device memory, blocking
     }
   }
 
@@ -196,7 +209,8 @@ class GradBuffer {
     if (dp.size() == 1) return;
     std::int64_t count = static_cast<std::int64_t>(buckets_.size());
     std::vector<std::int64_t> counts(static_cast<std::size_t>(dp.size()));
-    dp.all_gather(std::span<const std::int64_t>(&count, 1), std::span<std::int64_t>(counts));
+    const auto& dev = mesh_->tp_context().device;
+    detail::host_all_gather(dp, dev, std::span<const std::int64_t>(&count, 1), std::span<std::int64_t>(counts));
     for (int r = 0; r < dp.size(); ++r)
       TP_CHECK(counts[r] == count,
                "GradBuffer: DP rank {} has {} gradient buckets, DP rank {} has {}: the ranks of a DP group must "
@@ -217,7 +231,7 @@ class GradBuffer {
       mine.push_back(static_cast<std::int64_t>(h));
     }
     std::vector<std::int64_t> all(mine.size() * static_cast<std::size_t>(dp.size()));
-    dp.all_gather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
+    detail::host_all_gather(dp, dev, std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
     for (int r = 0; r < dp.size(); ++r)
       for (std::size_t i = 0; i < buckets_.size(); ++i) {
         const std::int64_t size = all[r * mine.size() + 2 * i], hash = all[r * mine.size() + 2 * i + 1];
@@ -234,6 +248,7 @@ class GradBuffer {
   std::vector<GradSegment> segments_;
   std::vector<Bucket> buckets_;
   bool last_ = true;
+  std::vector<T> staged_;  ///< a device's gradient on the host (Device::on_host false)
 };
 
 }  // namespace tp

@@ -22,6 +22,11 @@
 /// the 16-bit weights from them. f16 wants TrainerOptions::loss_scaling (DynamicLossScaler): the
 /// loss gradient carries the scale, a step with inf/nan gradients is skipped on every rank and the
 /// scale backed off.
+///
+/// Devices: Trainer<T, tp::Cuda> (float, bf16, f16) runs the model, the loss and the backward on
+/// the GPU; the main gradients, master weights and moments stay in host memory (tp/train/
+/// grad_buffer.hpp, distributed_adamw.hpp), so each step moves the gradients to the host and the
+/// weights back. Training checkpoints (tp/train/checkpoint.hpp) are host-device only for now.
 
 #include <cstdint>
 #include <optional>
@@ -99,7 +104,7 @@ class Trainer {
     double tokens = 0;
     for (std::int64_t r = 0; r < targets.rows; ++r)
       for (std::int64_t c = 0; c < targets.cols; ++c) tokens += targets(r, c) != kIgnore ? 1 : 0;
-    if (mesh_->dp() > 1) mesh_->dp_comm().all_reduce(std::span<double>(&tokens, 1), ReduceOp::sum);
+    detail::host_all_reduce(mesh_->dp_comm(), mesh_->tp_context().device, std::span<double>(&tokens, 1));
     TP_CHECK(tokens > 0, "Trainer: every target of the global batch is masked ({}); nothing to learn from", kIgnore);
     const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
     // The loss gradient seeds the backward with loss_scale / tokens in T. A 16-bit T rounds that
@@ -139,7 +144,7 @@ class Trainer {
       model_->backward(loss_fn_.backward(grad_loss_.view()).view());
     }
     grads_.finish();
-    if (mesh_->dp() > 1) mesh_->dp_comm().all_reduce(std::span<double>(&loss_sum, 1), ReduceOp::sum);
+    detail::host_all_reduce(mesh_->dp_comm(), mesh_->tp_context().device, std::span<double>(&loss_sum, 1));
 
     StepResult r{.loss = loss_sum / tokens, .lr = lr};
     if (unscale != 1.0) optimizer_.scale_grads(1.0 / unscale);
