@@ -103,6 +103,7 @@ FullOptimizerState<T, Device> gather_state(Trainer<T, Device>& trainer) {
 template <class T, class Device>
 std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, const std::filesystem::path& root,
                                                SafetensorsMetadata metadata = {}, int keep = 0) {
+  trainer.finish_param_sync();  // the model's weights whole, from the last step (ZeRO-1's overlapped gather)
   const Mesh<Device>& mesh = trainer.mesh();
   auto& opt = trainer.optimizer();
   metadata["format"] = "tp.resume";
@@ -142,6 +143,7 @@ template <class T, class Device>
 SafetensorsMetadata load_training_checkpoint(
     Trainer<T, Device>& trainer, std::filesystem::path path,
     const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
+  trainer.finish_param_sync();  // no gather of older weights may land after the loaded ones
   const Mesh<Device>& mesh = trainer.mesh();
   std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
   if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))
