@@ -184,7 +184,8 @@ TYPED_TEST(Collectives, GatherAndReduceScatterAsyncMatchBlocking) {
       comm->all_gather_v(std::span<const T>(mine), std::span<T>(want), std::span<const std::size_t>(counts));
       std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(displs[rank]));
       auto gather = comm->all_gather_v_async(std::span<const T>(mine), std::span<T>(got), counts);
-      auto gather_in_place = comm->all_gather_v_async(inplace.data() + displs[rank], inplace.data(), counts, dtype_of<T>);
+      auto gather_in_place =
+          comm->all_gather_v_async(inplace.data() + displs[rank], inplace.data(), counts, dtype_of<T>);
       gather_in_place->wait();
       gather->wait();
       EXPECT_EQ(got, want) << "all_gather_v_async, " << what;

@@ -310,7 +310,8 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<tp::Work> do_all_gather_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
                                                   DType dtype, Stream stream) override {
     const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
-    return on_side_stream("all_gather", total, dtype, stream, [&] { do_all_gather_v(send, recv, counts, dtype, side_); });
+    return on_side_stream("all_gather", total, dtype, stream,
+                          [&] { do_all_gather_v(send, recv, counts, dtype, side_); });
   }
   std::unique_ptr<tp::Work> do_reduce_scatter_v_async(const void* send, void* recv,
                                                       std::span<const std::size_t> counts, DType dtype, ReduceOp op,

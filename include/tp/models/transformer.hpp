@@ -28,11 +28,12 @@
 /// final norm and head, after the embeddings), which is when data-parallel reduction of their
 /// bucket may start; set_param_use_hook(f) has forward call f(first, last) before each part reads
 /// its weights (and parameters(), layer(i), an inference forward call it for all of them), which is
-/// where the all-gather of ZeRO-1's updated weights is waited for. set_recompute(full) keeps only each layer's input in forward (the layer runs
-/// under tp::NoGrad and then frees its buffers) and reruns the layer's forward just before its
-/// backward, freeing the buffers again after it: the same arithmetic on the same input, so the
-/// same gradients bit for bit, with one layer's activations alive at a time instead of all of
-/// them. `selective` is the same as `none`, see Recompute.
+/// where the all-gather of ZeRO-1's updated weights is waited for. set_recompute(full) keeps only
+/// each layer's input in forward (the layer runs under tp::NoGrad and then frees its buffers) and
+/// reruns the layer's forward just before its backward, freeing the buffers again after it: the
+/// same arithmetic on the same input, so the same gradients bit for bit, with one layer's
+/// activations alive at a time instead of all of them. `selective` is the same as `none`, see
+/// Recompute.
 
 #include <cstdint>
 #include <functional>

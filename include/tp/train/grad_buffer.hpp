@@ -14,9 +14,9 @@
 ///                            the bucket's shard buffer), while the backward of the earlier layers
 ///                            goes on.
 ///   finish()                 starts the buckets not started (no overlap: all of them, ZeRO-1's
-///                            reduce-scatters then blocking), waits for every started one (Work::wait) and, under ZeRO-1, copies
-///                            each reduced shard into its place in the bucket: call it before the
-///                            optimizer.
+///                            reduce-scatters then blocking), waits for every started one
+///                            (Work::wait) and, under ZeRO-1, copies each reduced shard into its
+///                            place in the bucket: call it before the optimizer.
 ///
 /// The loss gradient is scaled by 1 / (the global batch's token count), so the sum over the DP
 /// group is the global mean: no division after the reduction. Gradient accumulation over
