@@ -1,7 +1,8 @@
 /// tp::Trainer at scale on the CPU: one optimizer step of a small Llama-style model (examples/
 /// train_tiny_lm's llama architecture, float32, fp32 AdamW) over every TP x DP mesh of the world,
-/// with the data-parallel reduction overlapped with backward and without, and the memory per rank
-/// under ZeRO 0/1 and activation recomputation none/full.
+/// with the data-parallel reduction overlapped with backward and without, ZeRO-1 with asynchronous
+/// collectives and with blocking ones, and the memory per rank under ZeRO 0/1 and activation
+/// recomputation none/full.
 ///
 ///   mpirun -np 4 --oversubscribe build/bench/tp_bench_train --backend=mpi
 ///   build/bench/tp_bench_train --backend=local --world=4
@@ -9,6 +10,10 @@
 /// step/...: tokens/s of the global batch (the slowest rank's time; bench_world.hpp), cases in
 /// A B A B order (overlap on, off, on, off for each mesh, --rounds times) so that a shared,
 /// loaded machine weighs on both alike: compare the rows of one run, as ratios.
+///
+/// zero/...: the same at ZeRO-1 on the meshes with DP > 1, async:1 (each bucket's reduce-scatter
+/// started by the backward hook, the all-gathers of the new weights waited for by the next
+/// forward) against async:0 (blocking reduce-scatters and all-gathers inside the step), A B A B.
 ///
 /// memory/...: the bytes each rank holds, the largest over the ranks, counted where they live:
 /// tp::Cpu's allocation counter for the model's tensors (weights and gradients when built; the
@@ -120,7 +125,7 @@ int main(int argc, char** argv) {
              .ffn = 0, .seq_len = 64, .batch = 8, .seed = 1};
   s.bucket_size = 65536;
   int rounds = 2;
-  std::vector<std::string> parts{"step", "memory"};
+  std::vector<std::string> parts{"step", "zero", "memory"};
   app.add_option("--hidden", s.model.hidden)->capture_default_str();
   app.add_option("--layers", s.model.layers)->capture_default_str();
   app.add_option("--heads", s.model.heads)->capture_default_str();
@@ -135,7 +140,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--threads", s.threads, "BLAS threads per rank")->capture_default_str();
   app.add_option("--rounds", rounds, "A B rounds of the step cases (overlap on, off)")->capture_default_str();
-  app.add_option("--parts", parts, "step, memory")->delimiter(',')->capture_default_str();
+  app.add_option("--parts", parts, "step, zero, memory")->delimiter(',')->capture_default_str();
   try {
     return tp::bench::main(argc, argv, app, options, [&](const tp::bench::Options& o, int world) {
       std::vector<tp::bench::Case> cases;
@@ -144,6 +149,7 @@ int main(int argc, char** argv) {
         if (world % tp == 0 && s.model.heads % tp == 0) meshes.push_back({.tp = tp, .dp = world / tp});
       const bool steps = std::ranges::find(parts, "step") != parts.end();
       const bool memory = std::ranges::find(parts, "memory") != parts.end();
+      const bool zero_steps = std::ranges::find(parts, "zero") != parts.end();
       for (int r = 0; steps && r < rounds; ++r)
         for (const auto dims : meshes)
           for (const bool overlap : {true, false})
@@ -152,6 +158,19 @@ int main(int argc, char** argv) {
                              [=](const std::shared_ptr<tp::Communicator>& comm) -> std::unique_ptr<Runner> {
                                return std::make_unique<StepRunner>(comm, s, dims, tp::TrainerOptions{.bucket_size = s.bucket_size, .overlap = overlap});
                              }});
+      for (int r = 0; zero_steps && r < rounds; ++r)
+        for (const auto dims : meshes)
+          for (const bool async : {true, false}) {
+            if (dims.dp == 1) continue;  // ZeRO-1 shards over DP
+            cases.push_back({fmt::format("zero/{}/world:{}/tp:{}/dp:{}/async:{}/round:{}", o.backend, world, dims.tp,
+                                         dims.dp, async ? 1 : 0, r),
+                             [=](const std::shared_ptr<tp::Communicator>& comm) -> std::unique_ptr<Runner> {
+                               return std::make_unique<StepRunner>(
+                                   comm, s, dims,
+                                   tp::TrainerOptions{.zero = 1, .bucket_size = s.bucket_size, .overlap = async,
+                                                      .overlap_param_gather = async});
+                             }});
+          }
       for (const auto dims : meshes) {
         if (!memory || dims.dp == 1) continue;  // ZeRO-1 shards over DP
         for (const int zero : {0, 1})

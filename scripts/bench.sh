@@ -336,13 +336,14 @@ if [ $peer -eq 1 ] && [ -x "$finetune_bin" ] && [ -x "$venv/bin/python" ]; then
 fi
 
 # Training steps at 4 ranks over MPI (issue 25): tokens/s of tp::Trainer at TP 4, TP 2 x DP 2 and
-# DP 4 with the DP reduction overlapped and not, in A B A B order; memory per rank under ZeRO 0/1
+# DP 4 with the DP reduction overlapped and not, in A B A B order; ZeRO-1 with asynchronous and
+# blocking collectives, A B A B; memory per rank under ZeRO 0/1
 # and recomputation none/full beside the arithmetic.
 if [ -x "$build/bench/tp_bench_train" ] && [ $have_mpi -eq 1 ]; then
   train_log="$results/train.txt"
   train_time=$([ $quick -eq 1 ] && echo 0.2 || echo 2)
   mpirun -np 4 --oversubscribe --bind-to none "$build/bench/tp_bench_train" --backend=mpi \
-    --benchmark_min_time=$train_time --benchmark_color=false 2>/dev/null | grep -E "^(step|memory)" >"$train_log" ||
+    --benchmark_min_time=$train_time --benchmark_color=false 2>/dev/null | grep -E "^(step|zero|memory)" >"$train_log" ||
     echo "bench.sh: tp_bench_train failed" >&2
   {
     echo

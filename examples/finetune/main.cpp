@@ -22,6 +22,7 @@
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
+#include <tp/train/precision.hpp>
 #include <tp/io/file.hpp>
 
 #include "finetune/finetune.hpp"
@@ -195,9 +196,7 @@ int main(int argc, char** argv) {
     };
     tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
                [&](std::shared_ptr<tp::Communicator> comm) {
-                 if (precision == "bf16") train.template operator()<tp::bf16>(comm);
-                 else if (precision == "f16") train.template operator()<tp::f16>(comm);
-                 else train.template operator()<float>(comm);
+                 tp::with_precision(precision, [&]<class T>() { train.template operator()<T>(comm); });
                });
   } catch (const std::exception& e) {
     fmt::print(stderr, "finetune: {}\n", e.what());

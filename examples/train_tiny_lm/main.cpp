@@ -14,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
+#include <tp/train/precision.hpp>
 #include <tp/tp.hpp>
 
 #include <chrono>
@@ -209,9 +210,7 @@ int main(int argc, char** argv) {
     };
     tp::launch({.backend = backend, .world = world, .timeout = std::chrono::seconds(timeout)}, argc, argv,
                [&](std::shared_ptr<tp::Communicator> comm) {
-                 if (precision == "bf16") run.template operator()<tp::bf16>(comm);
-                 else if (precision == "f16") run.template operator()<tp::f16>(comm);
-                 else run.template operator()<float>(comm);
+                 tp::with_precision(precision, [&]<class T>() { run.template operator()<T>(comm); });
                });
   } catch (const std::exception& e) {
     fmt::print(stderr, "train_tiny_lm: {}\n", e.what());

@@ -165,6 +165,58 @@ TYPED_TEST(Collectives, ReduceScatterEvenAndUneven) {
   });
 }
 
+/// The asynchronous gathers and reduce-scatters give what the blocking ones give: even blocks,
+/// uneven ones with an empty block (rank 0's, from two ranks on), in place and out of place, two
+/// in flight at once and waited for in the other order.
+TYPED_TEST(Collectives, GatherAndReduceScatterAsyncMatchBlocking) {
+  using T = TypeParam;
+  on_ranks([](std::shared_ptr<Communicator> comm) {
+    const int world = comm->size(), rank = comm->rank();
+    std::vector<std::size_t> even(world, 21), uneven(world);
+    for (int q = 0; q < world; ++q) uneven[q] = static_cast<std::size_t>(partition(13, world, q).size());
+    if (world > 1) uneven[0] = 0;
+    for (const auto& counts : {even, uneven}) {
+      const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+      const auto displs = displacements(counts);
+      const std::string what = fmt::format("counts {}", counts);
+
+      const auto mine = rank_values<T>(rank, counts[rank]);
+      test::Buffer<T> want(total, T(-7)), got(total, T(-7)), inplace(total, T(-7));
+      comm->all_gather_v(std::span<const T>(mine), std::span<T>(want), std::span<const std::size_t>(counts));
+      std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(displs[rank]));
+      auto gather = comm->all_gather_v_async(std::span<const T>(mine), std::span<T>(got), counts);
+      auto gather_in_place =
+          comm->all_gather_v_async(inplace.data() + displs[rank], inplace.data(), counts, dtype_of<T>);
+      gather_in_place->wait();
+      gather->wait();
+      EXPECT_EQ(got, want) << "all_gather_v_async, " << what;
+      EXPECT_EQ(inplace, want) << "all_gather_v_async in place, " << what;
+
+      const auto send = rank_values<T>(rank, total);
+      test::Buffer<T> reduced(counts[rank], T(-7)), reduced_async(counts[rank], T(-7));
+      comm->reduce_scatter_v(std::span<const T>(send), std::span<T>(reduced), std::span<const std::size_t>(counts));
+      comm->reduce_scatter_v_async(std::span<const T>(send), std::span<T>(reduced_async), counts)->wait();
+      EXPECT_EQ(reduced_async, reduced) << "reduce_scatter_v_async, " << what;
+      for (std::size_t i = 0; i < counts[rank]; ++i)
+        ASSERT_EQ(reduced[i], reduce_expected<T>(ReduceOp::sum, world, displs[rank] + i)) << what;
+      for (std::size_t i = 0; i < total; ++i) ASSERT_EQ(send[i], value<T>(rank, i)) << "the input was written";
+    }
+
+    // The even forms, typed and untyped.
+    const std::size_t n = 17;
+    const auto block = rank_values<T>(rank, n);
+    test::Buffer<T> all(n * world, T(-7)), all_async(n * world, T(-7));
+    comm->all_gather(std::span<const T>(block), std::span<T>(all));
+    comm->all_gather_async(std::span<const T>(block), std::span<T>(all_async))->wait();
+    EXPECT_EQ(all_async, all) << "all_gather_async";
+    const auto send = rank_values<T>(rank, n * world);
+    test::Buffer<T> part(n, T(-7)), part_async(n, T(-7));
+    comm->reduce_scatter(std::span<const T>(send), std::span<T>(part), ReduceOp::max);
+    comm->reduce_scatter_async(send.data(), part_async.data(), n, dtype_of<T>, ReduceOp::max)->wait();
+    EXPECT_EQ(part_async, part) << "reduce_scatter_async max";
+  });
+}
+
 TYPED_TEST(Collectives, BroadcastFromEveryRoot) {
   using T = TypeParam;
   on_ranks([](std::shared_ptr<Communicator> comm) {
@@ -310,7 +362,7 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
                         "all_reduce(8 x float32, sum)");
     expect_disagreement(*comm, reduce(8, ReduceOp::sum),
                         [&](Communicator& c) { c.all_reduce_async(f.data(), f.data(), 7, DType::f32)->wait(); },
-                        "all_reduce(8 x float32, sum)", "all_reduce(7 x float32, sum)");
+                        "all_reduce(8 x float32, sum)", "all_reduce_async(7 x float32, sum)");
     // The same across Gloo's fused size (64 KiB), and two calls that both fit it but differ by one
     // element at its very end: every rank pads its message to the same size, whatever it called.
     // Then calls whose rest Gloo gathers after the signatures (up to 256 KiB) that differ, and one
@@ -335,6 +387,10 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
                         fmt::format("all_reduce({} x float32, sum)", gloo_limit),
                         fmt::format("all_reduce({} x float32, sum)", gloo_limit + 1));
     for (float v : huge) ASSERT_EQ(v, 1.f) << "a rejected all_reduce wrote its buffer";
+    // The same call, blocking on some ranks and asynchronous on others (MPI would not match them).
+    expect_disagreement(*comm, reduce(8, ReduceOp::sum),
+                        [&](Communicator& c) { c.all_reduce_async(f.data(), f.data(), 8, DType::f32)->wait(); },
+                        "all_reduce(8 x float32, sum)", "all_reduce_async(8 x float32, sum)");
     for (float v : f) ASSERT_EQ(v, 1.f) << "a rejected all_reduce wrote its buffer";
     expect_disagreement(*comm, [&](Communicator& c) { c.broadcast(std::span<float>(f), 0); },
                         [&](Communicator& c) { c.broadcast(std::span<float>(f), last); },
@@ -348,6 +404,47 @@ TEST(CollectiveVerification, RanksThatDisagreeAllGetCommErrorNamingBothCalls) {
     };
     expect_disagreement(*comm, gather(1), gather(2), fmt::format("all_gather_v({} x float32 in all", world),
                         fmt::format("all_gather_v({} x float32 in all", 2 * world));
+    // The asynchronous gathers and reduce-scatters with counts that differ between ranks (the
+    // same total, another split; another total), and against their blocking forms.
+    const auto counts_with = [&](std::size_t first) {
+      std::vector<std::size_t> counts(world, 1);
+      counts[0] = first;
+      counts[last] = 2 - first;  // `world` elements in all, whatever `first`
+      return counts;
+    };
+    const auto gather_async = [&](std::size_t first) {
+      return [&, first](Communicator& c) {
+        const auto counts = counts_with(first);
+        c.all_gather_v_async(f.data(), gathered.data(), counts, DType::f32)->wait();
+      };
+    };
+    const auto scatter_async = [&](std::size_t first) {
+      return [&, first](Communicator& c) {
+        const auto counts = counts_with(first);
+        c.reduce_scatter_v_async(gathered.data(), f.data(), counts, DType::f32)->wait();
+      };
+    };
+    const std::string same_total = fmt::format("{} x float32 in all, counts #", world);
+    expect_disagreement(*comm, gather_async(1), gather_async(2), "all_gather_v_async(" + same_total,
+                        "all_gather_v_async(" + same_total);
+    expect_disagreement(*comm, scatter_async(1), scatter_async(0), "reduce_scatter_v_async(" + same_total,
+                        "reduce_scatter_v_async(" + same_total);
+    expect_disagreement(*comm, scatter_async(1),
+                        [&](Communicator& c) {
+                          const auto counts = counts_with(1);
+                          c.reduce_scatter_v(gathered.data(), f.data(), counts, DType::f32);
+                        },
+                        "reduce_scatter_v_async(" + same_total, "reduce_scatter_v(" + same_total);
+    const auto gather_even_async = [&](std::size_t each) {
+      return [&, each](Communicator& c) { c.all_gather_async(f.data(), gathered.data(), each, DType::f32)->wait(); };
+    };
+    expect_disagreement(*comm, gather_even_async(2), gather_even_async(1), "all_gather_async(2 x float32)",
+                        "all_gather_async(1 x float32)");
+    const auto scatter_even_async = [&](ReduceOp op) {
+      return [&, op](Communicator& c) { c.reduce_scatter_async(gathered.data(), f.data(), 2, DType::f32, op)->wait(); };
+    };
+    expect_disagreement(*comm, scatter_even_async(ReduceOp::sum), scatter_even_async(ReduceOp::max),
+                        "reduce_scatter_async(2 x float32, sum)", "reduce_scatter_async(2 x float32, max)");
     expect_disagreement(*comm, [](Communicator& c) { c.barrier(); }, reduce(8, ReduceOp::sum), "barrier()",
                         "all_reduce(8 x float32, sum)");
   });

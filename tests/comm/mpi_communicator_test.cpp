@@ -33,6 +33,15 @@ TEST(MpiCommunicator, WithATimeoutEveryCollectiveStillWorks) {
     std::vector<std::int64_t> block(3);
     comm.reduce_scatter(std::span<const std::int64_t>(all), std::span<std::int64_t>(block));
     EXPECT_EQ(block[0], static_cast<std::int64_t>(n) * r);  // block r of every rank holds r
+    // The asynchronous gather and reduce-scatter (MPI_Iallgatherv, MPI_Ireduce_scatter), both in
+    // flight at once, their count arrays gone with the calls.
+    std::vector<std::int64_t> all_async(3 * n), block_async(3);
+    auto gather = comm.all_gather_async(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all_async));
+    auto scatter = comm.reduce_scatter_async(std::span<const std::int64_t>(all), std::span<std::int64_t>(block_async));
+    scatter->wait();
+    gather->wait();
+    EXPECT_EQ(all_async, all);
+    EXPECT_EQ(block_async, block);
     comm.broadcast(std::span<std::int64_t>(mine), n - 1);
     EXPECT_EQ(mine[0], n - 1);
     comm.barrier();
@@ -80,6 +89,28 @@ TEST(MpiCommunicator, PeerThatStopsIsACommErrorWithinTheTimeout) {
       }
       world->barrier();  // the peers were elsewhere all along
     }
+  });
+}
+
+/// The asynchronous forms time out as the blocking ones do, in wait(): rank 0 starts an
+/// all-gather and a reduce-scatter its peers never join (verification off, so that the start
+/// returns) and each wait() throws CommError naming the collective within the deadline.
+TEST(MpiCommunicator, AsyncCollectiveWithoutPeersTimesOutInWait) {
+  test::on_ranks([](std::shared_ptr<Communicator> world) {
+    if (world->size() == 1) GTEST_SKIP() << "needs a peer (mpirun -np 2 or more)";
+    MpiCommunicator comm(MPI_COMM_WORLD, {.timeout = 300ms});
+    comm.set_verify_collectives(false);
+    if (comm.rank() == 0) {
+      std::vector<float> mine(4, 1.f), all(4 * static_cast<std::size_t>(comm.size()));
+      const auto start = Clock::now();
+      auto gather = comm.all_gather_async(std::span<const float>(mine), std::span<float>(all));
+      EXPECT_THAT([&] { gather->wait(); }, ::testing::ThrowsMessage<CommError>(HasSubstr("all_gather (async)")));
+      auto scatter = comm.reduce_scatter_async(std::span<const float>(all), std::span<float>(mine));
+      EXPECT_THAT([&] { scatter->wait(); },
+                  ::testing::ThrowsMessage<CommError>(HasSubstr("reduce_scatter (async): rank 0 of")));
+      EXPECT_LT(Clock::now() - start, 5s);
+    }
+    world->barrier();  // the peers were elsewhere all along
   });
 }
 

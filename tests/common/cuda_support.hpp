@@ -137,6 +137,18 @@ class SyncedCommunicator final : public Communicator {
     inner_->reduce_scatter_v(send, recv, counts, dtype, op, stream);
     sync_(stream);
   }
+  std::unique_ptr<Work> do_all_gather_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                              DType dtype, Stream stream) override {
+    inner_->all_gather_v_async(send, recv, counts, dtype, stream)->wait();
+    sync_(stream);
+    return std::make_unique<CompletedWork>();
+  }
+  std::unique_ptr<Work> do_reduce_scatter_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                                  DType dtype, ReduceOp op, Stream stream) override {
+    inner_->reduce_scatter_v_async(send, recv, counts, dtype, op, stream)->wait();
+    sync_(stream);
+    return std::make_unique<CompletedWork>();
+  }
   void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream) override {
     inner_->broadcast(buffer, count, dtype, root, stream);
     sync_(stream);

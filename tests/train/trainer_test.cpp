@@ -124,7 +124,9 @@ TEST(Trainer, MeshesFollowOneRankFloat) {
 TEST(Trainer, MeshesFollowOneRankDouble) { meshes_follow_one_rank<double>(1e-12); }
 
 /// ZeRO-1 (and zero 0) over buckets against tp::AdamW over per-parameter all-reduces: the same
-/// parameters after 10 steps, double within 1e-12 (the global norm sums in another order).
+/// parameters after 10 steps, double within 1e-12 (the global norm sums in another order). ZeRO-1
+/// runs twice: with the asynchronous collectives (the reduce-scatters overlapping backward, the
+/// all-gathers the next forward: the defaults) and with blocking ones, which must agree bit for bit.
 TEST(Trainer, ZeroOneMatchesUnshardedAdamW) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     for (const MeshDims dims : meshes(comm->size())) {
@@ -138,7 +140,63 @@ TEST(Trainer, ZeroOneMatchesUnshardedAdamW) {
         for (std::size_t k = 0; k < got.params.size(); ++k)
           expect_close(got.params[k], want.params[k], 1e-12,
                        fmt::format("zero {} TP {} x DP {} parameter {}", zero, dims.tp, dims.dp, k));
+        if (zero == 0) continue;
+        const TrainRun blocking = train<double>(
+            mesh, config, 10, {.zero = 1, .bucket_size = 1500, .overlap = false, .overlap_param_gather = false});
+        EXPECT_EQ(got.losses, blocking.losses) << "TP " << dims.tp << " x DP " << dims.dp;
+        EXPECT_EQ(got.params, blocking.params) << "TP " << dims.tp << " x DP " << dims.dp;
       }
+    }
+  });
+}
+
+/// ZeRO-1's overlapped all-gather: after a step the buckets' gathers are in flight (DP > 1), the
+/// model's weights are the previous step's until a read through the model (here parameters())
+/// waits for them, and a forward waits for each bucket before the layers that read it.
+TEST(Trainer, ZeroOneGathersWeightsBeforeTheyAreRead) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    for (const MeshDims dims : meshes(comm->size())) {
+      if (dims.dp == 1) continue;
+      const Mesh<> mesh(comm, dims);
+      const auto config = tiny_config(true, dims.tp == 3);
+      models::Transformer<double> model(mesh.tp_context(), config, 11);
+      Trainer<double> trainer(mesh, model, {.zero = 1, .bucket_size = 1500, .adamw = kAdamW});
+      const std::size_t buckets = trainer.grads().buckets().size();
+      ASSERT_GT(buckets, 2u) << "the test wants several buckets";
+      const Range rows = Trainer<double>::dp_rows(mesh, kRows);
+      std::vector<std::int64_t> ids, targets;
+      auto step = [&](int s) {
+        global_batch(config.vocab, s, ids, targets);
+        const ConstView<std::int64_t> all_ids(ids.data(), kRows, kSeq), all_targets(targets.data(), kRows, kSeq);
+        return trainer.step(all_ids.block(rows.begin, 0, rows.size(), kSeq),
+                            all_targets.block(rows.begin, 0, rows.size(), kSeq), 1e-2);
+      };
+      step(0);
+      EXPECT_EQ(trainer.optimizer().params_in_flight(), buckets);
+      // Views taken earlier still see the weights before the step, every one of them, until a read
+      // through the model waits for the gathers.
+      const auto read = [](const std::vector<Parameter<double>>& params) {
+        std::vector<std::vector<double>> out;
+        for (const auto& p : params) {
+          auto& v = out.emplace_back();
+          for (std::int64_t e = 0; e < p.value.size(); ++e) v.push_back(p.value(e / p.value.cols, e % p.value.cols));
+        }
+        return out;
+      };
+      const auto views = trainer.grads().parameters();
+      const auto before = read(views);
+      const auto after = values(model);
+      EXPECT_EQ(trainer.optimizer().params_in_flight(), 0u);
+      ASSERT_EQ(before.size(), after.size());
+      for (std::size_t k = 0; k < before.size(); ++k)
+        EXPECT_NE(before[k], after[k]) << "parameter " << views[k].name << " was not updated, or not after the read";
+      EXPECT_EQ(read(views), after);
+      step(1);
+      // The forward of step 2 waits for every bucket, its first layers' first.
+      step(2);
+      EXPECT_EQ(trainer.optimizer().params_in_flight(), buckets);
+      trainer.finish_param_sync();
+      EXPECT_EQ(trainer.optimizer().params_in_flight(), 0u);
     }
   });
 }

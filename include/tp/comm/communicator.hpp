@@ -77,10 +77,18 @@ class Communicator {
     verify(call);
     do_all_reduce(send, recv, count, dtype, op, stream);
   }
+  /// The asynchronous forms (all_reduce_async, all_gather_async, all_gather_v_async,
+  /// reduce_scatter_async, reduce_scatter_v_async) check and verify their arguments as the
+  /// blocking ones do, before returning, and start the collective; its result is in `recv` once
+  /// `wait()` on the Work has returned. Until then neither buffer may be touched, and `counts`
+  /// need not outlive the call. Every rank must call the same form: MPI does not match a
+  /// non-blocking collective with a blocking one, so verification refuses the mix by name.
+  /// Where the backend has no asynchrony of its own (local, Gloo) the collective completes before
+  /// the call returns. A Work destroyed unwaited is completed by its destructor.
   std::unique_ptr<Work> all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype,
                                          ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
     check_enums(dtype, op, "all_reduce_async");
-    verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count});
+    verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count, .async = true});
     return do_all_reduce_async(send, recv, count, dtype, op, stream);
   }
 
@@ -91,6 +99,13 @@ class Communicator {
     const std::vector<std::size_t> counts(size(), count);
     do_all_gather_v(send, recv, counts, dtype, stream);
   }
+  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, std::size_t count, DType dtype,
+                                         Stream stream = nullptr) {
+    check_enums(dtype, ReduceOp::sum, "all_gather_async");
+    verify({.op = Collective::all_gather, .dtype = dtype, .count = count, .async = true});
+    const std::vector<std::size_t> counts(size(), count);
+    return do_all_gather_v_async(send, recv, counts, dtype, stream);
+  }
   /// Uneven blocks: rank r sends counts[r] elements, placed after those of ranks 0..r-1.
   void all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                     Stream stream = nullptr) {
@@ -99,6 +114,14 @@ class Communicator {
     verify({.op = Collective::all_gather_v, .dtype = dtype, .count = total(counts),
             .counts_hash = detail::hash_counts(counts)});
     do_all_gather_v(send, recv, counts, dtype, stream);
+  }
+  std::unique_ptr<Work> all_gather_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                           DType dtype, Stream stream = nullptr) {
+    check_counts(counts, "all_gather_v_async");
+    check_enums(dtype, ReduceOp::sum, "all_gather_v_async");
+    verify({.op = Collective::all_gather_v, .dtype = dtype, .count = total(counts),
+            .counts_hash = detail::hash_counts(counts), .async = true});
+    return do_all_gather_v_async(send, recv, counts, dtype, stream);
   }
 
   /// send holds size() blocks of `count`; rank r receives block r reduced over ranks.
@@ -109,6 +132,13 @@ class Communicator {
     const std::vector<std::size_t> counts(size(), count);
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
   }
+  std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, std::size_t count, DType dtype,
+                                             ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
+    check_enums(dtype, op, "reduce_scatter_async");
+    verify({.op = Collective::reduce_scatter, .dtype = dtype, .reduce = op, .count = count, .async = true});
+    const std::vector<std::size_t> counts(size(), count);
+    return do_reduce_scatter_v_async(send, recv, counts, dtype, op, stream);
+  }
   /// Uneven blocks: rank r receives counts[r] elements, taken after those of ranks 0..r-1.
   void reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                         ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
@@ -117,6 +147,14 @@ class Communicator {
     verify({.op = Collective::reduce_scatter_v, .dtype = dtype, .reduce = op, .count = total(counts),
             .counts_hash = detail::hash_counts(counts)});
     do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
+  }
+  std::unique_ptr<Work> reduce_scatter_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                               DType dtype, ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
+    check_counts(counts, "reduce_scatter_v_async");
+    check_enums(dtype, op, "reduce_scatter_v_async");
+    verify({.op = Collective::reduce_scatter_v, .dtype = dtype, .reduce = op, .count = total(counts),
+            .counts_hash = detail::hash_counts(counts), .async = true});
+    return do_reduce_scatter_v_async(send, recv, counts, dtype, op, stream);
   }
 
   void broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream = nullptr) {
@@ -173,6 +211,34 @@ class Communicator {
     reduce_scatter_v(send.data(), recv.data(), counts, dtype_of<T>, op, stream);
   }
   template <class T>
+  std::unique_ptr<Work> all_gather_async(std::span<const T> send, std::span<T> recv, Stream stream = nullptr) {
+    TP_CHECK(recv.size() == send.size() * size(),
+             "all_gather_async: receive buffer of {} elements, expected {} x {} ranks", recv.size(), send.size(),
+             size());
+    return all_gather_async(send.data(), recv.data(), send.size(), dtype_of<T>, stream);
+  }
+  template <class T>
+  std::unique_ptr<Work> all_gather_v_async(std::span<const T> send, std::span<T> recv,
+                                           std::span<const std::size_t> counts, Stream stream = nullptr) {
+    check_span_counts(send.size(), recv.size(), counts, "all_gather_v_async");
+    return all_gather_v_async(send.data(), recv.data(), counts, dtype_of<T>, stream);
+  }
+  template <class T>
+  std::unique_ptr<Work> reduce_scatter_async(std::span<const T> send, std::span<T> recv, ReduceOp op = ReduceOp::sum,
+                                             Stream stream = nullptr) {
+    TP_CHECK(send.size() == recv.size() * size(),
+             "reduce_scatter_async: send buffer of {} elements, expected {} x {} ranks", send.size(), recv.size(),
+             size());
+    return reduce_scatter_async(send.data(), recv.data(), recv.size(), dtype_of<T>, op, stream);
+  }
+  template <class T>
+  std::unique_ptr<Work> reduce_scatter_v_async(std::span<const T> send, std::span<T> recv,
+                                               std::span<const std::size_t> counts, ReduceOp op = ReduceOp::sum,
+                                               Stream stream = nullptr) {
+    check_span_counts(recv.size(), send.size(), counts, "reduce_scatter_v_async");
+    return reduce_scatter_v_async(send.data(), recv.data(), counts, dtype_of<T>, op, stream);
+  }
+  template <class T>
   void broadcast(std::span<T> data, int root, Stream stream = nullptr) {
     broadcast(data.data(), data.size(), dtype_of<T>, root, stream);
   }
@@ -192,6 +258,20 @@ class Communicator {
                                Stream stream) = 0;
   virtual void do_reduce_scatter_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                                    ReduceOp op, Stream stream) = 0;
+  /// As do_all_reduce_async: the default completes before returning. `counts` lives only for the
+  /// call; a backend whose collective outlives it keeps its own copy.
+  virtual std::unique_ptr<Work> do_all_gather_v_async(const void* send, void* recv,
+                                                      std::span<const std::size_t> counts, DType dtype,
+                                                      Stream stream) {
+    do_all_gather_v(send, recv, counts, dtype, stream);
+    return std::make_unique<CompletedWork>();
+  }
+  virtual std::unique_ptr<Work> do_reduce_scatter_v_async(const void* send, void* recv,
+                                                          std::span<const std::size_t> counts, DType dtype,
+                                                          ReduceOp op, Stream stream) {
+    do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
+    return std::make_unique<CompletedWork>();
+  }
   virtual void do_broadcast(void* buffer, std::size_t count, DType dtype, int root, Stream stream) = 0;
   /// Gathers every rank's packed call signature (CallSignature::words integers each, in rank
   /// order) into `all`; both live in host memory. The default is an all-gather on the backend;

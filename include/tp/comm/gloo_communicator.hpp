@@ -18,6 +18,11 @@
 /// further collectives, since gloo leaves the pairs in an unknown state. A peer that dies makes
 /// gloo's writes fail with EPIPE: SIGPIPE is blocked on the threads that write (gloo's I/O thread
 /// and the caller's, during a collective), so that is a CommError, never a killed process.
+///
+/// The asynchronous collectives (all_reduce_async, all_gather_async, reduce_scatter_async, ...)
+/// take Communicator's default and complete before returning: gloo's algorithms run on the
+/// calling thread, and a thread per call to run them in the background is not worth its cost on
+/// the CPU jobs this backend serves.
 
 #ifndef TP_HAS_GLOO
 #error "tp/comm/gloo_communicator.hpp needs the tp::gloo CMake component: target_link_libraries(... tp::gloo)"

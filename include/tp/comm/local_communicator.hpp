@@ -11,6 +11,10 @@
 /// Where the buffers live is a pluggable `LocalMemory`: host memory by default; device memory
 /// with `tp::CudaLocalMemory` (tp/device/cuda_local_memory.cuh), so that N ranks as threads can
 /// share one GPU, which NCCL refuses.
+///
+/// The asynchronous collectives (all_reduce_async, all_gather_async, reduce_scatter_async, ...)
+/// take Communicator's default: they complete before returning. A rendezvous needs every rank's
+/// thread inside it, so there is nothing to run in the background without a thread per call.
 
 #include <algorithm>
 #include <chrono>

@@ -26,6 +26,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
@@ -215,11 +216,43 @@ class MpiCommunicator final : public Communicator {
       return std::make_unique<CompletedWork>();
     }
     check_usable("all_reduce");
-    auto work = std::make_unique<Request>(rank_, size_, options_.timeout);
+    auto work = std::make_unique<Request>("all_reduce (async)", rank_, size_, options_.timeout);
     detail::mpi_check(MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv,
                                      detail::mpi_count(count, "all_reduce"), detail::mpi_type(dtype),
                                      detail::mpi_op(op), comm_, &work->request),
                       "MPI_Iallreduce", rank_);
+    return work;
+  }
+
+  /// MPI_Iallgatherv, as do_all_gather_v starts it; the Work keeps the count arrays, which MPI
+  /// reads until the collective completes.
+  std::unique_ptr<Work> do_all_gather_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                              DType dtype, Stream) override {
+    check_usable("all_gather");
+    auto work = std::make_unique<Request>("all_gather (async)", rank_, size_, options_.timeout);
+    std::tie(work->counts, work->displs) = int_counts(counts, "all_gather_v");
+    const bool in_place = send == static_cast<const std::byte*>(recv) + work->displs[rank_] * size_of(dtype);
+    const MPI_Datatype type = detail::mpi_type(dtype);
+    detail::mpi_check(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : send, work->counts[rank_], type, recv,
+                                      work->counts.data(), work->displs.data(), type, comm_, &work->request),
+                      "MPI_Iallgatherv", rank_);
+    return work;
+  }
+
+  /// MPI_Ireduce_scatter, as do_reduce_scatter_v starts it. The 16-bit floats are widened to
+  /// float and rounded back around a blocking reduction, as in do_all_reduce_async.
+  std::unique_ptr<Work> do_reduce_scatter_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                                  DType dtype, ReduceOp op, Stream stream) override {
+    if (detail::is_float16(dtype)) {
+      do_reduce_scatter_v(send, recv, counts, dtype, op, stream);
+      return std::make_unique<CompletedWork>();
+    }
+    check_usable("reduce_scatter");
+    auto work = std::make_unique<Request>("reduce_scatter (async)", rank_, size_, options_.timeout);
+    std::tie(work->counts, work->displs) = int_counts(counts, "reduce_scatter_v");
+    detail::mpi_check(MPI_Ireduce_scatter(send, recv, work->counts.data(), detail::mpi_type(dtype),
+                                          detail::mpi_op(op), comm_, &work->request),
+                      "MPI_Ireduce_scatter", rank_);
     return work;
   }
 
@@ -307,8 +340,10 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  /// A non-blocking collective in flight: waited for with the communicator's timeout, as the
+  /// blocking ones are (a timeout throws CommError naming `op`, and the request is abandoned).
   struct Request final : Work {
-    Request(int r, int n, std::chrono::milliseconds t) : rank(r), size(n), timeout(t) {}
+    Request(const char* o, int r, int n, std::chrono::milliseconds t) : op(o), rank(r), size(n), timeout(t) {}
     /// Unwaited: complete it here, within the deadline when there is one (then abandon it).
     ~Request() override {
       try {
@@ -316,10 +351,12 @@ class MpiCommunicator final : public Communicator {
       } catch (const std::exception&) {
       }
     }
-    void wait() override { detail::mpi_wait(request, "all_reduce (async)", rank, size, timeout); }
+    void wait() override { detail::mpi_wait(request, op, rank, size, timeout); }
     MPI_Request request = MPI_REQUEST_NULL;
+    const char* op;
     int rank, size;
     std::chrono::milliseconds timeout;
+    std::vector<int> counts, displs;  ///< the _v collectives' arrays, alive until completion
   };
 
   struct Adopt {};  ///< the communicator given is ours to free

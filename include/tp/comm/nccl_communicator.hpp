@@ -223,18 +223,11 @@ class NcclCommunicator final : public Communicator {
   /// host, with the timeout. Every rank must issue its collectives in the same order, as always.
   std::unique_ptr<AsyncWork> all_reduce_async_nccl(const void* send, void* recv, std::size_t count, DType dtype,
                                                    ReduceOp op, Stream stream) {
-    activate();
-    cudaEvent_t ready = nullptr;
-    TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
-    cudaError_t status = cudaEventRecord(ready, stream);
-    if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
-    detail::discard_cuda_status(cudaEventDestroy(ready));  // released once the wait has consumed it
-    TP_CUDA_CHECK(status, "ordering an asynchronous all_reduce of {} x {} after the caller's stream on rank {}", count,
-                  name(dtype), rank_);
-    enqueue("all_reduce_async", count, dtype, [&] {
-      return ncclAllReduce(send, recv, count, detail::nccl_type(dtype), detail::nccl_op(op), comm_, side_);
+    return on_side_stream("all_reduce", count, dtype, stream, [&] {
+      enqueue("all_reduce_async", count, dtype, [&] {
+        return ncclAllReduce(send, recv, count, detail::nccl_type(dtype), detail::nccl_op(op), comm_, side_);
+      });
     });
-    return record(side_, stream);
   }
 
  protected:
@@ -313,6 +306,21 @@ class NcclCommunicator final : public Communicator {
     return all_reduce_async_nccl(send, recv, count, dtype, op, stream);
   }
 
+  /// The gathers and reduce-scatters run on the side stream as all_reduce_async does.
+  std::unique_ptr<tp::Work> do_all_gather_v_async(const void* send, void* recv, std::span<const std::size_t> counts,
+                                                  DType dtype, Stream stream) override {
+    const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+    return on_side_stream("all_gather", total, dtype, stream,
+                          [&] { do_all_gather_v(send, recv, counts, dtype, side_); });
+  }
+  std::unique_ptr<tp::Work> do_reduce_scatter_v_async(const void* send, void* recv,
+                                                      std::span<const std::size_t> counts, DType dtype, ReduceOp op,
+                                                      Stream stream) override {
+    const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+    return on_side_stream("reduce_scatter", total, dtype, stream,
+                          [&] { do_reduce_scatter_v(send, recv, counts, dtype, op, side_); });
+  }
+
   void do_all_gather_v(const void* send, void* recv, std::span<const std::size_t> counts, DType dtype,
                        Stream stream) override {
     activate();
@@ -369,6 +377,24 @@ class NcclCommunicator final : public Communicator {
 
  private:
   friend class AsyncWork;
+
+  /// Orders the side stream after what `stream` has queued so far (the collective's input), runs
+  /// `launch` (which enqueues the collective on side_), and returns the Work whose wait() orders
+  /// its result before what `stream` gets next.
+  template <class F>
+  std::unique_ptr<AsyncWork> on_side_stream(const char* what, std::size_t count, DType dtype, Stream stream,
+                                            F&& launch) {
+    activate();
+    cudaEvent_t ready = nullptr;
+    TP_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "creating an event");
+    cudaError_t status = cudaEventRecord(ready, stream);
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(side_, ready, 0);
+    detail::discard_cuda_status(cudaEventDestroy(ready));  // released once the wait has consumed it
+    TP_CUDA_CHECK(status, "ordering an asynchronous {} of {} x {} after the caller's stream on rank {}", what, count,
+                  name(dtype), rank_);
+    launch();
+    return record(side_, stream);
+  }
 
   static void require_device(int device) {
     int count = 0;

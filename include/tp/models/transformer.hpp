@@ -26,11 +26,14 @@
 /// Training at scale (tp/train/): set_grad_ready_hook(f) has backward call f(first, last) as soon
 /// as the gradients of parameters()[first, last) are final (after each layer's backward, after the
 /// final norm and head, after the embeddings), which is when data-parallel reduction of their
-/// bucket may start. set_recompute(full) keeps only each layer's input in forward (the layer runs
-/// under tp::NoGrad and then frees its buffers) and reruns the layer's forward just before its
-/// backward, freeing the buffers again after it: the same arithmetic on the same input, so the
-/// same gradients bit for bit, with one layer's activations alive at a time instead of all of
-/// them. `selective` is the same as `none`, see Recompute.
+/// bucket may start; set_param_use_hook(f) has forward call f(first, last) before each part reads
+/// its weights (and parameters(), layer(i), an inference forward call it for all of them), which is
+/// where the all-gather of ZeRO-1's updated weights is waited for. set_recompute(full) keeps only
+/// each layer's input in forward (the layer runs under tp::NoGrad and then frees its buffers) and
+/// reruns the layer's forward just before its backward, freeing the buffers again after it: the
+/// same arithmetic on the same input, so the same gradients bit for bit, with one layer's
+/// activations alive at a time instead of all of them. `selective` is the same as `none`, see
+/// Recompute.
 
 #include <cstdint>
 #include <functional>
@@ -143,6 +146,8 @@ class Transformer {
  public:
   /// f(first, last): the gradients of parameters()[first, last) are final for this backward.
   using GradReadyHook = std::function<void(std::size_t, std::size_t)>;
+  /// f(first, last): the values of parameters()[first, last) are about to be read.
+  using ParamUseHook = std::function<void(std::size_t, std::size_t)>;
 
   using Cache = TransformerCache<T, Device>;
 
@@ -193,6 +198,7 @@ class Transformer {
     const std::int64_t tokens = check_ids(ids, batch);
     TP_CHECK(token_types.empty() || config_.arch == Architecture::bert,
              "{}: token types are BERT's; this is a {} model", config_.model_type, config_.model_type);
+    params_used(0, config_.decoder() ? ranges_.embeddings_end : ranges_.total);
     embed(ids, batch, token_types, nullptr);
     if (config_.decoder()) {
       const bool keep_inputs = recompute_ == Recompute::full && grad_enabled();
@@ -201,6 +207,7 @@ class Transformer {
         batch_ = batch;
       }
       for (std::size_t i = 0; i < layers_.size(); ++i) {
+        params_used(ranges_.layer_begin(i), ranges_.layer_begin(i + 1));
         if (keep_inputs) {
           // Only the layer's input is kept; its forward runs without saving for a backward.
           ctx_.device->copy(ConstView<T>(x_.view()), tp::detail::ensure(inputs_[i], ctx_, tokens, config_.hidden));
@@ -212,6 +219,7 @@ class Transformer {
         }
       }
       recomputed_ = keep_inputs;
+      params_used(ranges_.layers_end, ranges_.total);
       return head_forward();
     }
     for (auto& l : layers_) {
@@ -304,6 +312,11 @@ class Transformer {
 
   /// Called by backward with the parameter ranges whose gradients are final (see the top).
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
+  /// Called with a part's parameter range before the part's forward reads it (the embeddings, each
+  /// layer, the final norm and head), and with the whole range before any other access to the
+  /// weights (parameters(), layer(i), an inference forward): where tp::DistributedAdamW waits for
+  /// the all-gather of the weights it updated (Megatron's forward pre-hook, overlap_param_gather).
+  void set_param_use_hook(ParamUseHook hook) { param_use_ = std::move(hook); }
   /// Activation recomputation of every layer (decoders; BERT runs without).
   void set_recompute(Recompute r) {
     TP_CHECK(r != Recompute::full || config_.decoder(), "{}: recomputation is implemented for decoders",
@@ -314,6 +327,7 @@ class Transformer {
 
   /// Every parameter this rank holds, in a fixed order (embeddings, layers, final norm, head).
   std::vector<Parameter<T>> parameters() {
+    params_used(0, ranges_.total);
     std::vector<Parameter<T>> ps;
     auto append = [&](std::vector<Parameter<T>> more) { ps.insert(ps.end(), more.begin(), more.end()); };
     append(embed_->parameters());
@@ -362,7 +376,10 @@ class Transformer {
   const TransformerConfig& config() const { return config_; }
   const Context<Device>& context() const { return ctx_; }
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
-  TransformerLayer<T, Device>& layer(std::int64_t i) { return *layers_.at(static_cast<std::size_t>(i)); }
+  TransformerLayer<T, Device>& layer(std::int64_t i) {
+    params_used(0, ranges_.total);
+    return *layers_.at(static_cast<std::size_t>(i));
+  }
 
   /// A tensor of the checkpoint the model was loaded from that tp does not compute with (BERT's
   /// pooler, its masked-LM and next-sentence heads), held whole on every rank, unchanged by
@@ -390,6 +407,9 @@ class Transformer {
   }
   void grads_ready(std::size_t first, std::size_t last) {
     if (grad_ready_ && first < last) grad_ready_(first, last);
+  }
+  void params_used(std::size_t first, std::size_t last) {
+    if (param_use_ && first < last) param_use_(first, last);
   }
   /// x += attention(norm1(x)); x += mlp(norm2(x)).
   void decoder_layer_forward(TransformerLayer<T, Device>& l, Tensor<T, Device>& x, const AttentionBatch& batch) {
@@ -462,6 +482,7 @@ class Transformer {
 
   /// x_ = the last hidden states (before the final norm) of the new tokens, through `cache`.
   void cached_layers_forward(ConstView<std::int64_t> ids, const AttentionBatch& batch, Cache& cache) {
+    params_used(0, ranges_.total);
     TP_CHECK(config_.decoder(), "{}: a KV cache is for decoders; BERT attends in both directions", config_.model_type);
     TP_CHECK(cache.layers.size() == layers_.size(), "{}: the cache has {} layers, the model {}", config_.model_type,
              cache.layers.size(), layers_.size());
@@ -487,6 +508,7 @@ class Transformer {
   std::string checkpoint_prefix_;
   Ranges ranges_;
   GradReadyHook grad_ready_;
+  ParamUseHook param_use_;
   Recompute recompute_ = Recompute::none;
   bool recomputed_ = false;           ///< the last forward kept only the layers' inputs
   std::vector<Tensor<T, Device>> inputs_;  ///< each layer's input (full recomputation)

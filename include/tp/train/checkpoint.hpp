@@ -115,6 +115,7 @@ template <class T, class Device>
 std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, const std::filesystem::path& root,
                                                SafetensorsMetadata metadata = {}, int keep = 0) {
   detail::require_host_trainer<Device>("save_training_checkpoint");
+  trainer.finish_param_sync();  // the model's weights whole, from the last step (ZeRO-1's overlapped gather)
   const Mesh<Device>& mesh = trainer.mesh();
   auto& opt = trainer.optimizer();
   metadata["format"] = "tp.resume";
@@ -155,6 +156,7 @@ SafetensorsMetadata load_training_checkpoint(
     Trainer<T, Device>& trainer, std::filesystem::path path,
     const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
   detail::require_host_trainer<Device>("load_training_checkpoint");
+  trainer.finish_param_sync();  // no gather of older weights may land after the loaded ones
   const Mesh<Device>& mesh = trainer.mesh();
   std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
   if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))

@@ -9,6 +9,18 @@
 ///           gradients, and an all-gather of the new master weights over the DP group writes every
 ///           parameter back.
 ///
+/// Overlapped all-gather (zero 1, GradBufferOptions::overlap_param_gather, Megatron's
+/// overlap_param_gather): step() updates every shard, then starts one asynchronous all-gather per
+/// bucket (of the new weights in the model's type T, which is what the model receives: half the
+/// bytes of fp32 for bf16) in forward order, the bucket of the first layers first, and returns.
+/// wait_params(first, last) waits for the buckets holding parameters [first, last) and writes
+/// their gathered weights into the model; tp::Trainer calls it from the model's param-use hook
+/// (Transformer::set_param_use_hook), so the next forward waits for each bucket just before the
+/// first layer that reads it, and any other read of the weights through the model (parameters(),
+/// layer(i), an inference forward) waits for all of them. Until then the model's weights of a
+/// bucket in flight are the previous step's, whole. finish_param_sync() waits for every bucket;
+/// grad_norm, step, write_weights, read_weights, the checkpoints and the destructor call it first.
+///
 /// The model's weights (type T) are copies of the master weights, rewritten after every update; for
 /// T = M they are equal, and the update is element for element tp::AdamW's (tp::ops::adamw_step),
 /// so zero 0, zero 1 and tp::AdamW over all-reduced gradients take the same steps.
@@ -28,7 +40,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <limits>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -55,7 +69,7 @@ class DistributedAdamW {
   };
 
   DistributedAdamW(GradBuffer<T, M, Device>& grads, AdamWOptions options = {})
-      : grads_(&grads), options_(options) {
+      : grads_(&grads), options_(options), gathers_(grads.buckets().size()) {
     // The checks of tp::AdamW's constructor, on no parameters.
     (void)AdamW<M, Device>(grads.mesh().tp_context(), {}, options);
     const auto& segs = grads.segments();
@@ -76,9 +90,43 @@ class DistributedAdamW {
     read_weights();
   }
 
+  /// Writes the weights of any all-gather still in flight into the model (errors are swallowed:
+  /// a destructor cannot throw).
+  ~DistributedAdamW() {
+    try {
+      finish_param_sync();
+    } catch (const std::exception&) {
+    }
+  }
+  DistributedAdamW(const DistributedAdamW&) = delete;
+  DistributedAdamW& operator=(const DistributedAdamW&) = delete;
+
+  /// Whether step() leaves all-gathers in flight (zero 1 over more than one DP rank, with
+  /// overlap_param_gather, on a host device).
+  bool overlaps_param_gather() const {
+    // Not on a device: its weights are written from the host a whole parameter at a time (store).
+    return Device::on_host && grads_->options().shard && grads_->options().overlap_param_gather && grads_->mesh().dp() > 1;
+  }
+
+  /// Waits for the all-gathers of the buckets that hold parameters [first, last) and writes their
+  /// weights into the model. Cheap when nothing is in flight.
+  void wait_params(std::size_t first, std::size_t last) {
+    if (in_flight_ == 0) return;
+    const auto& segs = grads_->segments();
+    last = std::min(last, segs.size());
+    for (std::size_t k = first; k < last; ++k) finish_gather(segs[k].bucket);
+  }
+  /// Waits for every all-gather in flight (see wait_params).
+  void finish_param_sync() {
+    for (std::size_t i = gathers_.size(); in_flight_ > 0 && i-- > 0;) finish_gather(i);
+  }
+  /// Buckets whose all-gather is in flight.
+  std::size_t params_in_flight() const { return in_flight_; }
+
   /// The L2 norm of the reduced main gradients over the whole model (see the header comment).
   /// Collective over the world. After GradBuffer::finish().
   double grad_norm() {
+    finish_param_sync();
     const Mesh<Device>& mesh = grads_->mesh();
     double local = 0;
     for (std::size_t i = 0; i < shards_.size(); ++i) {
@@ -134,12 +182,27 @@ class DistributedAdamW {
     write_weights();
   }
 
-  /// Rewrites every parameter from the master weights (all-gathered under zero 1).
+  /// Rewrites every parameter from the master weights (all-gathered under zero 1: started here
+  /// and finished by wait_params when overlapped, see the top).
   void write_weights() {
+    finish_param_sync();  // the gathers' buffers are reused, and their weights are older
     const auto& params = grads_->parameters();
     const auto& segs = grads_->segments();
     Communicator& dp = grads_->mesh().dp_comm();
     const auto& dev = grads_->mesh().tp_context().device;
+    if (overlaps_param_gather()) {
+      // Forward order: the last bucket holds the first layers, which the next forward reads first.
+      for (std::size_t i = shards_.size(); i-- > 0;) {
+        const Shard& s = shards_[i];
+        Gather& g = gathers_[i];
+        g.mine.resize(s.master.size());
+        for (std::size_t e = 0; e < s.master.size(); ++e) g.mine[e] = static_cast<T>(s.master[e]);
+        g.full.resize(static_cast<std::size_t>(grads_->buckets()[i].size));
+        g.work = dp.all_gather_async(std::span<const T>(g.mine), std::span<T>(g.full));
+        ++in_flight_;
+      }
+      return;
+    }
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       Shard& s = shards_[i];
       if (grads_->options().shard && dp.size() > 1) {
@@ -154,6 +217,7 @@ class DistributedAdamW {
 
   /// Reads the master weights back from the model's weights (after loading weights into it).
   void read_weights() {
+    finish_param_sync();  // else a gather in flight would overwrite the loaded weights later
     const auto& params = grads_->parameters();
     std::vector<T> host;
     for (Shard& s : shards_)
@@ -219,9 +283,30 @@ class DistributedAdamW {
   }
 
  private:
+  /// One bucket's overlapped all-gather: this rank's shard and the whole bucket, in T.
+  struct Gather {
+    std::vector<T> mine, full;
+    std::unique_ptr<Work> work;
+  };
+
+  /// Waits for bucket i's all-gather, if in flight, and writes its parameters' weights.
+  void finish_gather(std::size_t i) {
+    Gather& g = gathers_[i];
+    if (!g.work) return;
+    --in_flight_;
+    const std::unique_ptr<Work> work = std::move(g.work);
+    work->wait();
+    const auto& params = grads_->parameters();
+    const auto& segs = grads_->segments();
+    for (std::size_t k : grads_->buckets()[i].params)
+      for (std::int64_t e = 0; e < segs[k].size; ++e) at(params[k].value, e) = g.full[segs[k].offset + e];
+  }
+
   GradBuffer<T, M, Device>* grads_;
   AdamWOptions options_;
   std::vector<Shard> shards_;
+  std::vector<Gather> gathers_;
+  std::size_t in_flight_ = 0;
   std::int64_t step_ = 0;
   std::vector<T> staged_;  ///< a parameter's new weights on their way to a device
 };

@@ -10,11 +10,13 @@
 ///                            main += grad (converted to M), grad = 0. On the last micro-batch of a
 ///                            step (set_last_micro_batch) a bucket whose every parameter has been
 ///                            reported starts its reduction over the DP group at once (overlap: an
-///                            asynchronous all-reduce; ZeRO-1: a reduce-scatter), while the backward
-///                            of the earlier layers goes on.
-///   finish()                 waits for every reduction (Work::wait) and reduces the buckets not
-///                            started (no overlap, or parameters the hook never reported): call it
-///                            before the optimizer.
+///                            asynchronous all-reduce; ZeRO-1: an asynchronous reduce-scatter into
+///                            the bucket's shard buffer), while the backward of the earlier layers
+///                            goes on.
+///   finish()                 starts the buckets not started (no overlap: all of them, ZeRO-1's
+///                            reduce-scatters then blocking), waits for every started one
+///                            (Work::wait) and, under ZeRO-1, copies each reduced shard into its
+///                            place in the bucket: call it before the optimizer.
 ///
 /// The loss gradient is scaled by 1 / (the global batch's token count), so the sum over the DP
 /// group is the global mean: no division after the reduction. Gradient accumulation over
@@ -55,6 +57,10 @@ struct GradBufferOptions {
   bool overlap = true;
   /// ZeRO-1: reduce-scatter each bucket, each DP rank keeping its 1/dp shard (DistributedAdamW).
   bool shard = false;
+  /// ZeRO-1: DistributedAdamW all-gathers each bucket's new weights asynchronously after its
+  /// update, and the model's forward waits for a bucket before its first layer reads it
+  /// (Megatron's overlap_param_gather); false: a blocking all-gather inside the step.
+  bool overlap_param_gather = true;
 };
 
 /// Where parameter i's gradient lives: bucket, element offset in it, element count.
@@ -73,6 +79,7 @@ class GradBuffer {
     std::int64_t pending = 0;         ///< parameters not reported yet in this step's last backward
     bool started = false;
     std::unique_ptr<Work> work;
+    std::vector<M> reduced;  ///< ZeRO-1, overlapped: the asynchronous reduce-scatter's shard, until finish()
   };
 
   GradBuffer(const Mesh<Device>& mesh, std::vector<Parameter<T>> params, GradBufferOptions options = {})
@@ -141,11 +148,13 @@ class GradBuffer {
                i, b.pending, b.params.size(), params_[b.params.front()].name);
       if (!b.started) start(i);
     }
-    for (auto& b : buckets_)
-      if (b.work) {
-        b.work->wait();
-        b.work.reset();
-      }
+    for (std::size_t i = 0; i < buckets_.size(); ++i) {
+      Bucket& b = buckets_[i];
+      if (!b.work) continue;
+      b.work->wait();
+      b.work.reset();
+      if (options_.shard) std::copy(b.reduced.begin(), b.reduced.end(), b.data.begin() + shard(i).first);
+    }
   }
 
   /// Zeroes the main gradients for the next step.
@@ -189,12 +198,18 @@ class GradBuffer {
     if (dp.size() == 1) return;
     const auto& dev = mesh_->tp_context().device;
     if (options_.shard) {
-      // The Communicator has no asynchronous reduce-scatter: this one blocks (still started as soon
-      // as the bucket is final). In place: rank r's shard lands in its own place in the bucket.
+      // Rank r's shard is reduced into `reduced`, then copied to its own place in the bucket (by
+      // finish() when asynchronous). Without overlap the reduce-scatter blocks.
       const auto [begin, end] = shard(i);
-      std::vector<M> mine(static_cast<std::size_t>(end - begin));
-      detail::host_reduce_scatter(dp, dev, std::span<const M>(b.data), std::span<M>(mine));
-      std::copy(mine.begin(), mine.end(), b.data.begin() + begin);
+      b.reduced.resize(static_cast<std::size_t>(end - begin));
+      if constexpr (Device::on_host) {
+        if (options_.overlap) {
+          b.work = dp.reduce_scatter_async(std::span<const M>(b.data), std::span<M>(b.reduced));
+          return;
+        }
+      }
+      detail::host_reduce_scatter(dp, dev, std::span<const M>(b.data), std::span<M>(b.reduced));
+      std::copy(b.reduced.begin(), b.reduced.end(), b.data.begin() + begin);
     } else if constexpr (Device::on_host) {
       b.work = dp.all_reduce_async(b.data.data(), b.data.data(), b.data.size(), dtype_of<M>, ReduceOp::sum);
     } else {

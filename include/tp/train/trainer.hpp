@@ -47,9 +47,13 @@ struct TrainerOptions {
   int micro_batches = 1;
   /// 0: every DP rank holds the whole optimizer state; 1: ZeRO-1, sharded over the DP group.
   int zero = 0;
-  /// Elements per gradient bucket (0: Megatron's default) and whether reductions overlap backward.
+  /// Elements per gradient bucket (0: Megatron's default) and whether reductions overlap backward
+  /// (Megatron's overlap_grad_reduce).
   std::int64_t bucket_size = 0;
   bool overlap = true;
+  /// ZeRO-1: whether the all-gather of the updated weights overlaps the next forward (Megatron's
+  /// overlap_param_gather; see tp/train/distributed_adamw.hpp) or blocks inside step().
+  bool overlap_param_gather = true;
   AdamWOptions adamw{};
   /// Global gradient norm clip; 0: no clipping.
   double clip = 1.0;
@@ -77,7 +81,10 @@ class Trainer {
         options_(check(options)),
         loss_fn_(mesh.tp_context(), model.config().vocab),
         grads_(mesh, model.parameters(),
-               {.bucket_size = options.bucket_size, .overlap = options.overlap, .shard = options.zero == 1}),
+               {.bucket_size = options.bucket_size,
+                .overlap = options.overlap,
+                .shard = options.zero == 1,
+                .overlap_param_gather = options.overlap_param_gather}),
         optimizer_(grads_, options.adamw) {
     TP_CHECK(model.config().decoder(), "Trainer: trains decoders (a language-model loss); {} is an encoder",
              model.config().model_type);
@@ -86,8 +93,14 @@ class Trainer {
     if (options_.loss_scaling) scaler_.emplace(*options_.loss_scaling);
     model.set_recompute(options_.recompute);
     model.set_grad_ready_hook([this](std::size_t first, std::size_t last) { grads_.accumulate(first, last); });
+    // ZeRO-1's overlapped all-gather: a part of the model waits for its weights before reading them.
+    model.set_param_use_hook([this](std::size_t first, std::size_t last) { optimizer_.wait_params(first, last); });
   }
-  ~Trainer() { model_->set_grad_ready_hook({}); }
+  /// The model keeps the weights of the last step: the optimizer's destructor writes any in flight.
+  ~Trainer() {
+    model_->set_grad_ready_hook({});
+    model_->set_param_use_hook({});
+  }
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
@@ -164,6 +177,11 @@ class Trainer {
     optimizer_.step();
     return r;
   }
+
+  /// Waits for ZeRO-1's overlapped all-gather of the last step's weights and writes them into the
+  /// model. Reads through the model (forward, parameters(), layer(i)) do it by themselves; call it
+  /// before reading weights through views taken earlier, or through the layers' own objects.
+  void finish_param_sync() { optimizer_.finish_param_sync(); }
 
   /// Optimizer steps taken (skipped ones not counted).
   std::int64_t steps_done() const { return optimizer_.step_count(); }

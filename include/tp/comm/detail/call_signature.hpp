@@ -47,6 +47,9 @@ struct CallSignature {
   std::uint64_t count = 0;
   /// FNV-1a of the per-rank counts of the _v forms: every rank must pass the same counts.
   std::uint64_t counts_hash = 0;
+  /// The asynchronous form (all_reduce_async, ...). MPI does not match a non-blocking collective
+  /// with a blocking one, so a rank that calls one while its peers call the other is refused.
+  bool async = false;
 
   static constexpr std::size_t words = 4;
   /// Marks a packed signature, so that a peer that sent something else (verification off on that
@@ -54,14 +57,15 @@ struct CallSignature {
   static constexpr std::int64_t magic = 0x7470'5349'47 << 16;  // "tpSIG"
 
   std::array<std::int64_t, words> pack() const {
-    return {magic | static_cast<std::int64_t>(op) << 8 | static_cast<std::int64_t>(dtype) << 4 |
-                static_cast<std::int64_t>(reduce),
+    return {magic | static_cast<std::int64_t>(async) << 15 | static_cast<std::int64_t>(op) << 8 |
+                static_cast<std::int64_t>(dtype) << 4 | static_cast<std::int64_t>(reduce),
             root, static_cast<std::int64_t>(count), static_cast<std::int64_t>(counts_hash)};
   }
   static bool valid(std::span<const std::int64_t, words> w) { return (w[0] & ~std::int64_t{0xffff}) == magic; }
   static CallSignature unpack(std::span<const std::int64_t, words> w) {
     CallSignature s;
-    s.op = static_cast<Collective>((w[0] >> 8) & 0xff);
+    s.op = static_cast<Collective>((w[0] >> 8) & 0x7f);
+    s.async = (w[0] >> 15) & 1;
     s.dtype = static_cast<DType>((w[0] >> 4) & 0xf);
     s.reduce = static_cast<ReduceOp>(w[0] & 0xf);
     s.root = w[1];
@@ -80,8 +84,15 @@ inline std::uint64_t hash_counts(std::span<const std::size_t> counts) {
   return h;
 }
 
-/// "all_reduce(1000 x float32, sum)", "broadcast(129 x int64, root 2)", "barrier()".
+/// "all_reduce(1000 x float32, sum)", "reduce_scatter_v_async(10 x float64 in all, counts
+/// #..., sum)", "broadcast(129 x int64, root 2)", "barrier()".
 inline std::string describe(const CallSignature& s) {
+  if (s.async) {
+    CallSignature blocking = s;
+    blocking.async = false;
+    std::string text = describe(blocking);
+    return text.insert(text.find('('), "_async");
+  }
   switch (s.op) {
     case Collective::all_reduce:
     case Collective::reduce_scatter:
