@@ -22,24 +22,7 @@ using test::on_ranks;
 using ::testing::HasSubstr;
 using namespace tiny_training;
 
-/// The meshes a world of n ranks has: every tp dividing n.
-std::vector<MeshDims> meshes(int n) {
-  std::vector<MeshDims> out;
-  for (int tp = 1; tp <= n; ++tp)
-    if (n % tp == 0) out.push_back({.tp = tp, .dp = n / tp});
-  return out;
-}
 
-/// ||got - want||_2 / ||want||_2 over a loss curve: the metric of every bf16 comparison here.
-double normwise(const std::vector<double>& got, const std::vector<double>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double d = 0, w = 0;
-  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    d += (got[i] - want[i]) * (got[i] - want[i]);
-    w += want[i] * want[i];
-  }
-  return std::sqrt(d / w);
-}
 
 /// The tolerance of a bf16 loss curve against a reference curve, normwise (above):
 ///

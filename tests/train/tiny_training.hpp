@@ -1,7 +1,9 @@
 #pragma once
 /// The tiny models, batches and training loop that the tp::Trainer test bodies share
-/// (trainer_test.cpp, precision_test.cpp; memory_test.cpp takes the config).
+/// (trainer_test.cpp, precision_test.cpp, the GPU's trainer_cuda_test.cu; memory_test.cpp takes the
+/// config).
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -15,6 +17,26 @@
 #include "tp/train/trainer.hpp"
 
 namespace tp::tiny_training {
+
+/// The meshes a world of n ranks has: every tp dividing n.
+inline std::vector<MeshDims> meshes(int n) {
+  std::vector<MeshDims> out;
+  for (int tp = 1; tp <= n; ++tp)
+    if (n % tp == 0) out.push_back({.tp = tp, .dp = n / tp});
+  return out;
+}
+
+/// ||got - want||_2 / ||want||_2 over a loss curve or a parameter list: the metric of every bf16
+/// comparison of training runs.
+inline double normwise(const std::vector<double>& got, const std::vector<double>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double d = 0, w = 0;
+  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    d += (got[i] - want[i]) * (got[i] - want[i]);
+    w += want[i] * want[i];
+  }
+  return std::sqrt(d / w);
+}
 
 /// A small Llama (untied head: a column-parallel lm_head; 2 kv heads: replicated at TP 4) or GPT-2
 /// (tied head, LayerNorm, biases, learned positions); `uneven`: vocab 257, 6 heads over 3 kv heads

@@ -40,23 +40,7 @@ using test::on_ranks;
 using ::testing::HasSubstr;
 using namespace tiny_training;
 
-std::vector<MeshDims> meshes(int n) {
-  std::vector<MeshDims> out;
-  for (int tp = 1; tp <= n; ++tp)
-    if (n % tp == 0) out.push_back({.tp = tp, .dp = n / tp});
-  return out;
-}
 
-/// ||got - want|| / ||want|| over a loss curve or a parameter list.
-double normwise(const std::vector<double>& got, const std::vector<double>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double d = 0, w = 0;
-  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    d += (got[i] - want[i]) * (got[i] - want[i]);
-    w += want[i] * want[i];
-  }
-  return std::sqrt(d / w);
-}
 
 /// The trainer options of mesh `dims`: ZeRO-1 on even DP groups, 2 micro-batches where this DP
 /// rank's rows split in two, small buckets (several per model).

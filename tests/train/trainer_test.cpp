@@ -71,13 +71,6 @@ TrainRun train_plain(const Mesh<>& mesh, const models::TransformerConfig& config
   return run;
 }
 
-/// The meshes a world of n ranks has: every tp dividing n.
-std::vector<MeshDims> meshes(int n) {
-  std::vector<MeshDims> out;
-  for (int tp = 1; tp <= n; ++tp)
-    if (n % tp == 0) out.push_back({.tp = tp, .dp = n / tp});
-  return out;
-}
 
 void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rel, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;

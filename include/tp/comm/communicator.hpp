@@ -84,11 +84,20 @@ class Communicator {
   /// need not outlive the call. Every rank must call the same form: MPI does not match a
   /// non-blocking collective with a blocking one, so verification refuses the mix by name.
   /// Where the backend has no asynchrony of its own (local, Gloo) the collective completes before
-  /// the call returns. A Work destroyed unwaited is completed by its destructor.
+  /// the call returns, as does an all_reduce small enough to travel with its signature (fused
+  /// verification, below). A Work destroyed unwaited is completed by its destructor.
   std::unique_ptr<Work> all_reduce_async(const void* send, void* recv, std::size_t count, DType dtype,
                                          ReduceOp op = ReduceOp::sum, Stream stream = nullptr) {
     check_enums(dtype, op, "all_reduce_async");
-    verify({.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count, .async = true});
+    const detail::CallSignature call{.op = Collective::all_reduce, .dtype = dtype, .reduce = op, .count = count,
+                                     .async = true};
+    // Where the blocking form reduces on the host with the signatures, so does this one, at once:
+    // both forms then give the same bits (a backend's own all_reduce may sum in another order).
+    if (fuses(call, stream)) {
+      fused_all_reduce(call, send, recv);
+      return std::make_unique<CompletedWork>();
+    }
+    verify(call);
     return do_all_reduce_async(send, recv, count, dtype, op, stream);
   }
 
