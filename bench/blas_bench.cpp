@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include <string>
 #include <vector>
 
 #include "tp/device/cpu.hpp"
@@ -108,6 +109,75 @@ BENCHMARK(tp_cpu_dtype)->Apply([](auto* b) {
     if (s[0] * s[1] * s[2] >= 128 * 128 * 64)  // the small shapes measure call overhead, not arithmetic
       for (const std::int64_t kind : {0, 1, 2}) b->Args({s[0], s[1], s[2], kind});
 })->ArgNames({"M", "N", "K", "kind"})->Unit(benchmark::kMillisecond);
+
+/// The core's own arithmetic ceiling per instruction, one thread: a loop of independent multiply-adds
+/// (14 accumulators, more than latency x ports needs) with nothing else in it. kind 0: float
+/// vfmadd231ps on ymm (AVX2), 1: on zmm (AVX-512), 2: bf16 vdpbf16ps on zmm (AVX512_BF16: 32 bf16
+/// pairs into 16 float lanes, 64 FLOPs). What tp_cpu_dtype's GEMMs can reach at most: the ratio of
+/// kinds 2 and 1 bounds bf16 over fp32 on a CPU without AMX.
+///
+///   build/bench/tp_bench_blas --benchmark_filter=cpu_peak --benchmark_counters_tabular=true
+#if defined(__x86_64__) && defined(__GNUC__)
+constexpr int kPeakLoop = 1000, kPeakInstructions = 20;
+const float kPeakOne = 1.f;  // the operands: accumulators start at zero and count up, never denormal
+
+// One asm statement per kind (the registers are the loop's alone): zero the accumulators, broadcast
+// 1.0 into the two operands, then kPeakLoop rounds of 20 independent multiply-adds.
+#define TP_PEAK_ROUND(op, a, b, r)                                                                               \
+  op " %%" a ", %%" b ", %%" r "0\n\t" op " %%" a ", %%" b ", %%" r "1\n\t" op " %%" a ", %%" b ", %%" r "2\n\t"   \
+  op " %%" a ", %%" b ", %%" r "3\n\t" op " %%" a ", %%" b ", %%" r "4\n\t" op " %%" a ", %%" b ", %%" r "5\n\t"   \
+  op " %%" a ", %%" b ", %%" r "6\n\t" op " %%" a ", %%" b ", %%" r "7\n\t" op " %%" a ", %%" b ", %%" r "8\n\t"   \
+  op " %%" a ", %%" b ", %%" r "9\n\t" op " %%" a ", %%" b ", %%" r "10\n\t" op " %%" a ", %%" b ", %%" r "11\n\t" \
+  op " %%" a ", %%" b ", %%" r "12\n\t" op " %%" a ", %%" b ", %%" r "13\n\t" op " %%" a ", %%" b ", %%" r "0\n\t"  \
+  op " %%" a ", %%" b ", %%" r "1\n\t" op " %%" a ", %%" b ", %%" r "2\n\t" op " %%" a ", %%" b ", %%" r "3\n\t"    \
+  op " %%" a ", %%" b ", %%" r "4\n\t" op " %%" a ", %%" b ", %%" r "5\n\t"
+#define TP_PEAK_ZERO(r)                                                                                         \
+  "vxorps %%" r "0, %%" r "0, %%" r "0\n\tvxorps %%" r "1, %%" r "1, %%" r "1\n\tvxorps %%" r "2, %%" r "2, %%" r \
+  "2\n\tvxorps %%" r "3, %%" r "3, %%" r "3\n\tvxorps %%" r "4, %%" r "4, %%" r "4\n\tvxorps %%" r "5, %%" r "5, %%" \
+  r "5\n\tvxorps %%" r "6, %%" r "6, %%" r "6\n\tvxorps %%" r "7, %%" r "7, %%" r "7\n\tvxorps %%" r "8, %%" r     \
+  "8, %%" r "8\n\tvxorps %%" r "9, %%" r "9, %%" r "9\n\tvxorps %%" r "10, %%" r "10, %%" r "10\n\tvxorps %%" r    \
+  "11, %%" r "11, %%" r "11\n\tvxorps %%" r "12, %%" r "12, %%" r "12\n\tvxorps %%" r "13, %%" r "13, %%" r "13\n\t"
+// 14 accumulators (registers 0-13; an AVX2-only CPU has 16), enough for two ports of 4-cycle FMAs.
+#define TP_PEAK_LOOP(op, r)                                                                     \
+  __asm__ volatile(TP_PEAK_ZERO("ymm") "vbroadcastss %0, %%" r "14\n\t"                        \
+                   "vbroadcastss %0, %%" r "15\n\t"                                            \
+                   "mov %1, %%ecx\n"                                                            \
+                   "1:\n\t" TP_PEAK_ROUND(op, r "14", r "15", r) "dec %%ecx\n\t"                \
+                   "jnz 1b\n\t"                                                                 \
+                   "vzeroupper" ::"m"(kPeakOne),                                                \
+                   "i"(kPeakLoop)                                                               \
+                   : "ecx", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", \
+                     "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
+
+__attribute__((target("avx2,fma"))) void ymm_fma() { TP_PEAK_LOOP("vfmadd231ps", "ymm"); }
+__attribute__((target("avx512f"))) void zmm_fma() { TP_PEAK_LOOP("vfmadd231ps", "zmm"); }
+__attribute__((target("avx512f,avx512bf16"))) void zmm_dpbf16() { TP_PEAK_LOOP("vdpbf16ps", "zmm"); }
+#undef TP_PEAK_LOOP
+#undef TP_PEAK_ZERO
+#undef TP_PEAK_ROUND
+
+void cpu_peak(benchmark::State& state) {
+  struct Kind {
+    const char* label;
+    bool runs;
+    void (*loop)();
+    double flops;  // per instruction
+  };
+  const Kind kinds[] = {
+      {"vfmadd231ps ymm (fp32)", static_cast<bool>(__builtin_cpu_supports("fma")), ymm_fma, 16},
+      {"vfmadd231ps zmm (fp32)", tp::detail::cpu_has_avx512(), zmm_fma, 32},
+      {"vdpbf16ps zmm (bf16 pairs, fp32 sums)", static_cast<bool>(__builtin_cpu_supports("avx512bf16")), zmm_dpbf16, 64},
+  };
+  const Kind& kind = kinds[state.range(0)];
+  if (!kind.runs) return state.SkipWithError((std::string("this CPU cannot run ") + kind.label).c_str());
+  state.SetLabel(kind.label);
+  for (auto _ : state) kind.loop();
+  state.counters["GFLOP/s"] = benchmark::Counter(kind.flops * kPeakInstructions * kPeakLoop,
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(cpu_peak)->DenseRange(0, 2)->ArgName("kind");
+#endif
 
 }  // namespace
 

@@ -289,7 +289,7 @@ fi
 # (the fallback) rows interleaved at random over three repetitions, medians compared.
 if [ -x "$build/bench/tp_bench_blas" ] && [ -x "$build/bench/tp_bench_layers" ]; then
   bf16_blas="$(mktemp)" bf16_layers="$(mktemp)"
-  OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_filter=tp_cpu_dtype --benchmark_min_time=0.3 \
+  OMP_NUM_THREADS=1 "$build/bench/tp_bench_blas" --benchmark_filter='tp_cpu_dtype|cpu_peak' --benchmark_min_time=0.3 \
     --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true --benchmark_format=json >"$bf16_blas" 2>/dev/null
   "$build/bench/tp_bench_layers" --backend=local --world=1 --layers=mlp --modes=fwdbwd --tokens=512 --hidden=1024 \
     --dtypes=fp32,bf16,bf16_fp32 --sgemm=none --triad=none --benchmark_repetitions=3 \

@@ -76,8 +76,9 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
-/// True on a CPU with bfloat16 dot-product instructions (AVX512_BF16, or AMX's bf16 tiles), where
-/// oneDNN's bf16 matmul runs at about twice the float rate.
+/// True on a CPU with bfloat16 dot-product instructions (AVX512_BF16, or AMX's bf16 tiles). Only
+/// AMX makes bf16 arithmetic faster than float: on a Xeon with AVX512_BF16 alone, vdpbf16ps measured
+/// half the FLOPs of float FMAs (BENCHMARKS.md, "bf16 against fp32 on the CPU").
 inline bool cpu_has_bf16_dot() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
