@@ -105,8 +105,8 @@ using BeforeStep = std::function<bool(Trainer<T, Device>&, int)>;
 
 /// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
 /// from `resume` and saving under `save` at the end when given. Without loss scaling every step
-/// must be applied. On a device (tp::Cuda: trainer_cuda_test.cu) the same steps, without
-/// checkpoints (training checkpoints are host-device only).
+/// must be applied. On a device (tp::Cuda: trainer_cuda_test.cu; StagedCpu: staged_device_test.cpp)
+/// the same steps and checkpoints.
 template <class T, class Device = Cpu>
 TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
                const std::filesystem::path& resume = {}, const std::filesystem::path& save = {},
@@ -114,9 +114,7 @@ TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config
   models::Transformer<T, Device> model(mesh.tp_context(), config, 11);
   options.adamw = kAdamW;
   Trainer<T, Device> trainer(mesh, model, options);
-  if constexpr (Device::on_host) {
-    if (!resume.empty()) load_training_checkpoint(trainer, resume);
-  }
+  if (!resume.empty()) load_training_checkpoint(trainer, resume);
   const Range rows = Trainer<T, Device>::dp_rows(mesh, kRows);
   TrainRun run;
   std::vector<std::int64_t> ids, targets;
@@ -134,11 +132,7 @@ TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config
   }
   run.skipped = trainer.steps_skipped();
   run.params = values(model);
-  if constexpr (Device::on_host) {
-    if (!save.empty()) save_training_checkpoint(trainer, save);
-  } else {
-    TP_CHECK(resume.empty() && save.empty(), "tiny_training::train: no checkpoints on a device");
-  }
+  if (!save.empty()) save_training_checkpoint(trainer, save);
   return run;
 }
 
