@@ -22,6 +22,13 @@
 /// their TP ranks hold (a block several TP ranks hold, Parameter::copy, once). Loading reads each
 /// rank's blocks of every full tensor into its buckets and keeps its own shard, whatever the
 /// mesh that saved them.
+///
+/// On a device (Device::on_host false: tp::Cuda) the same files: the master weights and moments
+/// are on the host already (ZeRO-1's all-gather of them is staged through device buffers,
+/// host_all_gather), the model's weights are copied to the host a block at a time to be written
+/// (save_safetensors) and written back from the master weights on load (write_weights), and
+/// tp/io's collectives over host buffers (save_checkpoint, the checksums, the verification) run on
+/// HostStagedCommunicators in front of the mesh's (tp/train/host_collectives.hpp).
 
 #ifndef TP_HAS_IO
 #error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
