@@ -151,24 +151,23 @@ TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
 /// f16 with dynamic loss scaling on the device path (tp::Cpu's f16 tensors, the device's staging):
 /// a planted overflow is skipped on every rank, the scale backs off, and the run goes on bit for
 /// bit as one that left the batch out (precision_test.cpp's F16SurvivesAPlantedOverflow, on the
-/// same meshes); an f16 checkpoint with its loss scale (growing every 2 clean steps) resumes
+/// last of its meshes: TP 2 x DP 2 with ZeRO-1 at 4 ranks, TP 1 x DP n at 2 and 3, TP 1 at 1,
+/// where the staged DP collectives carry the inf); an f16 checkpoint with its loss scale (growing every 2 clean steps) resumes
 /// through the device path with the uninterrupted run's next losses, bit for bit.
 TEST(TrainerDevicePath, F16SurvivesAPlantedOverflowAndResumes) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
     constexpr int kSteps = 30, kPlant = 5;
     const LossScalerOptions scaling{.initial_scale = 1024, .growth_interval = 1000};
-    std::vector<MeshDims> all{{.tp = n, .dp = 1}};
-    if (n > 1) all.push_back({.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n});
-    for (const MeshDims dims : all) {
-      const Mesh<StagedCpu> mesh(comm, dims);
+    const MeshDims dims = n == 1 ? MeshDims{.tp = 1} : MeshDims{.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n};
+    const Mesh<StagedCpu> mesh(comm, dims);
+    const auto config = tiny_config(true, dims.tp == 3);
+    {
       const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
-      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3), options, kSteps, kPlant);
+      const PlantedOverflow r = planted_overflow(mesh, config, options, kSteps, kPlant);
       expect_survived(r, comm->rank() == n - 1, kPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
     }
     const auto dir = fresh_dir(*comm, "f16");
-    const Mesh<StagedCpu> mesh(comm, all.back());
-    const auto config = tiny_config(true, n == 3);
     TrainerOptions options{.zero = mesh.dp() > 1 ? 1 : 0, .bucket_size = 1500};
     options.loss_scaling = LossScalerOptions{.initial_scale = 1024, .growth_interval = 2};
     const TrainRun full = train<f16, StagedCpu>(mesh, config, 6, options);
