@@ -77,18 +77,22 @@ TEST(TrainerDevicePath, StagedEqualsHost) {
 /// (at 4 ranks; elsewhere at the world's last mesh) by a StagedCpu trainer and by a host trainer,
 /// the two checkpoints are the same bytes; each resumes on every mesh of the world, ZeRO-1 or not,
 /// on either path: the staged and the host resumes take the same steps bit for bit, the same as
-/// the uninterrupted run's bit for bit at the saving mesh and within 1e-12 (double, as
-/// trainer_test.cpp's ResumesAtAnyMesh) at the others.
+/// the uninterrupted run's bit for bit at the saving mesh and within 1e-6 at the others (float,
+/// AdamW's eps at 1e-6, as trainer_test.cpp's MeshesFollowOneRankFloat: the meshes reorder sums).
+/// Float rather than double: the float trainers on both paths are this file's already, which
+/// keeps its compile time down.
 TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
+  const double eps = kAdamW.eps;
+  kAdamW.eps = 1e-6;
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
     const auto staged_dir = fresh_dir(*comm, "resume_staged"), host_dir = fresh_dir(*comm, "resume_host");
     const MeshDims saved = n == 4 ? MeshDims{.tp = 2, .dp = 2} : meshes(n).back();
     const auto config = tiny_config(true, n == 3);
     const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
-    const TrainRun full = train<double>(Mesh<>(comm, saved), config, 6, zero1);
-    train<double, StagedCpu>(Mesh<StagedCpu>(comm, saved), config, 3, zero1, {}, staged_dir);
-    train<double>(Mesh<>(comm, saved), config, 3, zero1, {}, host_dir);
+    const TrainRun full = train<float>(Mesh<>(comm, saved), config, 6, zero1);
+    train<float, StagedCpu>(Mesh<StagedCpu>(comm, saved), config, 3, zero1, {}, staged_dir);
+    train<float>(Mesh<>(comm, saved), config, 3, zero1, {}, host_dir);
     if (comm->rank() == 0)
       for (const char* file : {"resume.safetensors", "model.safetensors"})
         EXPECT_EQ(bytes(staged_dir / "step-000003" / file), bytes(host_dir / "step-000003" / file))
@@ -100,15 +104,15 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
         const std::string where = fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp,
                                               saved.dp, dims.tp, dims.dp, zero);
         const TrainerOptions options{.zero = zero, .bucket_size = 1500};
-        const TrainRun staged = train<double, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, staged_dir);
-        const TrainRun host = train<double>(Mesh<>(comm, dims), config, 6, options, staged_dir);
-        const TrainRun from_host = train<double, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, host_dir);
+        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun host = train<float>(Mesh<>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, host_dir);
         EXPECT_EQ(staged.losses, host.losses) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(staged.params, host.params) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(from_host.losses, staged.losses) << where << ": StagedCpu resumes from the host's checkpoint";
         ASSERT_EQ(staged.losses.size(), tail.size()) << where;
         for (std::size_t s = 0; s < tail.size(); ++s)
-          EXPECT_NEAR(staged.losses[s], tail[s], 1e-12 * std::abs(tail[s])) << where << ", step " << 3 + s;
+          EXPECT_NEAR(staged.losses[s], tail[s], 1e-6 * std::abs(tail[s])) << where << ", step " << 3 + s;
         if (dims.tp == saved.tp && dims.dp == saved.dp && zero == zero1.zero)
           EXPECT_EQ(staged.losses, tail) << where << ": not the uninterrupted run's bit for bit";
       }
@@ -118,31 +122,28 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
       std::filesystem::remove_all(host_dir);
     }
   });
+  kAdamW.eps = eps;
 }
 
-/// Bad checkpoints on the device path, refused by name before the trainer changes: another
-/// model's (a wider MLP: the first tensor whose shape differs named), double master weights in a
-/// float trainer (both types named).
+/// Another model's checkpoint (a wider MLP) on the device path, refused by name (the first tensor
+/// whose shape differs) before the trainer changes. (A double run's checkpoint in a float trainer
+/// is refused before anything device-specific runs: trainer_test.cpp's ResumesAtAnyMesh.)
 TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
     const auto dir = fresh_dir(*comm, "refused");
     const auto config = tiny_config(true, n == 3);
     const Mesh<StagedCpu> mesh(comm, meshes(n).back());
-    train<double, StagedCpu>(mesh, config, 1, {}, {}, dir);
+    train<float, StagedCpu>(mesh, config, 1, {}, {}, dir);
     auto wider = config;
     wider.ffn += 12;
-    models::Transformer<double, StagedCpu> other(mesh.tp_context(), wider, 3);
-    Trainer<double, StagedCpu> trainer(mesh, other, {.zero = mesh.dp() > 1 ? 1 : 0});
+    models::Transformer<float, StagedCpu> other(mesh.tp_context(), wider, 3);
+    Trainer<float, StagedCpu> trainer(mesh, other, {.zero = mesh.dp() > 1 ? 1 : 0});
     const auto before = values(other);
     EXPECT_THAT([&] { load_training_checkpoint(trainer, dir); },
                 ::testing::ThrowsMessage<Error>(HasSubstr("but the layer's parameter is")));
     EXPECT_EQ(values(other), before) << "the model changed on a refused load";
     EXPECT_EQ(trainer.steps_done(), 0);
-    models::Transformer<float, StagedCpu> f(mesh.tp_context(), config, 1);
-    Trainer<float, StagedCpu> tf(mesh, f, {});
-    EXPECT_THAT([&] { load_training_checkpoint(tf, dir); },
-                ::testing::ThrowsMessage<IoError>(HasSubstr("master weights are F64 (saved by a F64 run)")));
     comm->barrier();
     if (comm->rank() == 0) std::filesystem::remove_all(dir);
   });
