@@ -109,7 +109,8 @@ TEST(MixedPrecision, BF16MeshesFollowOneRank) {
 /// halves, nothing else changes; so the run equals, bit for bit, one that left batch kPlant out and
 /// had its scale halved there by hand. It keeps learning: one update behind the run without the
 /// plant, in the steep part of the curve (~5% a step), it ends below where that run was 3 steps
-/// before its end.
+/// before its end. (tiny_training.hpp's planted_overflow and expect_survived, which the device
+/// path's tests share: staged_device_test.cpp, trainer_cuda_test.cu.)
 TEST(MixedPrecision, F16SurvivesAPlantedOverflow) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
@@ -119,36 +120,9 @@ TEST(MixedPrecision, F16SurvivesAPlantedOverflow) {
     if (n > 1) all.push_back({.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n});
     for (const MeshDims dims : all) {
       const Mesh<> mesh(comm, dims);
-      const auto config = tiny_config(true, dims.tp == 3);
       const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
-      bool planted = false;
-      std::vector<double> scales;
-      const TrainRun got = train<f16>(mesh, config, kSteps, options, {}, {}, [&](Trainer<f16>& t, int s) {
-        scales.push_back(t.loss_scaler()->scale());
-        if (s != kPlant) return true;
-        t.model().set_grad_ready_hook([&t, &planted, last = comm->rank() == n - 1](std::size_t first, std::size_t end) {
-          if (last && !planted && first < end) {
-            t.grads().parameters()[first].grad(0, 0) = std::numeric_limits<float>::infinity();
-            planted = true;
-          }
-          t.grads().accumulate(first, end);
-        });
-        return true;
-      });
-      const TrainRun want = train<f16>(mesh, config, kSteps, options, {}, {}, [&](Trainer<f16>& t, int s) {
-        if (s == kPlant) t.loss_scaler()->set_scale(t.loss_scaler()->scale() / 2);
-        return s != kPlant;
-      });
-      const TrainRun unplanted = train<f16>(mesh, config, kSteps, options);
-      const std::string where = fmt::format("TP {} x DP {}", dims.tp, dims.dp);
-      EXPECT_EQ(planted, comm->rank() == n - 1) << where;
-      EXPECT_EQ(got.skipped, want.skipped + 1) << where << ": the planted step was not skipped";
-      EXPECT_EQ(scales[kPlant + 1], scales[kPlant] / 2) << where << ": the scale did not back off";
-      // `want` left batch kPlant out; the planted run took it but skipped it: from kPlant + 1 on.
-      const std::vector<double> after(got.losses.begin() + kPlant + 1, got.losses.end());
-      EXPECT_EQ(after, std::vector<double>(want.losses.begin() + kPlant + 1, want.losses.end())) << where;
-      EXPECT_EQ(got.params, want.params) << where;
-      EXPECT_LT(got.losses.back(), unplanted.losses[kSteps - 4]) << where;
+      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3), options, kSteps, kPlant);
+      expect_survived(r, comm->rank() == n - 1, kPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
     }
   });
 }

@@ -4,8 +4,16 @@
 /// buffers (tp/train/host_collectives.hpp), as they do on tp::Cuda, over the harness's host
 /// communicators (local, MPI, Gloo). The arithmetic is tp::Cpu's either way, so the steps must be
 /// the host path's bit for bit, on every mesh, with ZeRO-1 and micro-batches. What this cannot
-/// show, the GPU's numbers, trainer_cuda_test.cu checks on a GPU.
+/// show, the GPU's numbers, trainer_cuda_test.cu checks on a GPU. Training checkpoints on the
+/// device path: the same files as the host path's, byte for byte, resumed at any mesh by either.
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/harness.hpp"
@@ -26,7 +34,26 @@ class StagedCpu : public Cpu {
 namespace {
 
 using test::on_ranks;
+using ::testing::HasSubstr;
 using namespace tiny_training;
+
+/// A file's bytes.
+std::vector<char> bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in) << path;
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// A directory for all ranks of this world (processes under mpirun: rank 0's pid), emptied.
+std::filesystem::path fresh_dir(Communicator& comm, const std::string& what) {
+  std::int64_t id = ::getpid();
+  comm.broadcast(std::span<std::int64_t>(&id, 1), 0);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("tp_staged_{}_{}_{}_{}", what, test::harness_backend(), comm.size(), id);
+  if (comm.rank() == 0) std::filesystem::remove_all(dir);
+  comm.barrier();
+  return dir;
+}
 
 TEST(TrainerDevicePath, StagedEqualsHost) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
@@ -42,6 +69,115 @@ TEST(TrainerDevicePath, StagedEqualsHost) {
       EXPECT_EQ(got.losses, want.losses) << "TP " << dims.tp << " x DP " << dims.dp;
       EXPECT_EQ(got.params, want.params) << "TP " << dims.tp << " x DP " << dims.dp;
     }
+  });
+}
+
+/// Training checkpoints through the device path (the model's weights copied to the host to be
+/// written, tp/io's collectives staged through "device" buffers): saved at TP 2 x DP 2 with ZeRO-1
+/// (at 4 ranks; elsewhere at the world's last mesh) by a StagedCpu trainer and by a host trainer,
+/// the two checkpoints are the same bytes; each resumes on every mesh of the world, ZeRO-1 or not,
+/// on either path: the staged and the host resumes take the same steps bit for bit, the same as
+/// the uninterrupted run's bit for bit at the saving mesh and within 1e-6 at the others (float,
+/// AdamW's eps at 1e-6, as trainer_test.cpp's MeshesFollowOneRankFloat: the meshes reorder sums).
+/// Float rather than double: the float trainers on both paths are this file's already, which
+/// keeps its compile time down.
+TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
+  const double eps = kAdamW.eps;
+  kAdamW.eps = 1e-6;
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const auto staged_dir = fresh_dir(*comm, "resume_staged"), host_dir = fresh_dir(*comm, "resume_host");
+    const MeshDims saved = n == 4 ? MeshDims{.tp = 2, .dp = 2} : meshes(n).back();
+    const auto config = tiny_config(true, n == 3);
+    const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
+    const TrainRun full = train<float>(Mesh<>(comm, saved), config, 6, zero1);
+    train<float, StagedCpu>(Mesh<StagedCpu>(comm, saved), config, 3, zero1, {}, staged_dir);
+    train<float>(Mesh<>(comm, saved), config, 3, zero1, {}, host_dir);
+    if (comm->rank() == 0)
+      for (const char* file : {"resume.safetensors", "model.safetensors"})
+        EXPECT_EQ(bytes(staged_dir / "step-000003" / file), bytes(host_dir / "step-000003" / file))
+            << file << ": the StagedCpu trainer's checkpoint differs from the host trainer's";
+    const std::vector<double> tail(full.losses.begin() + 3, full.losses.end());
+    for (const MeshDims dims : meshes(n))
+      for (const int zero : {0, 1}) {
+        if (zero == 1 && dims.dp == 1) continue;
+        const std::string where = fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp,
+                                              saved.dp, dims.tp, dims.dp, zero);
+        const TrainerOptions options{.zero = zero, .bucket_size = 1500};
+        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun host = train<float>(Mesh<>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, host_dir);
+        EXPECT_EQ(staged.losses, host.losses) << where << ": StagedCpu and host resumes";
+        EXPECT_EQ(staged.params, host.params) << where << ": StagedCpu and host resumes";
+        EXPECT_EQ(from_host.losses, staged.losses) << where << ": StagedCpu resumes from the host's checkpoint";
+        ASSERT_EQ(staged.losses.size(), tail.size()) << where;
+        for (std::size_t s = 0; s < tail.size(); ++s)
+          EXPECT_NEAR(staged.losses[s], tail[s], 1e-6 * std::abs(tail[s])) << where << ", step " << 3 + s;
+        if (dims.tp == saved.tp && dims.dp == saved.dp && zero == zero1.zero)
+          EXPECT_EQ(staged.losses, tail) << where << ": not the uninterrupted run's bit for bit";
+      }
+    comm->barrier();
+    if (comm->rank() == 0) {
+      std::filesystem::remove_all(staged_dir);
+      std::filesystem::remove_all(host_dir);
+    }
+  });
+  kAdamW.eps = eps;
+}
+
+/// Another model's checkpoint (a wider MLP) on the device path, refused by name (the first tensor
+/// whose shape differs) before the trainer changes. (A double run's checkpoint in a float trainer
+/// is refused before anything device-specific runs: trainer_test.cpp's ResumesAtAnyMesh.)
+TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const auto dir = fresh_dir(*comm, "refused");
+    const auto config = tiny_config(true, n == 3);
+    const Mesh<StagedCpu> mesh(comm, meshes(n).back());
+    train<float, StagedCpu>(mesh, config, 1, {}, {}, dir);
+    auto wider = config;
+    wider.ffn += 12;
+    models::Transformer<float, StagedCpu> other(mesh.tp_context(), wider, 3);
+    Trainer<float, StagedCpu> trainer(mesh, other, {.zero = mesh.dp() > 1 ? 1 : 0});
+    const auto before = values(other);
+    EXPECT_THAT([&] { load_training_checkpoint(trainer, dir); },
+                ::testing::ThrowsMessage<Error>(HasSubstr("but the layer's parameter is")));
+    EXPECT_EQ(values(other), before) << "the model changed on a refused load";
+    EXPECT_EQ(trainer.steps_done(), 0);
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+  });
+}
+
+/// f16 with dynamic loss scaling on the device path (tp::Cpu's f16 tensors, the device's staging):
+/// a planted overflow is skipped on every rank, the scale backs off, and the run goes on bit for
+/// bit as one that left the batch out (precision_test.cpp's F16SurvivesAPlantedOverflow, on the
+/// last of its meshes: TP 2 x DP 2 with ZeRO-1 at 4 ranks, TP 1 x DP n at 2 and 3, TP 1 at 1,
+/// where the staged DP collectives carry the inf); an f16 checkpoint with its loss scale (growing every 2 clean steps) resumes
+/// through the device path with the uninterrupted run's next losses, bit for bit.
+TEST(TrainerDevicePath, F16SurvivesAPlantedOverflowAndResumes) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    constexpr int kSteps = 30, kPlant = 5;
+    const LossScalerOptions scaling{.initial_scale = 1024, .growth_interval = 1000};
+    const MeshDims dims = n == 1 ? MeshDims{.tp = 1} : MeshDims{.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n};
+    const Mesh<StagedCpu> mesh(comm, dims);
+    const auto config = tiny_config(true, dims.tp == 3);
+    {
+      const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
+      const PlantedOverflow r = planted_overflow(mesh, config, options, kSteps, kPlant);
+      expect_survived(r, comm->rank() == n - 1, kPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
+    }
+    const auto dir = fresh_dir(*comm, "f16");
+    TrainerOptions options{.zero = mesh.dp() > 1 ? 1 : 0, .bucket_size = 1500};
+    options.loss_scaling = LossScalerOptions{.initial_scale = 1024, .growth_interval = 2};
+    const TrainRun full = train<f16, StagedCpu>(mesh, config, 6, options);
+    train<f16, StagedCpu>(mesh, config, 3, options, {}, dir);
+    const TrainRun resumed = train<f16, StagedCpu>(mesh, config, 6, options, dir);
+    EXPECT_EQ(resumed.losses, std::vector<double>(full.losses.begin() + 3, full.losses.end()));
+    EXPECT_EQ(resumed.params, full.params);
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
   });
 }
 

@@ -105,8 +105,8 @@ using BeforeStep = std::function<bool(Trainer<T, Device>&, int)>;
 
 /// Trainer steps up to `steps` on `mesh`, each DP rank on its rows of the global batch; resuming
 /// from `resume` and saving under `save` at the end when given. Without loss scaling every step
-/// must be applied. On a device (tp::Cuda: trainer_cuda_test.cu) the same steps, without
-/// checkpoints (training checkpoints are host-device only).
+/// must be applied. On a device (tp::Cuda: trainer_cuda_test.cu; StagedCpu: staged_device_test.cpp)
+/// the same steps and checkpoints.
 template <class T, class Device = Cpu>
 TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config, int steps, TrainerOptions options,
                const std::filesystem::path& resume = {}, const std::filesystem::path& save = {},
@@ -114,9 +114,7 @@ TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config
   models::Transformer<T, Device> model(mesh.tp_context(), config, 11);
   options.adamw = kAdamW;
   Trainer<T, Device> trainer(mesh, model, options);
-  if constexpr (Device::on_host) {
-    if (!resume.empty()) load_training_checkpoint(trainer, resume);
-  }
+  if (!resume.empty()) load_training_checkpoint(trainer, resume);
   const Range rows = Trainer<T, Device>::dp_rows(mesh, kRows);
   TrainRun run;
   std::vector<std::int64_t> ids, targets;
@@ -134,12 +132,69 @@ TrainRun train(const Mesh<Device>& mesh, const models::TransformerConfig& config
   }
   run.skipped = trainer.steps_skipped();
   run.params = values(model);
-  if constexpr (Device::on_host) {
-    if (!save.empty()) save_training_checkpoint(trainer, save);
-  } else {
-    TP_CHECK(resume.empty() && save.empty(), "tiny_training::train: no checkpoints on a device");
-  }
+  if (!save.empty()) save_training_checkpoint(trainer, save);
   return run;
+}
+
+/// f16 with dynamic loss scaling through a planted overflow, on any device: at step `plant` the
+/// last world rank's first reported gradient (the final norm's weight, a replicated parameter:
+/// counted in the global norm on TP rank 0 only, yet updated on every rank) becomes inf. `got` is
+/// that run; `want` one that left batch `plant` out and halved its scale there by hand; `unplanted`
+/// one without the plant; `scales[s]` the loss scale before step s of `got`.
+struct PlantedOverflow {
+  TrainRun got, want, unplanted;
+  std::vector<double> scales;
+  bool planted = false;
+};
+
+template <class Device = Cpu>
+PlantedOverflow planted_overflow(const Mesh<Device>& mesh, const models::TransformerConfig& config,
+                                 const TrainerOptions& options, int steps, int plant) {
+  PlantedOverflow out;
+  const bool last = mesh.rank() == mesh.world_size() - 1;
+  out.got = train<f16, Device>(mesh, config, steps, options, {}, {}, [&](Trainer<f16, Device>& t, int s) {
+    out.scales.push_back(t.loss_scaler()->scale());
+    if (s != plant) return true;
+    t.model().set_grad_ready_hook([&t, &out, last](std::size_t first, std::size_t end) {
+      if (last && !out.planted && first < end) {
+        const MatrixView<f16> g = t.grads().parameters()[first].grad;
+        t.mesh().tp_context().device->fill(g.block(0, 0, 1, 1), static_cast<f16>(std::numeric_limits<float>::infinity()));
+        out.planted = true;
+      }
+      t.grads().accumulate(first, end);
+    });
+    return true;
+  });
+  out.want = train<f16, Device>(mesh, config, steps, options, {}, {}, [&](Trainer<f16, Device>& t, int s) {
+    if (s == plant) t.loss_scaler()->set_scale(t.loss_scaler()->scale() / 2);
+    return s != plant;
+  });
+  out.unplanted = train<f16, Device>(mesh, config, steps, options);
+  return out;
+}
+
+/// What a planted overflow must do (planted_overflow): the last rank planted it, every rank skipped
+/// that step and halved the scale, and the run went on as `want` from step plant + 1: bit for bit
+/// (`exact`: the same arithmetic in both runs) or, on a device that need not repeat its roundings
+/// run to run, within `tolerance` normwise over the losses; and it kept learning (one update
+/// behind the run without the plant, in the steep part of the curve, ~5% a step, it ends below
+/// where that run was 3 steps before its end).
+inline void expect_survived(const PlantedOverflow& r, bool last_rank, int plant, bool exact, double tolerance,
+                            const std::string& where) {
+  EXPECT_EQ(r.planted, last_rank) << where;
+  EXPECT_EQ(r.got.skipped, r.want.skipped + 1) << where << ": the planted step was not skipped";
+  ASSERT_GT(r.scales.size(), static_cast<std::size_t>(plant + 1)) << where;
+  EXPECT_EQ(r.scales[plant + 1], r.scales[plant] / 2) << where << ": the scale did not back off";
+  // `want` left batch `plant` out; the planted run took it but skipped it: from plant + 1 on.
+  const std::vector<double> after(r.got.losses.begin() + plant + 1, r.got.losses.end());
+  const std::vector<double> want(r.want.losses.begin() + plant + 1, r.want.losses.end());
+  if (exact) {
+    EXPECT_EQ(after, want) << where;
+    EXPECT_EQ(r.got.params, r.want.params) << where;
+  } else {
+    EXPECT_LE(normwise(after, want), tolerance) << where;
+  }
+  EXPECT_LT(r.got.losses.back(), r.unplanted.losses[r.unplanted.losses.size() - 4]) << where;
 }
 
 }  // namespace tp::tiny_training

@@ -22,6 +22,13 @@
 /// their TP ranks hold (a block several TP ranks hold, Parameter::copy, once). Loading reads each
 /// rank's blocks of every full tensor into its buckets and keeps its own shard, whatever the
 /// mesh that saved them.
+///
+/// On a device (Device::on_host false: tp::Cuda) the same files: the master weights and moments
+/// are on the host already (ZeRO-1's all-gather of them is staged through device buffers,
+/// host_all_gather), the model's weights are copied to the host a block at a time to be written
+/// (save_safetensors) and written back from the master weights on load (write_weights), and
+/// tp/io's collectives over host buffers (save_checkpoint, the checksums, the verification) run on
+/// HostStagedCommunicators in front of the mesh's (tp/train/host_collectives.hpp).
 
 #ifndef TP_HAS_IO
 #error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
@@ -31,28 +38,46 @@
 #include <charconv>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "tp/io/checkpoint.hpp"
 #include "tp/io/resume.hpp"
 #include "tp/io/safetensors.hpp"
+#include "tp/train/host_collectives.hpp"
 #include "tp/train/trainer.hpp"
 
 namespace tp {
 
 namespace detail {
 
-/// Training checkpoints read and write the model's weights and the communicators' buffers in host
-/// memory; a trainer on a device (tp::Cuda) is refused by name rather than handed device pointers.
+/// The communicators tp/io's collective file code (save_checkpoint, save_safetensors, the
+/// checksums, the verification) runs over, which move host buffers: the mesh's own on a host
+/// device; on a device (Device::on_host false), the mesh's behind HostStagedCommunicators, which
+/// stage each of those small collectives through a device buffer.
 template <class Device>
-void require_host_trainer(const char* what) {
-  if constexpr (!Device::on_host)
-    TP_THROW(InvalidArgument,
-             "{}: training checkpoints of a trainer on a device (not tp::Cpu) are not supported yet; save the "
-             "model's weights (tp/io) or train on tp::Cpu to checkpoint",
-             what);
-}
+class HostComms {
+ public:
+  explicit HostComms(const Mesh<Device>& mesh) : mesh_(&mesh) {
+    if constexpr (!Device::on_host) {
+      world_.emplace(mesh.world(), mesh.tp_context().device);
+      tp_.emplace(mesh.tp_comm(), mesh.tp_context().device);
+    }
+  }
+  Communicator& world() {
+    if constexpr (Device::on_host) return mesh_->world();
+    else return *world_;
+  }
+  Communicator& tp() {
+    if constexpr (Device::on_host) return mesh_->tp_comm();
+    else return *tp_;
+  }
+
+ private:
+  const Mesh<Device>* mesh_;
+  std::optional<HostStagedCommunicator<Device>> world_, tp_;
+};
 
 /// Full buckets of master weights and moments on every rank (ZeRO-1: all-gathered over DP).
 template <class T, class Device>
@@ -99,7 +124,8 @@ FullOptimizerState<T, Device> gather_state(Trainer<T, Device>& trainer) {
       const auto& mine = kind == 0 ? s.master : kind == 1 ? s.exp_avg : s.exp_avg_sq;
       auto& out = (kind == 0 ? full.master : kind == 1 ? full.exp_avg : full.exp_avg_sq).emplace_back(n);
       if (shard)
-        dp.all_gather(std::span<const typename FullOptimizerState<T, Device>::M>(mine), std::span(out));
+        host_all_gather(dp, trainer.mesh().tp_context().device,
+                        std::span<const typename FullOptimizerState<T, Device>::M>(mine), std::span(out));
       else
         std::copy(mine.begin(), mine.end(), out.begin());
     }
@@ -114,9 +140,9 @@ FullOptimizerState<T, Device> gather_state(Trainer<T, Device>& trainer) {
 template <class T, class Device>
 std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, const std::filesystem::path& root,
                                                SafetensorsMetadata metadata = {}, int keep = 0) {
-  detail::require_host_trainer<Device>("save_training_checkpoint");
   trainer.finish_param_sync();  // the model's weights whole, from the last step (ZeRO-1's overlapped gather)
   const Mesh<Device>& mesh = trainer.mesh();
+  detail::HostComms<Device> comms(mesh);
   auto& opt = trainer.optimizer();
   metadata["format"] = "tp.resume";
   metadata["adamw.step"] = std::to_string(opt.step_count());
@@ -127,18 +153,19 @@ std::filesystem::path save_training_checkpoint(Trainer<T, Device>& trainer, cons
     metadata["loss_scale.clean_steps"] = std::to_string(trainer.loss_scaler()->clean_steps());
   }
   return save_checkpoint(
-      mesh.world(), root, opt.step_count(),
+      comms.world(), root, opt.step_count(),
       [&](const std::filesystem::path& dir) {
         auto full = detail::gather_state(trainer);
         if (mesh.dp_rank() != 0) return;
         const auto records = full.records(trainer);
         const Cpu host;
         SafetensorsMetadata with_checksums = metadata;
-        detail::add_checksums<typename Trainer<T, Device>::Master>(mesh.tp_comm(), host, records, with_checksums);
-        save_safetensors<typename Trainer<T, Device>::Master>(mesh.tp_comm(), host, records, dir / "resume.safetensors",
+        detail::add_checksums<typename Trainer<T, Device>::Master>(comms.tp(), host, records, with_checksums);
+        save_safetensors<typename Trainer<T, Device>::Master>(comms.tp(), host, records, dir / "resume.safetensors",
                                                               with_checksums);
+        // On a device, save_safetensors copies each block of the weights to the host to write it.
         const auto params = trainer.model().parameters();
-        save_safetensors<T>(mesh.tp_comm(), *mesh.tp_context().device, params, dir / "model.safetensors", metadata);
+        save_safetensors<T>(comms.tp(), *mesh.tp_context().device, params, dir / "model.safetensors", metadata);
       },
       {.keep = keep});
 }
@@ -155,13 +182,13 @@ template <class T, class Device>
 SafetensorsMetadata load_training_checkpoint(
     Trainer<T, Device>& trainer, std::filesystem::path path,
     const std::function<void(const SafetensorsMetadata&, const std::filesystem::path&)>& check = {}) {
-  detail::require_host_trainer<Device>("load_training_checkpoint");
   trainer.finish_param_sync();  // no gather of older weights may land after the loaded ones
   const Mesh<Device>& mesh = trainer.mesh();
+  detail::HostComms<Device> comms(mesh);
   std::int64_t step = -1;  // -1: `path` is a file or a step directory itself
   if (mesh.rank() == 0 && std::filesystem::is_directory(path) && !std::filesystem::exists(path / "resume.safetensors"))
     if (const auto latest = latest_checkpoint(path)) step = *checkpoint_step(latest->filename().string());
-  mesh.world().broadcast(std::span<std::int64_t>(&step, 1), 0);
+  comms.world().broadcast(std::span<std::int64_t>(&step, 1), 0);
   if (step >= 0) path /= checkpoint_name(step);
   if (std::filesystem::is_directory(path)) {
     if (!std::filesystem::exists(path / "resume.safetensors"))
@@ -189,7 +216,7 @@ SafetensorsMetadata load_training_checkpoint(
                detail::safetensors_dtype_name(dtype_of<T>), want);
     }
   }
-  detail::verify_resume_file(mesh.world(), path, metadata);
+  detail::verify_resume_file(comms.world(), path, metadata);
 
   // Every rank reads its TP blocks into full buckets, then keeps its shard.
   auto full = detail::gather_state(trainer);

@@ -26,7 +26,7 @@
 /// Devices: Trainer<T, tp::Cuda> (float, bf16, f16) runs the model, the loss and the backward on
 /// the GPU; the main gradients, master weights and moments stay in host memory (tp/train/
 /// grad_buffer.hpp, distributed_adamw.hpp), so each step moves the gradients to the host and the
-/// weights back. Training checkpoints (tp/train/checkpoint.hpp) are host-device only for now.
+/// weights back. Training checkpoints (tp/train/checkpoint.hpp) work there too, staged.
 
 #include <cstdint>
 #include <optional>
