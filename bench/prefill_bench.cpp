@@ -238,6 +238,20 @@ int main(int argc, char** argv) {
       fmt::print("| rest (embedding, calls, bookkeeping) | {:.2f} | {:.3f} | | | |\n", 1e3 * (total - sum),
                  (total - sum) / total);
       fmt::print("| **whole prefill** | **{:.2f}** | 1 | {:.0f} tokens/s | | |\n", 1e3 * total, m / total);
+      // The limits: every FLOP at the 1024^3 rate (tp_bench_decode's prefill limit; its causal
+      // attention counts n^2 / 2 score rows, this one n (n + 1) / 2), and the shape-aware one, the GEMMs at the rate tp::Cpu::gemm reaches on their own
+      // shapes (warm) and the rest at the 1024^3 rate.
+      double flops = 0, shaped = 0;
+      for (auto& p : parts) {
+        flops += p.flops;
+        double rate = peak;
+        for (auto& w : warm)
+          if (w.name == p.name) rate = w.flops / median(w.seconds);
+        shaped += p.flops / rate;
+      }
+      fmt::print("\nlimit at the 1024^3 rate: {:.2f} ms, the prefill at {:.2f} of it; shape-aware limit (each GEMM at its "
+                 "own shape's warm rate): {:.2f} ms, the prefill at {:.2f} of it\n",
+                 1e3 * flops / peak, flops / peak / total, 1e3 * shaped, shaped / total);
     });
   } catch (const std::exception& e) {
     fmt::print(stderr, "tp_bench_prefill: {}\n", e.what());
