@@ -179,6 +179,91 @@ void cpu_peak(benchmark::State& state) {
 BENCHMARK(cpu_peak)->DenseRange(0, 2)->ArgName("kind");
 #endif
 
+/// The prefill's GEMMs (tp_bench_prefill: a 128-token prompt through the 100 M Llama-style model,
+/// hidden 768, ffn 2048, 12 heads over 4 kv heads; QKV, O, gate/up, down as {M, N, K}) beside the
+/// 1024^3 product of the prefill limit, as the layers run them: y = x w^T with w [N, K]
+/// (torch.nn.Linear's layout; kind 0, tp::Cpu::gemm(n, t), what tp::ops::linear_forward runs at
+/// these token counts), beside the same product with w stored [K, N] (kind 1, gemm(n, n)) and, where
+/// tp has oneDNN, beside oneDNN's matmul primitive with w reordered once into the layout oneDNN
+/// chooses (kind 2: prepacked weights, the reorder outside the timing). GFLOP/s from wall time.
+///
+///   build/bench/tp_bench_blas --benchmark_filter=prefill_gemm --benchmark_repetitions=5 \
+///       --benchmark_enable_random_interleaving=true --benchmark_counters_tabular=true
+void prefill_gemm(benchmark::State& state) {
+  const std::int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const int kind = static_cast<int>(state.range(3));
+  const tp::Cpu cpu({.threads = 1});
+  std::vector<float> a(static_cast<std::size_t>(m * k), 0.5f), w(static_cast<std::size_t>(k * n), 0.25f),
+      c(static_cast<std::size_t>(m * n));
+  const auto count = [&] {
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k),
+                                                   benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  };
+  if (kind < 2) {
+    state.SetLabel(kind == 0 ? "x w^T, w [N, K]: " + tp::Cpu::blas_name(cpu.gemm_library()) : "x w, w [K, N]");
+    for (auto _ : state) {
+      cpu.gemm<float>(tp::Op::n, kind == 0 ? tp::Op::t : tp::Op::n, 1.f, tp::ConstView<float>(a.data(), m, k),
+                      kind == 0 ? tp::ConstView<float>(w.data(), n, k) : tp::ConstView<float>(w.data(), k, n), 0.f,
+                      tp::MatrixView<float>(c.data(), m, n));
+      benchmark::DoNotOptimize(c.data());
+    }
+    return count();
+  }
+#ifdef TP_HAS_DNNL
+  omp_set_num_threads(1);
+  const auto desc = [](dnnl_memory_desc_t* md, std::int64_t rows, std::int64_t cols, dnnl_format_tag_t tag) {
+    const dnnl_dims_t dims = {rows, cols};
+    tp::detail::dnnl_check(dnnl_memory_desc_init_by_tag(md, 2, dims, dnnl_f32, tag), "memory_desc");
+  };
+  dnnl_memory_desc_t a_md, w_plain, w_any, c_md;
+  desc(&a_md, m, k, dnnl_ab);
+  desc(&w_plain, k, n, dnnl_ba);  // w stored [N, K]: the weights' own layout
+  desc(&w_any, k, n, dnnl_format_tag_any);
+  desc(&c_md, m, n, dnnl_ab);
+  dnnl_matmul_desc_t md;
+  tp::detail::dnnl_check(dnnl_matmul_desc_init(&md, &a_md, &w_any, nullptr, &c_md), "matmul_desc_init");
+  const dnnl_engine_t engine = tp::detail::dnnl_cpu_engine();
+  const dnnl_stream_t stream = tp::detail::dnnl_thread_stream();
+  dnnl_primitive_desc_t pd = nullptr, reorder_pd = nullptr;
+  tp::detail::dnnl_check(dnnl_primitive_desc_create(&pd, &md, nullptr, engine, nullptr), "matmul pd");
+  const dnnl_memory_desc_t packed_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  dnnl_primitive_t matmul = nullptr, reorder = nullptr;
+  dnnl_memory_t am, wm, pm, cm;
+  tp::detail::dnnl_check(dnnl_primitive_create(&matmul, pd), "matmul");
+  tp::detail::dnnl_check(dnnl_memory_create(&am, &a_md, engine, a.data()), "memory a");
+  tp::detail::dnnl_check(dnnl_memory_create(&wm, &w_plain, engine, w.data()), "memory w");
+  tp::detail::dnnl_check(dnnl_memory_create(&pm, &packed_md, engine, DNNL_MEMORY_ALLOCATE), "memory packed w");
+  tp::detail::dnnl_check(dnnl_memory_create(&cm, &c_md, engine, c.data()), "memory c");
+  tp::detail::dnnl_check(dnnl_reorder_primitive_desc_create(&reorder_pd, &w_plain, engine, &packed_md, engine, nullptr),
+                         "reorder pd");
+  tp::detail::dnnl_check(dnnl_primitive_create(&reorder, reorder_pd), "reorder");
+  const dnnl_exec_arg_t reorder_args[] = {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, pm}};
+  tp::detail::dnnl_check(dnnl_primitive_execute(reorder, stream, 2, reorder_args), "reorder execute");
+  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, pm}, {DNNL_ARG_DST, cm}};
+  const char* impl = nullptr;
+  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+  state.SetLabel(fmt::format("oneDNN matmul, w prepacked ({})", impl ? impl : "?"));
+  for (auto _ : state) {
+    tp::detail::dnnl_check(dnnl_primitive_execute(matmul, stream, 3, args), "matmul execute");
+    tp::detail::dnnl_check(dnnl_stream_wait(stream), "stream_wait");
+    benchmark::DoNotOptimize(c.data());
+  }
+  for (dnnl_memory_t mem : {am, wm, pm, cm}) dnnl_memory_destroy(mem);
+  dnnl_primitive_destroy(reorder);
+  dnnl_primitive_destroy(matmul);
+  dnnl_primitive_desc_destroy(reorder_pd);
+  dnnl_primitive_desc_destroy(pd);
+  count();
+#else
+  state.SkipWithError("tp was built without oneDNN");
+#endif
+}
+BENCHMARK(prefill_gemm)->Apply([](auto* b) {
+  for (const std::vector<std::int64_t> s : {std::vector<std::int64_t>{1024, 1024, 1024}, {128, 1280, 768}, {128, 768, 768},
+                                            {128, 4096, 768}, {128, 768, 2048}})
+    for (const std::int64_t kind : {0, 1, 2}) b->Args({s[0], s[1], s[2], kind});
+})->ArgNames({"M", "N", "K", "kind"})->Unit(benchmark::kMillisecond)->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();

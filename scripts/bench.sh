@@ -41,7 +41,7 @@ export OPENBLAS_NUM_THREADS=1
 if [ $skip_build -eq 0 ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTP_BUILD_TESTS=OFF -DTP_BUILD_EXAMPLES=OFF \
         -DTP_BUILD_BENCH=ON >/dev/null
-  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas tp_bench_decode tp_bench_train
+  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas tp_bench_decode tp_bench_prefill tp_bench_train
 fi
 bin=$build/bench
 results=$build/bench-results
@@ -245,6 +245,26 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
     echo
     cat "$decode_log"
   } >>"$root/BENCHMARKS.md"
+  # Where the 100 M model's prefill (TP 1) spends its time, part by part, on each clone.
+  if [ -x "$build/bench/tp_bench_prefill" ]; then
+    {
+      echo
+      echo "### Where a prefill's time goes"
+      echo
+      echo 'The 100 M model'"'"'s 128-token prefill at TP 1 (one thread) timed whole beside each of its parts run on'
+      echo 'their own through the same ops on the model'"'"'s own weights, every layer in turn; the median of 21 turns,'
+      echo 'each timing every part once. `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 [TP_CPU_ISA=avx2'
+      echo 'OPENBLAS_CORETYPE=Haswell] build-bench/bench/tp_bench_prefill`; the GEMMs at these shapes beside'
+      echo 'oneDNN'"'"'s prepacked matmul: `tp_bench_blas --benchmark_filter=prefill_gemm`.'
+      for isa in native avx2; do
+        [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
+        echo
+        # shellcheck disable=SC2046
+        env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell) \
+          "$build/bench/tp_bench_prefill" 2>&1 || echo "bench.sh: tp_bench_prefill ($isa) failed" >&2
+      done
+    } >>"$root/BENCHMARKS.md"
+  fi
   # Beside PyTorch eager (transformers' LlamaForCausalLM, one thread), when pip can install it.
   if [ $peer -eq 1 ]; then
     torch_decode_log="$results/decode-torch.txt"

@@ -51,6 +51,28 @@ TYPED_TEST(Rope, MatchesFormula) {
 
 #ifndef TP_TEST_CUDA
 
+/// tp::Cpu's rotation loop in every clone, and its table of sines and cosines (positions below
+/// 8192, filled per thread as positions grow) beside the angles it computes past the table and for
+/// negative positions, in float and double.
+TEST(CpuRope, TabledAndComputedAnglesMatchFormulaInEveryClone) {
+  test::for_each_cpu_isa([&] {
+    const std::int64_t heads = 2, d = 64;
+    for (const auto& positions : {std::vector<std::int64_t>{0, 1, 2, 3}, std::vector<std::int64_t>{8190, 8191, 8192, 8193},
+                                  std::vector<std::int64_t>{-5, 40000, 7, 5000}}) {
+      const auto tokens = static_cast<std::int64_t>(positions.size());
+      const ConstView<std::int64_t> pos(positions.data(), 1, tokens);
+      const auto x = ref::random_matrix<double>(tokens, heads * d, ref::test_seed(4));
+      const ref::Matrix want = ref::rope(x, positions, d, 10000.0);
+      auto xf = ref::to_tensor<float>(x);
+      auto xd = ref::to_tensor<double>(x);
+      tp::ops::rope<float>(Cpu(), xf.view(), pos, d, 10000.0, false);
+      tp::ops::rope<double>(Cpu(), xd.view(), pos, d, 10000.0, false);
+      TP_EXPECT_CLOSE(float, xf, want);
+      TP_EXPECT_CLOSE(double, xd, want);
+    }
+  });
+}
+
 TEST(RopeErrors, BadShapesNameTheSizes) {
   const Cpu cpu;
   Tensor<float, Cpu> x(4, 6);
