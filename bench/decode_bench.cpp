@@ -26,6 +26,7 @@
 #include <chrono>
 #include <vector>
 
+#include "common/generation_model.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
@@ -82,17 +83,11 @@ int main(int argc, char** argv) {
   std::string backend = "mpi";
   int world = 1, threads = 1, reps = 5;
   std::int64_t prompt = 128, new_tokens = 32, triad_mb = 256;
-  tiny_lm::ModelConfig model{.arch = tiny_lm::Arch::llama, .vocab = 32000, .hidden = 768, .heads = 12, .kv_heads = 4,
-                             .layers = 12, .ffn = 2048, .seq_len = 0, .batch = 1, .seed = 1};
+  tiny_lm::ModelConfig model = tp::bench::generation_model();
   app.add_option("--backend", backend, "local, mpi or gloo")->capture_default_str();
   app.add_option("--world", world, "ranks in this process (local)")->capture_default_str();
   app.add_option("--threads", threads, "BLAS threads per rank")->capture_default_str();
-  app.add_option("--hidden", model.hidden)->capture_default_str();
-  app.add_option("--layers", model.layers)->capture_default_str();
-  app.add_option("--heads", model.heads)->capture_default_str();
-  app.add_option("--kv-heads", model.kv_heads)->capture_default_str();
-  app.add_option("--ffn", model.ffn)->capture_default_str();
-  app.add_option("--vocab", model.vocab)->capture_default_str();
+  tp::bench::add_model_options(app, model);
   app.add_option("--prompt", prompt, "prompt tokens (prefill)")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "decoded tokens")->capture_default_str();
   app.add_option("--reps", reps, "generations timed (the best is reported)")->capture_default_str();

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "common/generation_model.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
@@ -57,14 +58,8 @@ int main(int argc, char** argv) {
   CLI::App app{"Where a prefill's time goes: the whole forward beside each of its parts on its own"};
   int reps = 21;
   std::int64_t prompt = 128;
-  tiny_lm::ModelConfig model{.arch = tiny_lm::Arch::llama, .vocab = 32000, .hidden = 768, .heads = 12, .kv_heads = 4,
-                             .layers = 12, .ffn = 2048, .seq_len = 0, .batch = 1, .seed = 1};
-  app.add_option("--hidden", model.hidden)->capture_default_str();
-  app.add_option("--layers", model.layers)->capture_default_str();
-  app.add_option("--heads", model.heads)->capture_default_str();
-  app.add_option("--kv-heads", model.kv_heads)->capture_default_str();
-  app.add_option("--ffn", model.ffn)->capture_default_str();
-  app.add_option("--vocab", model.vocab)->capture_default_str();
+  tiny_lm::ModelConfig model = tp::bench::generation_model();
+  tp::bench::add_model_options(app, model);
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--reps", reps, "turns (the median is reported)")->capture_default_str();
   bool whole_only = false;

@@ -103,10 +103,10 @@ TEST(MixedPrecision, BF16MeshesFollowOneRank) {
   });
 }
 
-/// f16 with dynamic loss scaling through a planted overflow: at step kPlant the last rank's first
+/// f16 with dynamic loss scaling through a planted overflow: at step kOverflowPlant the last rank's first
 /// reported gradient (the final norm's weight, a replicated parameter: counted in the global norm
 /// on TP rank 0 only, yet updated on every rank) becomes inf. Every rank skips that step, the scale
-/// halves, nothing else changes; so the run equals, bit for bit, one that left batch kPlant out and
+/// halves, nothing else changes; so the run equals, bit for bit, one that left batch kOverflowPlant out and
 /// had its scale halved there by hand. It keeps learning: one update behind the run without the
 /// plant, in the steep part of the curve (~5% a step), it ends below where that run was 3 steps
 /// before its end. (tiny_training.hpp's planted_overflow and expect_survived, which the device
@@ -114,15 +114,10 @@ TEST(MixedPrecision, BF16MeshesFollowOneRank) {
 TEST(MixedPrecision, F16SurvivesAPlantedOverflow) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
-    constexpr int kSteps = 30, kPlant = 5;
-    const LossScalerOptions scaling{.initial_scale = 1024, .growth_interval = 1000};
-    std::vector<MeshDims> all{{.tp = n, .dp = 1}};
-    if (n > 1) all.push_back({.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n});
-    for (const MeshDims dims : all) {
+    for (const MeshDims dims : overflow_meshes(n)) {
       const Mesh<> mesh(comm, dims);
-      const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
-      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3), options, kSteps, kPlant);
-      expect_survived(r, comm->rank() == n - 1, kPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
+      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3));
+      expect_survived(r, comm->rank() == n - 1, kOverflowPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
     }
   });
 }

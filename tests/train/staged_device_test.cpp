@@ -158,15 +158,12 @@ TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
 TEST(TrainerDevicePath, F16SurvivesAPlantedOverflowAndResumes) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
-    constexpr int kSteps = 30, kPlant = 5;
-    const LossScalerOptions scaling{.initial_scale = 1024, .growth_interval = 1000};
-    const MeshDims dims = n == 1 ? MeshDims{.tp = 1} : MeshDims{.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n};
+    const MeshDims dims = overflow_meshes(n).back();
     const Mesh<StagedCpu> mesh(comm, dims);
     const auto config = tiny_config(true, dims.tp == 3);
     {
-      const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
-      const PlantedOverflow r = planted_overflow(mesh, config, options, kSteps, kPlant);
-      expect_survived(r, comm->rank() == n - 1, kPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
+      const PlantedOverflow r = planted_overflow(mesh, config);
+      expect_survived(r, comm->rank() == n - 1, kOverflowPlant, true, 0, fmt::format("TP {} x DP {}", dims.tp, dims.dp));
     }
     const auto dir = fresh_dir(*comm, "f16");
     TrainerOptions options{.zero = mesh.dp() > 1 ? 1 : 0, .bucket_size = 1500};

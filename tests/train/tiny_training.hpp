@@ -173,6 +173,25 @@ PlantedOverflow planted_overflow(const Mesh<Device>& mesh, const models::Transfo
   return out;
 }
 
+/// The planted-overflow tests' run on one mesh: 30 steps with the inf at step 5, the loss scale
+/// starting at 1024 and not growing within them, ZeRO-1 where dp > 1, buckets of 1500 elements.
+inline constexpr int kOverflowSteps = 30, kOverflowPlant = 5;
+template <class Device = Cpu>
+PlantedOverflow planted_overflow(const Mesh<Device>& mesh, const models::TransformerConfig& config) {
+  const TrainerOptions options{.zero = mesh.dp() > 1 ? 1 : 0,
+                               .bucket_size = 1500,
+                               .loss_scaling = LossScalerOptions{.initial_scale = 1024, .growth_interval = 1000}};
+  return planted_overflow(mesh, config, options, kOverflowSteps, kOverflowPlant);
+}
+
+/// Where the planted-overflow tests run at n ranks: TP n and, above one rank, TP 2 x DP n/2 (TP 1
+/// x DP n on an odd world), the mesh whose DP collectives carry the inf.
+inline std::vector<MeshDims> overflow_meshes(int n) {
+  std::vector<MeshDims> all{{.tp = n, .dp = 1}};
+  if (n > 1) all.push_back({.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n});
+  return all;
+}
+
 /// What a planted overflow must do (planted_overflow): the last rank planted it, every rank skipped
 /// that step and halved the scale, and the run went on as `want` from step plant + 1: bit for bit
 /// (`exact`: the same arithmetic in both runs) or, on a device that need not repeat its roundings

@@ -141,15 +141,10 @@ TEST(TrainerCuda, F16SurvivesAPlantedOverflow) {
   TP_REQUIRE_CUDA();
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
-    constexpr int kSteps = 30, kPlant = 5;
-    const LossScalerOptions scaling{.initial_scale = 1024, .growth_interval = 1000};
-    std::vector<MeshDims> all{{.tp = n, .dp = 1}};
-    if (n > 1) all.push_back({.tp = n % 2 == 0 ? 2 : 1, .dp = n % 2 == 0 ? n / 2 : n});
-    for (const MeshDims dims : all) {
+    for (const MeshDims dims : overflow_meshes(n)) {
       const Mesh<Cuda> mesh(comm, dims);
-      const TrainerOptions options{.zero = dims.dp > 1 ? 1 : 0, .bucket_size = 1500, .loss_scaling = scaling};
-      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3), options, kSteps, kPlant);
-      expect_survived(r, comm->rank() == n - 1, kPlant, false, 1.0 / 128,
+      const PlantedOverflow r = planted_overflow(mesh, tiny_config(true, dims.tp == 3));
+      expect_survived(r, comm->rank() == n - 1, kOverflowPlant, false, 1.0 / 128,
                       fmt::format("GPU f16 TP {} x DP {}", dims.tp, dims.dp));
     }
   });
