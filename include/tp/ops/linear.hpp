@@ -6,9 +6,11 @@
 /// (tp/device/cpu/streaming_linear.hpp), the rest as GEMMs.
 
 #include <cstdint>
+#include <memory>
 
 #include "tp/detail/shape_checks.hpp"
 #include "tp/device/device.hpp"
+#include "tp/device/packed_weight.hpp"
 #include "tp/ops/dispatch.hpp"
 
 TP_OPS_DECLARE(add_bias)
@@ -17,6 +19,8 @@ TP_OPS_DECLARE(gemm_bias)
 TP_OPS_DECLARE(gemm_epilogue)
 TP_OPS_DECLARE(linear_forward)
 TP_OPS_DECLARE(linear_backward)
+TP_OPS_DECLARE(pack_weight)
+TP_OPS_DECLARE(linear_forward_packed)
 
 #ifdef TP_HAS_BLAS
 #include "tp/device/cpu/linear.hpp"
@@ -68,10 +72,9 @@ void gemm_epilogue(const D& dev, Op op_a, Op op_b, std::type_identity_t<T> alpha
   TP_OPS_DISPATCH(gemm_epilogue, dev, op_a, op_b, alpha, a, b, beta, c, epilogue);
 }
 
-/// y = x w^T, plus bias[0, :] unless bias is empty: a linear layer's forward for x [tokens, in] and
-/// w [out, in] (torch.nn.Linear's layout), y [tokens, out]. y must not overlap x, w or bias.
-template <class T, Device D>
-void linear_forward(const D& dev, In<T> x, In<T> w, In<T> bias, MatrixView<T> y) {
+/// linear_forward's argument checks.
+template <class T>
+void linear_forward_checks(In<T> x, In<T> w, In<T> bias, MatrixView<T> y) {
   TP_CHECK(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows,
            "linear_forward: x is {}x{}, w is {}x{}, y is {}x{} (want x [m, k], w [n, k], y [m, n])", x.rows, x.cols,
            w.rows, w.cols, y.rows, y.cols);
@@ -79,8 +82,48 @@ void linear_forward(const D& dev, In<T> x, In<T> w, In<T> bias, MatrixView<T> y)
            bias.rows, bias.cols, y.cols);
   TP_CHECK(!tp::detail::overlaps<T>(y, x) && !tp::detail::overlaps<T>(y, w) && !tp::detail::overlaps<T>(y, bias),
            "linear_forward: the output y ({}x{}) overlaps an input", y.rows, y.cols);
+}
+
+/// y = x w^T, plus bias[0, :] unless bias is empty: a linear layer's forward for x [tokens, in] and
+/// w [out, in] (torch.nn.Linear's layout), y [tokens, out]. y must not overlap x, w or bias.
+template <class T, Device D>
+void linear_forward(const D& dev, In<T> x, In<T> w, In<T> bias, MatrixView<T> y) {
+  linear_forward_checks<T>(x, w, bias, y);
   if (y.empty()) return;
   TP_OPS_DISPATCH(linear_forward, dev, x, w, bias, y);
+}
+
+/// The [out, in] weight w packed for linear_forward(dev, x, w, packed, bias, y): a copy in the
+/// layout the device's GEMM reads fastest (tp::Cpu: oneDNN's blocked layout where oneDNN runs its
+/// float GEMMs, w^T where OpenBLAS does, measured in BENCHMARKS.md), or, where packing does not
+/// pay (doubles, the 16-bit types, tp::Cuda), nothing beyond w's shape and address. It stays
+/// valid while w's values do not change: the caller repacks after writing w.
+template <class T, Device D>
+PackedWeight<T, D> pack_weight(const std::shared_ptr<D>& device, In<T> w) {
+  TP_CHECK(device != nullptr, "pack_weight: no device");
+  TP_CHECK(w.rows > 0 && w.cols > 0, "pack_weight: w is {}x{}, expected [out > 0, in > 0]", w.rows, w.cols);
+  if constexpr (requires { ::tp::impl::pack_weight(device, w); })
+    return ::tp::impl::pack_weight(device, w);
+  else
+    return PackedWeight<T, D>(w);
+}
+
+/// linear_forward with w's packed form beside it: forwards of more tokens than the streaming
+/// kernels take (tp::Cpu's prefill) run on `packed`, the rest on w (decode stays on the streaming
+/// kernels). `packed` must come from pack_weight(w) and w must not have changed since.
+template <class T, Device D>
+void linear_forward(const D& dev, In<T> x, In<T> w, const PackedWeight<T, D>& packed, In<T> bias, MatrixView<T> y) {
+  TP_CHECK(packed.source() == w.data && packed.rows() == w.rows && packed.cols() == w.cols,
+           "linear_forward: the packed weight is {}x{} packed from another tensor than w ({}x{}); pack w again",
+           packed.rows(), packed.cols(), w.rows, w.cols);
+  if constexpr (requires { ::tp::impl::linear_forward_packed(dev, x, w, packed, bias, y); }) {
+    if (!packed.empty()) {
+      linear_forward_checks<T>(x, w, bias, y);
+      if (y.empty()) return;
+      return ::tp::impl::linear_forward_packed(dev, x, w, packed, bias, y);
+    }
+  }
+  linear_forward<T>(dev, x, w, bias, y);
 }
 
 /// dx = dy w + beta_dx dx and dw = dy^T x + beta_dw dw: a linear layer's backward for dy [tokens,

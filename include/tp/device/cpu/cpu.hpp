@@ -419,6 +419,10 @@ class Cpu {
   /// threads per rank on each call of a kernel that takes a millisecond; ranks are the parallelism.
   int threads() const { return options_.threads > 0 ? options_.threads : 1; }
 
+  /// Threads of oneDNN's calls (through OpenMP, set per calling thread): CpuOptions::threads, or,
+  /// when that is 0, the process's BLAS setting, so that both libraries agree.
+  int gemm_threads() const { return options_.threads > 0 ? options_.threads : blas_threads(); }
+
   /// Whether the linear ops may take the streaming kernels (CpuOptions::streaming_linear).
   bool streaming_linear() const { return options_.streaming_linear; }
 
@@ -542,7 +546,7 @@ class Cpu {
   /// or, when the caller left threads at 0, to the process's BLAS setting, so both libraries agree.
   void dnnl_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<float> a,
                  ConstView<float> b, float beta, MatrixView<float> c) const {
-    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
+    const int threads = gemm_threads();
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const dnnl_status_t status =
         dnnl_sgemm(op_a == Op::n ? 'N' : 'T', op_b == Op::n ? 'N' : 'T', m, n, k, alpha, a.data,
@@ -579,7 +583,7 @@ class Cpu {
   /// thread (oneDNN compiles kernels for each), and kept for the thread's life.
   void dnnl_bf16_gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, ConstView<bf16> a,
                       ConstView<bf16> b, float beta, MatrixView<bf16> c) const {
-    const int threads = options_.threads > 0 ? options_.threads : blas_threads();
+    const int threads = gemm_threads();
     if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
     const std::int64_t lda = std::max<std::int64_t>(a.ld, 1), ldb = std::max<std::int64_t>(b.ld, 1);
     auto& cache = detail::DnnlMatmulCache::for_this_thread();

@@ -2,7 +2,7 @@
 /// The CPU side of tp/ops/linear.hpp: a linear layer's forward and backward (streaming kernels for
 /// few tokens, GEMMs otherwise), bias add and its gradient, and the fused-GEMM epilogues as a
 /// Cpu::gemm followed by the element-wise step (the GELU ones are the tanh approximation, as in
-/// cuBLASLt).
+/// cuBLASLt), and the forward on a packed weight (tp/device/cpu/packed_weight.hpp).
 
 #include <algorithm>
 #include <cstdint>
@@ -10,6 +10,7 @@
 
 #include "tp/detail/math.hpp"
 #include "tp/device/cpu/cpu.hpp"
+#include "tp/device/cpu/packed_weight.hpp"
 #include "tp/device/cpu/streaming_linear.hpp"
 
 namespace tp::impl {
@@ -96,6 +97,20 @@ void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T>
     dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
   else
     gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
+}
+
+template <class T>
+PackedWeight<T, Cpu> pack_weight(const std::shared_ptr<Cpu>& device, ConstView<T> w) {
+  return PackedWeight<T, Cpu>(device, w);
+}
+
+/// The prefill (more tokens than the streaming kernels take) on the packed weight; fewer tokens
+/// (decode) stay on linear_forward's path over the plain weight.
+template <class T>
+void linear_forward_packed(const Cpu& dev, ConstView<T> x, ConstView<T> w, const PackedWeight<T, Cpu>& packed,
+                           ConstView<T> bias, MatrixView<T> y) {
+  if (x.rows <= detail::streaming_forward_max_tokens()) return linear_forward(dev, x, w, bias, y);
+  packed.forward(dev, x, w, bias, y);
 }
 
 template <class T>
