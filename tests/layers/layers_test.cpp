@@ -2,9 +2,13 @@
 /// reference in tests/common, for every device and dtype (common/devices.hpp: tp::Cpu float and
 /// double; tp::Cuda float, half and bfloat16 from the same source through nvcc), on every rank of
 /// every world size the harness runs (including feature counts the world size does not divide).
+/// Packed for inference (pack_for_inference), their forward equals the unpacked one, and whatever
+/// could change a packed weight throws.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <utility>
 
 #include "common/devices.hpp"
 #include "common/harness.hpp"
@@ -194,7 +198,151 @@ TYPED_TEST(ParallelLinear, ColumnGeluRowPairMatchesReference) {
   }
 }
 
+/// The devices a packed weight is checked on: tp::Cpu once per float GEMM library of this build
+/// (oneDNN packs into its matmul's layout, OpenBLAS into w^T), the GPU once (nothing packed).
+std::vector<std::shared_ptr<test::TestDevice>> packing_devices() {
+#ifdef TP_TEST_CUDA
+  return {std::make_shared<Cuda>()};
+#else
+  std::vector<std::shared_ptr<Cpu>> devices{std::make_shared<Cpu>(CpuOptions{.gemm = CpuGemm::openblas})};
+  if (detail::has_dnnl) devices.push_back(std::make_shared<Cpu>(CpuOptions{.gemm = CpuGemm::onednn}));
+  return devices;
+#endif
+}
+
+/// Token counts on both sides of the streaming kernels' limit (16: decode, below, stays on the
+/// plain weight), features split unevenly at world 3 (10 as 4, 3, 3; 7 as 3, 2, 2; 130 as 44, 43, 43).
+constexpr Shape kPackedShapes[] = {{40, 12, 10}, {17, 7, 16}, {16, 33, 20}, {5, 12, 10}, {67, 96, 130}, {130, 64, 48}};
+
+/// pack_for_inference: the column and row layers' forwards (with and without bias) equal their
+/// unpacked forwards within the dtype's tolerance (not bitwise: the packed GEMM is another kernel),
+/// and the unsharded reference, on every tp::Cpu GEMM library and instruction set; float weights
+/// are really packed there (packed_bytes), the other types and the GPU keep the plain path.
+TYPED_TEST(ParallelLinear, PackedForwardMatchesUnpacked) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const auto devices_per_rank = packing_devices().size();
+  for (std::size_t kind = 0; kind < devices_per_rank; ++kind)
+    for (const Shape s : kPackedShapes)
+      for (bool bias : {true, false}) {
+        SCOPED_TRACE(fmt::format("device {} tokens {} in {} out {} bias {}", kind, s.tokens, s.in, s.out, bias));
+        const auto x = test::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
+        const auto w = test::random_matrix<T>(s.out, s.in, ref::test_seed(2));
+        const auto b = test::random_matrix<T>(1, s.out, ref::test_seed(3));
+        const auto want = ref::linear(x, w, bias ? &b : nullptr, ref::Matrix(s.tokens, s.out));
+        const test::HostMatrix<T> w_h(w), b_h(b);
+        on_ranks([&](std::shared_ptr<Communicator> comm) {
+          const std::shared_ptr<Dev> dev = packing_devices()[kind];
+          const Context<Dev> ctx(comm, dev);
+          ColumnParallelLinear<T, Dev> col(ctx, s.in, s.out, {.bias = bias, .name = "col"});
+          RowParallelLinear<T, Dev> row(ctx, s.in, s.out, {.bias = bias, .input_is_parallel = false, .name = "row"});
+          col.load_full(w_h.view(), bias ? b_h.view() : ConstView<T>{});
+          row.load_full(w_h.view(), bias ? b_h.view() : ConstView<T>{});
+          const Range mine = col.output_range();
+          const auto x_d = upload<T>(dev, x);
+          test::for_each_cpu_isa([&] {
+            const ref::Matrix col_plain = download(*dev, col.forward(x_d.view())),
+                              row_plain = download(*dev, row.forward(x_d.view()));
+            col.pack_for_inference();
+            row.pack_for_inference();
+            EXPECT_TRUE(col.packed_for_inference() && row.packed_for_inference());
+#ifndef TP_TEST_CUDA
+            if constexpr (std::is_same_v<T, float>) {
+              EXPECT_GT(col.packed_bytes(), 0);
+              EXPECT_GT(row.packed_bytes(), 0);
+            } else {
+              EXPECT_EQ(col.packed_bytes() + row.packed_bytes(), 0);
+            }
+#endif
+            const auto& col_packed = col.forward(x_d.view());
+            TP_EXPECT_CLOSE(T, download(*dev, col_packed), col_plain);
+            TP_EXPECT_CLOSE(T, download(*dev, col_packed), want.y.cols_range(mine.begin, mine.size()));
+            const auto& row_packed = row.forward(x_d.view());
+            TP_EXPECT_CLOSE(T, download(*dev, row_packed), row_plain);
+            TP_EXPECT_CLOSE(T, download(*dev, row_packed), want.y);
+            col.unpack();
+            row.unpack();
+            EXPECT_FALSE(col.packed_for_inference() || row.packed_for_inference());
+            EXPECT_EQ(col.packed_bytes() + row.packed_bytes(), 0);
+          });
+        });
+      }
+}
+
+/// The rule that keeps a packed weight from going stale: while packed, parameters(), load_full,
+/// the writable weight() and backward throw, naming the layer; the read-only weight() does not.
+/// Unpacked, new weights load, and packing again forwards with them.
+TYPED_TEST(ParallelLinear, PackedRefusesWritesUntilUnpacked) {
+  using T = TypeParam;
+  using Dev = test::TestDevice;
+  TP_REQUIRE_DEVICE();
+  const Shape s{24, 12, 10};
+  const auto x = test::random_matrix<T>(s.tokens, s.in, ref::test_seed(1));
+  const auto w1 = test::random_matrix<T>(s.out, s.in, ref::test_seed(2));
+  const auto w2 = test::random_matrix<T>(s.out, s.in, ref::test_seed(3));
+  const auto b = test::random_matrix<T>(1, s.out, ref::test_seed(4));
+  const auto want = ref::linear(x, w2, &b, ref::Matrix(s.tokens, s.out));
+  const test::HostMatrix<T> w1_h(w1), w2_h(w2), b_h(b);
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    auto dev = std::make_shared<Dev>();
+    const Context<Dev> ctx(comm, dev);
+    ColumnParallelLinear<T, Dev> col(ctx, s.in, s.out, {.name = "fc1"});
+    RowParallelLinear<T, Dev> row(ctx, s.in, s.out, {.input_is_parallel = false, .name = "fc2"});
+    col.load_full(w1_h.view(), b_h.view());
+    row.load_full(w1_h.view(), b_h.view());
+    const auto x_d = upload<T>(dev, x);
+    const auto dy_d = upload<T>(dev, ref::Matrix(s.tokens, s.out));
+    col.pack_for_inference();
+    row.pack_for_inference();
+    col.forward(x_d.view());
+    row.forward(x_d.view());
+    const auto refused = [](std::string layer, std::string what) {
+      return AllOf(HasSubstr(layer + ": " + what + " while the layer is packed for inference"),
+                   HasSubstr("call unpack() first"));
+    };
+    EXPECT_THAT(error_of([&] { col.parameters(); }), refused("fc1", "parameters()"));
+    EXPECT_THAT(error_of([&] { row.parameters(); }), refused("fc2", "parameters()"));
+    EXPECT_THAT(error_of([&] { col.load_full(w2_h.view(), b_h.view()); }), refused("fc1", "load_full"));
+    EXPECT_THAT(error_of([&] { row.load_full(w2_h.view(), b_h.view()); }), refused("fc2", "load_full"));
+    EXPECT_THAT(error_of([&] { col.weight(); }), refused("fc1", "weight() (writable)"));
+    EXPECT_THAT(error_of([&] { row.weight(); }), refused("fc2", "weight() (writable)"));
+    EXPECT_THAT(error_of([&] { col.backward(dy_d.view().cols_range(0, col.output_range().size())); }),
+                refused("fc1", "backward"));
+    EXPECT_THAT(error_of([&] { row.backward(dy_d.view()); }), refused("fc2", "backward"));
+    EXPECT_EQ(std::as_const(col).weight().data, col.packed_weight().source());
+    EXPECT_EQ(std::as_const(row).weight().data, row.packed_weight().source());
+
+    col.unpack();
+    row.unpack();
+    col.load_full(w2_h.view(), b_h.view());
+    row.load_full(w2_h.view(), b_h.view());
+    col.pack_for_inference();
+    row.pack_for_inference();
+    const Range mine = col.output_range();
+    TP_EXPECT_CLOSE(T, download(*dev, col.forward(x_d.view())), want.y.cols_range(mine.begin, mine.size()));
+    TP_EXPECT_CLOSE(T, download(*dev, row.forward(x_d.view())), want.y);
+  });
+}
+
 #ifndef TP_TEST_CUDA  // device-independent checks: once, in the host binaries
+
+/// A packed weight forwards only beside the weight it was packed from.
+TEST(LayerErrors, PackedWeightOfAnotherTensor) {
+  const auto dev = std::make_shared<Cpu>();
+  Tensor<float, Cpu> x(dev, 20, 4), w(dev, 3, 4), other(dev, 3, 4), y(dev, 20, 3);
+  dev->fill(x.view(), 1.0f);
+  dev->fill(w.view(), 1.0f);
+  dev->fill(other.view(), 2.0f);
+  const auto packed = tp::ops::pack_weight<float>(dev, w.view());
+  EXPECT_THAT(error_of([&] { tp::ops::linear_forward<float>(*dev, x.view(), other.view(), packed, {}, y.view()); }),
+              HasSubstr("the packed weight is 3x4 packed from another tensor than w (3x4)"));
+  EXPECT_THAT(error_of([&] { (void)tp::ops::pack_weight<float>(dev, ConstView<float>()); }),
+              HasSubstr("pack_weight: w is 0x0"));
+  tp::ops::linear_forward<float>(*dev, x.view(), w.view(), packed, {}, y.view());
+  EXPECT_EQ(y(19, 2), 4.0f);
+}
+
 
 /// The seed notebook's example: X = [[0,1,2,3],[4,5,6,7]], A = [[10,14],[11,15],[12,16],[13,17]],
 /// Y = X A = [[74,98],[258,346]] through either split, exactly.

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -152,5 +153,40 @@ inline std::int64_t full_tokens(bool sequence_parallel, std::int64_t input_rows,
            rank, world, mine.begin, mine.end, tokens, input_rows);
   return tokens;
 }
+
+/// A linear layer's inference mode (pack_for_inference): its weight's packed copy
+/// (tp::ops::pack_weight), which forwards of more tokens than the streaming kernels take (the
+/// prefill) read, and the rule that keeps the copy from going stale: while packed, every call of
+/// the layer that could change the weight or hand it out for writing (parameters(), load_full,
+/// the mutable weight accessors, backward) throws, naming the layer and saying to unpack() first.
+/// Packing is a mode, not the packed copy's presence: the types and devices that hold no copy
+/// (doubles, the 16-bit types, tp::Cuda) follow the same rule, so code behaves alike on all.
+template <class T, class Device>
+class InferencePacking {
+ public:
+  void pack(const std::shared_ptr<Device>& device, ConstView<T> w) {
+    packed_ = tp::ops::pack_weight<T>(device, w);
+    on_ = true;
+  }
+  void unpack() {
+    packed_ = PackedWeight<T, Device>();
+    on_ = false;
+  }
+  bool on() const { return on_; }
+  const PackedWeight<T, Device>& weight() const { return packed_; }
+  /// Bytes of the packed copy (beside the plain weight).
+  std::int64_t bytes() const { return packed_.bytes(); }
+  /// Throws unless unpacked: `what` could change the weight while its packed copy lives.
+  void check_unpacked(const std::string& layer, std::string_view what) const {
+    TP_CHECK(!on_,
+             "{}: {} while the layer is packed for inference (pack_for_inference): its packed copy of the weight would "
+             "go stale; call unpack() first",
+             layer, what);
+  }
+
+ private:
+  PackedWeight<T, Device> packed_;
+  bool on_ = false;
+};
 
 }  // namespace tp::detail

@@ -12,6 +12,12 @@
 /// Stacked weights (`stacked = s`): the full [out, in] weight is s matrices of out / s rows on top
 /// of each other (SwiGLU's [gate; up]); rank r holds rows partition(out / s, world, r) of each, so
 /// its shard is [gate_r; up_r] and its output [tokens, s * out_r] has the blocks side by side.
+///
+/// Inference mode (pack_for_inference, unpack): the weight is also held packed for the device's
+/// GEMMs (tp::ops::pack_weight), one more copy of it in memory, which forwards of more tokens than
+/// the streaming kernels take (the prefill) read; decode keeps the plain weight. While packed,
+/// whatever could change the weight (parameters(), load_full, weight(), backward) throws: unpack()
+/// first (detail::InferencePacking).
 
 #include <cmath>
 #include <cstdint>
@@ -84,8 +90,11 @@ class ColumnParallelLinear {
       dev.copy(x, input);
     MatrixView<T> y = detail::ensure(shard_out_, ctx_, tokens, options_.stacked * range_.size());
     const bool add_bias = options_.bias && !options_.skip_bias_add;
-    tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(),
-                               add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{}, y);
+    const ConstView<T> bias = add_bias ? ConstView<T>(bias_.view()) : ConstView<T>{};
+    if (packing_.on())
+      tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), packing_.weight(), bias, y);
+    else
+      tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), bias, y);
     saved_.on_forward();
     if (!options_.gather_output) return shard_out_;
     detail::gather_columns(ctx_, ConstView<T>(y), out_, gather_scratch_, detail::ensure(full_out_, ctx_, tokens, out_));
@@ -96,6 +105,7 @@ class ColumnParallelLinear {
   /// gradients, and returns dL/dX [tokens, in], all-reduced over the group (under sequence_parallel:
   /// reduce-scattered, this rank's [partition(tokens).size(), in] rows).
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    packing_.check_unpacked(options_.name, "backward");
     saved_.on_backward(options_.name);
     const std::int64_t tokens = input_.rows(), width = options_.gather_output ? out_ : options_.stacked * range_.size();
     TP_CHECK(grad_output.rows == tokens && grad_output.cols == width,
@@ -131,6 +141,7 @@ class ColumnParallelLinear {
   /// The weight, then the bias if there is one; with stacked = s, s records for each (same name,
   /// one per stacked block), each placing its block of the shard in the full tensor.
   std::vector<Parameter<T>> parameters() {
+    packing_.check_unpacked(options_.name, "parameters()");
     std::vector<Parameter<T>> ps;
     const std::int64_t n = range_.size(), height = out_ / options_.stacked;
     for (std::int64_t i = 0; i < options_.stacked; ++i) {
@@ -156,12 +167,17 @@ class ColumnParallelLinear {
 
   /// Loads this rank's rows of a full [out, in] host weight (and [1, out] bias).
   void load_full(ConstView<T> weight, ConstView<T> bias = {}) {
+    packing_.check_unpacked(options_.name, "load_full");
     for (const auto& p : parameters()) load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? bias : weight);
   }
 
   /// The last forward's result (what forward returned), e.g. the activation input a fused MLP needs in backward.
   const Tensor<T, Device>& output() const { return options_.gather_output ? full_out_ : shard_out_; }
-  MatrixView<T> weight() { return weight_.view(); }
+  MatrixView<T> weight() {
+    packing_.check_unpacked(options_.name, "weight() (writable)");
+    return weight_.view();
+  }
+  ConstView<T> weight() const { return weight_.view(); }
   MatrixView<T> bias() { return bias_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }
   MatrixView<T> bias_grad() { return bias_grad_.view(); }
@@ -173,6 +189,16 @@ class ColumnParallelLinear {
   const Options& options() const { return options_; }
   const Context<Device>& context() const { return ctx_; }
 
+  /// Inference mode: packs the weight (see the top); again after unpack() to take changed weights.
+  void pack_for_inference() { packing_.pack(ctx_.device, weight_.view()); }
+  /// Back to training mode: frees the packed copy.
+  void unpack() { packing_.unpack(); }
+  bool packed_for_inference() const { return packing_.on(); }
+  /// The packed copy's bytes (0 unpacked, and where the device or type packs nothing).
+  std::int64_t packed_bytes() const { return packing_.bytes(); }
+  /// What the prefill's forward reads while packed (tp_bench_prefill times it on its own).
+  const PackedWeight<T, Device>& packed_weight() const { return packing_.weight(); }
+
  private:
   Context<Device> ctx_;
   std::int64_t in_, out_;
@@ -181,6 +207,7 @@ class ColumnParallelLinear {
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, shard_out_, full_out_, gather_scratch_, grad_input_, grad_full_;
   detail::SavedActivation saved_;
+  detail::InferencePacking<T, Device> packing_;
 };
 
 }  // namespace tp

@@ -37,6 +37,11 @@
 /// kv heads' rows of Wk and Wv, stored [q_r; k_r; v_r]; parameters() reports "<name>.qkv.weight" as
 /// three records (q, k, v) with their rows in the full tensor, and the bias likewise. The output
 /// projection "<name>.dense.weight" is [hidden, heads head_dim], split by columns.
+///
+/// Inference mode (pack_for_inference, unpack): the QKV and dense weights packed as
+/// ColumnParallelLinear packs its own (the prefill reads the packed copies, decode the plain
+/// weights); while packed, parameters(), load_full, qkv_weight() and backward throw, and so do
+/// dense()'s own (RowParallelLinear's rule).
 
 #include <algorithm>
 #include <atomic>
@@ -218,6 +223,7 @@ class ParallelAttention {
   /// dL/dY (shaped as forward's output) -> dL/dX (shaped as forward's input); accumulates every
   /// weight gradient.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    packing_.check_unpacked(options_.name, "backward");
     TP_CHECK(!cached_, "{}: backward after a forward with a KV cache: cached forwards are inference only",
              options_.name);
     try {
@@ -302,6 +308,7 @@ class ParallelAttention {
 
   /// The QKV records (q, k, v blocks of the weight, then of the bias), then dense's weight and bias.
   std::vector<Parameter<T>> parameters() {
+    packing_.check_unpacked(options_.name, "parameters()");
     auto ps = qkv_parameters();
     for (auto& p : dense_.parameters()) ps.push_back(p);
     return ps;
@@ -310,6 +317,7 @@ class ParallelAttention {
   /// Loads this rank's parts of the full fused QKV [(heads + 2 kv_heads) head_dim, hidden] weight
   /// and [1, ...] bias, and of the dense [hidden, heads head_dim] weight and [1, hidden] bias.
   void load_full(ConstView<T> qkv_weight, ConstView<T> qkv_bias, ConstView<T> dense_weight, ConstView<T> dense_bias) {
+    packing_.check_unpacked(options_.name, "load_full");
     for (const auto& p : qkv_parameters())
       load_from_full(*ctx_.device, p, p.name.ends_with(".bias") ? qkv_bias : qkv_weight);
     dense_.load_full(dense_weight, dense_bias);
@@ -322,11 +330,31 @@ class ParallelAttention {
   /// How many ranks hold each kv head.
   std::int64_t kv_replicas() const { return replicas_; }
   std::int64_t head_dim() const { return head_dim_; }
+  /// The output projection (it keeps its own inference mode's rule, see RowParallelLinear).
   RowParallelLinear<T, Device>& dense() { return dense_; }
-  MatrixView<T> qkv_weight() { return weight_.view(); }
+  const RowParallelLinear<T, Device>& dense() const { return dense_; }
+  MatrixView<T> qkv_weight() {
+    packing_.check_unpacked(options_.name, "qkv_weight() (writable)");
+    return weight_.view();
+  }
+  ConstView<T> qkv_weight() const { return weight_.view(); }
   MatrixView<T> qkv_weight_grad() { return weight_grad_.view(); }
   MatrixView<T> qkv_bias_grad() { return bias_grad_.view(); }
   const Options& options() const { return options_; }
+
+  /// Inference mode: packs the QKV and dense weights (see the top); unpack() frees the copies.
+  void pack_for_inference() {
+    packing_.pack(ctx_.device, weight_.view());
+    dense_.pack_for_inference();
+  }
+  void unpack() {
+    packing_.unpack();
+    dense_.unpack();
+  }
+  bool packed_for_inference() const { return packing_.on(); }
+  std::int64_t packed_bytes() const { return packing_.bytes() + dense_.packed_bytes(); }
+  /// The QKV weight's packed copy (the dense one: dense().packed_weight()).
+  const PackedWeight<T, Device>& packed_qkv_weight() const { return packing_.weight(); }
 
  private:
   std::int64_t checked_head_dim() const {
@@ -397,8 +425,11 @@ class ParallelAttention {
     MatrixView<T> qkv = detail::ensure(qkv_, ctx_, tokens, weight_.rows());
     // Through the linear op, not a bare GEMM: at few tokens (decoding) it takes the CPU's streaming
     // kernels, where Cpu::gemm would run a GEMV per token.
-    tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(),
-                               options_.bias ? ConstView<T>(bias_.view()) : ConstView<T>{}, qkv);
+    const ConstView<T> bias = options_.bias ? ConstView<T>(bias_.view()) : ConstView<T>{};
+    if (packing_.on())
+      tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), packing_.weight(), bias, qkv);
+    else
+      tp::ops::linear_forward<T>(dev, ConstView<T>(input), weight_.view(), bias, qkv);
     return qkv;
   }
 
@@ -471,6 +502,7 @@ class ParallelAttention {
   Tensor<tp::ops::AttentionStat<T>, Device> lse_;  // attention_forward's per-row log-sum-exp
   Tensor<std::int64_t, Device> positions_;          // RoPE's positions of the last forward
   detail::SavedActivation saved_;
+  detail::InferencePacking<T, Device> packing_;
 };
 
 }  // namespace tp

@@ -11,6 +11,10 @@
 /// parameters() reports fc1's weight as two records named "<name>.fc1.weight", one per block, each
 /// placing its rows in the full tensor; a checkpoint writer must use those ranges, not assume one
 /// contiguous block. fc2 is [hidden, ffn], split by columns as partition(ffn).
+///
+/// Inference mode (pack_for_inference, unpack): fc1's and fc2's weights packed (see
+/// ColumnParallelLinear); while packed their parameters(), load_full, weight() and backward throw,
+/// and so do this layer's.
 
 #include <cstdint>
 #include <string>
@@ -84,6 +88,9 @@ class ParallelMLP {
 
   /// dL/dY -> dL/dX (shapes as forward's output and input); accumulates every weight gradient.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    TP_CHECK(!packed_for_inference(),
+             "{}: backward while the layer is packed for inference (pack_for_inference): call unpack() first",
+             options_.name);
     try {
       saved_.on_backward(options_.name);
     } catch (...) {
@@ -137,6 +144,18 @@ class ParallelMLP {
     fc1_.load_full(fc1_weight, fc1_bias);
     fc2_.load_full(fc2_weight, fc2_bias);
   }
+
+  /// Inference mode: packs fc1's and fc2's weights; unpack() frees the copies.
+  void pack_for_inference() {
+    fc1_.pack_for_inference();
+    fc2_.pack_for_inference();
+  }
+  void unpack() {
+    fc1_.unpack();
+    fc2_.unpack();
+  }
+  bool packed_for_inference() const { return fc1_.packed_for_inference(); }
+  std::int64_t packed_bytes() const { return fc1_.packed_bytes() + fc2_.packed_bytes(); }
 
   ColumnParallelLinear<T, Device>& fc1() { return fc1_; }
   RowParallelLinear<T, Device>& fc2() { return fc2_; }

@@ -8,6 +8,8 @@
 /// along tokens instead of all-reduced, so rank r gets rows partition(tokens, world, r) of Y (the
 /// bias added to those rows); backward all-gathers the output gradient along tokens first. The
 /// bias gradient is then taken over all tokens, so it is the full gradient on every rank.
+///
+/// Inference mode (pack_for_inference, unpack): as ColumnParallelLinear's.
 
 #include <cmath>
 #include <cstdint>
@@ -69,7 +71,10 @@ class RowParallelLinear {
     const MatrixView<T> saved = detail::ensure(input_, ctx_, x.rows, range_.size());
     dev.copy(xr, saved);
     MatrixView<T> y = detail::ensure(options_.sequence_parallel ? full_ : output_, ctx_, x.rows, out_);
-    tp::ops::linear_forward<T>(dev, ConstView<T>(saved), weight_.view(), ConstView<T>{}, y);
+    if (packing_.on())
+      tp::ops::linear_forward<T>(dev, ConstView<T>(saved), weight_.view(), packing_.weight(), ConstView<T>{}, y);
+    else
+      tp::ops::linear_forward<T>(dev, ConstView<T>(saved), weight_.view(), ConstView<T>{}, y);
     if (options_.sequence_parallel) {
       const Range mine = partition(x.rows, ctx_.world(), ctx_.rank());
       MatrixView<T> shard = detail::ensure(output_, ctx_, mine.size(), out_);
@@ -87,6 +92,7 @@ class RowParallelLinear {
   /// weight and bias gradients, and returns dL/dX_r [tokens, in_r], or the gathered [tokens, in]
   /// when the layer took the full input.
   const Tensor<T, Device>& backward(ConstView<T> grad_output) {
+    packing_.check_unpacked(options_.name, "backward");
     saved_.on_backward(options_.name);
     const std::int64_t tokens = input_.rows();
     const std::int64_t rows = options_.sequence_parallel ? partition(tokens, ctx_.world(), ctx_.rank()).size() : tokens;
@@ -121,6 +127,7 @@ class RowParallelLinear {
 
   /// Weight first, then the (replicated) bias if there is one.
   std::vector<Parameter<T>> parameters() {
+    packing_.check_unpacked(options_.name, "parameters()");
     std::vector<Parameter<T>> ps{{options_.name + ".weight", weight_.view(), weight_grad_.view(), out_, in_,
                                   {0, out_}, range_}};
     if (options_.bias)
@@ -130,12 +137,17 @@ class RowParallelLinear {
 
   /// Loads this rank's columns of a full [out, in] host weight (and the [1, out] bias).
   void load_full(ConstView<T> weight, ConstView<T> bias = {}) {
+    packing_.check_unpacked(options_.name, "load_full");
     const auto ps = parameters();
     load_from_full(*ctx_.device, ps[0], weight);
     if (options_.bias) load_from_full(*ctx_.device, ps[1], bias);
   }
 
-  MatrixView<T> weight() { return weight_.view(); }
+  MatrixView<T> weight() {
+    packing_.check_unpacked(options_.name, "weight() (writable)");
+    return weight_.view();
+  }
+  ConstView<T> weight() const { return weight_.view(); }
   MatrixView<T> bias() { return bias_.view(); }
   MatrixView<T> weight_grad() { return weight_grad_.view(); }
   MatrixView<T> bias_grad() { return bias_grad_.view(); }
@@ -146,6 +158,13 @@ class RowParallelLinear {
   const Options& options() const { return options_; }
   const Context<Device>& context() const { return ctx_; }
 
+  /// Inference mode (ColumnParallelLinear::pack_for_inference).
+  void pack_for_inference() { packing_.pack(ctx_.device, weight_.view()); }
+  void unpack() { packing_.unpack(); }
+  bool packed_for_inference() const { return packing_.on(); }
+  std::int64_t packed_bytes() const { return packing_.bytes(); }
+  const PackedWeight<T, Device>& packed_weight() const { return packing_.weight(); }
+
  private:
   Context<Device> ctx_;
   std::int64_t in_, out_;
@@ -154,6 +173,7 @@ class RowParallelLinear {
   Tensor<T, Device> weight_, bias_, weight_grad_, bias_grad_;
   Tensor<T, Device> input_, output_, full_, grad_shard_, grad_full_, gather_scratch_;
   detail::SavedActivation saved_;
+  detail::InferencePacking<T, Device> packing_;
 };
 
 }  // namespace tp

@@ -34,6 +34,18 @@
 /// same arithmetic on the same input, so the same gradients bit for bit, with one layer's
 /// activations alive at a time instead of all of them. `selective` is the same as `none`, see
 /// Recompute.
+///
+/// Inference mode (pack_for_inference, unpack; torch calls the idea freezing, IPEX weight
+/// prepacking): every layer's QKV, output, fc1 and fc2 weights are also held packed for the
+/// device's GEMMs (tp::ops::pack_weight), which the prefill (forwards of more tokens than the
+/// streaming kernels take) reads, while decode keeps the plain weights: one more copy of those
+/// weights in memory (packed_bytes(); 0 where nothing is packed: doubles, 16-bit types, tp::Cuda;
+/// the embeddings, norms and LM head are not packed). While packed, whatever could change a
+/// weight throws tp::Error naming the layer and saying to unpack() first: parameters() (so
+/// load_hugging_face, savers and optimizers built afterwards), each layer's load_full and writable
+/// weight accessors, and backward. Views of parameters() taken before packing are the caller's:
+/// writing through them while packed (an optimizer built earlier stepping) leaves the packed copies
+/// stale; unpack() first, write, and pack again. tp::generate does not pack by itself.
 
 #include <cstdint>
 #include <functional>
@@ -264,6 +276,7 @@ class Transformer {
 
   /// The gradient of forward's output (same shape) -> every parameter's gradient, accumulated.
   void backward(ConstView<T> grad_output) {
+    check_unpacked("backward");
     const Device& dev = *ctx_.device;
     const std::int64_t tokens = x_.rows();
     MatrixView<T> dx = tp::detail::ensure(dx_, ctx_, tokens, config_.hidden);
@@ -327,6 +340,7 @@ class Transformer {
 
   /// Every parameter this rank holds, in a fixed order (embeddings, layers, final norm, head).
   std::vector<Parameter<T>> parameters() {
+    check_unpacked("parameters()");
     params_used(0, ranges_.total);
     std::vector<Parameter<T>> ps;
     auto append = [&](std::vector<Parameter<T>> more) { ps.insert(ps.end(), more.begin(), more.end()); };
@@ -358,6 +372,32 @@ class Transformer {
     }
     if (final_norm_) final_norm_->zero_grad();
     if (head_) head_->zero_grad();
+  }
+
+  /// Inference mode (see the top): packs every layer's linear weights, a pass over them; call it
+  /// after loading. Packing again repacks (after unpack(), a change and pack_for_inference()).
+  void pack_for_inference() {
+    params_used(0, ranges_.total);
+    for (auto& l : layers_) {
+      l->attention.pack_for_inference();
+      l->mlp.pack_for_inference();
+    }
+    packed_ = true;
+  }
+  /// Back to training mode: frees the packed copies.
+  void unpack() {
+    for (auto& l : layers_) {
+      l->attention.unpack();
+      l->mlp.unpack();
+    }
+    packed_ = false;
+  }
+  bool packed_for_inference() const { return packed_; }
+  /// Bytes of this rank's packed copies (beside the plain weights).
+  std::int64_t packed_bytes() const {
+    std::int64_t bytes = 0;
+    for (const auto& l : layers_) bytes += l->attention.packed_bytes() + l->mlp.packed_bytes();
+    return bytes;
   }
 
   /// One KvCache per layer for `batch` sequences of up to max_len tokens (decoders).
@@ -404,6 +444,12 @@ class Transformer {
   template <class P>
   static std::size_t count(const std::unique_ptr<P>& p) {
     return p ? p->parameters().size() : 0;
+  }
+  void check_unpacked(std::string_view what) const {
+    TP_CHECK(!packed_,
+             "{}: {} while the model is packed for inference (pack_for_inference: layers.0.attention.qkv and every "
+             "other linear layer hold packed copies of their weights, which would go stale); call unpack() first",
+             config_.model_type, what);
   }
   void grads_ready(std::size_t first, std::size_t last) {
     if (grad_ready_ && first < last) grad_ready_(first, last);
@@ -510,6 +556,7 @@ class Transformer {
   GradReadyHook grad_ready_;
   ParamUseHook param_use_;
   Recompute recompute_ = Recompute::none;
+  bool packed_ = false;               ///< pack_for_inference (see the top)
   bool recomputed_ = false;           ///< the last forward kept only the layers' inputs
   std::vector<Tensor<T, Device>> inputs_;  ///< each layer's input (full recomputation)
   Tensor<T, Device> recompute_x_;
