@@ -13,9 +13,10 @@
 /// 1024^3 tp::Cpu GEMM (the prefill limit of tp_bench_decode) and beside the same GEMM repeated on
 /// one weight (warm: its weight in cache). Prints a markdown table; every figure is the median over
 /// --reps turns, each turn timing every part once in the same order, so a machine that slows down
-/// slows them all alike.
+/// slows them all alike. The model is packed for inference (Transformer::pack_for_inference) and the
+/// GEMM parts run on the packed weights, as the prefill does; --no-pack runs everything unpacked.
 ///
-///   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 build/bench/tp_bench_prefill [--prompt 128]
+///   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 build/bench/tp_bench_prefill [--prompt 128] [--no-pack]
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
@@ -27,6 +28,7 @@
 #include <functional>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/generation_model.hpp"
@@ -62,8 +64,9 @@ int main(int argc, char** argv) {
   tp::bench::add_model_options(app, model);
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--reps", reps, "turns (the median is reported)")->capture_default_str();
-  bool whole_only = false;
+  bool whole_only = false, no_pack = false;
   app.add_flag("--whole-only", whole_only, "time the whole prefill alone (for perf record)");
+  app.add_flag("--no-pack", no_pack, "leave the weights unpacked (Transformer::pack_for_inference), for before/after");
   CLI11_PARSE(app, argc, argv);
   model.seq_len = prompt;
 
@@ -107,6 +110,18 @@ int main(int argc, char** argv) {
       tp::ConstView<float> table;
       for (auto& p : lm.parameters())
         if (p.name == "embed.weight" || p.name == "lm_head.weight") table = p.value;
+      if (!no_pack) lm.pack_for_inference();
+      // A projection of the forward's: on its packed weight where the model is packed.
+      using Packed = tp::PackedWeight<float, tp::Cpu>;
+      const auto project = [&dev, no_pack](tp::ConstView<float> in, tp::ConstView<float> w, const Packed& packed, Mat& out) {
+        if (no_pack)
+          tp::ops::linear_forward<float>(dev, in, w, {}, out.view());
+        else
+          tp::ops::linear_forward<float>(dev, in, w, packed, {}, out.view());
+      };
+      // The weights read-only (the writable accessors refuse while packed).
+      const auto& a0c = std::as_const(a0);
+      const auto& mlp0 = std::as_const(lm.layer(0).mlp);
       Mat logits(cpu, 1, table.rows);
       const double m = static_cast<double>(n);
       const auto gemm_flops = [&](tp::ConstView<float> w) {
@@ -123,8 +138,8 @@ int main(int argc, char** argv) {
                          l.norm1.forward(x.view());
                          l.norm2.forward(x.view());
                        })});
-      parts.push_back({"QKV GEMM", gemm_flops(a0.qkv_weight()), each_layer([&](auto& l) {
-                         tp::ops::linear_forward<float>(dev, x.view(), l.attention.qkv_weight(), {}, qkv.view());
+      parts.push_back({"QKV GEMM", gemm_flops(a0c.qkv_weight()), each_layer([&](auto& l) {
+                         project(x.view(), std::as_const(l.attention).qkv_weight(), l.attention.packed_qkv_weight(), qkv);
                        })});
       parts.push_back({"RoPE (q, k)", 0, each_layer([&](auto& l) {
                          const auto v = qkv.view();
@@ -146,15 +161,18 @@ int main(int argc, char** argv) {
                                                     tp::ConstView<float>(v.cols_range(q_width + kv_width, kv_width)),
                                                     seqs, d, true, lse.view(), ctx_out.view());
                        })});
-      parts.push_back({"O GEMM", gemm_flops(a0.dense().weight()), each_layer([&](auto& l) {
-                         tp::ops::linear_forward<float>(dev, ctx_out.view(), l.attention.dense().weight(), {}, y.view());
+      parts.push_back({"O GEMM", gemm_flops(a0c.dense().weight()), each_layer([&](auto& l) {
+                         const auto& dense = std::as_const(l.attention).dense();
+                         project(ctx_out.view(), dense.weight(), dense.packed_weight(), y);
                        })});
-      parts.push_back({"gate/up GEMM", gemm_flops(lm.layer(0).mlp.fc1().weight()), each_layer([&](auto& l) {
-                         tp::ops::linear_forward<float>(dev, x.view(), l.mlp.fc1().weight(), {}, gate_up.view());
+      parts.push_back({"gate/up GEMM", gemm_flops(mlp0.fc1().weight()), each_layer([&](auto& l) {
+                         const auto& fc1 = std::as_const(l.mlp).fc1();
+                         project(x.view(), fc1.weight(), fc1.packed_weight(), gate_up);
                        })});
       parts.push_back({"SwiGLU", 0, each_layer([&](auto&) { tp::ops::swiglu(dev, gate_up.view(), act.view()); })});
-      parts.push_back({"down GEMM", gemm_flops(lm.layer(0).mlp.fc2().weight()), each_layer([&](auto& l) {
-                         tp::ops::linear_forward<float>(dev, act.view(), l.mlp.fc2().weight(), {}, y.view());
+      parts.push_back({"down GEMM", gemm_flops(mlp0.fc2().weight()), each_layer([&](auto& l) {
+                         const auto& fc2 = std::as_const(l.mlp).fc2();
+                         project(act.view(), fc2.weight(), fc2.packed_weight(), y);
                        })});
       parts.push_back({"residual adds", 0, each_layer([&](auto&) {
                          tp::ops::add(dev, tp::ConstView<float>(y.view()), x.view());
@@ -173,15 +191,16 @@ int main(int argc, char** argv) {
 
       // The same GEMMs repeated on layer 0's weight (in cache), and the limit's 1024^3 GEMM.
       std::vector<Part> warm;
-      const auto warm_gemm = [&](const std::string& name, tp::ConstView<float> in, tp::ConstView<float> w, Mat& out) {
-        warm.push_back({name, 2.0 * m * static_cast<double>(w.rows * w.cols), [&dev, in, w, &out] {
-                          tp::ops::linear_forward<float>(dev, in, w, {}, out.view());
+      const auto warm_gemm = [&](const std::string& name, tp::ConstView<float> in, tp::ConstView<float> w,
+                                 const Packed& packed, Mat& out) {
+        warm.push_back({name, 2.0 * m * static_cast<double>(w.rows * w.cols), [&project, in, w, &packed, &out] {
+                          project(in, w, packed, out);
                         }});
       };
-      warm_gemm("QKV GEMM", x.view(), a0.qkv_weight(), qkv);
-      warm_gemm("O GEMM", ctx_out.view(), a0.dense().weight(), y);
-      warm_gemm("gate/up GEMM", x.view(), lm.layer(0).mlp.fc1().weight(), gate_up);
-      warm_gemm("down GEMM", act.view(), lm.layer(0).mlp.fc2().weight(), y);
+      warm_gemm("QKV GEMM", x.view(), a0c.qkv_weight(), a0c.packed_qkv_weight(), qkv);
+      warm_gemm("O GEMM", ctx_out.view(), a0c.dense().weight(), a0c.dense().packed_weight(), y);
+      warm_gemm("gate/up GEMM", x.view(), mlp0.fc1().weight(), mlp0.fc1().packed_weight(), gate_up);
+      warm_gemm("down GEMM", act.view(), mlp0.fc2().weight(), mlp0.fc2().packed_weight(), y);
       Mat sa = random(1024, 1024, 9), sb = random(1024, 1024, 10), sc(cpu, 1024, 1024);
       warm.push_back({"1024^3", 2.0 * 1024.0 * 1024.0 * 1024.0, [&] {
                         dev.gemm<float>(tp::Op::n, tp::Op::n, 1.0f, sa.view(), sb.view(), 0.0f, sc.view());
@@ -210,9 +229,11 @@ int main(int argc, char** argv) {
       const double total = median(whole.seconds), peak = warm.back().flops / median(warm.back().seconds);
       double sum = 0;
       fmt::print("prefill of {} tokens, hidden {}, {} layers, {} heads over {} kv heads, ffn {}, vocabulary {}; TP 1, "
-                 "one thread, kernels {}, {}; median of {} turns\n\n",
+                 "one thread, kernels {}, {}; weights {}; median of {} turns\n\n",
                  n, hidden, layers, c.heads, c.kv_heads, c.ffn, c.vocab,
-                 tp::detail::simd::isa_name(tp::detail::simd::active_isa()), tp::Cpu::blas_name(), reps);
+                 tp::detail::simd::isa_name(tp::detail::simd::active_isa()), tp::Cpu::blas_name(),
+                 no_pack ? "unpacked" : fmt::format("packed for inference ({:.1f} MB more)", 1e-6 * static_cast<double>(lm.packed_bytes())),
+                 reps);
       fmt::print("| part | ms per prefill | share of the prefill | GFLOP/s | of the 1024^3 rate ({:.1f} GFLOP/s) | of the "
                  "same GEMM warm |\n|---|---|---|---|---|---|\n",
                  1e-9 * peak);

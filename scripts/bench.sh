@@ -240,8 +240,10 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
     echo 'attention per prompt token, and the LM head once per prompt (only the last position'"'"'s logits choose the'
     echo 'next token; `Transformer::next_token_logits`). `clone` is the kernels'"'"' instruction set (avx2 forced'
     echo 'with TP_CPU_ISA=avx2 and OPENBLAS_CORETYPE=Haswell, as on an AVX2 CPU, where tp::Cpu takes OpenBLAS for'
-    echo 'GEMMs). `build-bench/bench/tp_bench_decode [--vocab 49152 --hidden 576 --layers 30 --heads 9 --kv-heads 3'
-    echo '--ffn 1536]` under `[TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell] mpirun -np 1|2`.'
+    echo 'GEMMs). The model is packed for inference (`Transformer::pack_for_inference`: the prefill'"'"'s GEMMs on'
+    echo 'weights prepacked for the GEMM library, decode on the plain ones; `--no-pack` runs it unpacked, "(unpacked)"'
+    echo 'in the backend column). `build-bench/bench/tp_bench_decode [--vocab 49152 --hidden 576 --layers 30 --heads 9'
+    echo '--kv-heads 3 --ffn 1536]` under `[TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell] mpirun -np 1|2`.'
     echo
     cat "$decode_log"
   } >>"$root/BENCHMARKS.md"
@@ -254,8 +256,9 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
       echo 'The 100 M model'"'"'s 128-token prefill at TP 1 (one thread) timed whole beside each of its parts run on'
       echo 'their own through the same ops on the model'"'"'s own weights, every layer in turn; the median of 21 turns,'
       echo 'each timing every part once. `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 [TP_CPU_ISA=avx2'
-      echo 'OPENBLAS_CORETYPE=Haswell] build-bench/bench/tp_bench_prefill`; the GEMMs at these shapes beside'
-      echo 'oneDNN'"'"'s prepacked matmul: `tp_bench_blas --benchmark_filter=prefill_gemm`.'
+      echo 'OPENBLAS_CORETYPE=Haswell] build-bench/bench/tp_bench_prefill`, the model packed for inference (the GEMM'
+      echo 'parts on the packed weights; `--no-pack` for the plain ones); the GEMMs at these shapes as stored, as'
+      echo '[K, N] and prepacked: `tp_bench_blas --benchmark_filter=prefill_gemm`.'
       for isa in native avx2; do
         [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
         echo

@@ -16,7 +16,9 @@
 /// turn (after --system's, if given), opens the assistant's turn and stops at the end-of-turn
 /// token (tp::text::ChatTemplate: ChatML, Llama 3 and Mistral templates; others are refused by
 /// name). --prompt-ids gives the ids directly. The model is tp::models::Transformer: GPT-2, Llama,
-/// Qwen2 and Mistral checkpoints (tp/models/hugging_face.hpp).
+/// Qwen2 and Mistral checkpoints (tp/models/hugging_face.hpp), packed for inference after loading
+/// (Transformer::pack_for_inference: the prompt's GEMMs on weights packed for this CPU's GEMM
+/// library, one more copy of the linear weights in memory; --no-pack leaves them as stored).
 
 #include <CLI/CLI.hpp>
 #include <tp/comm/launch.hpp>
@@ -109,6 +111,10 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", sampling.top_p, "nucleus: the most probable tokens whose probability reaches p (1: all)")
       ->capture_default_str();
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
+  bool no_pack = false;
+  app.add_flag("--no-pack", no_pack,
+               "leave the weights unpacked: the prompt's GEMMs then read them as stored (packing holds a second copy "
+               "of the linear weights; Transformer::pack_for_inference)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -164,11 +170,16 @@ int main(int argc, char** argv) {
                  std::int64_t parameters = 0;
                  for (const auto& p : model->parameters())
                    if (seen.insert(p.name).second) parameters += p.full_rows * p.full_cols;
+                 // The prefill's GEMMs on weights packed once for this CPU's GEMM library (decode reads
+                 // the plain ones): a pass over the weights now, one more copy of them in memory.
+                 if (!no_pack) model->pack_for_inference();
                  if (lead) {
                    fmt::print("generate: {} backend, world {}, {}: {} ({} parameters, hidden {}, {} layers, {} heads over "
-                              "{} kv heads, vocabulary {}), loaded in {:.2f} s\n",
+                              "{} kv heads, vocabulary {}), loaded in {:.2f} s{}\n",
                               comm->backend(), comm->size(), model_dir, config.model_type, parameters, config.hidden,
-                              config.layers, config.heads, config.kv_heads, config.vocab, load);
+                              config.layers, config.heads, config.kv_heads, config.vocab, load,
+                              no_pack ? "" : fmt::format(", packed for inference ({:.1f} MB more on rank 0)",
+                                                         1e-6 * static_cast<double>(model->packed_bytes())));
                    fmt::print("--- prompt ({} tokens)\n{}\n--- generated (temperature {}, top-k {}, top-p {}, seed {})\n",
                               ids.size(), printable(shown_prompt), sampling.temperature, sampling.top_k,
                               sampling.top_p, sampling.seed);

@@ -14,6 +14,9 @@
 /// A model that also has next_token_logits(ids, batch, cache) (the logits of the last new token
 /// alone, [1, vocab_range().size()]) is run through it, so that the prefill projects one row onto
 /// the vocabulary, not the whole prompt.
+/// generate does not pack the model for inference by itself (Transformer::pack_for_inference: the
+/// prefill's GEMMs on prepacked weights, at the cost of a pass over the weights and a second copy
+/// of them); a caller that generates more than once packs it first, as examples/generate does.
 
 #include <algorithm>
 #include <chrono>

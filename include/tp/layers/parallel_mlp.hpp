@@ -159,6 +159,8 @@ class ParallelMLP {
 
   ColumnParallelLinear<T, Device>& fc1() { return fc1_; }
   RowParallelLinear<T, Device>& fc2() { return fc2_; }
+  const ColumnParallelLinear<T, Device>& fc1() const { return fc1_; }
+  const RowParallelLinear<T, Device>& fc2() const { return fc2_; }
   /// The ffn features this rank holds (of gate and of up, under SwiGLU).
   Range ffn_range() const { return fc2_.input_range(); }
   const Options& options() const { return options_; }
