@@ -110,7 +110,9 @@ int main(int argc, char** argv) {
       tp::ConstView<float> table;
       for (auto& p : lm.parameters())
         if (p.name == "embed.weight" || p.name == "lm_head.weight") table = p.value;
+      const auto pack_start = Clock::now();
       if (!no_pack) lm.pack_for_inference();
+      const double pack_seconds = seconds_since(pack_start);
       // A projection of the forward's: on its packed weight where the model is packed.
       using Packed = tp::PackedWeight<float, tp::Cpu>;
       const auto project = [&dev, no_pack](tp::ConstView<float> in, tp::ConstView<float> w, const Packed& packed, Mat& out) {
@@ -232,7 +234,9 @@ int main(int argc, char** argv) {
                  "one thread, kernels {}, {}; weights {}; median of {} turns\n\n",
                  n, hidden, layers, c.heads, c.kv_heads, c.ffn, c.vocab,
                  tp::detail::simd::isa_name(tp::detail::simd::active_isa()), tp::Cpu::blas_name(),
-                 no_pack ? "unpacked" : fmt::format("packed for inference ({:.1f} MB more)", 1e-6 * static_cast<double>(lm.packed_bytes())),
+                 no_pack ? "unpacked"
+                         : fmt::format("packed for inference ({:.1f} MB more, packed in {:.2f} s)",
+                                       1e-6 * static_cast<double>(lm.packed_bytes()), pack_seconds),
                  reps);
       fmt::print("| part | ms per prefill | share of the prefill | GFLOP/s | of the 1024^3 rate ({:.1f} GFLOP/s) | of the "
                  "same GEMM warm |\n|---|---|---|---|---|---|\n",

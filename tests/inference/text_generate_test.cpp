@@ -3,7 +3,9 @@
 /// Llama 3 and Mistral with their chat templates), the prompt text becomes transformers' ids
 /// (tokenizer(prompt) / apply_chat_template), tp::generate at every TP degree the heads allow
 /// produces transformers' greedy ids, stopping at the end-of-turn token for a chat, and the text
-/// decoded, whole or streamed token by token, is transformers' decode.
+/// decoded, whole or streamed token by token, is transformers' decode; the same with the model packed
+/// for inference (Transformer::pack_for_inference: the chat prompts, 23 to 41 tokens, prefill on the
+/// packed weights).
 
 #include <gtest/gtest.h>
 
@@ -47,31 +49,34 @@ TEST(TextGenerateGolden, PromptTextToTransformersGreedyText) {
     ASSERT_EQ(ids, golden["prompt_ids"].get<std::vector<std::int64_t>>());
     const auto want = golden["generated"].get<std::vector<std::int64_t>>();
     const auto config = models::read_hugging_face_config(dir / "config.json");
-    for (int world = 1; world <= 4; ++world) {
-      if (config.heads % world != 0 || (config.kv_heads % world != 0 && world % config.kv_heads != 0)) continue;
-      SCOPED_TRACE(fmt::format("world {}", world));
-      std::vector<std::vector<std::int64_t>> got(static_cast<std::size_t>(world));
-      std::string streamed;
-      run_local(world, [&](std::shared_ptr<Communicator> comm) {
-        const Context<Cpu> ctx(comm);
-        auto model = models::open_hugging_face<float>(ctx, dir);
-        GenerateOptions run = options;
-        text::TextStream stream(tok, ids);
-        if (comm->rank() == 0) run.on_token = [&](std::int64_t t) { streamed += stream.push(t); };
-        // Asked for more than transformers made: a chat stops at the end of the turn on its own.
-        got[comm->rank()] = generate(*model, ids, golden["chat"].get<bool>() ? 64 : std::int64_t(want.size()), run).tokens;
-        if (comm->rank() == 0) streamed += stream.finish();
-      });
-      for (int r = 0; r < world; ++r) EXPECT_EQ(got[r], want) << "rank " << r;
-      EXPECT_EQ(tok.decode(got[0]), golden["text"].get<std::string>());
-      EXPECT_EQ(tok.decode(got[0], true), golden["text_skip_special"].get<std::string>());
-      // The stream, which decodes after the prompt, is the full text's growth past the prompt's.
-      std::vector<std::int64_t> all = ids;
-      all.insert(all.end(), got[0].begin(), got[0].end());
-      const std::string whole = tok.decode(all), head = tok.decode(ids);
-      ASSERT_TRUE(whole.starts_with(head));
-      EXPECT_EQ(streamed, whole.substr(head.size()));
-    }
+    for (int world = 1; world <= 4; ++world)
+      for (const bool pack : {false, true}) {
+        if (config.heads % world != 0 || (config.kv_heads % world != 0 && world % config.kv_heads != 0)) continue;
+        SCOPED_TRACE(fmt::format("world {}{}", world, pack ? ", packed for inference" : ""));
+        std::vector<std::vector<std::int64_t>> got(static_cast<std::size_t>(world));
+        std::string streamed;
+        run_local(world, [&](std::shared_ptr<Communicator> comm) {
+          const Context<Cpu> ctx(comm);
+          auto model = models::open_hugging_face<float>(ctx, dir);
+          if (pack) model->pack_for_inference();
+          GenerateOptions run = options;
+          text::TextStream stream(tok, ids);
+          if (comm->rank() == 0) run.on_token = [&](std::int64_t t) { streamed += stream.push(t); };
+          // Asked for more than transformers made: a chat stops at the end of the turn on its own.
+          got[comm->rank()] =
+              generate(*model, ids, golden["chat"].get<bool>() ? 64 : std::int64_t(want.size()), run).tokens;
+          if (comm->rank() == 0) streamed += stream.finish();
+        });
+        for (int r = 0; r < world; ++r) EXPECT_EQ(got[r], want) << "rank " << r;
+        EXPECT_EQ(tok.decode(got[0]), golden["text"].get<std::string>());
+        EXPECT_EQ(tok.decode(got[0], true), golden["text_skip_special"].get<std::string>());
+        // The stream, which decodes after the prompt, is the full text's growth past the prompt's.
+        std::vector<std::int64_t> all = ids;
+        all.insert(all.end(), got[0].begin(), got[0].end());
+        const std::string whole = tok.decode(all), head = tok.decode(ids);
+        ASSERT_TRUE(whole.starts_with(head));
+        EXPECT_EQ(streamed, whole.substr(head.size()));
+      }
   }
 }
 

@@ -189,8 +189,8 @@ class PackedWeight<T, Cpu> {
         if constexpr (std::is_same_v<T, float>) {
           const int threads = dev.gemm_threads();
           if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
-          const detail::DnnlPackedMatmulKey key{x.rows, y.cols, x.cols, std::max<std::int64_t>(x.ld, 1),
-                                                std::max<std::int64_t>(y.ld, 1), !bias.empty()};
+          const detail::DnnlPackedMatmulKey key{
+              x.rows, y.cols, x.cols, std::max<std::int64_t>(x.ld, 1), std::max<std::int64_t>(y.ld, 1), !bias.empty()};
           const auto& mm = detail::DnnlPackedMatmulCache::for_this_thread().get(key);
           if (mm.reads(md_)) return mm.run(x.data, data_.data(), bias.empty() ? nullptr : bias.data, y.data);
         }
@@ -211,13 +211,16 @@ class PackedWeight<T, Cpu> {
   /// w reordered into the layout oneDNN's matmul chooses for kPackRows rows.
   void pack_onednn(const std::shared_ptr<Cpu>& device, ConstView<T> w) {
     const dnnl_engine_t engine = detail::dnnl_cpu_engine();
-    md_ = detail::DnnlPackedMatmulCache::for_this_thread().get({kPackRows, w.rows, w.cols, w.cols, w.rows, false}).weights_md();
+    const detail::DnnlPackedMatmulKey key{kPackRows, w.rows, w.cols, w.cols, w.rows, false};
+    md_ = detail::DnnlPackedMatmulCache::for_this_thread().get(key).weights_md();
     const auto bytes = static_cast<std::int64_t>(dnnl_memory_desc_get_size(&md_));
-    data_ = Tensor<T, Cpu>(device, 1, (bytes + static_cast<std::int64_t>(sizeof(T)) - 1) / static_cast<std::int64_t>(sizeof(T)));
+    data_ = Tensor<T, Cpu>(device, 1,
+                           (bytes + static_cast<std::int64_t>(sizeof(T)) - 1) / static_cast<std::int64_t>(sizeof(T)));
     // w [out, in] with row stride ld is the [in, out] matrix x w^T multiplies, with strides {1, ld}.
     dnnl_memory_desc_t plain_md;
     const dnnl_dims_t dims = {w.cols, w.rows}, strides = {1, std::max<std::int64_t>(w.ld, 1)};
-    detail::dnnl_check(dnnl_memory_desc_init_by_strides(&plain_md, 2, dims, dnnl_f32, strides), "memory_desc (plain w)");
+    detail::dnnl_check(dnnl_memory_desc_init_by_strides(&plain_md, 2, dims, dnnl_f32, strides),
+                       "memory_desc (plain w)");
     dnnl_memory_t from = nullptr, to = nullptr;
     dnnl_primitive_desc_t reorder_pd = nullptr;
     dnnl_primitive_t reorder = nullptr;
@@ -228,7 +231,8 @@ class PackedWeight<T, Cpu> {
       if (to) dnnl_memory_destroy(to);
     };
     try {
-      detail::dnnl_check(dnnl_memory_create(&from, &plain_md, engine, const_cast<T*>(w.data)), "memory_create (plain w)");
+      detail::dnnl_check(dnnl_memory_create(&from, &plain_md, engine, const_cast<T*>(w.data)),
+                         "memory_create (plain w)");
       detail::dnnl_check(dnnl_memory_create(&to, &md_, engine, data_.data()), "memory_create (packed w)");
       detail::dnnl_check(dnnl_reorder_primitive_desc_create(&reorder_pd, &plain_md, engine, &md_, engine, nullptr),
                          "reorder primitive_desc_create");
