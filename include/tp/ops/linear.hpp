@@ -3,7 +3,8 @@
 /// backward (dx and the weight gradient together), bias add and bias gradient, and GEMMs with a
 /// fused epilogue (tp::Cuda runs them inside cuBLASLt; tp::Cpu runs Cpu::gemm, then the
 /// element-wise step). tp::Cpu runs the forward and backward of few tokens as streaming kernels
-/// (tp/device/cpu/streaming_linear.hpp), the rest as GEMMs.
+/// (tp/device/cpu/streaming_linear.hpp), the rest as GEMMs; given the weight packed once
+/// (pack_weight, the layers' inference mode), the forward of more tokens runs on the packed copy.
 
 #include <cstdint>
 #include <memory>
