@@ -12,10 +12,12 @@
 #include <omp.h>
 #endif
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "tp/device/cpu.hpp"
+#include "tp/ops/linear.hpp"
 
 namespace {
 
@@ -185,7 +187,9 @@ BENCHMARK(cpu_peak)->DenseRange(0, 2)->ArgName("kind");
 /// (torch.nn.Linear's layout; kind 0, tp::Cpu::gemm(n, t), what tp::ops::linear_forward runs at
 /// these token counts), beside the same product with w stored [K, N] (kind 1, gemm(n, n)) and, where
 /// tp has oneDNN, beside oneDNN's matmul primitive with w reordered once into the layout oneDNN
-/// chooses (kind 2: prepacked weights, the reorder outside the timing). GFLOP/s from wall time.
+/// chooses (kind 2: prepacked weights, the reorder outside the timing), and beside what the layers
+/// run when packed for inference (kind 3: tp::ops::linear_forward on tp::ops::pack_weight's copy,
+/// oneDNN's layout or w^T, whichever tp::Cpu's GEMM library takes). GFLOP/s from wall time.
 ///
 ///   build/bench/tp_bench_blas --benchmark_filter=prefill_gemm --benchmark_repetitions=5 \
 ///       --benchmark_enable_random_interleaving=true --benchmark_counters_tabular=true
@@ -199,6 +203,22 @@ void prefill_gemm(benchmark::State& state) {
     state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k),
                                                    benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   };
+  if (kind == 3) {
+    const auto dev = std::make_shared<tp::Cpu>(tp::CpuOptions{.threads = 1});
+    const tp::ConstView<float> wv(w.data(), n, k);
+    const auto packed = tp::ops::pack_weight<float>(dev, wv);
+    state.SetLabel(fmt::format("tp::ops::linear_forward, w packed ({})",
+                               packed.form() == tp::PackedWeight<float, tp::Cpu>::Form::onednn ? "oneDNN's layout"
+                               : packed.form() == tp::PackedWeight<float, tp::Cpu>::Form::transposed
+                                   ? "w^T for " + tp::Cpu::blas_name(dev->gemm_library())
+                                   : "not packed"));
+    for (auto _ : state) {
+      tp::ops::linear_forward<float>(*dev, tp::ConstView<float>(a.data(), m, k), wv, packed, {},
+                                     tp::MatrixView<float>(c.data(), m, n));
+      benchmark::DoNotOptimize(c.data());
+    }
+    return count();
+  }
   if (kind < 2) {
     state.SetLabel(kind == 0 ? "x w^T, w [N, K]: " + tp::Cpu::blas_name(cpu.gemm_library()) : "x w, w [K, N]");
     for (auto _ : state) {
@@ -261,7 +281,7 @@ void prefill_gemm(benchmark::State& state) {
 BENCHMARK(prefill_gemm)->Apply([](auto* b) {
   for (const std::vector<std::int64_t> s : {std::vector<std::int64_t>{1024, 1024, 1024}, {128, 1280, 768}, {128, 768, 768},
                                             {128, 4096, 768}, {128, 768, 2048}})
-    for (const std::int64_t kind : {0, 1, 2}) b->Args({s[0], s[1], s[2], kind});
+    for (const std::int64_t kind : {0, 1, 2, 3}) b->Args({s[0], s[1], s[2], kind});
 })->ArgNames({"M", "N", "K", "kind"})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
