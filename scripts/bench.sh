@@ -258,7 +258,7 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
       echo 'each timing every part once. `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 [TP_CPU_ISA=avx2'
       echo 'OPENBLAS_CORETYPE=Haswell] build-bench/bench/tp_bench_prefill`, the model packed for inference (the GEMM'
       echo 'parts on the packed weights; `--no-pack` for the plain ones); the GEMMs at these shapes as stored, as'
-      echo '[K, N] and prepacked: `tp_bench_blas --benchmark_filter=prefill_gemm`.'
+      echo '[K, N], prepacked, and through tp'"'"'s packed path: `tp_bench_blas --benchmark_filter=prefill_gemm`.'
       for isa in native avx2; do
         [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
         echo
