@@ -15,8 +15,10 @@
 
 namespace tp::impl {
 
+/// An empty bias adds nothing.
 template <class T>
 void add_bias(const Cpu&, MatrixView<T> y, ConstView<T> bias) {
+  if (bias.empty()) return;
   for (std::int64_t r = 0; r < y.rows; ++r) {
     T* yr = y.row(r);
     for (std::int64_t c = 0; c < y.cols; ++c) yr[c] += bias.data[c];
@@ -89,14 +91,11 @@ void linear_forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T>
   if constexpr (!is_float16_v<T>) {
     if (dev.streaming_linear() && x.rows >= 1 && x.rows <= detail::streaming_forward_max_tokens() && x.cols > 0) {
       detail::streaming_linear_forward<T>(x, w, T(0), y, dev.threads());
-      if (!bias.empty()) add_bias(dev, y, bias);
+      add_bias(dev, y, bias);
       return;
     }
   }
-  if (bias.empty())
-    dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
-  else
-    gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
+  gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
 }
 
 template <class T>
@@ -109,8 +108,11 @@ PackedWeight<T, Cpu> pack_weight(const std::shared_ptr<Cpu>& device, ConstView<T
 template <class T>
 void linear_forward_packed(const Cpu& dev, ConstView<T> x, ConstView<T> w, const PackedWeight<T, Cpu>& packed,
                            ConstView<T> bias, MatrixView<T> y) {
+  using Form = typename PackedWeight<T, Cpu>::Form;
   if (x.rows <= detail::streaming_forward_max_tokens()) return linear_forward(dev, x, w, bias, y);
-  packed.forward(dev, x, w, bias, y);
+  if (packed.form() == Form::transposed)
+    return gemm_bias(dev, Op::n, Op::n, T(1), x, packed.transposed(), T(0), y, bias);
+  if (!packed.run_onednn(dev, x, bias, y)) gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
 }
 
 template <class T>

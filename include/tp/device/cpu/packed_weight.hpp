@@ -174,39 +174,30 @@ class PackedWeight<T, Cpu> {
   /// Bytes of the copy, beside the plain weight.
   std::int64_t bytes() const { return data_.size() * static_cast<std::int64_t>(sizeof(T)); }
 
-  /// y = x w^T (+ bias) on the packed copy; `w` is the plain weight it was packed from (for a row
-  /// count whose primitive reads another layout). Shapes are the caller's to check.
-  void forward(const Cpu& dev, ConstView<T> x, ConstView<T> w, ConstView<T> bias, MatrixView<T> y) const {
-    switch (form_) {
-      case Form::plain:
-        break;
-      case Form::transposed:
-        dev.gemm<T>(Op::n, Op::n, T(1), x, ConstView<T>(data_.view()), T(0), y);
-        if (!bias.empty()) add_bias(y, bias);
-        return;
-      case Form::onednn:
+  /// The transposed copy w^T [in, out] (Form::transposed).
+  ConstView<T> transposed() const { return data_.view(); }
+
+  /// y = x w^T (+ bias) on oneDNN's packed copy (Form::onednn); false, doing nothing, where this
+  /// row count's primitive reads another layout (never seen) or the form is another.
+  bool run_onednn(const Cpu& dev, ConstView<T> x, ConstView<T> bias, MatrixView<T> y) const {
 #ifdef TP_HAS_DNNL
-        if constexpr (std::is_same_v<T, float>) {
-          const int threads = dev.gemm_threads();
-          if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
-          const detail::DnnlPackedMatmulKey key{
-              x.rows, y.cols, x.cols, std::max<std::int64_t>(x.ld, 1), std::max<std::int64_t>(y.ld, 1), !bias.empty()};
-          const auto& mm = detail::DnnlPackedMatmulCache::for_this_thread().get(key);
-          if (mm.reads(md_)) return mm.run(x.data, data_.data(), bias.empty() ? nullptr : bias.data, y.data);
-        }
-#endif
-        break;
+    if constexpr (std::is_same_v<T, float>) {
+      if (form_ != Form::onednn) return false;
+      const int threads = dev.gemm_threads();
+      if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+      const detail::DnnlPackedMatmulKey key{
+          x.rows, y.cols, x.cols, std::max<std::int64_t>(x.ld, 1), std::max<std::int64_t>(y.ld, 1), !bias.empty()};
+      const auto& mm = detail::DnnlPackedMatmulCache::for_this_thread().get(key);
+      if (!mm.reads(md_)) return false;
+      mm.run(x.data, data_.data(), bias.empty() ? nullptr : bias.data, y.data);
+      return true;
     }
-    dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
-    if (!bias.empty()) add_bias(y, bias);
+#endif
+    (void)dev, (void)x, (void)bias, (void)y;
+    return false;
   }
 
  private:
-  static void add_bias(MatrixView<T> y, ConstView<T> bias) {
-    for (std::int64_t r = 0; r < y.rows; ++r)
-      for (std::int64_t c = 0; c < y.cols; ++c) y(r, c) += bias.data[c];
-  }
-
 #ifdef TP_HAS_DNNL
   /// w reordered into the layout oneDNN's matmul chooses for kPackRows rows.
   void pack_onednn(const std::shared_ptr<Cpu>& device, ConstView<T> w) {
