@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
   app.add_option("--new-tokens", new_tokens, "decoded tokens per generation")->capture_default_str();
   app.add_option("--reps", reps, "turns (the median is reported)")->capture_default_str();
   app.add_option("--triad-mb", triad_mb, "MiB per triad array (well above the caches)")->capture_default_str();
+  bool no_verify = false;
+  app.add_flag("--no-verify-collectives", no_verify, "switch collective verification off (to see what it costs)");
   CLI11_PARSE(app, argc, argv);
   model.seq_len = prompt + new_tokens;
 
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
       const tp::Context<> ctx(comm, cpu);
       const tp::Cpu& dev = *cpu;
       const tp::NoGrad no_grad;  // as tp::generate runs the model
+      if (no_verify) comm->set_verify_collectives(false);
       using Mat = tp::Tensor<float, tp::Cpu>;
       tp::bench::Triad triad(triad_mb << 20);
       tp::models::Transformer<float> lm(ctx, model.transformer(), model.seed);
@@ -202,9 +205,10 @@ int main(int argc, char** argv) {
       const double total = median(whole), bw = median(bandwidth), ranks = static_cast<double>(comm->size());
       double sum = 0, bytes = 0;
       fmt::print("decode after a {}-token prompt ({} new tokens), hidden {}, {} layers, {} heads over {} kv heads, ffn {}, "
-                 "vocabulary {}; TP {} ({}), one thread per rank, kernels {}; median of {} turns; triad {:.1f} GB/s "
+                 "vocabulary {}; TP {} ({}{}), one thread per rank, kernels {}; median of {} turns; triad {:.1f} GB/s "
                  "(all ranks)\n\n",
                  prompt, new_tokens, hidden, layers, c.heads, c.kv_heads, c.ffn, c.vocab, comm->size(), comm->backend(),
+                 no_verify ? ", no verification" : "",
                  tp::detail::simd::isa_name(tp::detail::simd::active_isa()), reps, 1e-9 * bw);
       fmt::print("| part ({} layers) | ms per token | share of the token | MB read (all ranks) | GB/s (all ranks) | of "
                  "the triad |\n|---|---|---|---|---|---|\n",
