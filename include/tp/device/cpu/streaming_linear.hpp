@@ -59,11 +59,11 @@ using simd::Vec;
 ///   forward, AVX2 and baseline: 3 x 4 (12 sums, 3 weights, one x: the 16 registers exactly) beat
 ///     4 x 3 (one register over, so the weights were reloaded from memory operands) by 20-30% at
 ///     4 and 8 tokens and 5-15% at 12 and 16, and 2 x 4, 2 x 6, 1 x 8 and 3 x 3 by 10-30%;
-///   forward at 1 token (decoding; weights from memory, not cache): more rows at once, each a
-///     stream of its own for the prefetchers: AVX-512 8 rows, AVX2 and baseline 12 (12 sums and
-///     an x, the weights as memory operands), 0.86-0.94 of the time of 4 and 3 rows, side by side
-///     on the 100 M decode model's per-rank weights at TP 2 (two processes streaming at once, 1.6x
-///     the last-level cache; 6 rows 0.94, 16 on AVX-512 0.86; tp_bench_decode_parts, BENCHMARKS.md);
+///   forward at 1 token (decoding; weights from memory): more rows at once, each a stream for the
+///     prefetchers: AVX-512 8 rows, AVX2 and baseline 12 (12 sums, an x, weights as memory operands)
+///     took 0.87 and 0.86-0.88 of the time of 4 and 3 rows, interleaved token by token on the 100 M
+///     decode model's weights at TP 2 (two processes at once, each weight once per token in model
+///     order; AVX2 6 rows 0.94, AVX-512 16 rows 0.86; BENCHMARKS.md, "Decode at TP 1 and TP 2");
 ///   backward, every instruction set: 4 rows x all 16 tokens in one pass beat the earlier 4 x 5
 ///     (AVX-512) and 4 x 2 (AVX2) by 25-40% at 8 tokens (AVX2 2.2 against 3.6 ms per 16 MiB
 ///     weight) and 35-50% at 12 and 16, and 8 x 4 and 6 x 4 by 30%; alike at 1 and 2 tokens.
