@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/generation_model.hpp"
+#include "common/triad.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
@@ -35,30 +36,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-/// STREAM's triad on this rank's arrays; run by every rank at once, as the ranks decode.
-class Triad {
- public:
-  explicit Triad(std::int64_t bytes_per_array)
-      : n_(static_cast<std::size_t>(bytes_per_array / 4)), a_(n_, 0.0f), b_(n_, 1.0f), c_(n_, 2.0f) {}
-
-  /// This rank's bandwidth in bytes/s for one pass (the caller sums over ranks).
-  double run(tp::Communicator& comm) {
-    comm.barrier();
-    const auto t0 = Clock::now();
-    const float s = 0.5f + static_cast<float>(++passes_);
-    for (std::size_t i = 0; i < n_; ++i) a_[i] = b_[i] + s * c_[i];
-    const double t = seconds_since(t0);
-    volatile float sink = a_[n_ / 2];
-    (void)sink;
-    return 3.0 * 4.0 * static_cast<double>(n_) / t;
-  }
-
- private:
-  std::size_t n_;
-  std::vector<float> a_, b_, c_;
-  int passes_ = 0;
-};
 
 /// This rank's sgemm rate in FLOP/s (best of `reps`, a 1024^3 product through tp::Cpu) while every
 /// rank runs its own.
@@ -106,7 +83,7 @@ int main(int argc, char** argv) {
       const tp::Context<> ctx(comm, cpu);
       const bool lead = comm->rank() == 0;
       if (no_verify) comm->set_verify_collectives(false);
-      Triad triad(triad_mb << 20);
+      tp::bench::Triad triad(triad_mb << 20);
 
       tp::models::Transformer<float> lm(ctx, model.transformer(), model.seed);
       const std::int64_t params = tiny_lm::parameter_count(lm);

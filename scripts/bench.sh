@@ -41,7 +41,7 @@ export OPENBLAS_NUM_THREADS=1
 if [ $skip_build -eq 0 ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTP_BUILD_TESTS=OFF -DTP_BUILD_EXAMPLES=OFF \
         -DTP_BUILD_BENCH=ON >/dev/null
-  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas tp_bench_decode tp_bench_prefill tp_bench_train
+  cmake --build "$build" --target tp_bench_comm tp_bench_layers tp_bench_blas tp_bench_decode tp_bench_decode_parts tp_bench_prefill tp_bench_train
 fi
 bin=$build/bench
 results=$build/bench-results
@@ -265,6 +265,26 @@ if [ -x "$build/bench/tp_bench_decode" ] && [ $have_mpi -eq 1 ]; then
         # shellcheck disable=SC2046
         env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell) \
           "$build/bench/tp_bench_prefill" 2>&1 || echo "bench.sh: tp_bench_prefill ($isa) failed" >&2
+      done
+    } >>"$root/BENCHMARKS.md"
+  fi
+  # Where a decoded token of the 100 M model spends its time at TP 2, part by part, on each clone.
+  if [ -x "$build/bench/tp_bench_decode_parts" ]; then
+    {
+      echo
+      echo "### Where a decoded token's time goes"
+      echo
+      echo 'The 100 M model at TP 2 over MPI (one thread per rank): `tp::generate` of 32 tokens after a 128-token'
+      echo 'prompt, its decode per token, beside each part of a token run on its own through the same ops on each'
+      echo 'rank'"'"'s own weights, every layer in turn, all ranks at once (the slowest rank counts); the median of 11'
+      echo 'turns, each with a triad. `[TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell] mpirun -np 2 --bind-to none'
+      echo 'build-bench/bench/tp_bench_decode_parts`.'
+      for isa in native avx2; do
+        [ $isa = avx2 ] && ! grep -qw avx2 /proc/cpuinfo && continue
+        echo
+        # shellcheck disable=SC2046
+        env $([ $isa = avx2 ] && echo TP_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell) mpirun -np 2 --oversubscribe --bind-to none \
+          "$build/bench/tp_bench_decode_parts" 2>&1 || echo "bench.sh: tp_bench_decode_parts ($isa) failed" >&2
       done
     } >>"$root/BENCHMARKS.md"
   fi

@@ -136,6 +136,15 @@ TYPED_TEST(Sampling, BadInputThrowsNamingTheValue) {
     const auto shard = upload<T>(ctx.device, logits.cols_range(v.begin, v.size()));
     EXPECT_THAT([&] { sample<T>(ctx, shard.view(), Range{v.begin, v.begin}, 9, {}, 0); },
                 ::testing::ThrowsMessage<InvalidArgument>(HasSubstr(fmt::format("logits of {} columns", v.size()))));
+    // A NaN logit wins every rank's candidates (the lowest id of several) and is refused on every
+    // rank, naming the row and the token, however the token is chosen.
+    ref::Matrix with_nan = logits;
+    with_nan.data[1 * 9 + 7] = std::nan("");
+    with_nan.data[1 * 9 + 4] = std::nan("");
+    for (const SamplingOptions& o : {SamplingOptions{}, SamplingOptions{.temperature = 1, .top_k = 1},
+                                     SamplingOptions{.temperature = 1, .top_k = 3}, SamplingOptions{.temperature = 1}})
+      EXPECT_THAT([&] { sample_slice<T>(ctx, with_nan, v, o, 0); },
+                  ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("row 1 has a NaN logit (token 4)")));
     if (comm->size() > 1) {
       // Ranges that leave a gap are refused on every rank alike, naming them.
       const Range gap = comm->rank() == 0 ? Range{0, v.end - 1} : v;

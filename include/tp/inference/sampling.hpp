@@ -218,13 +218,23 @@ std::vector<std::int64_t> sample(const Context<Device>& ctx, ConstView<T> logits
   // This rank's candidates, [rows][mine] pairs (logit, id) flattened into doubles for the exchange
   // (ids up to 2^53 are exact).
   std::vector<double> send(static_cast<std::size_t>(2 * rows * mine));
-  std::vector<detail::TokenLogit> row_tokens(static_cast<std::size_t>(vocab_range.size()));
+  std::vector<detail::TokenLogit> row_tokens(static_cast<std::size_t>(mine == 1 ? 1 : vocab_range.size()));
   for (std::int64_t i = 0; i < rows; ++i) {
-    for (std::int64_t j = 0; j < vocab_range.size(); ++j)
-      row_tokens[j] = {detail::logit_value(host[static_cast<std::size_t>(i * vocab_range.size() + j)]),
-                       vocab_range.begin + j};
-    if (mine < vocab_range.size())
-      std::nth_element(row_tokens.begin(), row_tokens.begin() + (mine - 1), row_tokens.end(), detail::ranks_before);
+    const T* row = host.data() + i * vocab_range.size();
+    if (mine == 1 && vocab_range.size() > 1) {
+      // Greedy: the first candidate in one scan, without the array of pairs (a decoded token's
+      // sampling spent most of its time building and partitioning it).
+      detail::TokenLogit best{detail::logit_value(row[0]), vocab_range.begin};
+      for (std::int64_t j = 1; j < vocab_range.size(); ++j) {
+        const detail::TokenLogit t{detail::logit_value(row[j]), vocab_range.begin + j};
+        if (detail::ranks_before(t, best)) best = t;
+      }
+      row_tokens[0] = best;
+    } else {
+      for (std::int64_t j = 0; j < vocab_range.size(); ++j) row_tokens[j] = {detail::logit_value(row[j]), vocab_range.begin + j};
+      if (mine < vocab_range.size())
+        std::nth_element(row_tokens.begin(), row_tokens.begin() + (mine - 1), row_tokens.end(), detail::ranks_before);
+    }
     for (std::int64_t j = 0; j < mine; ++j) {
       send[static_cast<std::size_t>(2 * (i * mine + j))] = row_tokens[j].logit;
       send[static_cast<std::size_t>(2 * (i * mine + j) + 1)] = static_cast<double>(row_tokens[j].id);

@@ -188,8 +188,16 @@ void attention_forward_native(const Cpu& dev, const detail::AttentionGeometry& g
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   const detail::simd::Isa isa = detail::simd::active_isa();
-  const std::int64_t packed_rows = g.group * kQueryTile;
-  std::vector<T> scores(static_cast<std::size_t>(packed_rows * kKeyTile)),
+  // Tiles as large as the sequences need, not kQueryTile x kKeyTile: a decoded token (one query,
+  // a cache of keys) would otherwise allocate and zero some 600 KiB per call, through mmap, page
+  // faults and all (a tenth of the attention's time at decode).
+  std::int64_t tile_rows = 1, tile_cols = 1;
+  for (std::int64_t b = 0; b < g.batch; ++b) {
+    tile_rows = std::max(tile_rows, std::min(kQueryTile, seqs.q_length[b]));
+    tile_cols = std::max(tile_cols, std::min(kKeyTile, seqs.k_length[b]));
+  }
+  const std::int64_t packed_rows = g.group * tile_rows;
+  std::vector<T> scores(static_cast<std::size_t>(packed_rows * tile_cols)),
       q_packed(static_cast<std::size_t>(packed_rows * head_dim)), acc(q_packed.size()), row_max(packed_rows);
   std::vector<double> row_sum(static_cast<std::size_t>(packed_rows));
   for (std::int64_t b = 0; b < g.batch; ++b) {

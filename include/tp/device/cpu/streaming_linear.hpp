@@ -59,13 +59,18 @@ using simd::Vec;
 ///   forward, AVX2 and baseline: 3 x 4 (12 sums, 3 weights, one x: the 16 registers exactly) beat
 ///     4 x 3 (one register over, so the weights were reloaded from memory operands) by 20-30% at
 ///     4 and 8 tokens and 5-15% at 12 and 16, and 2 x 4, 2 x 6, 1 x 8 and 3 x 3 by 10-30%;
+///   forward at 1 token (decoding; weights from memory): more rows at once, each a stream for the
+///     prefetchers: AVX-512 8 rows, AVX2 and baseline 12 (12 sums, an x, weights as memory operands)
+///     took 0.87 and 0.86-0.88 of the time of 4 and 3 rows, interleaved token by token on the 100 M
+///     decode model's weights at TP 2 (two processes at once, each weight once per token in model
+///     order; AVX2 6 rows 0.94, AVX-512 16 rows 0.86; BENCHMARKS.md, "Decode at TP 1 and TP 2");
 ///   backward, every instruction set: 4 rows x all 16 tokens in one pass beat the earlier 4 x 5
 ///     (AVX-512) and 4 x 2 (AVX2) by 25-40% at 8 tokens (AVX2 2.2 against 3.6 ms per 16 MiB
 ///     weight) and 35-50% at 12 and 16, and 8 x 4 and 6 x 4 by 30%; alike at 1 and 2 tokens.
 template <Isa I, int M>
 struct Blocking {
   static constexpr bool avx512 = I == Isa::avx512;
-  static constexpr int forward_rows = avx512 ? (M == 7 || M == 8 ? 3 : 4) : 3;
+  static constexpr int forward_rows = M == 1 ? (avx512 ? 8 : 12) : avx512 ? (M == 7 || M == 8 ? 3 : 4) : 3;
   static constexpr int forward_tokens = avx512 ? (M == 7 || M == 8 ? 8 : 6) : 4;
   static constexpr int backward_rows = 4;
   static constexpr int backward_tokens = 16;
