@@ -6,6 +6,8 @@
 /// the host path's bit for bit, on every mesh, with ZeRO-1 and micro-batches. What this cannot
 /// show, the GPU's numbers, trainer_cuda_test.cu checks on a GPU. Training checkpoints on the
 /// device path: the same files as the host path's, byte for byte, resumed at any mesh by either.
+/// tp/io's and tp/models' collective saves and loads called directly on the device path, over a
+/// communicator that refuses host buffers as NCCL does (staged_cpu.hpp).
 
 #include <unistd.h>
 
@@ -17,19 +19,12 @@
 #include <gtest/gtest.h>
 
 #include "common/harness.hpp"
+#include "tp/io/resume.hpp"
+#include "tp/models/hugging_face.hpp"
+#include "train/staged_cpu.hpp"
 #include "train/tiny_training.hpp"
 
 namespace tp {
-
-/// tp::Cpu with on_host false: the same memory and kernels, the device code paths.
-class StagedCpu : public Cpu {
- public:
-  static constexpr bool on_host = false;
-  static const std::shared_ptr<StagedCpu>& shared() {
-    static const auto device = std::make_shared<StagedCpu>();
-    return device;
-  }
-};
 
 namespace {
 
@@ -123,6 +118,70 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
     }
   });
   kAdamW.eps = eps;
+}
+
+/// tp/io's and tp/models' collective saves and loads called directly with a device's communicator
+/// (fine-tuned on a GPU, saved without tp/train): over a DeviceMemoryCommunicator, which refuses
+/// host buffers as NCCL does, save_safetensors, save_hugging_face and save_resume / load_resume
+/// (the checksums, rank 0's verification and its verdict) of a StagedCpu model stage their
+/// collectives, and write the host model's files byte for byte. Llama (untied head, GQA) and GPT-2
+/// (tied head, biases, no GQA), split unevenly at 3 ranks.
+TEST(TrainerDevicePath, IoSavesAndLoadsStageTheirCollectives) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const auto dir = fresh_dir(*comm, "io");
+    if (comm->rank() == 0) std::filesystem::create_directories(dir);
+    comm->barrier();
+    const auto device_comm = std::make_shared<DeviceMemoryCommunicator>(comm);
+    const std::shared_ptr<StagedCpu>& device = StagedCpu::shared();
+    {  // The wrapper refuses host memory, so that a collective that skips the staging fails here.
+      std::int64_t one = 1;
+      EXPECT_THAT([&] { device_comm->all_reduce(std::span<std::int64_t>(&one, 1)); },
+                  ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("not StagedCpu (device) memory")));
+    }
+    for (const bool llama : {true, false}) {
+      const std::string arch = llama ? "llama" : "gpt2";
+      auto config = tiny_config(llama, n == 3);
+      if (!llama) config.kv_heads = config.heads;  // Hugging Face's GPT-2 has no GQA
+      models::Transformer<float, StagedCpu> staged(Context<StagedCpu>(device_comm, device), config, 11);
+      models::Transformer<float> host(Context<>(comm), config, 11);
+      models::save_hugging_face(*device_comm, staged, dir / (arch + "_staged"));
+      models::save_hugging_face(*comm, host, dir / (arch + "_host"));
+      save_safetensors<float>(*device_comm, *device, staged.parameters(), dir / (arch + "_staged.safetensors"));
+      save_safetensors<float>(*comm, Cpu(), host.parameters(), dir / (arch + "_host.safetensors"));
+      AdamW<float, StagedCpu> staged_opt(Context<StagedCpu>(device_comm, device), staged.parameters());
+      AdamW<float> host_opt(Context<>(comm), host.parameters());
+      const auto resume = dir / (arch + "_staged_resume.safetensors");
+      save_resume(staged_opt, resume, {{"data.position", "3"}});
+      save_resume(host_opt, dir / (arch + "_host_resume.safetensors"), {{"data.position", "3"}});
+      if (comm->rank() == 0) {
+        for (const std::string file : {"_staged/model.safetensors", "_staged/config.json", "_staged.safetensors",
+                                       "_staged_resume.safetensors"}) {
+          std::string other = file;
+          other.replace(0, 7, "_host");
+          EXPECT_EQ(bytes(dir / (arch + file)), bytes(dir / (arch + other)))
+              << arch << file << ": the StagedCpu model's file differs from the host model's";
+        }
+      }
+      // Loaded back into another StagedCpu model (rank 0 verifies, every rank hears its verdict).
+      models::Transformer<float, StagedCpu> loaded(Context<StagedCpu>(device_comm, device), config, 12);
+      AdamW<float, StagedCpu> loaded_opt(Context<StagedCpu>(device_comm, device), loaded.parameters());
+      EXPECT_EQ(load_resume(loaded_opt, resume).at("data.position"), "3");
+      EXPECT_EQ(values(loaded), values(host)) << arch;
+      // A damaged file: rank 0's verdict reaches every rank through the staged broadcast.
+      comm->barrier();
+      if (comm->rank() == 0) {
+        std::fstream f(resume, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(-3, std::ios::end);
+        f.put('\x7f');
+      }
+      comm->barrier();
+      EXPECT_THAT([&] { load_resume(loaded_opt, resume); }, ::testing::ThrowsMessage<IoError>(HasSubstr("checksum")))
+          << arch;
+    }
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+  });
 }
 
 /// Another model's checkpoint (a wider MLP) on the device path, refused by name (the first tensor
