@@ -1,13 +1,14 @@
 /// The device path of the training code (tp/train/: Device::on_host false), run on the host: a
 /// tp::Cpu that says it is not on the host, so that GradBuffer, DistributedAdamW and Trainer move
 /// gradients and weights with to_host / from_host and stage their collectives through "device"
-/// buffers (tp/train/host_collectives.hpp), as they do on tp::Cuda, over the harness's host
-/// communicators (local, MPI, Gloo). The arithmetic is tp::Cpu's either way, so the steps must be
+/// buffers (tp/comm/detail/host_staged_communicator.hpp), as they do on tp::Cuda, over the
+/// harness's communicators (local, MPI, Gloo) behind a DeviceMemoryCommunicator (staged_cpu.hpp),
+/// which refuses buffers that are not StagedCpu memory as NCCL refuses host memory, so that a
+/// collective over host buffers that skipped the staging fails here. The arithmetic is tp::Cpu's either way, so the steps must be
 /// the host path's bit for bit, on every mesh, with ZeRO-1 and micro-batches. What this cannot
 /// show, the GPU's numbers, trainer_cuda_test.cu checks on a GPU. Training checkpoints on the
 /// device path: the same files as the host path's, byte for byte, resumed at any mesh by either.
-/// tp/io's and tp/models' collective saves and loads called directly on the device path, over a
-/// communicator that refuses host buffers as NCCL does (staged_cpu.hpp).
+/// tp/io's and tp/models' collective saves and loads called directly on the device path.
 
 #include <unistd.h>
 
@@ -60,7 +61,7 @@ TEST(TrainerDevicePath, StagedEqualsHost) {
       const TrainerOptions options{.micro_batches = mb, .zero = dims.dp % 2 == 0 ? 1 : 0, .bucket_size = 2000};
       const auto config = tiny_config(true, n == 3);
       const TrainRun want = train<float>(Mesh<>(comm, dims), config, 5, options);
-      const TrainRun got = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 5, options);
+      const TrainRun got = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 5, options);
       EXPECT_EQ(got.losses, want.losses) << "TP " << dims.tp << " x DP " << dims.dp;
       EXPECT_EQ(got.params, want.params) << "TP " << dims.tp << " x DP " << dims.dp;
     }
@@ -86,7 +87,7 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
     const auto config = tiny_config(true, n == 3);
     const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
     const TrainRun full = train<float>(Mesh<>(comm, saved), config, 6, zero1);
-    train<float, StagedCpu>(Mesh<StagedCpu>(comm, saved), config, 3, zero1, {}, staged_dir);
+    train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), saved), config, 3, zero1, {}, staged_dir);
     train<float>(Mesh<>(comm, saved), config, 3, zero1, {}, host_dir);
     if (comm->rank() == 0)
       for (const char* file : {"resume.safetensors", "model.safetensors"})
@@ -99,9 +100,9 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
         const std::string where = fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp,
                                               saved.dp, dims.tp, dims.dp, zero);
         const TrainerOptions options{.zero = zero, .bucket_size = 1500};
-        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 6, options, staged_dir);
         const TrainRun host = train<float>(Mesh<>(comm, dims), config, 6, options, staged_dir);
-        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, host_dir);
+        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 6, options, host_dir);
         EXPECT_EQ(staged.losses, host.losses) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(staged.params, host.params) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(from_host.losses, staged.losses) << where << ": StagedCpu resumes from the host's checkpoint";
@@ -192,7 +193,7 @@ TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
     const int n = comm->size();
     const auto dir = fresh_dir(*comm, "refused");
     const auto config = tiny_config(true, n == 3);
-    const Mesh<StagedCpu> mesh(comm, meshes(n).back());
+    const Mesh<StagedCpu> mesh(std::make_shared<DeviceMemoryCommunicator>(comm), meshes(n).back());
     train<float, StagedCpu>(mesh, config, 1, {}, {}, dir);
     auto wider = config;
     wider.ffn += 12;
@@ -218,7 +219,7 @@ TEST(TrainerDevicePath, F16SurvivesAPlantedOverflowAndResumes) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
     const MeshDims dims = overflow_meshes(n).back();
-    const Mesh<StagedCpu> mesh(comm, dims);
+    const Mesh<StagedCpu> mesh(std::make_shared<DeviceMemoryCommunicator>(comm), dims);
     const auto config = tiny_config(true, dims.tp == 3);
     {
       const PlantedOverflow r = planted_overflow(mesh, config);
