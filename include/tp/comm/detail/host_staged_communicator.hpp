@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <type_traits>
 
 #include "tp/comm/communicator.hpp"
 #include "tp/core/tensor.hpp"
@@ -105,6 +106,15 @@ class HostStagedCommunicator final : public Communicator {
   const Device* dev_;
 };
 
+/// Whether a collective over host buffers on `Device`'s communicator must be staged:
+/// Device::on_host is false. A type without on_host (a stand-in that only copies to the host)
+/// holds host memory.
+template <class Device>
+inline constexpr bool stages_host_buffers = [] {
+  if constexpr (requires { Device::on_host; }) return !Device::on_host;
+  else return false;
+}();
+
 /// A communicator for host buffers over `comm`, the communicator of `device`: `comm` itself on a
 /// host device (no copies, no extra calls), else a HostStagedCommunicator in front of it, unless
 /// `comm` is one for this device already (a caller that staged passes its own down; staging twice
@@ -113,8 +123,8 @@ class HostStagedCommunicator final : public Communicator {
 template <class Device>
 class HostComm {
  public:
-  HostComm(Communicator& comm, const Device& device) : comm_(&comm) {
-    if constexpr (!Device::on_host)
+  HostComm(Communicator& comm, [[maybe_unused]] const Device& device) : comm_(&comm) {
+    if constexpr (stages_host_buffers<Device>)
       if (dynamic_cast<HostStagedCommunicator<Device>*>(&comm) == nullptr) comm_ = &staged_.emplace(comm, device);
   }
   HostComm(const HostComm&) = delete;
@@ -123,8 +133,10 @@ class HostComm {
   Communicator* operator->() const { return comm_; }
 
  private:
+  struct Unstaged {};
   Communicator* comm_;
-  std::optional<HostStagedCommunicator<Device>> staged_;
+  [[no_unique_address]] std::conditional_t<stages_host_buffers<Device>, std::optional<HostStagedCommunicator<Device>>,
+                                           Unstaged> staged_;
 };
 
 }  // namespace tp::detail
