@@ -1,11 +1,14 @@
 /// The device path of the training code (tp/train/: Device::on_host false), run on the host: a
 /// tp::Cpu that says it is not on the host, so that GradBuffer, DistributedAdamW and Trainer move
 /// gradients and weights with to_host / from_host and stage their collectives through "device"
-/// buffers (tp/train/host_collectives.hpp), as they do on tp::Cuda, over the harness's host
-/// communicators (local, MPI, Gloo). The arithmetic is tp::Cpu's either way, so the steps must be
+/// buffers (tp/comm/detail/host_staged_communicator.hpp), as they do on tp::Cuda, over the
+/// harness's communicators (local, MPI, Gloo) behind a DeviceMemoryCommunicator (staged_cpu.hpp),
+/// which refuses buffers that are not StagedCpu memory as NCCL refuses host memory, so that a
+/// collective over host buffers that skipped the staging fails here. The arithmetic is tp::Cpu's either way, so the steps must be
 /// the host path's bit for bit, on every mesh, with ZeRO-1 and micro-batches. What this cannot
 /// show, the GPU's numbers, trainer_cuda_test.cu checks on a GPU. Training checkpoints on the
 /// device path: the same files as the host path's, byte for byte, resumed at any mesh by either.
+/// tp/io's and tp/models' collective saves and loads called directly on the device path.
 
 #include <unistd.h>
 
@@ -17,19 +20,12 @@
 #include <gtest/gtest.h>
 
 #include "common/harness.hpp"
+#include "tp/io/resume.hpp"
+#include "tp/models/hugging_face.hpp"
+#include "train/staged_cpu.hpp"
 #include "train/tiny_training.hpp"
 
 namespace tp {
-
-/// tp::Cpu with on_host false: the same memory and kernels, the device code paths.
-class StagedCpu : public Cpu {
- public:
-  static constexpr bool on_host = false;
-  static const std::shared_ptr<StagedCpu>& shared() {
-    static const auto device = std::make_shared<StagedCpu>();
-    return device;
-  }
-};
 
 namespace {
 
@@ -65,7 +61,7 @@ TEST(TrainerDevicePath, StagedEqualsHost) {
       const TrainerOptions options{.micro_batches = mb, .zero = dims.dp % 2 == 0 ? 1 : 0, .bucket_size = 2000};
       const auto config = tiny_config(true, n == 3);
       const TrainRun want = train<float>(Mesh<>(comm, dims), config, 5, options);
-      const TrainRun got = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 5, options);
+      const TrainRun got = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 5, options);
       EXPECT_EQ(got.losses, want.losses) << "TP " << dims.tp << " x DP " << dims.dp;
       EXPECT_EQ(got.params, want.params) << "TP " << dims.tp << " x DP " << dims.dp;
     }
@@ -91,7 +87,7 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
     const auto config = tiny_config(true, n == 3);
     const TrainerOptions zero1{.zero = saved.dp > 1 ? 1 : 0, .bucket_size = 1500};
     const TrainRun full = train<float>(Mesh<>(comm, saved), config, 6, zero1);
-    train<float, StagedCpu>(Mesh<StagedCpu>(comm, saved), config, 3, zero1, {}, staged_dir);
+    train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), saved), config, 3, zero1, {}, staged_dir);
     train<float>(Mesh<>(comm, saved), config, 3, zero1, {}, host_dir);
     if (comm->rank() == 0)
       for (const char* file : {"resume.safetensors", "model.safetensors"})
@@ -104,9 +100,9 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
         const std::string where = fmt::format("saved at TP {} x DP {}, resumed at TP {} x DP {}, zero {}", saved.tp,
                                               saved.dp, dims.tp, dims.dp, zero);
         const TrainerOptions options{.zero = zero, .bucket_size = 1500};
-        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, staged_dir);
+        const TrainRun staged = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 6, options, staged_dir);
         const TrainRun host = train<float>(Mesh<>(comm, dims), config, 6, options, staged_dir);
-        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(comm, dims), config, 6, options, host_dir);
+        const TrainRun from_host = train<float, StagedCpu>(Mesh<StagedCpu>(std::make_shared<DeviceMemoryCommunicator>(comm), dims), config, 6, options, host_dir);
         EXPECT_EQ(staged.losses, host.losses) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(staged.params, host.params) << where << ": StagedCpu and host resumes";
         EXPECT_EQ(from_host.losses, staged.losses) << where << ": StagedCpu resumes from the host's checkpoint";
@@ -125,6 +121,70 @@ TEST(TrainerDevicePath, CheckpointsResumeAtAnyMesh) {
   kAdamW.eps = eps;
 }
 
+/// tp/io's and tp/models' collective saves and loads called directly with a device's communicator
+/// (fine-tuned on a GPU, saved without tp/train): over a DeviceMemoryCommunicator, which refuses
+/// host buffers as NCCL does, save_safetensors, save_hugging_face and save_resume / load_resume
+/// (the checksums, rank 0's verification and its verdict) of a StagedCpu model stage their
+/// collectives, and write the host model's files byte for byte. Llama (untied head, GQA) and GPT-2
+/// (tied head, biases, no GQA), split unevenly at 3 ranks.
+TEST(TrainerDevicePath, IoSavesAndLoadsStageTheirCollectives) {
+  on_ranks([&](std::shared_ptr<Communicator> comm) {
+    const int n = comm->size();
+    const auto dir = fresh_dir(*comm, "io");
+    if (comm->rank() == 0) std::filesystem::create_directories(dir);
+    comm->barrier();
+    const auto device_comm = std::make_shared<DeviceMemoryCommunicator>(comm);
+    const std::shared_ptr<StagedCpu>& device = StagedCpu::shared();
+    {  // The wrapper refuses host memory, so that a collective that skips the staging fails here.
+      std::int64_t one = 1;
+      EXPECT_THAT([&] { device_comm->all_reduce(std::span<std::int64_t>(&one, 1)); },
+                  ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("not StagedCpu (device) memory")));
+    }
+    for (const bool llama : {true, false}) {
+      const std::string arch = llama ? "llama" : "gpt2";
+      auto config = tiny_config(llama, n == 3);
+      if (!llama) config.kv_heads = config.heads;  // Hugging Face's GPT-2 has no GQA
+      models::Transformer<float, StagedCpu> staged(Context<StagedCpu>(device_comm, device), config, 11);
+      models::Transformer<float> host(Context<>(comm), config, 11);
+      models::save_hugging_face(*device_comm, staged, dir / (arch + "_staged"));
+      models::save_hugging_face(*comm, host, dir / (arch + "_host"));
+      save_safetensors<float>(*device_comm, *device, staged.parameters(), dir / (arch + "_staged.safetensors"));
+      save_safetensors<float>(*comm, Cpu(), host.parameters(), dir / (arch + "_host.safetensors"));
+      AdamW<float, StagedCpu> staged_opt(Context<StagedCpu>(device_comm, device), staged.parameters());
+      AdamW<float> host_opt(Context<>(comm), host.parameters());
+      const auto resume = dir / (arch + "_staged_resume.safetensors");
+      save_resume(staged_opt, resume, {{"data.position", "3"}});
+      save_resume(host_opt, dir / (arch + "_host_resume.safetensors"), {{"data.position", "3"}});
+      if (comm->rank() == 0) {
+        for (const std::string file : {"_staged/model.safetensors", "_staged/config.json", "_staged.safetensors",
+                                       "_staged_resume.safetensors"}) {
+          std::string other = file;
+          other.replace(0, 7, "_host");
+          EXPECT_EQ(bytes(dir / (arch + file)), bytes(dir / (arch + other)))
+              << arch << file << ": the StagedCpu model's file differs from the host model's";
+        }
+      }
+      // Loaded back into another StagedCpu model (rank 0 verifies, every rank hears its verdict).
+      models::Transformer<float, StagedCpu> loaded(Context<StagedCpu>(device_comm, device), config, 12);
+      AdamW<float, StagedCpu> loaded_opt(Context<StagedCpu>(device_comm, device), loaded.parameters());
+      EXPECT_EQ(load_resume(loaded_opt, resume).at("data.position"), "3");
+      EXPECT_EQ(values(loaded), values(host)) << arch;
+      // A damaged file: rank 0's verdict reaches every rank through the staged broadcast.
+      comm->barrier();
+      if (comm->rank() == 0) {
+        std::fstream f(resume, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(-3, std::ios::end);
+        f.put('\x7f');
+      }
+      comm->barrier();
+      EXPECT_THAT([&] { load_resume(loaded_opt, resume); }, ::testing::ThrowsMessage<IoError>(HasSubstr("checksum")))
+          << arch;
+    }
+    comm->barrier();
+    if (comm->rank() == 0) std::filesystem::remove_all(dir);
+  });
+}
+
 /// Another model's checkpoint (a wider MLP) on the device path, refused by name (the first tensor
 /// whose shape differs) before the trainer changes. (A double run's checkpoint in a float trainer
 /// is refused before anything device-specific runs: trainer_test.cpp's ResumesAtAnyMesh.)
@@ -133,7 +193,7 @@ TEST(TrainerDevicePath, OtherModelsCheckpointsAreRefused) {
     const int n = comm->size();
     const auto dir = fresh_dir(*comm, "refused");
     const auto config = tiny_config(true, n == 3);
-    const Mesh<StagedCpu> mesh(comm, meshes(n).back());
+    const Mesh<StagedCpu> mesh(std::make_shared<DeviceMemoryCommunicator>(comm), meshes(n).back());
     train<float, StagedCpu>(mesh, config, 1, {}, {}, dir);
     auto wider = config;
     wider.ffn += 12;
@@ -159,7 +219,7 @@ TEST(TrainerDevicePath, F16SurvivesAPlantedOverflowAndResumes) {
   on_ranks([&](std::shared_ptr<Communicator> comm) {
     const int n = comm->size();
     const MeshDims dims = overflow_meshes(n).back();
-    const Mesh<StagedCpu> mesh(comm, dims);
+    const Mesh<StagedCpu> mesh(std::make_shared<DeviceMemoryCommunicator>(comm), dims);
     const auto config = tiny_config(true, dims.tp == 3);
     {
       const PlantedOverflow r = planted_overflow(mesh, config);

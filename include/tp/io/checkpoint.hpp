@@ -151,7 +151,9 @@ inline std::optional<std::filesystem::path> latest_checkpoint(const std::filesys
 /// every rank with the same temporary directory, to write the step's files into (collective
 /// writers such as save_safetensors and save_resume included). If `write` throws on any rank,
 /// the temporary directory is removed and every rank throws, naming the step; nothing under the
-/// step's name changes.
+/// step's name changes. `comm` carries host buffers (a few integers): a device's communicator
+/// that takes device memory only (NCCL) goes behind a detail::HostStagedCommunicator first, as
+/// save_training_checkpoint does (the collective writers inside `write` stage their own).
 template <class Write>
 std::filesystem::path save_checkpoint(Communicator& comm, const std::filesystem::path& root, std::int64_t step,
                                       Write&& write, const CheckpointOptions& options = {}) {

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "tp/comm/detail/host_staged_communicator.hpp"
 #include "tp/io/file.hpp"
 #include "tp/io/safetensors.hpp"
 #include "tp/optim/adamw.hpp"
@@ -101,16 +102,18 @@ inline std::string verify_resume_file(const SafetensorsFile& file, bool checksum
 
 /// Adds "checksum.<name>" of every tensor to `metadata`: each rank sums its share over the blocks
 /// it writes (one writer per block, as save_safetensors writes them) and one all_reduce over `comm`
-/// adds the shares up. Collective over `comm`, the communicator the file is saved over.
+/// adds the shares up. Collective over `comm`, the communicator the file is saved over (staged on
+/// a device: detail::HostComm).
 template <class T, class Device>
 void add_checksums(Communicator& comm, const Device& device, const std::vector<Parameter<T>>& tensors,
                    SafetensorsMetadata& metadata) {
+  const detail::HostComm<Device> group(comm, device);  // staged on a device
   std::map<std::string, std::size_t, std::less<>> slot;
   for (const auto& p : tensors) slot.emplace(p.name, slot.size());
   std::vector<std::int64_t> sums(slot.size(), 0);
   std::vector<T> host;
   for (const auto& p : tensors) {
-    if (!writes_record(p, comm.rank())) continue;
+    if (!writes_record(p, group->rank())) continue;
     host.resize(static_cast<std::size_t>(p.value.size()));
     const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
     device.to_host(ConstView<T>(p.value), h);
@@ -121,11 +124,12 @@ void add_checksums(Communicator& comm, const Device& device, const std::vector<P
     auto& s = sums[slot.at(p.name)];
     s = static_cast<std::int64_t>((static_cast<std::uint64_t>(s) + sum) & 0xFFFFFFFFull);
   }
-  comm.all_reduce(std::span<std::int64_t>(sums), ReduceOp::sum);  // < 2^32 per rank: no overflow
+  group->all_reduce(std::span<std::int64_t>(sums), ReduceOp::sum);  // < 2^32 per rank: no overflow
   for (const auto& [name, i] : slot)
     metadata["checksum." + name] = fmt::format("{:08x}", static_cast<std::uint64_t>(sums[i]) & 0xFFFFFFFFull);
 }
 
+/// `comm` moves host buffers: on a device, detail::HostComm's (load_resume passes one).
 /// Rank 0 of `comm` verifies the resume file at `path` (every value finite, and every tensor's
 /// checksum where its metadata has them: a file written before checksums has only the first) and
 /// every rank throws its verdict, naming the file and the tensor. Collective over `comm`.
@@ -167,7 +171,8 @@ inline std::int64_t resume_step(const SafetensorsMetadata& metadata, const std::
 }  // namespace detail
 
 /// Saves the optimizer's parameters, moments and step, with a checksum of every tensor.
-/// Collective over the optimizer's group.
+/// Collective over the optimizer's group; on a device its collectives over host buffers are
+/// staged through device buffers (detail::HostComm).
 template <class T, class Device>
 void save_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path, SafetensorsMetadata metadata = {}) {
   const auto& ctx = optimizer.context();
@@ -188,14 +193,15 @@ void save_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path,
 /// the file's metadata, for the trainer's own entries. The learning rate is the caller's to set.
 /// Rank 0 first verifies that every value is finite and every tensor's checksum (see the header
 /// comment; a file written before checksums, with no "checksum.*" entries, has only the first).
-/// Collective over the optimizer's group.
+/// Collective over the optimizer's group; on a device rank 0's verdict is broadcast through
+/// device buffers (detail::HostComm).
 template <class T, class Device>
 SafetensorsMetadata load_resume(AdamW<T, Device>& optimizer, const std::filesystem::path& path) {
   const SafetensorsCheckpoint checkpoint(path);
   const SafetensorsMetadata& metadata = checkpoint.metadata();
   const std::int64_t count = detail::resume_step(metadata, path);
   const auto& ctx = optimizer.context();
-  detail::verify_resume_file(*ctx.comm, path, metadata);
+  detail::verify_resume_file(*detail::HostComm<Device>(*ctx.comm, *ctx.device), path, metadata);
   const Device& device = *ctx.device;
   for (const auto& p : optimizer.parameters()) load_parameter(device, p, checkpoint);
   for (const auto& p : optimizer.state()) load_parameter(device, p, checkpoint);

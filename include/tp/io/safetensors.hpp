@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "tp/comm/communicator.hpp"
+#include "tp/comm/detail/host_staged_communicator.hpp"
 #include "tp/core/dtype.hpp"
 #include "tp/core/error.hpp"
 #include "tp/core/parameter.hpp"
@@ -378,11 +379,16 @@ inline void check_block_cover(const std::string& file, const std::vector<std::st
 /// each tensor exactly once (checked before anything is written). Tensors are stored in T's
 /// dtype, in the order of their names' first records, 2-D [full_rows, full_cols] unless
 /// `stored_shapes` gives a tensor another shape of as many elements (Hugging Face stores biases
-/// and norm weights 1-D). `metadata` goes into `__metadata__`.
+/// and norm weights 1-D). `metadata` goes into `__metadata__`. On a device (Device::on_host
+/// false), `comm` may be the device's (NCCL): the small collectives over host buffers (the header
+/// hash, the block list, rank 0's verdicts) are staged through device buffers (detail::HostComm:
+/// one blocking device copy each way per collective), and each block is copied to the host to be
+/// written.
 template <class T, class Device>
 void save_safetensors(Communicator& comm, const Device& device, std::span<const Parameter<T>> params,
                       const std::filesystem::path& path, const SafetensorsMetadata& metadata = {},
                       const std::map<std::string, std::vector<std::int64_t>, std::less<>>& stored_shapes = {}) {
+  const detail::HostComm<Device> group(comm, device);  // staged on a device
   const std::string file = path.string();
   // The header, identical on every rank: one entry per name.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -426,9 +432,9 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
                p.full_rows, p.full_cols);
     }
     offsets.push_back(name_offsets[it->second]);
-    if (detail::writes_record(p, comm.rank()))
+    if (detail::writes_record(p, group->rank()))
       mine.push_back({static_cast<std::int64_t>(it->second), p.rows.begin, p.rows.end, p.cols.begin, p.cols.end,
-                      comm.rank()});
+                      group->rank()});
   }
   std::string text = header.dump();
   text.resize((text.size() + 7) / 8 * 8, ' ');  // pad so the data section is 8-byte aligned
@@ -437,19 +443,19 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
   // Every rank must describe the same file.
   std::int64_t hash[2] = {static_cast<std::int64_t>(name_key(text) >> 1), 0};
   hash[1] = -hash[0];
-  comm.all_reduce(std::span<std::int64_t>(hash, 2), ReduceOp::max);
+  group->all_reduce(std::span<std::int64_t>(hash, 2), ReduceOp::max);
   if (hash[0] != -hash[1])
-    TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, comm.rank(),
-             comm.size());
+    TP_THROW(InvalidArgument, "{}: the ranks passed different parameter lists (rank {} of {})", file, group->rank(),
+             group->size());
 
   // Every block written once, every element covered: gather what each rank would write.
   {
     std::int64_t count = static_cast<std::int64_t>(mine.size() * 6);
-    std::vector<std::int64_t> counts(static_cast<std::size_t>(comm.size()));
-    comm.all_gather(std::span<const std::int64_t>(&count, 1), std::span<std::int64_t>(counts));
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(group->size()));
+    group->all_gather(std::span<const std::int64_t>(&count, 1), std::span<std::int64_t>(counts));
     std::vector<std::size_t> sizes(counts.begin(), counts.end());
     std::vector<std::int64_t> all(static_cast<std::size_t>(std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
-    comm.all_gather_v(std::span<const std::int64_t>(mine.empty() ? nullptr : mine.front().data(), mine.size() * 6),
+    group->all_gather_v(std::span<const std::int64_t>(mine.empty() ? nullptr : mine.front().data(), mine.size() * 6),
                       std::span<std::int64_t>(all), std::span<const std::size_t>(sizes));
     detail::SavedBlocks blocks(all.size() / 6);
     for (std::size_t i = 0; i < blocks.size(); ++i) std::copy_n(all.data() + 6 * i, 6, blocks[i].data());
@@ -461,7 +467,7 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
   std::int32_t failed = 0;
   std::int64_t created[2] = {0, 0};  // {failed, suffix}
   std::string error;
-  if (comm.rank() == 0) {
+  if (group->rank() == 0) {
     try {
       auto [fd, suffix] = detail::create_temp_file(path);
       created[1] = static_cast<std::int64_t>(suffix);
@@ -475,9 +481,9 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
       error = e.what();
     }
   }
-  comm.broadcast(std::span<std::int64_t>(created, 2), 0);
+  group->broadcast(std::span<std::int64_t>(created, 2), 0);
   if (created[0])
-    TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not create the file");
+    TP_THROW(IoError, "{}: {}", file, group->rank() == 0 ? error : "rank 0 could not create the file");
   const std::string tmp = detail::temp_name(path, static_cast<std::uint64_t>(created[1])).string();
 
   // Each rank writes its blocks (detail::writes_record: one writer per block).
@@ -486,7 +492,7 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     std::vector<T> host;
     for (std::size_t i = 0; i < params.size(); ++i) {
       const Parameter<T>& p = params[i];
-      if (!detail::writes_record(p, comm.rank())) continue;
+      if (!detail::writes_record(p, group->rank())) continue;
       host.resize(static_cast<std::size_t>(p.value.size()));
       const MatrixView<T> h(host.data(), p.value.rows, p.value.cols);
       device.to_host(ConstView<T>(p.value), h);
@@ -507,13 +513,13 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     error = e.what();
   }
   std::int32_t any = failed;
-  comm.all_reduce(std::span<std::int32_t>(&any, 1), ReduceOp::max);
+  group->all_reduce(std::span<std::int32_t>(&any, 1), ReduceOp::max);
   if (any) {
     std::error_code ignored;
-    if (comm.rank() == 0) std::filesystem::remove(tmp, ignored);
+    if (group->rank() == 0) std::filesystem::remove(tmp, ignored);
     TP_THROW(IoError, "{}: {}", file, failed ? error : "another rank failed to write its blocks");
   }
-  if (comm.rank() == 0) {
+  if (group->rank() == 0) {
     error = detail::rename_file(tmp, path);
     if (error.empty()) {
       try {
@@ -527,8 +533,8 @@ void save_safetensors(Communicator& comm, const Device& device, std::span<const 
     }
     failed = error.empty() ? 0 : 1;
   }
-  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
-  if (failed) TP_THROW(IoError, "{}: {}", file, comm.rank() == 0 ? error : "rank 0 could not finish the file");
+  group->broadcast(std::span<std::int32_t>(&failed, 1), 0);
+  if (failed) TP_THROW(IoError, "{}: {}", file, group->rank() == 0 ? error : "rank 0 could not finish the file");
 }
 
 }  // namespace tp

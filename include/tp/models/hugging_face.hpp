@@ -459,7 +459,9 @@ void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model
 /// Writes `dir`/config.json and `dir`/model.safetensors in Hugging Face's names and layout (GPT-2's
 /// Conv1D weights transposed back, q/k/v and gate/up split, biases and norms 1-D, a tied head left
 /// out as save_pretrained does), so that transformers' from_pretrained loads what tp trained.
-/// Collective over `comm`, the model's group; the ranks must share the file system.
+/// Collective over `comm`, the model's group; the ranks must share the file system. On a device
+/// `comm` may be the model's (NCCL): its collectives over host buffers are staged through device
+/// buffers (detail::HostComm), and the weights are copied to the host a block at a time.
 ///
 /// The directory is written as one unit, as step checkpoints are (tp/io/checkpoint.hpp): into a
 /// fresh temporary directory beside it (created exclusively, so nothing planted is followed),
@@ -469,11 +471,12 @@ void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model
 /// is refused before anything is written.
 template <class T, class Device>
 void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const std::filesystem::path& dir) {
+  const tp::detail::HostComm<Device> group(comm, *model.context().device);  // staged on a device
   namespace fs = std::filesystem;
   const fs::path target = dir.filename().empty() ? dir.parent_path() : dir;  // "out/" names "out"
   std::int64_t created[2] = {0, 0};  // {failed, suffix}
   std::string error;
-  if (comm.rank() == 0) {
+  if (group->rank() == 0) {
     try {
       const auto status = fs::symlink_status(target);
       if (fs::exists(status)) {
@@ -500,24 +503,24 @@ void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const 
       error = e.what();
     }
   }
-  comm.broadcast(std::span<std::int64_t>(created, 2), 0);
+  group->broadcast(std::span<std::int64_t>(created, 2), 0);
   const fs::path tmp = tp::detail::temp_name(target, static_cast<std::uint64_t>(created[1]));
   auto remove_tmp = [&] {
     std::error_code ignored;
-    if (comm.rank() == 0 && created[1] != 0) fs::remove_all(tmp, ignored);
+    if (group->rank() == 0 && created[1] != 0) fs::remove_all(tmp, ignored);
   };
   if (created[0]) {
     remove_tmp();
-    TP_THROW(IoError, "{}: {}", target.string(), comm.rank() == 0 ? error : "rank 0 could not start the directory");
+    TP_THROW(IoError, "{}: {}", target.string(), group->rank() == 0 ? error : "rank 0 could not start the directory");
   }
   try {
-    detail::save_hugging_face_tensors(comm, model, tmp / "model.safetensors", false);
+    detail::save_hugging_face_tensors(*group, model, tmp / "model.safetensors", false);
   } catch (...) {
     remove_tmp();
     throw;
   }
   std::int32_t failed = 0;
-  if (comm.rank() == 0) {
+  if (group->rank() == 0) {
     try {
       if (fs::exists(fs::symlink_status(target)))
         for (const auto& entry : fs::directory_iterator(target)) {
@@ -534,9 +537,9 @@ void save_hugging_face(Communicator& comm, Transformer<T, Device>& model, const 
     failed = error.empty() ? 0 : 1;
     if (failed) remove_tmp();
   }
-  comm.broadcast(std::span<std::int32_t>(&failed, 1), 0);
+  group->broadcast(std::span<std::int32_t>(&failed, 1), 0);
   if (failed)
-    TP_THROW(IoError, "{}: not saved: {}", target.string(), comm.rank() == 0 ? error : "rank 0 could not commit it");
+    TP_THROW(IoError, "{}: not saved: {}", target.string(), group->rank() == 0 ? error : "rank 0 could not commit it");
 }
 
 /// Tensors of a model under Hugging Face's names and in its layout (GPT-2's Conv1D transposed, q/k/v
@@ -582,7 +585,7 @@ HuggingFaceTensors<T, Device> hugging_face_moments(Transformer<T, Device>& model
 
 /// Writes `tensors` (hugging_face_gradients or hugging_face_moments) as one full safetensors file
 /// at `path`, atomically, biases and norms 1-D as Hugging Face stores them. Collective over `comm`,
-/// the model's group.
+/// the model's group (on a device, its collectives staged as save_safetensors stages them).
 template <class T, class Device>
 void save_hugging_face_tensors(Communicator& comm, Transformer<T, Device>& model,
                                const HuggingFaceTensors<T, Device>& tensors, const std::filesystem::path& path) {

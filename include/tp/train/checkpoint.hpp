@@ -28,7 +28,7 @@
 /// host_all_gather), the model's weights are copied to the host a block at a time to be written
 /// (save_safetensors) and written back from the master weights on load (write_weights), and
 /// tp/io's collectives over host buffers (save_checkpoint, the checksums, the verification) run on
-/// HostStagedCommunicators in front of the mesh's (tp/train/host_collectives.hpp).
+/// HostStagedCommunicators in front of the mesh's (tp/comm/detail/host_staged_communicator.hpp).
 
 #ifndef TP_HAS_IO
 #error "tp/train/checkpoint.hpp needs the tp::io CMake component: target_link_libraries(... tp::io)"
@@ -52,31 +52,19 @@ namespace tp {
 
 namespace detail {
 
-/// The communicators tp/io's collective file code (save_checkpoint, save_safetensors, the
-/// checksums, the verification) runs over, which move host buffers: the mesh's own on a host
-/// device; on a device (Device::on_host false), the mesh's behind HostStagedCommunicators, which
-/// stage each of those small collectives through a device buffer.
+/// The communicators tp/io's collective file code (save_checkpoint, the checksums of the host
+/// state) runs over, which move host buffers (HostComm: the mesh's own on a host device, staged
+/// on a device).
 template <class Device>
 class HostComms {
  public:
-  explicit HostComms(const Mesh<Device>& mesh) : mesh_(&mesh) {
-    if constexpr (!Device::on_host) {
-      world_.emplace(mesh.world(), mesh.tp_context().device);
-      tp_.emplace(mesh.tp_comm(), mesh.tp_context().device);
-    }
-  }
-  Communicator& world() {
-    if constexpr (Device::on_host) return mesh_->world();
-    else return *world_;
-  }
-  Communicator& tp() {
-    if constexpr (Device::on_host) return mesh_->tp_comm();
-    else return *tp_;
-  }
+  explicit HostComms(const Mesh<Device>& mesh)
+      : world_(mesh.world(), *mesh.tp_context().device), tp_(mesh.tp_comm(), *mesh.tp_context().device) {}
+  Communicator& world() { return *world_; }
+  Communicator& tp() { return *tp_; }
 
  private:
-  const Mesh<Device>* mesh_;
-  std::optional<HostStagedCommunicator<Device>> world_, tp_;
+  HostComm<Device> world_, tp_;
 };
 
 /// Full buckets of master weights and moments on every rank (ZeRO-1: all-gathered over DP).
