@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/bench_world.hpp"
+#include "common/stopwatch.hpp"
 #ifdef TP_HAS_GLOO
 #include <gloo/allgather.h>
 #endif
@@ -35,14 +36,6 @@ constexpr const char* coll_name(Coll c) {
 /// Multiples of 1/4 below 2^10, so sums are exact in any order (as in the conformance suite).
 inline float value(int rank, std::size_t i) {
   return static_cast<float>(static_cast<std::int64_t>((rank * 131 + static_cast<std::int64_t>(i % 1000003) * 7) % 97) - 48) * 0.25f;
-}
-
-/// The middle value (the upper one of an even count); 0 for none. Takes a copy to sort.
-inline double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  const auto middle = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), middle, v.end());
-  return *middle;
 }
 
 class CollRunner : public Runner {

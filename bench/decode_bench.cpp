@@ -28,14 +28,14 @@
 #include <vector>
 
 #include "common/generation_model.hpp"
+#include "common/stopwatch.hpp"
 #include "common/triad.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using tp::bench::Clock;
+using tp::bench::seconds_since;
 
 /// This rank's sgemm rate in FLOP/s (best of `reps`, a 1024^3 product through tp::Cpu) while every
 /// rank runs its own.

@@ -32,19 +32,15 @@
 #include <vector>
 
 #include "common/generation_model.hpp"
+#include "common/stopwatch.hpp"
 #include "common/triad.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using tp::bench::Clock;
+using tp::bench::seconds_since;
+using tp::bench::median;
 
 /// One row of the table: a part of a decoded token, timed by `run` (all layers), reading `bytes`
 /// of weights or cache on this rank per run (0: not counted against the bandwidth).

@@ -32,18 +32,14 @@
 #include <vector>
 
 #include "common/generation_model.hpp"
+#include "common/stopwatch.hpp"
 #include "train_tiny_lm/tiny_lm.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using tp::bench::Clock;
+using tp::bench::seconds_since;
+using tp::bench::median;
 
 /// One row of the table: a part of the prefill, timed by `run` (all layers), with `flops` per run
 /// (0: not a GEMM-like part).
