@@ -3,11 +3,13 @@
 /// has none in cuBLASLt: its gemm_bias is a GEMM then the bias kernel).
 
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 
 #include "tp/device/cuda/column_reduce.cuh"
 #include "tp/device/cuda/cuda.hpp"
 #include "tp/device/cuda/launch.cuh"
+#include "tp/device/packed_weight.hpp"
 
 namespace tp::kernels {
 
@@ -82,6 +84,20 @@ void linear_forward(const Cuda& dev, ConstView<T> x, ConstView<T> w, ConstView<T
     dev.gemm<T>(Op::n, Op::t, T(1), x, w, T(0), y);
   else
     gemm_bias(dev, Op::n, Op::t, T(1), x, w, T(0), y, bias);
+}
+
+/// cuBLASLt reads the [out, in] weight as it is: packing holds no copy (PackedWeight's primary
+/// template), and the packed forward is the plain one. Both exist so that tp::ops finds an
+/// overload for Cuda (nvcc does not take a call to the deleted placeholder as "no overload").
+template <class T>
+PackedWeight<T, Cuda> pack_weight(const std::shared_ptr<Cuda>&, ConstView<T> w) {
+  return PackedWeight<T, Cuda>(w);
+}
+
+template <class T>
+void linear_forward_packed(const Cuda& dev, ConstView<T> x, ConstView<T> w, const PackedWeight<T, Cuda>&,
+                           ConstView<T> bias, MatrixView<T> y) {
+  linear_forward(dev, x, w, bias, y);
 }
 
 template <class T>
